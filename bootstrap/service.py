@@ -1,0 +1,102 @@
+"""The bootstrap: the clients' entry point.
+
+Stateless. It learns the current group leader from ZooKeeper (a watch on the leader znode)
+and from the leader's heartbeats, answers the original's bootstrap queries, and forwards the
+rest to the leader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from snooze import config as cfg
+from snooze.coordination import CoordinationError
+from snooze.http import ApiError
+from snooze.models import GroupManagerDescription
+from snooze.protocol import Envelope
+from snooze.rpc import RpcError
+from snooze.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class Bootstrap(Service):
+    role = "bootstrap"
+
+    def __init__(self, settings: cfg.Settings) -> None:
+        super().__init__(settings)
+        self.leader: GroupManagerDescription | None = None
+        self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
+        r = self.routes
+        r.add("bootstrap", "getGroupLeaderDescription", self.get_group_leader_description, ("GET",))
+        r.add("bootstrap", "getCompleteHierarchy", self.get_complete_hierarchy, ("GET",))
+        r.add("bootstrap", "getLocalControllerList", self.get_local_controller_list, ("GET",))
+
+    async def on_start(self) -> None:
+        assert self.coord is not None
+        self.coord.watch_json(self.coord.path("leader"), self._on_leader)
+        self.spawn("register", self._register())
+
+    async def _register(self) -> None:
+        import asyncio
+
+        assert self.coord is not None
+        while True:
+            try:
+                await self.coord.register(
+                    self.coord.path("bootstraps", self.id),
+                    {"id": self.id, "controlDataAddress": self.address.to_json()},
+                )
+                return
+            except CoordinationError as exc:
+                log.info("cannot register yet: %s", exc)
+                await asyncio.sleep(0.5)
+
+    def _set_leader(self, value: Any) -> None:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            leader = GroupManagerDescription.from_json(value)
+            if self.see_epoch(leader.epoch):
+                self.leader = leader
+
+    def _on_leader(self, value: Any | None) -> None:
+        if value:
+            self._set_leader(value)
+
+    def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
+        if env.epoch >= self.known_epoch:
+            self._set_leader(env.body)
+
+    def require_leader(self) -> GroupManagerDescription:
+        if self.leader is None:
+            raise ApiError(503, "NO_GROUP_LEADER", "no group leader is known yet; retry shortly")
+        return self.leader
+
+    async def leader_call(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
+        leader = self.require_leader()
+        try:
+            return await self.rpc.call(leader.address, kind, body, epoch=self.known_epoch, timeout=timeout)
+        except RpcError as exc:
+            status = exc.status if 400 <= exc.status < 500 else 503
+            raise ApiError(status, exc.code.upper(), f"group leader: {exc.message}") from exc
+
+    # -- the original's bootstrap API ----------------------------------------------------
+    async def get_group_leader_description(self, _request: web.Request) -> Any:
+        return self.require_leader().to_json()
+
+    async def get_complete_hierarchy(self, _request: web.Request) -> Any:
+        return await self.leader_call("gl.hierarchy")
+
+    async def get_local_controller_list(self, _request: web.Request) -> Any:
+        hierarchy = await self.leader_call("gl.hierarchy")
+        lcs = [lc for gm in hierarchy["groupManagerDescriptions"] for lc in gm.get("localControllers", [])]
+        return {"localControllers": lcs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from snooze.service import main_for
+
+    return main_for("bootstrap", Bootstrap, argv)

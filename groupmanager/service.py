@@ -1,0 +1,145 @@
+"""The group manager process: every one competes in the election; the winner runs the leader
+role and stops its manager role, the others run the manager role. Leadership can be lost and
+regained at any time, and both roles start and stop cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from groupmanager.leader import LeaderRole
+from groupmanager.manager import ManagerRole
+from snooze import config as cfg
+from snooze.coordination import CoordinationError, LeaderElection
+from snooze.discovery import Advertiser
+from snooze.models import GroupManagerDescription, ListenSettings
+from snooze.protocol import Envelope
+from snooze.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class GroupManager(Service):
+    role = "groupmanager"
+
+    def __init__(self, settings: cfg.Settings) -> None:
+        super().__init__(settings)
+        self.leader_role: LeaderRole | None = None
+        self.manager_role: ManagerRole | None = None
+        self.election: LeaderElection | None = None
+        self.advertiser: Advertiser | None = None
+        self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
+        self.routes.add("groupmanager", "getGroupManagerDescription", self._http_describe, ("GET",))
+
+    def description(self) -> GroupManagerDescription:
+        return GroupManagerDescription(
+            id=self.id, listen_settings=ListenSettings(self.address), hostname=self.hostname, epoch=self.known_epoch
+        )
+
+    def leader_description(self, epoch: int) -> GroupManagerDescription:
+        d = self.description()
+        d.epoch = epoch
+        return d
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader_role is not None
+
+    async def on_start(self) -> None:
+        assert self.coord is not None
+        self.election = LeaderElection(self.coord, self.id, self._elected, self._deposed)
+        self.coord.watch_json(self.coord.path("leader"), self._on_leader_znode)
+        await self._become_manager()
+        self.spawn("election", self.election.run())
+        c = self.settings.cluster
+        if c.discovery == "zeroconf":
+            self.advertiser = Advertiser(c.zeroconf_interfaces)
+            await self.advertiser.start(
+                f"{c.name}-{self.id}", self.address.address, self.address.port,
+                {"cluster": c.name, "zookeeper": c.zookeeper, "role": self.role, "id": self.id},
+            )
+
+    async def on_stop(self) -> None:
+        if self.advertiser is not None:
+            await self.advertiser.stop()
+        if self.election is not None:
+            await self.election.stop()
+        if self.leader_role is not None:
+            await self.leader_role.stop()
+            assert self.coord is not None
+            await self.coord.unregister(self.coord.path("leader"))
+        if self.manager_role is not None:
+            await self.manager_role.stop()
+
+    # -- role switching ------------------------------------------------------------------
+    async def _become_manager(self) -> None:
+        assert self.coord is not None
+        self.manager_role = ManagerRole(self)
+        await self.manager_role.start()
+        self.spawn("register", self._register_gm())
+
+    async def _register_gm(self) -> None:
+        assert self.coord is not None
+        while self.manager_role is not None:
+            try:
+                await self.coord.register(self.coord.path("groupmanagers", self.id), self.description().to_json())
+                return
+            except CoordinationError as exc:
+                log.info("cannot register yet: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _elected(self, epoch: int) -> None:
+        assert self.coord is not None
+        self.see_epoch(epoch)
+        if self.manager_role is not None:
+            role, self.manager_role = self.manager_role, None
+            self.cancel("register")
+            await self.coord.unregister(self.coord.path("groupmanagers", self.id))
+            await role.stop(handover_epoch=epoch)
+        self.leader_role = LeaderRole(self, epoch)
+        await self.leader_role.start()
+        await self.coord.register(self.coord.path("leader"), self.leader_description(epoch).to_json())
+        log.info("now group leader (epoch %d)", epoch)
+
+    async def _deposed(self) -> None:
+        assert self.coord is not None
+        if self.leader_role is not None:
+            await self.leader_role.stop()
+            self.leader_role = None
+        with contextlib.suppress(CoordinationError):
+            await self.coord.unregister(self.coord.path("leader"))
+        if self.manager_role is None:
+            await self._become_manager()
+
+    # -- who leads -----------------------------------------------------------------------
+    def _on_leader_znode(self, value: Any | None) -> None:
+        if not value:
+            return
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            leader = GroupManagerDescription.from_json(value)
+            if self.see_epoch(leader.epoch) and self.manager_role is not None:
+                self.manager_role.leader_seen(leader)
+
+    def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
+        if env.sender == self.id or not self.see_epoch(env.epoch):
+            return
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            leader = GroupManagerDescription.from_json(env.body)
+            if self.manager_role is not None:
+                self.manager_role.leader_seen(leader)
+
+    async def _http_describe(self, _request: web.Request) -> Any:
+        d = self.description().to_json()
+        d["isGroupLeader"] = self.is_leader
+        return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    from snooze.service import main_for
+
+    return main_for("groupmanager", GroupManager, argv)

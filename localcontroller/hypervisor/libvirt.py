@@ -1,0 +1,198 @@
+"""The one module that talks to libvirt: a connection per host, driven off the event loop.
+
+All libvirt calls run on a single worker thread (one connection, calls serialised), so the
+asyncio loop never blocks on the hypervisor, and every ``libvirtError`` becomes one of
+``localcontroller.hypervisor.errors``. With the test driver (``test:///PATH/host.xml``) each
+``open()`` starts from fresh state, so the connection is kept for the life of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+
+from localcontroller.hypervisor.errors import (
+    DomainNotFound,
+    HypervisorError,
+    InvalidDomainXML,
+    UnsupportedOperation,
+)
+
+T = TypeVar("T")
+
+# virDomainState -> the original's VM status names
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "UNKNOWN",
+    libvirt.VIR_DOMAIN_RUNNING: "RUNNING",
+    libvirt.VIR_DOMAIN_BLOCKED: "RUNNING",
+    libvirt.VIR_DOMAIN_PAUSED: "PAUSED",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "SHUTDOWN",
+    libvirt.VIR_DOMAIN_SHUTOFF: "SHUTOFF",
+    libvirt.VIR_DOMAIN_CRASHED: "ERROR",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "PAUSED",
+}
+
+
+def _silence(_ctx: Any, _err: Any) -> None:
+    # libvirt prints every error to stderr by default; we report them ourselves.
+    return None
+
+
+libvirt.registerErrorHandler(_silence, None)
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: str
+    vcpus: int
+    memory_kib: int
+    cpu_time_ns: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "state": self.state,
+            "vcpus": self.vcpus,
+            "memory": self.memory_kib,
+        }
+
+
+def _map_error(exc: libvirt.libvirtError, what: str) -> HypervisorError:
+    code = exc.get_error_code()
+    msg = f"{what}: {exc.get_error_message() or exc}"
+    if code in (libvirt.VIR_ERR_NO_DOMAIN,):
+        return DomainNotFound(msg)
+    if code in (libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_XML_DETAIL, libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_INVALID_ARG):
+        return InvalidDomainXML(msg)
+    if code in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+        return UnsupportedOperation(msg)
+    return HypervisorError(msg)
+
+
+class LibvirtHypervisor:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+
+    @property
+    def is_test_driver(self) -> bool:
+        return self.uri.startswith("test:")
+
+    async def _run(self, what: str, fn: Callable[[], T]) -> T:
+        def guarded() -> T:
+            try:
+                return fn()
+            except libvirt.libvirtError as exc:
+                raise _map_error(exc, what) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
+
+    def _c(self) -> libvirt.virConnect:
+        if self._conn is None:
+            raise HypervisorError("hypervisor connection is not open")
+        return self._conn
+
+    async def open(self) -> None:
+        def do() -> None:
+            self._conn = libvirt.open(self.uri)
+
+        await self._run(f"open {self.uri}", do)
+
+    async def close(self) -> None:
+        def do() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        try:
+            await self._run("close", do)
+        finally:
+            self._pool.shutdown(wait=False)
+
+    async def host_info(self) -> tuple[int, int, str]:
+        """(cpus, memory KiB, hostname) of this host."""
+
+        def do() -> tuple[int, int, str]:
+            info = self._c().getInfo()
+            return int(info[2]), int(info[1]) * 1024, self._c().getHostname()
+
+        return await self._run("host info", do)
+
+    @staticmethod
+    def _info(dom: libvirt.virDomain) -> DomainInfo:
+        state, _max_mem, mem, vcpus, cpu_time = dom.info()
+        return DomainInfo(dom.name(), dom.UUIDString(), _STATES.get(state, "UNKNOWN"), int(vcpus), int(mem), int(cpu_time))
+
+    async def domains(self) -> list[DomainInfo]:
+        """Every domain libvirt knows, running or defined."""
+
+        def do() -> list[DomainInfo]:
+            return [self._info(d) for d in self._c().listAllDomains()]
+
+        return await self._run("list domains", do)
+
+    def _lookup(self, name: str) -> libvirt.virDomain:
+        return self._c().lookupByName(name)
+
+    async def start(self, xml: str) -> DomainInfo:
+        """Define and start a persistent domain; nothing stays defined if the start fails."""
+        try:
+            ET.fromstring(xml)
+        except ET.ParseError as exc:
+            raise InvalidDomainXML(f"domain XML does not parse: {exc}") from exc
+
+        def do() -> DomainInfo:
+            dom = self._c().defineXML(xml)
+            try:
+                dom.create()
+            except libvirt.libvirtError:
+                try:
+                    dom.undefine()
+                except libvirt.libvirtError:
+                    pass
+                raise
+            return self._info(dom)
+
+        return await self._run("start domain", do)
+
+    async def lifecycle(self, name: str, action: str) -> DomainInfo | None:
+        """suspend, resume, shutdown, reboot or destroy a domain by name."""
+
+        def do() -> DomainInfo | None:
+            dom = self._lookup(name)
+            if action == "suspend":
+                dom.suspend()
+            elif action == "resume":
+                dom.resume()
+            elif action == "shutdown":
+                dom.shutdown()
+            elif action == "reboot":
+                dom.reboot(0)
+            elif action == "destroy":
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+                return None
+            else:
+                raise UnsupportedOperation(f"unknown action {action}")
+            return self._info(dom)
+
+        return await self._run(f"{action} {name}", do)
+
+    async def xml(self, name: str) -> str:
+        return await self._run(f"xml of {name}", lambda: self._lookup(name).XMLDesc(0))
+
+    async def raw(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """Run ``fn(connection)`` on the libvirt thread (for migration and other rare calls)."""
+        return await self._run(what, lambda: fn(self._c()))

@@ -1,0 +1,208 @@
+"""The local controller: one per hypervisor host.
+
+Joining follows the original: ask the group leader which group manager to join, join it with
+this host's description and the domains libvirt already runs, then heartbeat and report
+monitoring data to it. Missing heartbeats from the group manager (or an order to re-join from
+a leader of the current epoch) sends it back to the group leader for a new assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from localcontroller.hypervisor import LibvirtHypervisor
+from localcontroller.monitoring import HostMonitor
+from snooze import config as cfg
+from snooze.coordination import CoordinationError
+from snooze.heartbeat import FailureDetector
+from snooze.models import Capacity, GroupManagerDescription, LocalControllerDescription, Status
+from snooze.protocol import Envelope
+from snooze.rpc import RpcError
+from snooze.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class LocalController(Service):
+    role = "localcontroller"
+
+    def __init__(self, settings: cfg.Settings) -> None:
+        super().__init__(settings)
+        lc = settings.localcontroller
+        self.hypervisor = LibvirtHypervisor(lc.hypervisor_uri)
+        self.total: Capacity = (0.0, 0.0, 0.0, 0.0)
+        self.status = Status.ACTIVE
+        self.gm: GroupManagerDescription | None = None
+        self.leader: dict[str, Any] | None = None
+        self.gm_detector = FailureDetector(settings.heartbeat.timeout)
+        self._rejoin = asyncio.Event()
+        self._excluded: deque[str] = deque(maxlen=4)
+        self.monitor: HostMonitor | None = None
+        self.joined_at: float | None = None
+        self.heartbeat.on("gm.heartbeat", self._on_gm_heartbeat)
+        self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
+        self.internal.on("lc.rejoin", self._on_rejoin_order, order=True)
+        self.internal.on("lc.describe", self._on_describe)
+        self.routes.add("localcontroller", "getLocalControllerDescription", self._http_describe, ("GET",))
+
+    def description(self) -> LocalControllerDescription:
+        lc = self.settings.localcontroller
+        return LocalControllerDescription(
+            id=self.id,
+            control_data_address=self.address,
+            total_capacity=self.total,
+            hostname=self.hostname,
+            status=self.status,
+            hypervisor_settings={
+                "driver": lc.hypervisor_driver,
+                "transport": lc.hypervisor_transport,
+                "port": lc.hypervisor_port,
+                "uri": lc.hypervisor_uri,
+                "migration": {"method": lc.migration_method, "timeout": lc.migration_timeout},
+            },
+            wakeup_settings={"driver": lc.wakeup_driver, "options": lc.wakeup_options},
+            group_manager_id=self.gm.id if self.gm else None,
+        )
+
+    async def on_start(self) -> None:
+        assert self.coord is not None
+        await self.hypervisor.open()
+        cpus, mem_kib, hv_host = await self.hypervisor.host_info()
+        rx, tx = self.settings.localcontroller.network_capacity
+        self.total = (float(cpus), float(mem_kib), float(rx), float(tx))
+        if not self.settings.node.hostname and self.hypervisor.is_test_driver:
+            self.hostname = f"{hv_host}-{self.settings.node.port}"
+        self.monitor = HostMonitor(self.hypervisor, self.settings.monitoring.history)
+        self.coord.watch_json(self.coord.path("leader"), self._on_leader)
+        self.spawn("register", self._register())
+        self.spawn("join", self._join_loop())
+        self.every("heartbeat", lambda: self.settings.heartbeat.interval, self._send_heartbeat)
+        self.every("monitoring", lambda: self.settings.monitoring.interval, self._report)
+
+    async def on_stop(self) -> None:
+        await self.hypervisor.close()
+
+    async def _register(self) -> None:
+        assert self.coord is not None
+        while True:
+            try:
+                await self.coord.register(self.coord.path("localcontrollers", self.id), self.description().to_json())
+                return
+            except CoordinationError as exc:
+                log.info("cannot register yet: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _update_registration(self) -> None:
+        assert self.coord is not None
+        try:
+            await self.coord.register(self.coord.path("localcontrollers", self.id), self.description().to_json())
+        except CoordinationError as exc:
+            log.info("cannot update registration: %s", exc)
+
+    # -- leader and group manager tracking -----------------------------------------------
+    def _on_leader(self, value: Any | None) -> None:
+        if value and self.see_epoch(int(value.get("epoch", 0))):
+            self.leader = value
+
+    def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
+        if self.see_epoch(env.epoch) and isinstance(env.body, dict):
+            self.leader = env.body
+
+    def _on_gm_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
+        if self.gm is not None and env.sender == self.gm.id:
+            self.gm_detector.heard(env.sender)
+
+    async def _on_rejoin_order(self, env: Envelope) -> Any:
+        self.see_epoch(env.epoch)
+        log.info("ordered to re-join by %s (epoch %d)", env.sender, env.epoch)
+        if self.gm is not None and env.body and env.body.get("exclude"):
+            self._excluded.append(self.gm.id)
+        self._rejoin.set()
+        return {"ok": True}
+
+    # -- joining -------------------------------------------------------------------------
+    async def _join_loop(self) -> None:
+        interval = self.settings.heartbeat.interval
+        while True:
+            if self.gm is None:
+                if not await self._join_once():
+                    await asyncio.sleep(min(interval, 0.5))
+                    continue
+            self._rejoin.clear()
+            # Watch the group manager until it goes silent or we are told to move.
+            while self.gm is not None and not self._rejoin.is_set():
+                if not self.gm_detector.alive(self.gm.id):
+                    log.warning("group manager %s silent for %.1fs; re-joining", self.gm.id, self.gm_detector.timeout)
+                    self._excluded.append(self.gm.id)
+                    break
+                try:
+                    await asyncio.wait_for(self._rejoin.wait(), interval / 2)
+                except TimeoutError:
+                    pass
+            self.gm = None
+            self.joined_at = None
+
+    async def _join_once(self) -> bool:
+        assert self.monitor is not None
+        leader = self.leader
+        if leader is None:
+            return False
+        gl = GroupManagerDescription.from_json(leader)
+        try:
+            reply = await self.rpc.call(
+                gl.address, "lc.assign", {"localController": self.description().to_json(), "exclude": list(self._excluded)},
+                epoch=self.known_epoch, timeout=3,
+            )
+            gm = GroupManagerDescription.from_json(reply["groupManager"])
+            domains = [d.to_json() for d in await self.hypervisor.domains()]
+            self.gm_detector.heard(gm.id)
+            joined = await self.rpc.call(
+                gm.address, "lc.join", {"localController": self.description().to_json(), "domains": domains},
+                epoch=self.known_epoch, timeout=3,
+            )
+        except (RpcError, KeyError, TypeError, ValueError) as exc:
+            log.info("join attempt failed: %s", exc)
+            return False
+        self.see_epoch(int(joined.get("epoch", 0)))
+        self.gm = gm
+        self.joined_at = time.monotonic()
+        self._excluded.clear()
+        log.info("joined group manager %s at %s", gm.id, gm.address.url)
+        await self._update_registration()
+        return True
+
+    # -- periodic ------------------------------------------------------------------------
+    async def _send_heartbeat(self) -> None:
+        if self.gm is not None:
+            self.heartbeat.send("lc.heartbeat", self.known_epoch, {"id": self.id}, [self.gm.address])
+
+    async def _report(self) -> None:
+        assert self.monitor is not None
+        sample = await self.monitor.sample()
+        gm = self.gm
+        if gm is None:
+            return
+        try:
+            await self.rpc.call(gm.address, "lc.monitoring", {"id": self.id, **sample}, epoch=self.known_epoch, timeout=3)
+        except RpcError as exc:
+            if exc.code == "NOT_JOINED":
+                log.info("group manager %s does not know us; re-joining", gm.id)
+                self._rejoin.set()
+            else:
+                log.debug("monitoring report failed: %s", exc)
+
+    async def _on_describe(self, env: Envelope) -> Any:
+        return {"localController": self.description().to_json(), "domains": [d.to_json() for d in await self.hypervisor.domains()]}
+
+    async def _http_describe(self, _request: Any) -> Any:
+        return self.description().to_json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from snooze.service import main_for
+
+    return main_for("localcontroller", LocalController, argv)

@@ -1,0 +1,211 @@
+"""Configuration: grouped dataclasses, one TOML file per process.
+
+Every option has a default and a one-line meaning (``doc``); ``example_config(role)`` renders
+them as the commented files in ``configs/``, so the documentation cannot drift from the code.
+Unknown sections or keys, and values of the wrong type, are configuration errors at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the option."""
+
+
+def opt(default: Any, doc: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class NodeSettings:
+    id: str = opt("", "Stable identifier of this process; empty derives one from hostname and port, so a restart keeps it.")
+    listen_address: str = opt("127.0.0.1", "Address the control (HTTP, TCP) and heartbeat (UDP) ports bind to.")
+    advertise_address: str = opt("", "Address peers use to reach this process; empty = listen_address.")
+    port: int = opt(0, "Control and heartbeat port; 0 = the role's default (bootstrap 5000, group managers 5001, local controllers 5010).")
+    hostname: str = opt("", "Host name reported to peers; empty = this machine's.")
+
+
+@dataclass
+class ClusterSettings:
+    name: str = opt("snooze", "Cluster name; zeroconf discovery only finds clusters of the same name.")
+    key: str = opt("snooze-insecure-development-key", "Shared secret for the HMAC on every internal message. Change it in production.")
+    zookeeper: str = opt("127.0.0.1:2181", "ZooKeeper connect string (host:port[,host:port]); empty = discover it with zeroconf.")
+    zk_root: str = opt("/snooze", "ZooKeeper path under which this cluster keeps its state.")
+    session_timeout: float = opt(10.0, "ZooKeeper session timeout in seconds (the server clamps it to 2..20 tickTime).")
+    discovery: str = opt("static", "'static' uses the zookeeper option; 'zeroconf' also advertises/browses the cluster on zeroconf_interfaces.")
+    zeroconf_interfaces: list = opt(["127.0.0.1"], "Interfaces zeroconf may use. Never all interfaces by default.")
+
+
+@dataclass
+class HeartbeatSettings:
+    interval: float = opt(3.0, "Seconds between heartbeats (original: 3 s).")
+    timeout: float = opt(10.0, "Seconds without a heartbeat before a peer is declared dead (original: 10 s).")
+    multicast_group: str = opt("", "UDP multicast group for heartbeats (the original's LAN way); empty = unicast to known peers.")
+    multicast_ttl: int = opt(1, "Multicast TTL when multicast_group is set.")
+
+
+@dataclass
+class MonitoringSettings:
+    interval: float = opt(3.0, "Seconds between a local controller's monitoring reports to its group manager.")
+    history: int = opt(10, "Monitoring samples kept per host and per VM (bounded memory).")
+    summary_interval: float = opt(3.0, "Seconds between a group manager's summaries to the group leader.")
+
+
+@dataclass
+class GroupManagerSettings:
+    assignment_policy: str = opt("round-robin", "How the leader assigns local controllers to group managers: 'round-robin' or 'balanced' (fewest LCs).")
+    dispatch_policy: str = opt("first-fit", "How the leader dispatches VMs to group managers (a placement policy name).")
+    placement_policy: str = opt("round-robin", "How a group manager places VMs on its local controllers (a placement policy name).")
+    virtual_machine_subnet: str = opt("192.168.122.0/24", "Subnet VM addresses are allocated from (network and broadcast excluded).")
+
+
+@dataclass
+class LocalControllerSettings:
+    hypervisor_uri: str = opt("qemu:///system", "libvirt URI of this host's hypervisor; test:///PATH/host.xml for libvirt's test driver.")
+    network_capacity: list = opt([131072.0, 131072.0], "[rx, tx] network capacity in KiB/s reported in totalCapacity.")
+    hypervisor_driver: str = opt("qemu", "hypervisorSettings.driver reported to peers (used for migration URIs).")
+    hypervisor_transport: str = opt("tcp", "hypervisorSettings.transport (migration URI transport).")
+    hypervisor_port: int = opt(16509, "hypervisorSettings.port (libvirtd port peers migrate to).")
+    migration_method: str = opt("live", "hypervisorSettings.migration.method: live, nonshared-incremental or nonshared-full.")
+    migration_timeout: float = opt(60.0, "hypervisorSettings.migration.timeout in seconds; then the VM is paused to converge.")
+    wakeup_driver: str = opt("NONE", "wakeupSettings.driver: IPMI, WOL, COMMAND, TEST or NONE.")
+    wakeup_options: str = opt("", "wakeupSettings.options, e.g. '-I lanplus -H BMC_IP -U user -P password' for IPMI.")
+    image_directory: str = opt("/var/lib/snooze/images", "Where imageId names disk images on a real hypervisor.")
+
+
+@dataclass
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    groupmanager: GroupManagerSettings = field(default_factory=GroupManagerSettings)
+    localcontroller: LocalControllerSettings = field(default_factory=LocalControllerSettings)
+
+    def node_id(self, role: str) -> str:
+        if self.node.id:
+            return self.node.id
+        seed = f"{role}:{self.hostname()}:{self.node.port}"
+        return str(uuid.UUID(bytes=hashlib.sha256(seed.encode()).digest()[:16], version=4))
+
+    def hostname(self) -> str:
+        return self.node.hostname or socket.gethostname()
+
+    def advertise_address(self) -> str:
+        return self.node.advertise_address or self.node.listen_address
+
+
+ROLE_SECTIONS = {
+    "bootstrap": ("node", "cluster", "heartbeat"),
+    "groupmanager": ("node", "cluster", "heartbeat", "monitoring", "groupmanager"),
+    "localcontroller": ("node", "cluster", "heartbeat", "monitoring", "localcontroller"),
+}
+DEFAULT_PORTS = {"bootstrap": 5000, "groupmanager": 5001, "localcontroller": 5010}
+
+
+def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
+    where = f"[{section}] {key}"
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[typ.__name__]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict[str, Any]) -> Settings:
+    settings = Settings()
+    for section, values in data.items():
+        if not hasattr(settings, section):
+            raise ConfigError(f"unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        group = getattr(settings, section)
+        hints = get_type_hints(type(group))
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"[{section}] unknown option {key!r}")
+            setattr(group, key, _coerce(section, key, value, hints[key]))
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    if s.heartbeat.interval <= 0 or s.heartbeat.timeout <= s.heartbeat.interval:
+        raise ConfigError("[heartbeat] need 0 < interval < timeout")
+    if s.cluster.session_timeout <= 0:
+        raise ConfigError("[cluster] session_timeout must be > 0")
+    if s.cluster.discovery not in ("static", "zeroconf"):
+        raise ConfigError("[cluster] discovery must be 'static' or 'zeroconf'")
+    if not s.cluster.zookeeper and s.cluster.discovery != "zeroconf":
+        raise ConfigError("[cluster] zookeeper is empty: set it or use discovery = 'zeroconf'")
+    if not 0 <= s.node.port < 65536:
+        raise ConfigError("[node] port must be in 0..65535")
+    if s.groupmanager.assignment_policy not in ("round-robin", "balanced"):
+        raise ConfigError("[groupmanager] assignment_policy must be 'round-robin' or 'balanced'")
+    if len(s.localcontroller.network_capacity) != 2:
+        raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
+
+
+def load(path: str | Path | None, role: str, overrides: dict[str, Any] | None = None) -> Settings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    settings = from_dict(data)
+    if settings.node.port == 0:
+        settings.node.port = DEFAULT_PORTS[role]
+    return settings
+
+
+def to_dict(settings: Settings, role: str) -> dict[str, Any]:
+    return {s: dataclasses.asdict(getattr(settings, s)) for s in ROLE_SECTIONS[role]}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def render_toml(settings: Settings, role: str, *, comments: bool = True) -> str:
+    lines: list[str] = []
+    for section in ROLE_SECTIONS[role]:
+        group = getattr(settings, section)
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(group):
+            if comments:
+                lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(group, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def example_config(role: str) -> str:
+    header = (
+        f"# Example configuration of a Snooze {role}: every option, with its default and meaning.\n"
+        f"# Start with: snooze-{role} --config THIS_FILE\n\n"
+    )
+    return header + render_toml(Settings(), role)

@@ -1,0 +1,142 @@
+"""Heartbeats over UDP: authenticated datagrams, and a failure detector fed by them.
+
+Every process has one UDP endpoint on the same port number as its HTTP control port. By default
+heartbeats go unicast to known peers (works on loopback and across routed networks); with
+``[heartbeat] multicast_group = "ADDR:PORT"`` they also go to a multicast group, the original's
+way on a LAN. A datagram with a bad HMAC, a newer protocol version or garbage bytes is dropped
+and counted in ``dropped``; it never reaches a handler and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from snooze.models import NetworkAddress
+from snooze.protocol import Envelope, ProtocolError, decode, encode
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Envelope, tuple[str, int]], None]
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, endpoint: HeartbeatEndpoint) -> None:
+        self.endpoint = endpoint
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.endpoint._received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
+        self.endpoint.dropped["send_error"] += 1
+
+
+class HeartbeatEndpoint:
+    def __init__(self, key: bytes, sender: str, *, multicast_group: str = "", ttl: int = 1) -> None:
+        self.key = key
+        self.sender = sender
+        self.handlers: dict[str, Handler] = {}
+        self.dropped: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.multicast: tuple[str, int] | None = None
+        if multicast_group:
+            host, _, port = multicast_group.rpartition(":")
+            self.multicast = (host, int(port))
+        self.ttl = ttl
+        self._transport: asyncio.DatagramTransport | None = None
+        self._mtransport: asyncio.DatagramTransport | None = None
+
+    def on(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    async def start(self, address: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), local_addr=(address, port)
+        )
+        self._transport = transport
+        if self.multicast:
+            self._mtransport = await self._join_multicast(address)
+
+    async def _join_multicast(self, interface: str) -> asyncio.DatagramTransport:
+        assert self.multicast is not None
+        group, port = self.multicast
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(AttributeError, OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("", port))
+        mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(interface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        # Send on the configured interface only, never wherever the default route points.
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        return transport
+
+    def close(self) -> None:
+        for t in (self._transport, self._mtransport):
+            if t is not None:
+                t.close()
+
+    def send(self, kind: str, epoch: int, body: Any, peers: Iterable[NetworkAddress]) -> None:
+        if self._transport is None:
+            return
+        data = encode(self.key, kind, self.sender, epoch, body)
+        for peer in peers:
+            try:
+                self._transport.sendto(data, (peer.address, peer.port))
+            except OSError:
+                self.dropped["send_error"] += 1
+        if self._mtransport is not None and self.multicast is not None:
+            self._mtransport.sendto(data, self.multicast)
+
+    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            env = decode(self.key, data)
+        except ProtocolError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        if env.sender == self.sender:
+            return  # our own multicast echo
+        handler = self.handlers.get(env.kind)
+        if handler is None:
+            self.dropped["unknown_kind"] += 1
+            return
+        self.received[env.kind] += 1
+        try:
+            handler(env, addr)
+        except Exception:
+            self.dropped["handler_error"] += 1
+            log.exception("heartbeat handler for %s failed", env.kind)
+
+
+class FailureDetector:
+    """Declares a peer dead when it has not been heard from for ``timeout`` seconds."""
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.clock = clock
+        self.last_seen: dict[str, float] = {}
+
+    def heard(self, peer: str) -> None:
+        self.last_seen[peer] = self.clock()
+
+    def forget(self, peer: str) -> None:
+        self.last_seen.pop(peer, None)
+
+    def alive(self, peer: str) -> bool:
+        seen = self.last_seen.get(peer)
+        return seen is not None and self.clock() - seen <= self.timeout
+
+    def expired(self) -> list[str]:
+        now = self.clock()
+        return [p for p, t in self.last_seen.items() if now - t > self.timeout]

@@ -1,0 +1,364 @@
+"""A complete Snooze cluster on one machine: ZooKeeper, a bootstrap, group managers and local
+controllers on libvirt's test driver, each its own process.
+
+Every process runs from a generated config in the state dir and logs there; ``cluster.json``
+records the ZooKeeper address, the bootstrap URL and every process (role, id, pid, port), which
+is all ``down`` needs to stop exactly what ``up`` started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from snooze import config as cfg
+from snooze.zookeeper import ZooKeeperServer, free_port
+
+MODULES = {"bootstrap": "bootstrap", "groupmanager": "groupmanager", "localcontroller": "localcontroller"}
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def host_xml(cpus: int, memory_kib: int, domains: list[str] | None = None) -> str:
+    """A libvirt test-driver host file; ``domains`` are names of domains already running there."""
+    running = "".join(
+        f'  <domain type="test"><name>{name}</name><memory>262144</memory><vcpu>1</vcpu>'
+        "<os><type>hvm</type></os></domain>\n"
+        for name in domains or []
+    )
+    return (
+        "<node>\n  <cpu>\n    <mhz>2400</mhz>\n    <model>x86_64</model>\n"
+        f"    <active>{cpus}</active>\n    <total>{cpus}</total>\n    <nodes>1</nodes>\n"
+        f"    <sockets>1</sockets>\n    <cores>{cpus}</cores>\n    <threads>1</threads>\n  </cpu>\n"
+        f"  <memory>{memory_kib}</memory>\n{running}</node>\n"
+    )
+
+
+@dataclass
+class ClusterOptions:
+    gms: int = 3
+    lcs: int = 4
+    base_port: int = 5000
+    zk_port: int = 0
+    heartbeat_interval: float = 3.0
+    heartbeat_timeout: float = 10.0
+    session_timeout: float = 10.0
+    monitoring_interval: float = 3.0
+    lc_cpus: int = 8
+    lc_memory_gib: int = 16
+    key: str = "snooze-local-cluster-key"
+    domains_per_lc: int = 0  # domains already running on each simulated host at start
+    extra: dict[str, Any] = field(default_factory=dict)  # "section.option" -> value for every role
+
+
+def _http_json(url: str, timeout: float = 2.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+class LocalCluster:
+    def __init__(self, state_dir: Path, options: ClusterOptions | None = None) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.options = options or ClusterOptions()
+        self.zk: ZooKeeperServer | None = None
+        self.processes: list[dict[str, Any]] = []
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.state_dir / "cluster.json"
+
+    @property
+    def bootstrap_url(self) -> str:
+        return f"http://127.0.0.1:{self.options.base_port}"
+
+    # -- configuration -------------------------------------------------------------------
+    def _settings(self, role: str, node_id: str, port: int) -> cfg.Settings:
+        o = self.options
+        assert self.zk is not None
+        data: dict[str, dict[str, Any]] = {
+            "node": {"id": node_id, "port": port, "listen_address": "127.0.0.1"},
+            "cluster": {"key": o.key, "zookeeper": self.zk.address, "session_timeout": o.session_timeout},
+            "heartbeat": {"interval": o.heartbeat_interval, "timeout": o.heartbeat_timeout},
+        }
+        if role != "bootstrap":
+            data["monitoring"] = {"interval": o.monitoring_interval, "summary_interval": o.monitoring_interval}
+        for dotted, value in o.extra.items():
+            section, key = dotted.split(".", 1)
+            if section in cfg.ROLE_SECTIONS[role]:
+                data.setdefault(section, {})[key] = value
+        return cfg.from_dict(data)
+
+    def _write_config(self, role: str, node_id: str, port: int, extra: dict[str, Any] | None = None) -> Path:
+        settings = self._settings(role, node_id, port)
+        for dotted, value in (extra or {}).items():
+            section, key = dotted.split(".", 1)
+            setattr(getattr(settings, section), key, value)
+        path = self.state_dir / "config" / f"{node_id}.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cfg.render_toml(settings, role, comments=False))
+        return path
+
+    def plan(self) -> list[dict[str, Any]]:
+        """Every process of the cluster: role, id, port, config (written), log."""
+        o = self.options
+        specs: list[dict[str, Any]] = []
+        port = o.base_port
+
+        def add(role: str, node_id: str, extra: dict[str, Any] | None = None) -> None:
+            nonlocal port
+            specs.append(
+                {
+                    "role": role,
+                    "id": node_id,
+                    "port": port,
+                    "config": str(self._write_config(role, node_id, port, extra)),
+                    "log": str(self.state_dir / "logs" / f"{node_id}.log"),
+                }
+            )
+            port += 1
+
+        add("bootstrap", "bootstrap-1")
+        for i in range(1, o.gms + 1):
+            add("groupmanager", f"gm-{i}")
+        hosts = self.state_dir / "hosts"
+        hosts.mkdir(parents=True, exist_ok=True)
+        for i in range(1, o.lcs + 1):
+            xml = hosts / f"lc-{i}.xml"
+            names = [f"lc-{i}-vm-{k}" for k in range(1, o.domains_per_lc + 1)]
+            xml.write_text(host_xml(o.lc_cpus, o.lc_memory_gib * 1024 * 1024, names))
+            add("localcontroller", f"lc-{i}", {"localcontroller.hypervisor_uri": f"test://{xml}"})
+        return specs
+
+    # -- processes -----------------------------------------------------------------------
+    def spawn(self, spec: dict[str, Any]) -> int:
+        Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
+        with open(spec["log"], "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", MODULES[spec["role"]], "--config", spec["config"]],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+        spec["pid"] = proc.pid
+        self._children[proc.pid] = proc
+        return proc.pid
+
+    def process(self, node_id: str) -> dict[str, Any]:
+        for spec in self.processes:
+            if spec["id"] == node_id:
+                return spec
+        raise ClusterError(f"no process {node_id}")
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to one process (kill -9 by default) and reap it."""
+        spec = self.process(node_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(spec["pid"], sig)
+        proc = self._children.pop(spec["pid"], None)
+        if proc is not None:
+            proc.wait(10)
+
+    def restart(self, node_id: str) -> int:
+        """Start a stopped process again with the same config (so the same id)."""
+        spec = self.process(node_id)
+        if _alive(spec.get("pid")):
+            raise ClusterError(f"{node_id} is still running")
+        pid = self.spawn(spec)
+        self.write_manifest()
+        return pid
+
+    def add_process(self, role: str, node_id: str, extra: dict[str, Any] | None = None, port: int | None = None) -> dict[str, Any]:
+        """Start one more process of ``role`` (``extra``: "section.option" -> value)."""
+        port = port or free_port()
+        extra = dict(extra or {})
+        if role == "localcontroller" and "localcontroller.hypervisor_uri" not in extra:
+            xml = self.state_dir / "hosts" / f"{node_id}.xml"
+            xml.write_text(host_xml(self.options.lc_cpus, self.options.lc_memory_gib * 1024 * 1024))
+            extra["localcontroller.hypervisor_uri"] = f"test://{xml}"
+        spec = {
+            "role": role, "id": node_id, "port": port,
+            "config": str(self._write_config(role, node_id, port, extra)),
+            "log": str(self.state_dir / "logs" / f"{node_id}.log"),
+        }
+        self.processes.append(spec)
+        self.spawn(spec)
+        self.write_manifest()
+        return spec
+
+    def restart_zookeeper(self, down_for: float = 0.0) -> None:
+        """Stop ZooKeeper and start it again on the same port and data dir."""
+        assert self.zk is not None
+        self.zk.stop()
+        time.sleep(down_for)
+        self.zk.start()
+        self.write_manifest()
+
+    def up(self, *, wait: bool = True, timeout: float = 90.0) -> dict[str, Any]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.manifest_path.exists() and any(_alive(p) for p in _manifest_pids(self.manifest_path)):
+            raise ClusterError(f"a cluster is already running from {self.state_dir}; run 'snooze cluster down' first")
+        o = self.options
+        for port in range(o.base_port, o.base_port + 1 + o.gms + o.lcs):
+            if not _port_free(port):
+                raise ClusterError(f"port {port} is in use; choose another --base-port")
+        self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or free_port())
+        self.zk.start()
+        try:
+            self.processes = self.plan()
+            for spec in self.processes:
+                self.spawn(spec)
+            self.write_manifest()
+            if wait:
+                self.wait_formed(timeout)
+        except BaseException:
+            self.down()
+            raise
+        return self.manifest()
+
+    def manifest(self) -> dict[str, Any]:
+        assert self.zk is not None
+        return {
+            "stateDir": str(self.state_dir),
+            "zookeeper": self.zk.address,
+            "zookeeperPid": self.zk.pid,
+            "zookeeperDataDir": str(self.zk.data_dir),
+            "bootstrapUrl": self.bootstrap_url,
+            "options": {k: v for k, v in self.options.__dict__.items()},
+            "processes": self.processes,
+        }
+
+    def write_manifest(self) -> None:
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.manifest(), indent=2))
+        tmp.replace(self.manifest_path)
+
+    def hierarchy(self) -> dict[str, Any] | None:
+        try:
+            return _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=5)
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def wait_formed(self, timeout: float) -> dict[str, Any]:
+        """Until every local controller is assigned to a group manager."""
+        want = {p["id"] for p in self.processes if p["role"] == "localcontroller"}
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            for spec in self.processes:
+                if not _alive(spec["pid"]):
+                    raise ClusterError(f"{spec['id']} exited during start-up; see {spec['log']}")
+            last = self.hierarchy()
+            if last is not None and assigned_lcs(last) >= want:
+                return last
+            time.sleep(0.2)
+        raise ClusterError(f"hierarchy did not form within {timeout}s; logs in {self.state_dir / 'logs'}")
+
+    def down(self) -> None:
+        stop_manifest(self.state_dir, processes=self.processes, zk=self.zk)
+        for proc in self._children.values():
+            with contextlib.suppress(Exception):
+                proc.wait(1)
+        self._children.clear()
+
+
+def assigned_lcs(hierarchy: dict[str, Any]) -> set[str]:
+    return {lc["id"] for gm in hierarchy.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", [])}
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child counts as gone.
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split(") ", 1)[1].startswith("Z"):
+                return False
+    return True
+
+
+def _manifest_pids(path: Path) -> list[int]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [p.get("pid") for p in data.get("processes", []) if p.get("pid")] + ([data["zookeeperPid"]] if data.get("zookeeperPid") else [])
+
+
+def _ours(pid: int, marker: str) -> bool:
+    """True if ``pid`` still runs a command line containing ``marker`` (not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return marker in cmdline
+
+
+def kill_group(pid: int, marker: str, timeout: float = 8.0) -> None:
+    if not _alive(pid) or not _ours(pid, marker):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, 0)
+
+
+def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = None, zk: ZooKeeperServer | None = None) -> int:
+    """Stop every process of the cluster in ``state_dir``; returns how many were running."""
+    state_dir = Path(state_dir).resolve()
+    manifest = state_dir / "cluster.json"
+    data: dict[str, Any] = {}
+    if manifest.exists():
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(manifest.read_text())
+    procs = processes if processes is not None else data.get("processes", [])
+    stopped = 0
+    for spec in reversed(procs):
+        pid = spec.get("pid")
+        if pid and _alive(pid):
+            stopped += 1
+            kill_group(pid, spec["config"])
+    if zk is not None:
+        if zk.process is not None:
+            stopped += 1
+        zk.stop()
+    elif data.get("zookeeperPid") and _alive(data["zookeeperPid"]):
+        stopped += 1
+        kill_group(data["zookeeperPid"], data.get("zookeeperDataDir", "zoo.cfg"))
+    return stopped

@@ -1,0 +1,43 @@
+"""Fixtures: a real ZooKeeper server and real local clusters, always torn down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from snooze.localcluster import LocalCluster
+from snooze.zookeeper import ZooKeeperServer
+from tests.support import fast_options, port_range
+
+
+@pytest.fixture
+def zookeeper(tmp_path: Path) -> Iterator[ZooKeeperServer]:
+    server = ZooKeeperServer(tmp_path / "zk")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    started: list[LocalCluster] = []
+
+    def make(**kw: Any) -> LocalCluster:
+        gms = kw.get("gms", 3)
+        lcs = kw.get("lcs", 4)
+        kw.setdefault("base_port", port_range(1 + gms + lcs))
+        cluster = LocalCluster(tmp_path / f"cluster{len(started)}", fast_options(**kw))
+        started.append(cluster)
+        cluster.up(wait=True, timeout=60)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in started:
+            cluster.down()

@@ -1,0 +1,84 @@
+"""Helpers shared by the tests: polling, HTTP, free port ranges, fast-cluster options."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from snooze.localcluster import ClusterOptions
+
+T = TypeVar("T")
+
+FAST = {
+    "heartbeat_interval": 0.5,
+    "heartbeat_timeout": 2.0,
+    "session_timeout": 2.0,
+    "monitoring_interval": 0.5,
+}
+
+
+def fast_options(**kw: Any) -> ClusterOptions:
+    opts = dict(FAST)
+    opts.update(kw)
+    return ClusterOptions(**opts)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the cluster may be mid-failover
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def port_range(count: int) -> int:
+    """A base port with ``count`` consecutive free ports on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randint(20000, 40000)
+        ok = True
+        for p in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def http(method: str, url: str, body: bytes | str | None = None, timeout: float = 10.0,
+         content_type: str = "application/json") -> tuple[int, Any]:
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status = exc.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def get(url: str) -> Any:
+    status, body = http("GET", url)
+    assert status == 200, (status, body)
+    return body

@@ -1,0 +1,33 @@
+"""The deployment description and the console scripts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docker_compose_file_is_valid_and_describes_the_deployment() -> None:
+    compose = shutil.which("docker-compose")
+    assert compose, "docker-compose is installed by scripts/setup"
+    check = subprocess.run([compose, "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    services = subprocess.run([compose, "-f", "docker-compose.yml", "config", "--services"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(services) == sorted(
+        ["zookeeper", "bootstrap", "groupmanager-1", "groupmanager-2",
+         "localcontroller-1", "localcontroller-2", "localcontroller-3"]
+    )
+
+
+def test_role_commands_reject_bad_configuration_with_a_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "gm.toml"
+    bad.write_text("[heartbeat]\ntimeout = 'soon'\n")
+    out = subprocess.run([sys.executable, "-m", "groupmanager", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "configuration error: [heartbeat] timeout: expected float" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "localcontroller", "--set", "nonsense"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--set expects SECTION.OPTION=VALUE" in out.stderr
