@@ -12,8 +12,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import os
+import signal
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Coroutine

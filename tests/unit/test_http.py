@@ -8,7 +8,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from snooze.http import INTERNAL_PATH, MAX_BODY_BYTES, InternalEndpoint, VerbRouter, new_app, read_identifier, read_json
+from snooze.http import (
+    INTERNAL_PATH,
+    MAX_BODY_BYTES,
+    InternalEndpoint,
+    VerbRouter,
+    new_app,
+    read_identifier,
+    read_json,
+)
 from snooze.protocol import decode, encode
 
 

@@ -1,0 +1,437 @@
+"""The local controller's migration step: move one domain to another hypervisor.
+
+``migrate_domain`` live-migrates with libvirt, peer to peer: the source daemon drives the
+whole migration and the domain's memory flows straight between the two QEMUs. Like the
+original Snooze it bounds the time a migration may take: after ``timeout`` seconds a watchdog
+forces convergence, by switching to post-copy when that is allowed and by pausing the domain
+otherwise (OpenStack Nova's ``live_migration_completion_timeout`` with the ``force_complete``
+action does the same). On failure the domain keeps running at the source and nothing of it is
+left at the destination.
+
+``fallback_move`` is the **non-live** move used where libvirt cannot migrate (its test driver):
+the domain is started afresh at the destination and destroyed at the source, so its memory
+state is lost.
+
+Both are blocking; callers run them in a worker thread. No ``libvirtError`` escapes: failures
+are ``MigrationFailed``, or ``UnsupportedOperation`` when the driver cannot migrate at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import libvirt
+
+from localcontroller.hypervisor.errors import MigrationFailed, UnsupportedOperation
+
+__all__ = [
+    "MIGRATION_METHODS",
+    "MigrationResult",
+    "MigrationSettings",
+    "fallback_move",
+    "migrate_domain",
+    "migration_flags",
+]
+
+log = logging.getLogger(__name__)
+
+MIGRATION_METHODS = ("live", "nonshared-incremental", "nonshared-full")
+"""The original's "live" (shared storage), "non-shared incremental" and "non-shared full"."""
+
+_WATCHDOG_PERIOD = 0.1
+
+# Error codes that mean "this driver cannot migrate", as opposed to "this migration failed".
+_UNSUPPORTED_CODES = frozenset({libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED})
+
+
+@dataclass(frozen=True)
+class MigrationSettings:
+    """How the local controller migrates; one value for the whole cluster."""
+
+    method: str = "live"
+    """``live`` (disks on shared storage), ``nonshared-incremental`` (copy disks whose backing
+    image the destination has) or ``nonshared-full`` (copy whole disks)."""
+    timeout: float = 60.0
+    """Seconds after which the watchdog forces convergence (post-copy, else pause)."""
+    auto_converge: bool = False
+    """Let QEMU throttle the guest's vCPUs when memory is dirtied faster than it is sent."""
+    post_copy: bool = False
+    """Allow post-copy, and use it rather than pausing when the timeout expires."""
+    bandwidth_mib: int | None = None
+    """Bandwidth cap of the migration stream in MiB/s; ``None`` for libvirt's default."""
+    abort_after: float | None = None
+    """Seconds after convergence was forced at which the migration is aborted (``None``: never)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in MIGRATION_METHODS:
+            raise ValueError(f"migration method {self.method!r} not in {MIGRATION_METHODS}")
+        if self.timeout < 0:
+            raise ValueError("migration timeout must not be negative")
+        if self.bandwidth_mib is not None and self.bandwidth_mib <= 0:
+            raise ValueError("migration bandwidth must be positive")
+        if self.abort_after is not None and self.abort_after < 0:
+            raise ValueError("abort_after must not be negative")
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What one completed move took."""
+
+    duration: float
+    """Seconds for the whole step, checks and clean-up included."""
+    libvirt_seconds: float
+    """Seconds spent inside libvirt's migration call (or, non-live, its define/start/destroy)."""
+    paused_to_converge: bool
+    switched_to_post_copy: bool
+    non_live: bool = False
+    """True for ``fallback_move``: the domain was restarted, not migrated."""
+
+
+def migration_flags(settings: MigrationSettings) -> int:
+    """The ``virDomainMigrate*`` flags for these settings."""
+    flags = (
+        libvirt.VIR_MIGRATE_LIVE
+        | libvirt.VIR_MIGRATE_PEER2PEER
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    )
+    if settings.method == "nonshared-incremental":
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    elif settings.method == "nonshared-full":
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    if settings.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if settings.post_copy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return flags
+
+
+def _migration_params(migration_uri: str | None, settings: MigrationSettings) -> dict[str, object]:
+    params: dict[str, object] = {}
+    if migration_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
+        # Without a listen address the destination QEMU listens on every interface; listen
+        # only where the source is told to connect.
+        host = urlsplit(migration_uri).hostname
+        if host:
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = host
+    if settings.bandwidth_mib is not None:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = settings.bandwidth_mib
+    return params
+
+
+def _message(exc: libvirt.libvirtError) -> str:
+    return exc.get_error_message() or str(exc)
+
+
+class _Watchdog(threading.Thread):
+    """Forces a running migration to converge once ``settings.timeout`` has passed."""
+
+    def __init__(self, domain: libvirt.virDomain, name: str, settings: MigrationSettings) -> None:
+        super().__init__(name=f"migration-watchdog-{name}", daemon=True)
+        self.domain = domain
+        self.domain_name = name
+        self.settings = settings
+        self.done = threading.Event()
+        self.paused = False
+        self.switched_to_post_copy = False
+        self.aborted = False
+
+    def run(self) -> None:
+        if self.done.wait(self.settings.timeout):
+            return
+        forced_at = time.monotonic()
+        while not self.done.is_set():
+            if not (self.paused or self.switched_to_post_copy):
+                self._force_convergence()
+            elif (
+                self.settings.abort_after is not None
+                and not self.aborted
+                and not self.switched_to_post_copy  # a post-copy migration cannot be undone
+                and time.monotonic() - forced_at >= self.settings.abort_after
+            ):
+                self._abort()
+            self.done.wait(_WATCHDOG_PERIOD)
+
+    def _force_convergence(self) -> None:
+        name = self.domain_name
+        try:
+            if self.settings.post_copy:
+                # Refused until the pre-copy phase has begun: retried at the next tick.
+                self.domain.migrateStartPostCopy(0)
+                self.switched_to_post_copy = True
+                log.info(
+                    "migration of %s: switched to post-copy after %.1f s",
+                    name,
+                    self.settings.timeout,
+                )
+            else:
+                self.domain.suspend()
+                self.paused = True
+                log.info(
+                    "migration of %s: paused the domain to converge after %.1f s",
+                    name,
+                    self.settings.timeout,
+                )
+        except libvirt.libvirtError as exc:
+            log.debug("migration of %s: cannot force convergence yet: %s", name, _message(exc))
+
+    def _abort(self) -> None:
+        try:
+            self.domain.abortJob()
+            self.aborted = True
+            log.warning(
+                "migration of %s: aborted after %.1f s more",
+                self.domain_name,
+                self.settings.abort_after,
+            )
+        except libvirt.libvirtError as exc:
+            log.debug("migration of %s: abort refused: %s", self.domain_name, _message(exc))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+    # Listing rather than lookupByUUIDString: a miss is normal here, and libvirt's default
+    # error handler would print every miss on stderr.
+    try:
+        domains = conn.listAllDomains(0)
+    except libvirt.libvirtError:
+        return None
+    for candidate in domains:
+        with contextlib.suppress(libvirt.libvirtError):
+            if candidate.UUIDString() == uuid:
+                return candidate
+    return None
+
+
+def _open(uri: str) -> libvirt.virConnect:
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise MigrationFailed(f"cannot reach destination {uri}: {_message(exc)}") from exc
+
+
+def _check_absent(conn: libvirt.virConnect, name: str, uuid: str, where: str) -> None:
+    """Refuse before anything changes when the destination already has this domain's name or UUID."""
+    try:
+        domains = conn.listAllDomains(0)
+        present = {(d.name(), d.UUIDString()) for d in domains}
+    except libvirt.libvirtError as exc:
+        raise MigrationFailed(f"{name}: cannot query {where}: {_message(exc)}") from exc
+    for other_name, other_uuid in present:
+        if other_uuid == uuid:
+            raise MigrationFailed(f"{name}: a domain with UUID {uuid} already exists at {where}")
+        if other_name == name:
+            raise MigrationFailed(f"{name}: a domain of that name already exists at {where}")
+
+
+def _remove(domain: libvirt.virDomain) -> None:
+    """Destroy and undefine, whatever state the domain is in."""
+    with contextlib.suppress(libvirt.libvirtError):
+        if domain.isActive():
+            domain.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        if domain.isPersistent():
+            domain.undefine()
+
+
+def migrate_domain(
+    domain: libvirt.virDomain,
+    destination_uri: str,
+    migration_uri: str | None,
+    settings: MigrationSettings,
+) -> MigrationResult:
+    """Live-migrate a running ``domain`` to the libvirt at ``destination_uri``; blocking.
+
+    ``migration_uri`` (``VIR_MIGRATE_PARAM_URI``, e.g. ``tcp://10.0.0.2``) says where the
+    memory stream goes; the destination listens on that host only. Raises ``MigrationFailed``
+    with libvirt's message, leaving the domain running at the source, or
+    ``UnsupportedOperation`` when the source's driver cannot migrate (use ``fallback_move``).
+    """
+    started = time.monotonic()
+    try:
+        name = domain.name()
+        uuid = domain.UUIDString()
+        driver = domain.connect().getType()
+        active = domain.isActive()
+    except libvirt.libvirtError as exc:
+        raise MigrationFailed(f"cannot inspect the domain to migrate: {_message(exc)}") from exc
+    if driver.lower() == "test":
+        raise UnsupportedOperation(f"{name}: libvirt's test driver cannot migrate")
+    if not active:
+        raise MigrationFailed(f"{name}: only a running domain can be live-migrated")
+
+    destination = _open(destination_uri)
+    try:
+        _check_absent(destination, name, uuid, destination_uri)
+        flags = migration_flags(settings)
+        params = _migration_params(migration_uri, settings)
+        watchdog = _Watchdog(domain, name, settings)
+        log.info(
+            "migrating %s to %s (%s, flags %#x)", name, destination_uri, settings.method, flags
+        )
+        call_started = time.monotonic()
+        watchdog.start()
+        error: libvirt.libvirtError | None = None
+        try:
+            domain.migrateToURI3(destination_uri, params, flags)
+        except libvirt.libvirtError as exc:
+            error = exc
+        finally:
+            # Stopped before anything is examined, so it cannot pause the domain afterwards.
+            watchdog.stop()
+        libvirt_seconds = time.monotonic() - call_started
+
+        if error is not None:
+            if _moved_anyway(domain, destination, uuid):
+                log.warning(
+                    "migration of %s reported %r but the domain runs at %s",
+                    name,
+                    _message(error),
+                    destination_uri,
+                )
+            elif watchdog.switched_to_post_copy:
+                # The destination already ran the guest: neither side has its whole memory,
+                # libvirt keeps both paused for recovery, and removing either would lose it.
+                raise MigrationFailed(
+                    f"{name}: post-copy migration to {destination_uri} failed, the domain is "
+                    f"paused at both hosts and needs recovery: {_message(error)}"
+                ) from error
+            else:
+                _restore_after_failure(domain, destination, uuid, watchdog.paused)
+                if error.get_error_code() in _UNSUPPORTED_CODES:
+                    raise UnsupportedOperation(
+                        f"{name}: cannot migrate: {_message(error)}"
+                    ) from error
+                reason = " (aborted by the watchdog)" if watchdog.aborted else ""
+                raise MigrationFailed(
+                    f"{name}: migration to {destination_uri} failed{reason}: {_message(error)}"
+                ) from error
+
+        _ensure_running(destination, uuid, name)
+        return MigrationResult(
+            duration=time.monotonic() - started,
+            libvirt_seconds=libvirt_seconds,
+            paused_to_converge=watchdog.paused,
+            switched_to_post_copy=watchdog.switched_to_post_copy,
+        )
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            destination.close()
+
+
+def _moved_anyway(source: libvirt.virDomain, destination: libvirt.virConnect, uuid: str) -> bool:
+    """True when libvirt reported an error but the domain left the source and runs at the
+    destination (an error in the last, confirm phase): undoing that would kill the only copy."""
+    try:
+        if source.isActive():
+            return False
+    except libvirt.libvirtError:
+        pass  # undefined at the source: it moved, or was lost
+    arrived = _lookup(destination, uuid)
+    try:
+        return arrived is not None and bool(arrived.isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _restore_after_failure(
+    source: libvirt.virDomain, destination: libvirt.virConnect, uuid: str, paused: bool
+) -> None:
+    leftover = _lookup(destination, uuid)
+    if leftover is not None:
+        # _check_absent made sure it was not there before: this is a half-done incoming copy.
+        log.warning("removing the incomplete copy of %s left at the destination", uuid)
+        _remove(leftover)
+    if paused:
+        try:
+            source.resume()
+        except libvirt.libvirtError as exc:
+            log.error(
+                "could not resume %s at the source after a failed migration: %s",
+                uuid,
+                _message(exc),
+            )
+
+
+def _ensure_running(destination: libvirt.virConnect, uuid: str, name: str) -> None:
+    arrived = _lookup(destination, uuid)
+    if arrived is None:
+        raise MigrationFailed(f"{name}: libvirt reported success but it is not at the destination")
+    try:
+        state, _ = arrived.state()
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            # Paused at the source to converge: libvirt may carry that state over.
+            arrived.resume()
+    except libvirt.libvirtError as exc:
+        raise MigrationFailed(f"{name}: migrated but cannot be resumed: {_message(exc)}") from exc
+
+
+def fallback_move(
+    domain: libvirt.virDomain, destination_conn: libvirt.virConnect
+) -> MigrationResult:
+    """**Non-live** move, for drivers that cannot migrate (libvirt's test driver).
+
+    Defines the domain's XML at the destination and starts it there (paused if it was paused),
+    then destroys and undefines it at the source. Memory state is lost: the guest restarts.
+    On failure nothing is left at the destination and the source is as it was.
+    """
+    started = time.monotonic()
+    try:
+        name = domain.name()
+        uuid = domain.UUIDString()
+        state, _ = domain.state()
+        running = bool(domain.isActive())
+        persistent = bool(domain.isPersistent())
+        xml_flags = libvirt.VIR_DOMAIN_XML_SECURE
+        if persistent:
+            xml_flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
+        xml = domain.XMLDesc(xml_flags)
+    except libvirt.libvirtError as exc:
+        raise MigrationFailed(f"cannot inspect the domain to move: {_message(exc)}") from exc
+    where = "the destination"
+    with contextlib.suppress(libvirt.libvirtError):
+        where = destination_conn.getURI()
+    _check_absent(destination_conn, name, uuid, where)
+    log.info("moving %s to %s without live migration (the guest restarts)", name, where)
+
+    arrived: libvirt.virDomain | None = None
+    try:
+        arrived = destination_conn.defineXML(xml)
+        if running:
+            arrived.create()
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                arrived.suspend()
+    except libvirt.libvirtError as exc:
+        if arrived is not None:
+            _remove(arrived)
+        raise MigrationFailed(f"{name}: cannot start it at {where}: {_message(exc)}") from exc
+
+    try:
+        if running:
+            domain.destroy()
+    except libvirt.libvirtError as exc:
+        _remove(arrived)
+        raise MigrationFailed(f"{name}: cannot stop it at the source: {_message(exc)}") from exc
+    if persistent:
+        try:
+            domain.undefine()
+        except libvirt.libvirtError as exc:
+            # It runs at the destination: keep that copy, report the stale definition.
+            log.error("%s moved, but its definition stays at the source: %s", name, _message(exc))
+    elapsed = time.monotonic() - started
+    return MigrationResult(
+        duration=elapsed,
+        libvirt_seconds=elapsed,
+        paused_to_converge=False,
+        switched_to_post_copy=False,
+        non_live=True,
+    )

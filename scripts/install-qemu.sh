@@ -1,0 +1,56 @@
+#!/bin/sh
+# Install what real live migration between private libvirtd hosts needs (snooze.sim.libvirtd,
+# tests/integration/test_qemu_migration.py). Idempotent and non-interactive; run as root.
+#
+# Needed: libvirt-daemon (libvirtd), libvirt-daemon-driver-qemu, qemu-system-x86 (QEMU with
+# SeaBIOS). Useful and small: libvirt-clients (virsh, for debugging) and qemu-utils (qemu-img,
+# for disk images). Deliberately NOT libvirt-daemon-system: it would bring polkit, a firewall
+# and init scripts only to create the libvirt-qemu user, which snooze.sim.libvirtd provides
+# inside its own mount namespaces instead. None of these packages ships an init script or a
+# systemd unit, so installing them starts no daemon; a policy-rc.d that forbids starting
+# services is put in place for the install anyway when the machine has none.
+set -eu
+
+PACKAGES="libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients qemu-utils"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-qemu.sh: must run as root" >&2
+    exit 1
+fi
+
+missing=""
+for package in $PACKAGES; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null || true)
+    if [ "$status" != "installed" ]; then
+        missing="$missing $package"
+    fi
+done
+
+if [ -z "$missing" ]; then
+    echo "install-qemu.sh: already installed:$(printf ' %s' $PACKAGES)"
+    exit 0
+fi
+
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT INT TERM
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# needrestart, where installed, would otherwise ask or restart services.
+export NEEDRESTART_SUSPEND=1
+echo "install-qemu.sh: installing$missing"
+if ! apt-get install -y --no-install-recommends $missing; then
+    apt-get update
+    apt-get install -y --no-install-recommends $missing
+fi
+
+for binary in /usr/sbin/libvirtd /usr/bin/qemu-system-x86_64; do
+    if [ ! -x "$binary" ]; then
+        echo "install-qemu.sh: $binary missing after install" >&2
+        exit 1
+    fi
+done
+echo "install-qemu.sh: done"

@@ -1,0 +1,570 @@
+"""Private libvirtd daemons that stand in for separate hypervisor hosts on one machine.
+
+Live migration needs two libvirt daemons that believe they are different hosts. Each daemon
+started here runs in its own private mount namespace, where its own state directory is
+bind-mounted over ``/run``, ``/etc/libvirt``, ``/var/lib/libvirt``, ``/var/cache/libvirt`` and
+``/var/log/libvirt``; it has its own ``host_uuid``, its own Unix socket and its own range of
+migration ports, and QEMU runs as root with no cgroups, no security driver and no virtlogd.
+Nothing listens on TCP except the QEMU migration streams, which are bound to 127.0.0.1 by the
+caller (see ``localcontroller.hypervisor.migration``).
+
+Needs root, ``unshare`` and the packages that ``scripts/install-qemu.sh`` installs.
+
+Run ``python -m snooze.sim.libvirtd --state-dir DIR --count 2`` to keep a cluster up by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from xml.sax.saxutils import escape
+
+import libvirt
+
+__all__ = [
+    "DEFAULT_BASE_MIGRATION_PORT",
+    "LibvirtdCluster",
+    "LibvirtdError",
+    "LibvirtdHost",
+    "MIGRATION_PORTS_PER_HOST",
+    "QemuNotInstalled",
+    "kvm_usable",
+    "missing_components",
+    "default_capabilities_cache",
+    "tiny_domain_xml",
+]
+
+LIBVIRTD = "/usr/sbin/libvirtd"
+QEMU = "/usr/bin/qemu-system-x86_64"
+QEMU_DRIVER = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so"
+
+# Above the kernel's default ephemeral range would collide with outgoing connections; this is
+# inside it but well away from libvirt's own default (49152-49215), which a system libvirtd uses.
+DEFAULT_BASE_MIGRATION_PORT = 49152 + 1024
+MIGRATION_PORTS_PER_HOST = 16
+
+# Directories the daemon sees as its own: (path inside the namespace, sub-directory of the
+# host's state directory). /var/run is a symlink to /run on Debian.
+_PRIVATE_DIRS = (
+    ("/run", "run"),
+    ("/etc/libvirt", "etc/libvirt"),
+    ("/var/lib/libvirt", "var/lib/libvirt"),
+    ("/var/cache/libvirt", "var/cache/libvirt"),
+    ("/var/log/libvirt", "var/log/libvirt"),
+)
+
+# A fresh daemon probes every QEMU binary (about 7 s each on two CPUs) before it answers; the
+# result is cached here, keyed by libvirt on the binaries' ctime, libvirt's and the kernel's
+# versions, so seeding it from an earlier run is safe.
+_CAPABILITIES_SUBDIR = "var/cache/libvirt/qemu/capabilities"
+
+# Linux's sun_path is 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+_KVM_GET_API_VERSION = 0xAE00
+_KVM_API_VERSION = 12
+
+# Debian's qemu driver resolves its compiled-in default user before it reads qemu.conf, so
+# the user must exist even though qemu.conf says root. libvirt-daemon-system would create it
+# (and pull in polkit, firewalld or iptables, and init scripts); instead the namespace gets a
+# copy of passwd/group that has it.
+_QEMU_USER = "libvirt-qemu"
+_QEMU_GROUPS = ("libvirt-qemu", "kvm")
+
+
+class LibvirtdError(RuntimeError):
+    """A private libvirtd could not be started or stopped."""
+
+
+class QemuNotInstalled(LibvirtdError):
+    """libvirtd, QEMU or unshare is missing: run scripts/install-qemu.sh."""
+
+
+@dataclass(frozen=True)
+class LibvirtdHost:
+    """One running private daemon, as a client sees it."""
+
+    name: str
+    uri: str
+    """``qemu+unix:///system?socket=…``: libvirt refuses ``localhost`` URIs as the same host."""
+    pid: int
+    state_dir: Path
+    migration_uri: str
+    """What to pass as ``VIR_MIGRATE_PARAM_URI`` when migrating *to* this host; without a port,
+    so the daemon picks one from its own range."""
+    host_uuid: str
+    migration_ports: range
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "var/log/libvirt/libvirtd.log"
+
+
+def missing_components() -> list[str]:
+    """What is missing on this machine to run private libvirtd hosts (empty when all is there)."""
+    missing = [path for path in (LIBVIRTD, QEMU, QEMU_DRIVER) if not os.access(path, os.R_OK)]
+    missing += [name for name in ("unshare", "mount") if shutil.which(name) is None]
+    missing += [inside for inside, _ in _PRIVATE_DIRS if not os.path.isdir(inside)]
+    return missing
+
+
+def kvm_usable() -> bool:
+    """True when /dev/kvm can be opened and speaks the stable KVM API."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, _KVM_GET_API_VERSION) == _KVM_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def tiny_domain_xml(name: str, memory_kib: int = 32768, kvm: bool | None = None) -> str:
+    """A diskless, NIC-less x86 guest that idles in SeaBIOS ("no bootable device").
+
+    It starts in well under a second and migrates quickly, because almost all of its memory is
+    zero pages. ``kvm=None`` uses KVM when /dev/kvm works and TCG (``type='qemu'``) otherwise.
+    """
+    if kvm is None:
+        kvm = kvm_usable()
+    domain_type = "kvm" if kvm else "qemu"
+    return f"""<domain type='{domain_type}'>
+  <name>{escape(name)}</name>
+  <memory unit='KiB'>{int(memory_kib)}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <boot dev='hd'/>
+  </os>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>{QEMU}</emulator>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def _libvirtd_conf(host_uuid: str) -> str:
+    # No TCP or TLS listener: clients (and peer-to-peer migration) use the Unix socket.
+    return f"""listen_tls = 0
+listen_tcp = 0
+unix_sock_group = "root"
+unix_sock_ro_perms = "0700"
+unix_sock_rw_perms = "0700"
+unix_sock_admin_perms = "0700"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+host_uuid = "{host_uuid}"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+"""
+
+
+def _qemu_conf(ports: range) -> str:
+    # migration_address / migration_host cannot be 127.0.0.1 ("must not be the address of the
+    # local machine"): the loopback listen address comes with each migration instead.
+    return f"""user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+stdio_handler = "file"
+cgroup_controllers = [ ]
+namespaces = [ ]
+vnc_listen = "127.0.0.1"
+spice_listen = "127.0.0.1"
+migration_port_min = {ports.start}
+migration_port_max = {ports.stop - 1}
+"""
+
+
+# Run by `unshare --mount --propagation private`, so none of these mounts is seen outside;
+# they vanish with the namespace when its last process exits. `exec` keeps the PID.
+_NAMESPACE_SCRIPT = """set -eu
+state=$1; shift
+while [ "$#" -gt 1 ] && [ "$1" != "--" ]; do
+    mount --bind "$state/$2" "$1"
+    shift 2
+done
+shift
+exec "$@"
+"""
+
+
+def _nss_files(directory: Path) -> list[tuple[str, str]]:
+    """passwd/group copies with the qemu driver's default user, when the system lacks it."""
+    import grp
+    import pwd
+
+    mounts: list[tuple[str, str]] = []
+    try:
+        pwd.getpwnam(_QEMU_USER)
+    except KeyError:
+        text = Path("/etc/passwd").read_text()
+        if not text.endswith("\n"):
+            text += "\n"
+        text += f"{_QEMU_USER}:x:64055:64055:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin\n"
+        (directory / "passwd").write_text(text)
+        mounts.append(("/etc/passwd", "nss/passwd"))
+    missing_groups = []
+    for gid, group in enumerate(_QEMU_GROUPS, start=64055):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            missing_groups.append(f"{group}:x:{gid}:\n")
+    if missing_groups:
+        text = Path("/etc/group").read_text()
+        if not text.endswith("\n"):
+            text += "\n"
+        (directory / "group").write_text(text + "".join(missing_groups))
+        mounts.append(("/etc/group", "nss/group"))
+    return mounts
+
+
+def default_capabilities_cache() -> Path:
+    """Where probed QEMU capabilities are kept between runs (``$XDG_CACHE_HOME/snooze/…``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "snooze" / "libvirt-qemu-capabilities"
+
+
+def _copy_xml_files(source: Path, target: Path) -> None:
+    """Best-effort copy of capability files; libvirt re-probes any that are stale."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for path in source.glob("*.xml"):
+            shutil.copyfile(path, target / path.name)
+    except OSError:
+        pass
+
+
+def _mount_namespace(pid: int) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _pids_in_namespace(namespace: tuple[int, int]) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _mount_namespace(int(entry)) == namespace:
+            pids.append(int(entry))
+    return pids
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+class _Daemon:
+    """Book-keeping for one daemon this process started."""
+
+    def __init__(self, host: LibvirtdHost, process: subprocess.Popen[bytes]) -> None:
+        self.host = host
+        self.process = process
+        self.namespace: tuple[int, int] | None = None
+
+
+class LibvirtdCluster:
+    """N private libvirtd hosts on this machine; a context manager that starts and stops them.
+
+    ``stop()`` destroys the domains still running, stops the daemons it started and kills any
+    process left in their mount namespaces (QEMU daemonises away from libvirtd, so it is not a
+    child), then removes the hosts' state unless ``keep_files``.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        count: int = 2,
+        base_migration_port: int = DEFAULT_BASE_MIGRATION_PORT,
+        *,
+        keep_files: bool = False,
+        capabilities_cache: Path | None = None,
+    ) -> None:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        last_port = base_migration_port + count * MIGRATION_PORTS_PER_HOST - 1
+        if base_migration_port < 1024 or last_port > 65535:
+            raise ValueError(f"migration ports {base_migration_port}-{last_port} out of range")
+        self.state_dir = Path(state_dir).absolute()
+        self.count = count
+        self.base_migration_port = base_migration_port
+        self.keep_files = keep_files
+        self.capabilities_cache = (
+            default_capabilities_cache() if capabilities_cache is None else capabilities_cache
+        )
+        self._daemons: list[_Daemon] = []
+
+    @property
+    def hosts(self) -> list[LibvirtdHost]:
+        return [daemon.host for daemon in self._daemons]
+
+    def __enter__(self) -> LibvirtdCluster:
+        if not self._daemons:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30) -> list[LibvirtdHost]:
+        """Start every daemon; return once each answers ``libvirt.open(uri)`` with its host UUID."""
+        if self._daemons:
+            raise LibvirtdError("cluster already started")
+        missing = missing_components()
+        if missing:
+            raise QemuNotInstalled(
+                "cannot start private libvirtd hosts, missing: "
+                + ", ".join(missing)
+                + " (run scripts/install-qemu.sh as root)"
+            )
+        if os.geteuid() != 0:
+            raise LibvirtdError("private libvirtd hosts need root (mount namespaces)")
+        self._check_state_dir()
+        deadline = time.monotonic() + timeout
+        try:
+            # One after the other: the first fills the capabilities cache the others start from.
+            for index in range(1, self.count + 1):
+                daemon = self._launch(index)
+                self._daemons.append(daemon)
+                self._wait_ready(daemon, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self.hosts
+
+    def stop(self) -> None:
+        """Stop what start() started, in reverse order; safe to call twice or after a failure."""
+        errors = []
+        while self._daemons:
+            daemon = self._daemons.pop()
+            try:
+                self._stop_daemon(daemon)
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{daemon.host.name}: {exc}")
+            if not self.keep_files:
+                shutil.rmtree(daemon.host.state_dir, ignore_errors=True)
+        if errors:
+            raise LibvirtdError("; ".join(errors))
+
+    def _check_state_dir(self) -> None:
+        resolved = self.state_dir.resolve()
+        for inside, _ in _PRIVATE_DIRS:
+            hidden = Path(inside).resolve()
+            if resolved == hidden or hidden in resolved.parents:
+                # Each daemon would not see the others' sockets under its own private mounts.
+                raise LibvirtdError(f"state dir {resolved} must not be under {hidden}")
+        longest = self.state_dir / f"host{self.count}" / "run/libvirt/libvirt-sock"
+        if len(str(longest).encode()) > _MAX_SOCKET_PATH:
+            raise LibvirtdError(
+                f"socket path {longest} is longer than {_MAX_SOCKET_PATH} bytes: "
+                "use a shorter state dir (for example under /tmp)"
+            )
+
+    def _launch(self, index: int) -> _Daemon:
+        name = f"host{index}"
+        host_dir = self.state_dir / name
+        if host_dir.exists():
+            shutil.rmtree(host_dir)
+        for _, sub in _PRIVATE_DIRS:
+            (host_dir / sub).mkdir(parents=True, exist_ok=True)
+        (host_dir / "nss").mkdir()
+        _copy_xml_files(self.capabilities_cache, host_dir / _CAPABILITIES_SUBDIR)
+        ports_start = self.base_migration_port + (index - 1) * MIGRATION_PORTS_PER_HOST
+        ports = range(ports_start, ports_start + MIGRATION_PORTS_PER_HOST)
+        host_uuid = str(uuid.uuid4())
+        (host_dir / "etc/libvirt/libvirtd.conf").write_text(_libvirtd_conf(host_uuid))
+        (host_dir / "etc/libvirt/qemu.conf").write_text(_qemu_conf(ports))
+        mounts = list(_PRIVATE_DIRS) + _nss_files(host_dir / "nss")
+        argv = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c"]
+        argv += [_NAMESPACE_SCRIPT, "sh", str(host_dir)]
+        for inside, sub in mounts:
+            argv += [inside, sub]
+        argv += ["--", LIBVIRTD, "-f", "/etc/libvirt/libvirtd.conf"]
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "LC_ALL": "C",
+            "HOME": str(host_dir),
+        }
+        with open(host_dir / "libvirtd.stdout", "wb") as output:
+            # Own session: a Ctrl-C at the terminal reaches us, and we stop the daemons in order.
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        socket = host_dir / "run/libvirt/libvirt-sock"
+        host = LibvirtdHost(
+            name=name,
+            uri=f"qemu+unix:///system?socket={socket}",
+            pid=process.pid,
+            state_dir=host_dir,
+            migration_uri="tcp://127.0.0.1",
+            host_uuid=host_uuid,
+            migration_ports=ports,
+        )
+        return _Daemon(host, process)
+
+    def _wait_ready(self, daemon: _Daemon, deadline: float) -> None:
+        host = daemon.host
+        socket = host.state_dir / "run/libvirt/libvirt-sock"
+        while not socket.exists():
+            if daemon.process.poll() is not None:
+                raise LibvirtdError(
+                    f"{host.name}: libvirtd exited with {daemon.process.returncode}:\n"
+                    + _log_tail(host.log_file)
+                    + "\n"
+                    + _log_tail(host.state_dir / "libvirtd.stdout")
+                )
+            if time.monotonic() > deadline:
+                raise LibvirtdError(f"{host.name}: no socket at {socket} in time")
+            time.sleep(0.02)
+        try:
+            # The daemon queues clients until its drivers are initialised.
+            conn = libvirt.open(host.uri)
+            try:
+                reported = conn.getCapabilities()
+            finally:
+                conn.close()
+        except libvirt.libvirtError as exc:
+            raise LibvirtdError(
+                f"{host.name}: libvirtd does not answer: {exc}\n" + _log_tail(host.log_file)
+            ) from exc
+        if host.host_uuid not in reported:
+            raise LibvirtdError(f"{host.name}: the daemon at {host.uri} is not the one started")
+        namespace = _mount_namespace(daemon.process.pid)
+        if namespace is None or namespace == _mount_namespace(os.getpid()):
+            raise LibvirtdError(f"{host.name}: libvirtd is not in a private mount namespace")
+        daemon.namespace = namespace
+        _copy_xml_files(host.state_dir / _CAPABILITIES_SUBDIR, self.capabilities_cache)
+
+    def _stop_daemon(self, daemon: _Daemon) -> None:
+        if daemon.process.poll() is None and daemon.namespace is not None:
+            _destroy_all_domains(daemon.host.uri)
+        if daemon.process.poll() is None:
+            daemon.process.terminate()
+            try:
+                daemon.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.process.kill()
+                daemon.process.wait(timeout=10)
+        if daemon.namespace is None:
+            return
+        # Anything left in the namespace (a QEMU the daemon did not get to destroy) was started
+        # by that daemon: nothing else can be in a namespace only it and its children entered.
+        leftovers = _pids_in_namespace(daemon.namespace)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while leftovers and time.monotonic() < deadline:
+            leftovers = [pid for pid in leftovers if _mount_namespace(pid) == daemon.namespace]
+            time.sleep(0.02)
+        if leftovers:
+            raise LibvirtdError(f"processes {leftovers} of {daemon.host.name} did not exit")
+
+
+def _destroy_all_domains(uri: str) -> None:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return
+    try:
+        for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            with contextlib.suppress(libvirt.libvirtError):
+                domain.destroy()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
+@contextlib.contextmanager
+def _interrupted_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, even where SIGINT was inherited as ignored
+    (a background job of a non-interactive shell)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signums = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m snooze.sim.libvirtd",
+        description="Run private libvirtd hosts on this machine until Ctrl-C or SIGTERM.",
+    )
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=2)
+    parser.add_argument("--base-migration-port", type=int, default=DEFAULT_BASE_MIGRATION_PORT)
+    parser.add_argument("--keep-files", action="store_true", help="keep logs and state on exit")
+    args = parser.parse_args(argv)
+    cluster = LibvirtdCluster(
+        args.state_dir, args.count, args.base_migration_port, keep_files=args.keep_files
+    )
+    with _interrupted_by_signals():
+        try:
+            started = time.monotonic()
+            hosts = cluster.start()
+            print(f"started {len(hosts)} hosts in {time.monotonic() - started:.2f} s", flush=True)
+            for host in hosts:
+                print(
+                    f"{host.name} pid={host.pid} uri={host.uri} "
+                    f"migration_uri={host.migration_uri} "
+                    f"ports={host.migration_ports.start}-{host.migration_ports.stop - 1}",
+                    flush=True,
+                )
+            while True:
+                signal.pause()
+        except KeyboardInterrupt:
+            pass
+        except LibvirtdError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
