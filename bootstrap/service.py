@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
 from snooze.coordination import CoordinationError
 from snooze.http import ApiError
@@ -35,6 +36,7 @@ class Bootstrap(Service):
         r.add("bootstrap", "getGroupLeaderDescription", self.get_group_leader_description, ("GET",))
         r.add("bootstrap", "getCompleteHierarchy", self.get_complete_hierarchy, ("GET",))
         r.add("bootstrap", "getLocalControllerList", self.get_local_controller_list, ("GET",))
+        self.vms = VirtualMachineVerbs(self)
 
     async def on_start(self) -> None:
         assert self.coord is not None
@@ -75,13 +77,17 @@ class Bootstrap(Service):
             raise ApiError(503, "NO_GROUP_LEADER", "no group leader is known yet; retry shortly")
         return self.leader
 
-    async def leader_call(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
+    async def leader_rpc(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """Call the group leader; RpcError on failure (callers map it)."""
         leader = self.require_leader()
+        return await self.rpc.call(leader.address, kind, body, epoch=self.known_epoch, timeout=timeout)
+
+    async def leader_call(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
         try:
-            return await self.rpc.call(leader.address, kind, body, epoch=self.known_epoch, timeout=timeout)
+            return await self.leader_rpc(kind, body, timeout)
         except RpcError as exc:
             status = exc.status if 400 <= exc.status < 500 else 503
-            raise ApiError(status, exc.code.upper(), f"group leader: {exc.message}") from exc
+            raise ApiError(status, exc.code.upper(), f"group leader: {exc.message}", field=exc.field) from exc
 
     # -- the original's bootstrap API ----------------------------------------------------
     async def get_group_leader_description(self, _request: web.Request) -> Any:

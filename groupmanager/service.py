@@ -17,6 +17,7 @@ from groupmanager.manager import ManagerRole
 from snooze import config as cfg
 from snooze.coordination import CoordinationError, LeaderElection
 from snooze.discovery import Advertiser
+from snooze.http import ApiError, read_identifier, read_json
 from snooze.models import GroupManagerDescription, ListenSettings
 from snooze.protocol import Envelope
 from snooze.service import Service
@@ -35,6 +36,8 @@ class GroupManager(Service):
         self.advertiser: Advertiser | None = None
         self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
         self.routes.add("groupmanager", "getGroupManagerDescription", self._http_describe, ("GET",))
+        self.routes.add("groupmanager", "startVirtualCluster", self._http_start_vc, ("POST",))
+        self.routes.add("groupmanager", "getVirtualClusterResponse", self._http_vc_response, ("POST",))
 
     def description(self) -> GroupManagerDescription:
         return GroupManagerDescription(
@@ -132,6 +135,28 @@ class GroupManager(Service):
             leader = GroupManagerDescription.from_json(env.body)
             if self.manager_role is not None:
                 self.manager_role.leader_seen(leader)
+
+    def _leader_only(self) -> LeaderRole:
+        if self.leader_role is None or self.leader_role.submissions is None:
+            hint = ""
+            if self.manager_role is not None and self.manager_role.leader is not None:
+                hint = f"; the group leader is at {self.manager_role.leader.address.url}"
+            raise ApiError(409, "NOT_GROUP_LEADER", f"this group manager is not the group leader{hint}")
+        return self.leader_role
+
+    async def _http_start_vc(self, request: web.Request) -> Any:
+        leader = self._leader_only()
+        assert leader.submissions is not None
+        task_id = await leader.submissions.submit(await read_json(request))
+        return web.Response(text=task_id, content_type="text/plain")
+
+    async def _http_vc_response(self, request: web.Request) -> Any:
+        leader = self._leader_only()
+        assert leader.submissions is not None
+        response = await leader.submissions.response(await read_identifier(request, "taskId"))
+        if response is None:
+            return web.Response(text="", content_type="application/json")
+        return response
 
     async def _http_describe(self, _request: web.Request) -> Any:
         d = self.description().to_json()

@@ -14,7 +14,8 @@ import time
 from collections import deque
 from typing import Any
 
-from localcontroller.hypervisor import LibvirtHypervisor
+from localcontroller.hypervisor import HypervisorError, LibvirtHypervisor, NotEnoughCapacity
+from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.monitoring import HostMonitor
 from snooze import config as cfg
 from snooze.coordination import CoordinationError
@@ -47,6 +48,9 @@ class LocalController(Service):
         self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
         self.internal.on("lc.rejoin", self._on_rejoin_order, order=True)
         self.internal.on("lc.describe", self._on_describe)
+        self.internal.on("lc.startVirtualMachines", self._on_start_vms, order=True)
+        self.internal.on("lc.vmAction", self._on_vm_action, order=True)
+        self._starting: dict[str, Capacity] = {}
         self.routes.add("localcontroller", "getLocalControllerDescription", self._http_describe, ("GET",))
 
     def description(self) -> LocalControllerDescription:
@@ -194,6 +198,66 @@ class LocalController(Service):
                 self._rejoin.set()
             else:
                 log.debug("monitoring report failed: %s", exc)
+
+    # -- virtual machines ----------------------------------------------------------------
+    async def _used(self) -> Capacity:
+        """Capacity taken by the domains that run here and those being started."""
+        used = [0.0, 0.0, 0.0, 0.0]
+        for d in await self.hypervisor.domains():
+            if d.state in ("RUNNING", "PAUSED"):
+                used[0] += d.vcpus
+                used[1] += d.memory_kib
+        for c in self._starting.values():
+            for i in range(4):
+                used[i] += c[i]
+        return (used[0], used[1], used[2], used[3])
+
+    async def _on_start_vms(self, env: Envelope) -> Any:
+        """Start a batch of VMs; each is re-checked against this host's free capacity first."""
+        body = env.body if isinstance(env.body, dict) else {}
+        results = []
+        for vm in body.get("vms") or []:
+            results.append(await self._start_vm(vm))
+        return {"results": results}
+
+    async def _start_vm(self, vm: dict[str, Any]) -> dict[str, Any]:
+        vm_id = str(vm.get("id"))
+        lc = self.settings.localcontroller
+        try:
+            existing = {d.name: d for d in await self.hypervisor.domains()}
+            if vm_id in existing and existing[vm_id].state in ("RUNNING", "PAUSED"):
+                # Already started (a retried order after a failover): never start twice.
+                return {"id": vm_id, "status": existing[vm_id].state, "xml": await self.hypervisor.xml(vm_id), "adaptations": []}
+            requested = tuple(float(x) for x in vm.get("requested", (0, 0, 0, 0)))
+            used = await self._used()
+            for i, name in enumerate(("cpu", "memory")):
+                if used[i] + requested[i] > self.total[i] + 1e-9:
+                    raise NotEnoughCapacity(
+                        f"{name}: {requested[i]:g} requested, {self.total[i] - used[i]:g} free on {self.id}"
+                    )
+            self._starting[vm_id] = (requested[0], requested[1], requested[2], requested[3])
+            try:
+                xml, changes = adapt_domain_xml(
+                    str(vm.get("xml", "")), name=vm_id, mac=vm.get("mac"), test_driver=self.hypervisor.is_test_driver,
+                    image_id=vm.get("imageId"), image_dir=lc.image_directory,
+                )
+                info = await self.hypervisor.start(xml)
+            finally:
+                self._starting.pop(vm_id, None)
+        except HypervisorError as exc:
+            return {"id": vm_id, "status": "ERROR", "errorCode": exc.code, "message": str(exc)}
+        log.info("started %s (%s)", vm_id, "; ".join(changes) or "template as given")
+        return {"id": vm_id, "status": info.state, "xml": xml, "adaptations": changes}
+
+    async def _on_vm_action(self, env: Envelope) -> Any:
+        body = env.body if isinstance(env.body, dict) else {}
+        vm_id = str(body.get("vmId"))
+        action = str(body.get("action"))
+        try:
+            info = await self.hypervisor.lifecycle(vm_id, action)
+        except HypervisorError as exc:
+            return {"ok": False, "errorCode": exc.code, "message": str(exc)}
+        return {"ok": True, "domain": info.to_json() if info else None}
 
     async def _on_describe(self, env: Envelope) -> Any:
         return {"localController": self.description().to_json(), "domains": [d.to_json() for d in await self.hypervisor.domains()]}

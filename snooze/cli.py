@@ -93,12 +93,12 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 
 def run_demo(bootstrap_url: str) -> None:
-    """Submit a small demo virtual cluster if this build can (virtual clusters are optional)."""
+    from snooze.demo import submit_demo
+
     try:
-        from snooze.demo import submit_demo
-    except ImportError:
-        return
-    submit_demo(bootstrap_url)
+        submit_demo(bootstrap_url)
+    except OSError as exc:
+        print(f"demo virtual cluster failed: {exc}", file=sys.stderr)
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:

@@ -67,7 +67,10 @@ class GroupManagerSettings:
     assignment_policy: str = opt("round-robin", "How the leader assigns local controllers to group managers: 'round-robin' or 'balanced' (fewest LCs).")
     dispatch_policy: str = opt("first-fit", "How the leader dispatches VMs to group managers (a placement policy name).")
     placement_policy: str = opt("round-robin", "How a group manager places VMs on its local controllers (a placement policy name).")
-    virtual_machine_subnet: str = opt("192.168.122.0/24", "Subnet VM addresses are allocated from (network and broadcast excluded).")
+    virtual_machine_subnet: str = opt("192.168.122.0/24", "Subnet VM addresses are allocated from (network, gateway .1 and broadcast excluded).")
+    cpu_thresholds: list = opt([0.0, 1.0, 1.0], "CPU utilisation [MIN, MID, MAX] (original: 0, 1, 1): underloaded below MIN, a host accepts VMs up to MID, overloaded above MAX.")
+    memory_thresholds: list = opt([0.0, 1.0, 1.0], "Memory utilisation [MIN, MID, MAX] (original: 0, 1, 1).")
+    network_thresholds: list = opt([0.0, 1.0, 1.0], "Network utilisation [MIN, MID, MAX] for rx and tx (original: 0, 1, 1).")
 
 
 @dataclass
@@ -154,6 +157,10 @@ def validate(s: Settings) -> None:
         raise ConfigError("[node] port must be in 0..65535")
     if s.groupmanager.assignment_policy not in ("round-robin", "balanced"):
         raise ConfigError("[groupmanager] assignment_policy must be 'round-robin' or 'balanced'")
+    for name in ("cpu_thresholds", "memory_thresholds", "network_thresholds"):
+        t = getattr(s.groupmanager, name)
+        if len(t) != 3 or not all(isinstance(x, (int, float)) and 0 <= x <= 1 for x in t) or not t[0] <= t[1] <= t[2]:
+            raise ConfigError(f"[groupmanager] {name} must be [MIN, MID, MAX] with 0 <= MIN <= MID <= MAX <= 1")
     if len(s.localcontroller.network_capacity) != 2:
         raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,6 +214,8 @@ class LocalCluster:
         for port in range(o.base_port, o.base_port + 1 + o.gms + o.lcs):
             if not _port_free(port):
                 raise ClusterError(f"port {port} is in use; choose another --base-port")
+        # Simulated hosts start empty, so the cluster's durable state starts empty too.
+        shutil.rmtree(self.state_dir / "zookeeper", ignore_errors=True)
         self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or free_port())
         self.zk.start()
         try:
@@ -278,13 +281,17 @@ def assigned_lcs(hierarchy: dict[str, Any]) -> set[str]:
 
 
 def _port_free(port: int) -> bool:
+    """Free for a service: TCP bindable with SO_REUSEADDR (as the services bind) and UDP free."""
     import socket
 
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
     return True
 
 

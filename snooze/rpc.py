@@ -17,11 +17,12 @@ from snooze.protocol import ProtocolError, decode, encode
 
 
 class RpcError(Exception):
-    def __init__(self, code: str, message: str, status: int = 0) -> None:
+    def __init__(self, code: str, message: str, status: int = 0, field: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
+        self.field = field
 
     @property
     def unreachable(self) -> bool:
@@ -70,5 +71,5 @@ class RpcClient:
             raise RpcError("bad_reply", f"{kind} to {peer.url}: HTTP {status}, {exc}", status) from exc
         if env.kind == "error":
             body = env.body or {}
-            raise RpcError(str(body.get("code", "error")), str(body.get("message", "")), status)
+            raise RpcError(str(body.get("code", "error")), str(body.get("message", "")), status, body.get("field"))
         return env.body

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from groupmanager.leader.assignment import choose_group_manager
+from groupmanager.leader.submissions import Submissions
 from snooze.coordination import CoordinationError
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
@@ -43,6 +44,7 @@ class LeaderRole:
         self.peers: dict[str, NetworkAddress] = {}  # LCs and bootstraps to heartbeat
         self.running = False
         self._rr = 0
+        self.submissions: Submissions | None = None
 
     async def start(self) -> None:
         self.running = True
@@ -53,6 +55,10 @@ class LeaderRole:
         gm.internal.on("lc.assign", self._on_assign)
         gm.internal.on("gl.hierarchy", self._on_hierarchy)
         gm.heartbeat.on("gm.heartbeat", self._on_gm_heartbeat)
+        self.submissions = Submissions(self)
+        gm.internal.on("gl.startVirtualCluster", self._on_start_vc)
+        gm.internal.on("gl.virtualClusterResponse", self._on_vc_response)
+        gm.spawn("leader.resume", self.submissions.resume())
         await gm.coord.watch_children(gm.coord.path("groupmanagers"), self._on_gm_children)
         hb = gm.settings.heartbeat
         gm.every("leader.heartbeat", lambda: hb.interval, self._heartbeat)
@@ -60,9 +66,9 @@ class LeaderRole:
 
     async def stop(self) -> None:
         self.running = False
-        for name in ("leader.heartbeat", "leader.peers", "leader.refresh"):
+        for name in ("leader.heartbeat", "leader.peers", "leader.refresh", "leader.resume"):
             self.gm.cancel(name)
-        for kind in ("gm.join", "gm.summary", "lc.assign", "gl.hierarchy"):
+        for kind in ("gm.join", "gm.summary", "lc.assign", "gl.hierarchy", "gl.startVirtualCluster", "gl.virtualClusterResponse"):
             self.gm.internal.handlers.pop(kind, None)
         self.gm.heartbeat.handlers.pop("gm.heartbeat", None)
 
@@ -156,6 +162,15 @@ class LeaderRole:
         chosen, self._rr = choose_group_manager(self.gm.settings.groupmanager.assignment_policy, candidates, self._rr)
         chosen.assigned_since_summary += 1
         return {"groupManager": chosen.description.to_json(), "epoch": self.epoch}
+
+    async def _on_start_vc(self, env: Envelope) -> Any:
+        assert self.submissions is not None
+        return {"taskId": await self.submissions.submit(env.body)}
+
+    async def _on_vc_response(self, env: Envelope) -> Any:
+        assert self.submissions is not None
+        task_id = env.body.get("taskId") if isinstance(env.body, dict) else None
+        return {"response": await self.submissions.response(str(task_id))}
 
     async def _on_hierarchy(self, _env: Envelope) -> Any:
         return await self.hierarchy()

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from groupmanager.manager.vms import VirtualMachines
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
 from snooze.models import (
@@ -42,6 +43,7 @@ class LocalControllerRecord:
     usage: Capacity = ZERO
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
     vm_usage: dict[str, list[float]] = field(default_factory=dict)
+    vm_requested: dict[str, Capacity] = field(default_factory=dict)
     joined_at: float = field(default_factory=time.monotonic)
 
 
@@ -54,6 +56,7 @@ class ManagerRole:
         self.joined_epoch = 0
         self.running = False
         self._leader_changed = asyncio.Event()
+        self.vms = VirtualMachines(self)
 
     # -- lifecycle (called by GroupManager) ----------------------------------------------
     async def start(self) -> None:
@@ -63,6 +66,7 @@ class ManagerRole:
         gm.internal.on("lc.join", self._on_lc_join)
         gm.internal.on("lc.monitoring", self._on_monitoring)
         gm.internal.on("gm.describe", self._on_describe)
+        self.vms.register()
         hb = gm.settings.heartbeat
         gm.spawn("manager.join", self._join_loop())
         gm.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
@@ -77,6 +81,7 @@ class ManagerRole:
         for kind in ("lc.join", "lc.monitoring", "gm.describe"):
             self.gm.internal.handlers.pop(kind, None)
         self.gm.heartbeat.handlers.pop("lc.heartbeat", None)
+        self.vms.unregister()
         if handover_epoch is not None and self.lcs:
             await asyncio.gather(
                 *(
@@ -168,18 +173,25 @@ class ManagerRole:
                 log.warning("local controller %s is silent; dropped", lc_id)
 
     def summary(self) -> dict[str, Any]:
-        active = passive = used = ZERO
-        for r in self.lcs.values():
+        active = passive = used = requested = ZERO
+        largest = ZERO
+        for lc_id, r in self.lcs.items():
             if r.description.status == Status.ACTIVE:
                 active = add(active, r.description.total_capacity)
                 used = add(used, r.usage)
+                taken = add(self.vms.requested_on(lc_id), self.vms.reserved_on(lc_id))
+                requested = add(requested, taken)
+                free = tuple(max(0.0, t - u) for t, u in zip(r.description.total_capacity, taken, strict=True))
+                if free[0] * 1e12 + free[1] > largest[0] * 1e12 + largest[1]:
+                    largest = free  # type: ignore[assignment]
             elif r.description.status == Status.PASSIVE:
                 passive = add(passive, r.description.total_capacity)
         return {
             "activeCapacity": list(active),
             "passiveCapacity": list(passive),
             "usedCapacity": list(used),
-            "requestedCapacity": list(used),
+            "requestedCapacity": list(requested),
+            "largestFreeCapacity": list(largest),
             "numberOfLocalControllers": len(self.lcs),
         }
 
@@ -201,5 +213,11 @@ class ManagerRole:
     async def _on_describe(self, env: Envelope) -> Any:
         desc = self.gm.description()
         desc.summary = self.summary()
-        desc.local_controllers = {k: r.description for k, r in self.lcs.items()}
+        desc.local_controllers = {}
+        for k, r in self.lcs.items():
+            # Live domain states ride in the original's virtualMachineMetaData field.
+            r.description.virtual_machine_metadata = {
+                d["name"]: {"status": d.get("state"), "usedCapacity": r.vm_usage.get(d["name"])} for d in r.domains if "name" in d
+            }
+            desc.local_controllers[k] = r.description
         return {"groupManager": desc.to_json(with_lcs=True)}

@@ -1,0 +1,208 @@
+"""The bootstrap's virtual-machine verbs: submissions are forwarded to the group leader;
+lifecycle actions go to the group manager of the VM's local controller, found in ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from snooze.coordination import CoordinationError
+from snooze.coordination.store import Store
+from snooze.http import ApiError, bad_request, read_body, read_identifier, read_json
+from snooze.models import NetworkAddress
+from snooze.rpc import RpcError
+from snooze.virtualcluster import vm_metadata
+
+if TYPE_CHECKING:
+    from bootstrap.service import Bootstrap
+
+ACTIONS = {
+    "suspendVirtualMachine": "suspend",
+    "resumeVirtualMachine": "resume",
+    "shutdownVirtualMachine": "shutdown",
+    "rebootVirtualMachine": "reboot",
+    "destroyVirtualMachine": "destroy",
+}
+MAX_PAGE = 1000
+
+
+def _rpc_to_api(exc: RpcError, who: str) -> ApiError:
+    status = exc.status if 400 <= exc.status < 500 else 503
+    return ApiError(status, exc.code.upper() if exc.code.islower() else exc.code, f"{who}: {exc.message}", field=exc.field)
+
+
+class VirtualMachineVerbs:
+    def __init__(self, bootstrap: Bootstrap) -> None:
+        self.b = bootstrap
+        r = bootstrap.routes
+        r.add("bootstrap", "startVirtualCluster", self.start_virtual_cluster, ("POST",))
+        r.add("bootstrap", "getVirtualClusterResponse", self.get_virtual_cluster_response, ("POST",))
+        r.add("bootstrap", "getVirtualMachineMetaData", self.get_virtual_machine_metadata, ("GET", "POST"))
+        r.add("bootstrap", "getVirtualMachineDescriptions", self.get_virtual_machine_descriptions, ("GET", "POST"))
+        r.add("bootstrap", "getGroupManagerDescriptions", self.get_group_manager_descriptions, ("GET", "POST"))
+        r.add("bootstrap", "getLocalControllerDescriptions", self.get_local_controller_descriptions, ("GET", "POST"))
+        for verb, action in ACTIONS.items():
+            r.add("bootstrap", verb, self._action_handler(action), ("POST",))
+
+    @property
+    def store(self) -> Store:
+        if self.b.coord is None:
+            raise ApiError(503, "NOT_READY", "the bootstrap is starting")
+        return Store(self.b.coord)
+
+    # -- submissions (forwarded to the leader) -------------------------------------------
+    async def start_virtual_cluster(self, request: web.Request) -> Any:
+        body = await read_json(request)
+        try:
+            reply = await self.b.leader_rpc("gl.startVirtualCluster", body, timeout=60)
+        except RpcError as exc:
+            raise _rpc_to_api(exc, "group leader") from exc
+        return web.Response(text=str(reply["taskId"]), content_type="text/plain")
+
+    async def get_virtual_cluster_response(self, request: web.Request) -> Any:
+        task_id = await read_identifier(request, "taskId")
+        try:
+            reply = await self.b.leader_rpc("gl.virtualClusterResponse", {"taskId": task_id}, timeout=30)
+        except RpcError as exc:
+            raise _rpc_to_api(exc, "group leader") from exc
+        if reply.get("response") is None:
+            return web.Response(text="", content_type="application/json")
+        return reply["response"]
+
+    # -- finding a VM --------------------------------------------------------------------
+    async def _locate(self, vm_id: str) -> tuple[dict[str, Any], NetworkAddress, str]:
+        """(record, its group manager's address, its local controller id) or a 404/503."""
+        try:
+            rec = await self.store.get_vm(vm_id)
+            if rec is None:
+                raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no virtual machine {vm_id!r}", field="virtualMachineId")
+            lc_id = rec.get("localControllerId")
+            if not lc_id:
+                raise ApiError(409, "VIRTUAL_MACHINE_NOT_PLACED", f"{vm_id} is {rec.get('status')}, not on a host", field="virtualMachineId")
+            coord = self.b.coord
+            assert coord is not None
+            lc = await coord.get_json(coord.path("localcontrollers", lc_id))
+            gm_id = (lc or {}).get("groupManagerId")
+            gm = await coord.get_json(coord.path("groupmanagers", gm_id)) if gm_id else None
+        except CoordinationError as exc:
+            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+        if not gm:
+            raise ApiError(503, "LOCAL_CONTROLLER_UNAVAILABLE", f"{vm_id}'s host {lc_id} has no group manager right now; retry")
+        return rec, NetworkAddress.from_json(gm["listenSettings"]["controlDataAddress"]), lc_id
+
+    def _action_handler(self, action: str) -> Any:
+        async def handle(request: web.Request) -> Any:
+            vm_id = await read_identifier(request, "virtualMachineId")
+            _rec, gm_addr, lc_id = await self._locate(vm_id)
+            try:
+                reply = await self.b.rpc.call(gm_addr, "gm.vmAction", {"vmId": vm_id, "action": action, "localControllerId": lc_id},
+                                              epoch=self.b.known_epoch, timeout=60)
+            except RpcError as exc:
+                raise _rpc_to_api(exc, "group manager") from exc
+            return bool(reply.get("ok"))
+
+        return handle
+
+    async def get_virtual_machine_metadata(self, request: web.Request) -> Any:
+        if request.method == "GET":
+            vm_id = request.query.get("id") or request.query.get("virtualMachineId") or ""
+            if not vm_id:
+                raise bad_request("give the VM id as ?getVirtualMachineMetaData&id=VM or as the POST body", field="virtualMachineId")
+        else:
+            vm_id = await read_identifier(request, "virtualMachineId")
+        rec = await self.store.get_vm(vm_id)
+        if rec is None:
+            raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no virtual machine {vm_id!r}", field="virtualMachineId")
+        spec = await self.store.get_spec(vm_id)
+        live: dict[str, Any] | None = None
+        if rec.get("localControllerId"):
+            try:
+                _rec, gm_addr, lc_id = await self._locate(vm_id)
+                live = await self.b.rpc.call(gm_addr, "gm.vmInfo", {"vmId": vm_id, "localControllerId": lc_id},
+                                             epoch=self.b.known_epoch, timeout=10)
+            except (ApiError, RpcError):
+                live = None
+        meta = vm_metadata(rec, spec, live=live)
+        if live is not None:
+            domain = live.get("domain")
+            if domain is not None:
+                meta["status"] = domain.get("state")
+            elif rec.get("status") in ("RUNNING", "PAUSED"):
+                meta["status"] = "DESTROYED"  # gone from its host behind our back
+            meta["history"] = live.get("history")
+        return meta
+
+    # -- listings ------------------------------------------------------------------------
+    async def _page(self, request: web.Request) -> tuple[int, int]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST":
+            raw = await read_body(request)
+            if raw.strip():
+                try:
+                    body = json.loads(raw)
+                except ValueError as exc:
+                    raise bad_request("body must be JSON {\"start\", \"limit\"}", field="body", code="MALFORMED_JSON") from exc
+                if not isinstance(body, dict):
+                    raise bad_request("body must be a JSON object", field="body")
+                params.update(body)
+        out = []
+        for name, default in (("start", 0), ("limit", 100)):
+            value = params.get(name, default)
+            try:
+                n = int(value)
+            except (TypeError, ValueError):
+                raise bad_request(f"{name} must be a whole number, got {value!r}", field=name) from None
+            if n < 0 or (name == "limit" and not 1 <= n <= MAX_PAGE):
+                raise bad_request(f"{name} out of range (limit 1..{MAX_PAGE}, start >= 0)", field=name)
+            out.append(n)
+        return out[0], out[1]
+
+    async def _live(self) -> tuple[dict[str, Any], dict[str, tuple[str, str, dict[str, Any]]]]:
+        """The hierarchy, and vm id -> (lc id, gm id, live info) from it."""
+        h = await self.b.leader_call("gl.hierarchy")
+        live: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        for gm in h.get("groupManagerDescriptions", []):
+            for lc in gm.get("localControllers", []):
+                for name, info in (lc.get("virtualMachineMetaData") or {}).items():
+                    live[name] = (lc["id"], gm["id"], info)
+        return h, live
+
+    async def get_virtual_machine_descriptions(self, request: web.Request) -> Any:
+        start, limit = await self._page(request)
+        ids = await self.store.vm_ids()
+        page = ids[start : start + limit]
+        records = await self.store.get_vms(page)
+        try:
+            _h, live = await self._live()
+        except ApiError:
+            live = {}
+        vms = []
+        for vm_id in page:
+            rec = records.get(vm_id)
+            if rec is None:
+                continue
+            meta = vm_metadata(rec, None)
+            if vm_id in live:
+                lc_id, gm_id, info = live[vm_id]
+                meta["status"] = info.get("status")
+                meta["usedCapacity"] = info.get("usedCapacity") or {}
+                meta["virtualMachineLocation"]["groupManagerId"] = gm_id
+            vms.append(meta)
+        return {"virtualMachines": vms, "start": start, "limit": limit, "total": len(ids)}
+
+    async def get_group_manager_descriptions(self, request: web.Request) -> Any:
+        start, limit = await self._page(request)
+        h = await self.b.leader_call("gl.hierarchy")
+        gms = h.get("groupManagerDescriptions", [])
+        return {"groupManagers": gms[start : start + limit], "start": start, "limit": limit, "total": len(gms)}
+
+    async def get_local_controller_descriptions(self, request: web.Request) -> Any:
+        start, limit = await self._page(request)
+        h = await self.b.leader_call("gl.hierarchy")
+        lcs = [lc for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", [])]
+        lcs.sort(key=lambda lc: lc["id"])
+        return {"localControllers": lcs[start : start + limit], "start": start, "limit": limit, "total": len(lcs)}
+

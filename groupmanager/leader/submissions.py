@@ -1,0 +1,322 @@
+"""Virtual-cluster submissions on the group leader: accept, persist, dispatch, answer, resume.
+
+``submit`` validates the whole request first (a 400 naming the field, nothing allocated), then
+allocates addresses and writes the task, the VM records and their specs to ZooKeeper in one
+fenced transaction, and answers the task id at once. Dispatching runs in the background: the
+placement package chooses a group manager per VM from their summaries, each group manager
+places its batch on its local controllers, and the outcome of every VM is written back.
+
+A VM is marked DISPATCHED (with its group manager) before the order leaves, so a leader elected
+after a crash knows which VMs may already be starting: it waits a grace period, asks every local
+controller which domains it runs, adopts those, and dispatches only the rest. No VM is started
+twice and none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from groupmanager.placement import HostView, VMRequest, make_placement_policy
+from groupmanager.thresholds import thresholds_from
+from snooze.coordination import CoordinationError
+from snooze.coordination.store import AlreadyExists, StaleEpoch, Store
+from snooze.http import ApiError
+from snooze.models import ZERO, Capacity, NetworkAddress, add
+from snooze.rpc import RpcError
+from snooze.virtualcluster import (
+    InvalidSubmission,
+    VMSpec,
+    mac_for_ip,
+    parse_submission,
+    set_mac,
+    subnet_hosts,
+    vm_metadata,
+)
+
+if TYPE_CHECKING:
+    from groupmanager.leader.role import LeaderRole
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE"
+PENDING = "PENDING"
+DISPATCHED = "DISPATCHED"
+STARTED = ("RUNNING", "PAUSED")
+
+
+def _vec(values: Any) -> Capacity:
+    v = list(values or ZERO) + [0.0] * 4
+    return (float(v[0]), float(v[1]), float(v[2]), float(v[3]))
+
+
+class Submissions:
+    def __init__(self, leader: LeaderRole) -> None:
+        self.leader = leader
+        gm = leader.gm
+        assert gm.coord is not None
+        self.store = Store(gm.coord)
+        settings = gm.settings.groupmanager
+        self.subnet = settings.virtual_machine_subnet
+        self.addresses = subnet_hosts(self.subnet)
+        self.policy = make_placement_policy(settings.dispatch_policy, thresholds=thresholds_from(settings))
+        self.reserved: dict[str, dict[str, Capacity]] = defaultdict(dict)
+        self._alloc = asyncio.Lock()
+        self._dispatching: set[str] = set()
+
+    @property
+    def epoch(self) -> int:
+        return self.leader.epoch
+
+    def _require_agreement(self) -> None:
+        coord = self.leader.gm.coord
+        if coord is None or not coord.connected or not self.leader.running:
+            raise ApiError(503, "LEADER_SUSPENDED", "the group leader cannot reach ZooKeeper; retry")
+
+    # -- submit --------------------------------------------------------------------------
+    async def submit(self, body: Any) -> str:
+        try:
+            specs = parse_submission(body)
+        except InvalidSubmission as exc:
+            raise ApiError(400, "INVALID_TEMPLATE", str(exc), field=exc.field) from exc
+        self._require_agreement()
+        existing = await self.store.get_vms(s.id for s in specs)
+        for vm_id, rec in list(existing.items()):
+            if rec.get("status") == "ERROR" and rec.get("ipAddress") is None:
+                # A VM that never started holds nothing: its name can be used again.
+                await self.store.delete_vm(vm_id, self.subnet)
+                del existing[vm_id]
+        if existing:
+            first = next(i for i, s in enumerate(specs) if s.id in existing)
+            raise ApiError(409, "VIRTUAL_MACHINE_EXISTS", f"a virtual machine named {specs[first].id!r} already exists",
+                           field=f"virtualMachineTemplates[{first}].name")
+        task_id = str(uuid.uuid4())
+        async with self._alloc:
+            for attempt in range(3):
+                records = await self._allocate(specs, task_id)
+                task = {"taskId": task_id, "state": PENDING, "vmIds": [s.id for s in specs],
+                        "submittedAt": time.time(), "epoch": self.epoch}
+                try:
+                    await self.store.create_submission(task, list(records.values()), [s.to_json() for s in specs],
+                                                       self.subnet, self.epoch)
+                    break
+                except AlreadyExists as exc:
+                    # Another writer took an address or a name in between: look again.
+                    if attempt == 2:
+                        raise ApiError(409, "CONFLICT", "virtual machine names or addresses were taken concurrently; retry") from exc
+                except StaleEpoch as exc:
+                    raise ApiError(503, "NOT_GROUP_LEADER", "this group leader has been replaced; retry") from exc
+                except CoordinationError as exc:
+                    raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+        self.leader.gm.spawn(f"dispatch-{task_id}", self.dispatch(task, specs, records))
+        log.info("accepted virtual cluster %s with %d VMs", task_id, len(specs))
+        return task_id
+
+    async def _allocate(self, specs: list[VMSpec], task_id: str) -> dict[str, dict[str, Any]]:
+        taken = await self.store.allocated_ips(self.subnet)
+        free = iter(ip for ip in self.addresses if ip not in taken)
+        records: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            ip = next(free, None)
+            rec: dict[str, Any] = {
+                "virtualMachineId": spec.id, "taskId": task_id, "status": PENDING, "errorCode": None,
+                "requestedCapacity": list(spec.requested), "ipAddress": ip, "macAddress": None,
+                "localControllerId": None, "groupManagerId": None, "submittedAt": time.time(),
+            }
+            if ip is None:
+                rec.update(status="ERROR", errorCode="NO_FREE_IP_ADDRESS", message=f"subnet {self.subnet} is full")
+            else:
+                spec.ip, spec.mac = ip, mac_for_ip(ip)
+                spec.xml = set_mac(spec.xml, spec.mac)
+                rec["macAddress"] = spec.mac
+            records[spec.id] = rec
+        return records
+
+    # -- dispatch ------------------------------------------------------------------------
+    def _gm_views(self) -> list[HostView]:
+        views = []
+        for rec in self.leader.alive_gms():
+            s = rec.summary
+            reserved = ZERO
+            for c in self.reserved.get(rec.description.id, {}).values():
+                reserved = add(reserved, c)
+            views.append(HostView(rec.description.id, _vec(s.get("activeCapacity")),
+                                  _vec(s.get("requestedCapacity")), reserved))
+        return views
+
+    async def dispatch(self, task: dict[str, Any], specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:
+        task_id = task["taskId"]
+        self._dispatching.add(task_id)
+        try:
+            await self._dispatch(specs, records)
+            failed = [r for r in records.values() if r["status"] == "ERROR" and r.get("ipAddress")]
+            if failed:
+                await self.store.release_addresses(failed, self.subnet, self.epoch)
+            task["state"] = DONE
+            task["finishedAt"] = time.time()
+            await self.store.set_task(task, self.epoch)
+            ok = sum(1 for r in records.values() if r["status"] in STARTED)
+            log.info("virtual cluster %s done: %d/%d VMs started", task_id, ok, len(records))
+        except (StaleEpoch, CoordinationError) as exc:
+            # The next leader resumes this task from ZooKeeper.
+            log.warning("dispatch of %s interrupted: %s", task_id, exc)
+        finally:
+            self._dispatching.discard(task_id)
+
+    async def _dispatch(self, specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:
+        pending = [s for s in specs if records[s.id]["status"] == PENDING]
+        excluded: dict[str, set[str]] = defaultdict(set)
+        for _round in range(4):
+            if not pending:
+                return
+            views = self._gm_views()
+            by_id = {s.id: s for s in pending}
+            requests = [VMRequest(s.id, s.requested, excluded_hosts=frozenset(excluded[s.id])) for s in pending]
+            plan = self.policy.place(requests, views)
+            changed: list[dict[str, Any]] = []
+            for vm_id, rejection in plan.unplaced.items():
+                rec = records[vm_id]
+                rec.update(status="ERROR", errorCode="NOT_ENOUGH_CAPACITY",
+                           message=f"no group manager can host it: {rejection.reason}", rejections=dict(rejection.filtered))
+                changed.append(rec)
+            batches: dict[str, list[VMSpec]] = defaultdict(list)
+            for p in plan.placements:
+                batches[p.host_id].append(by_id[p.vm_id])
+                rec = records[p.vm_id]
+                rec.update(status=DISPATCHED, groupManagerId=p.host_id)
+                changed.append(rec)
+                self.reserved[p.host_id][p.vm_id] = by_id[p.vm_id].requested
+            await self.store.update_vms(changed, self.epoch)
+            replies = await asyncio.gather(*(self._send(gm_id, batch) for gm_id, batch in batches.items()))
+            pending = []
+            done: list[dict[str, Any]] = []
+            for gm_id, batch, results in zip(batches, batches.values(), replies, strict=True):
+                for spec in batch:
+                    self.reserved[gm_id].pop(spec.id, None)
+                    res = results.get(spec.id) or {"status": "ERROR", "errorCode": "NO_ANSWER"}
+                    rec = records[spec.id]
+                    if res.get("errorCode") in ("NOT_ENOUGH_CAPACITY", "LOCAL_CONTROLLER_GONE", "GROUP_MANAGER_UNREACHABLE"):
+                        excluded[spec.id].add(gm_id)
+                        rec.update(status=PENDING, groupManagerId=None, message=res.get("message"),
+                                   rejections=res.get("rejections"))
+                        pending.append(spec)
+                        continue
+                    self._record_result(rec, gm_id, res)
+                    done.append(rec)
+            await self.store.update_vms(done, self.epoch)
+        for spec in pending:
+            rec = records[spec.id]
+            rec.update(status="ERROR", errorCode="NOT_ENOUGH_CAPACITY",
+                       message=rec.get("message") or "no group manager could host it")
+        await self.store.update_vms([records[s.id] for s in pending], self.epoch)
+
+    def _record_result(self, rec: dict[str, Any], gm_id: str, res: dict[str, Any]) -> None:
+        gm = self.leader.gms.get(gm_id)
+        rec.update(
+            status=res.get("status", "ERROR"),
+            errorCode=res.get("errorCode"),
+            message=res.get("message"),
+            groupManagerId=gm_id,
+            groupManagerControlDataAddress=gm.description.address.to_json() if gm else None,
+            localControllerId=res.get("localControllerId"),
+            localControllerControlDataAddress=res.get("localControllerAddress"),
+            adaptations=res.get("adaptations") or [],
+        )
+
+    async def _send(self, gm_id: str, batch: list[VMSpec]) -> dict[str, dict[str, Any]]:
+        rec = self.leader.gms.get(gm_id)
+        if rec is None:
+            return {s.id: {"status": "ERROR", "errorCode": "GROUP_MANAGER_UNREACHABLE"} for s in batch}
+        try:
+            reply = await self.leader.gm.rpc.call(
+                rec.description.address, "gm.startVirtualMachines", {"vms": [s.to_json() for s in batch]},
+                epoch=self.epoch, timeout=60 + len(batch) * 0.2,
+            )
+        except RpcError as exc:
+            log.warning("group manager %s did not take its batch: %s", gm_id, exc)
+            return {s.id: {"status": "ERROR", "errorCode": "GROUP_MANAGER_UNREACHABLE", "message": str(exc)} for s in batch}
+        if isinstance(reply.get("summary"), dict):
+            rec.summary = reply["summary"]
+        return {r["id"]: r for r in reply.get("results", []) if isinstance(r, dict) and "id" in r}
+
+    # -- answers -------------------------------------------------------------------------
+    async def response(self, task_id: str) -> dict[str, Any] | None:
+        try:
+            task = await self.store.get_task(task_id)
+        except CoordinationError as exc:
+            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+        if task is None:
+            raise ApiError(404, "UNKNOWN_TASK", f"no virtual cluster submission {task_id!r}", field="taskId")
+        if task.get("state") != DONE:
+            return None
+        records = await self.store.get_vms(task["vmIds"])
+        specs = await self.store.get_specs(task["vmIds"])
+        meta = [vm_metadata(records[v], specs.get(v)) for v in task["vmIds"] if v in records]
+        started = sum(1 for m in meta if m["status"] in STARTED)
+        error = None if started == len(task["vmIds"]) else ("NO_VIRTUAL_MACHINE_STARTED" if started == 0 else "SOME_VIRTUAL_MACHINES_NOT_STARTED")
+        return {"taskId": task_id, "errorCode": error, "virtualMachineMetaData": meta}
+
+    # -- failover ------------------------------------------------------------------------
+    async def resume(self) -> None:
+        """Finish the submissions a previous leader left unfinished."""
+        grace = self.leader.gm.settings.heartbeat.timeout + 1.0
+        await asyncio.sleep(grace)  # in-flight starts finish; group managers re-join us
+        try:
+            task_ids = await self.store.task_ids()
+            for task_id in task_ids:
+                if task_id in self._dispatching:
+                    continue
+                task = await self.store.get_task(task_id)
+                if task is None or task.get("state") == DONE:
+                    continue
+                await self._resume_task(task)
+        except (CoordinationError, StaleEpoch) as exc:
+            log.warning("could not resume submissions: %s", exc)
+
+    async def _resume_task(self, task: dict[str, Any]) -> None:
+        records = await self.store.get_vms(task["vmIds"])
+        specs_json = await self.store.get_specs(task["vmIds"])
+        running = await self._running_domains() if any(r["status"] == DISPATCHED for r in records.values()) else {}
+        specs: list[VMSpec] = []
+        for vm_id in task["vmIds"]:
+            rec = records.get(vm_id)
+            if rec is None or vm_id not in specs_json:
+                continue
+            spec = VMSpec.from_json(specs_json[vm_id])
+            specs.append(spec)
+            if rec["status"] == DISPATCHED:
+                where = running.get(vm_id)
+                if where is not None:
+                    lc_id, addr, state = where
+                    rec.update(status=state, localControllerId=lc_id, localControllerControlDataAddress=addr, errorCode=None)
+                else:
+                    rec.update(status=PENDING, groupManagerId=None)
+        log.info("resuming virtual cluster %s (%d VMs not yet started)", task["taskId"],
+                 sum(1 for r in records.values() if r["status"] == PENDING))
+        await self.store.update_vms(records.values(), self.epoch)
+        await self.dispatch(task, specs, records)
+
+    async def _running_domains(self) -> dict[str, tuple[str, dict[str, Any], str]]:
+        """vm id -> (lc id, lc address, state), asked of every local controller directly."""
+        coord = self.leader.gm.coord
+        assert coord is not None
+        lcs = await coord.children_json(coord.path("localcontrollers"))
+        out: dict[str, tuple[str, dict[str, Any], str]] = {}
+
+        async def ask(lc_id: str, data: dict[str, Any]) -> None:
+            try:
+                addr = NetworkAddress.from_json(data["controlDataAddress"])
+                reply = await self.leader.gm.rpc.call(addr, "lc.describe", None, epoch=self.epoch, timeout=5)
+            except (RpcError, KeyError, TypeError, ValueError):
+                return
+            for d in reply.get("domains", []):
+                if d.get("state") in STARTED:
+                    out[d["name"]] = (lc_id, addr.to_json(), d["state"])
+
+        await asyncio.gather(*(ask(k, v) for k, v in lcs.items()))
+        return out
+
