@@ -44,6 +44,7 @@ class VirtualMachineVerbs:
         r.add("bootstrap", "getVirtualMachineDescriptions", self.get_virtual_machine_descriptions, ("GET", "POST"))
         r.add("bootstrap", "getGroupManagerDescriptions", self.get_group_manager_descriptions, ("GET", "POST"))
         r.add("bootstrap", "getLocalControllerDescriptions", self.get_local_controller_descriptions, ("GET", "POST"))
+        r.add("bootstrap", "migrateVirtualMachine", self.migrate_virtual_machine, ("POST",))
         for verb, action in ACTIONS.items():
             r.add("bootstrap", verb, self._action_handler(action), ("POST",))
 
@@ -105,6 +106,30 @@ class VirtualMachineVerbs:
             return bool(reply.get("ok"))
 
         return handle
+
+    async def migrate_virtual_machine(self, request: web.Request) -> Any:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise bad_request("body must be {\"virtualMachineId\", \"localControllerId\"}", field="body")
+        for name in ("virtualMachineId", "localControllerId"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise bad_request(f"{name} is missing", field=name)
+        vm_id, dest_id = body["virtualMachineId"], body["localControllerId"]
+        rec, gm_addr, source_lc = await self._locate(vm_id)
+        dest = await self.store.destination(dest_id)
+        if dest is None:
+            raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_id!r}", field="localControllerId")
+        if dest_id == source_lc:
+            raise ApiError(400, "SAME_LOCAL_CONTROLLER", f"{vm_id} already runs on {dest_id}", field="localControllerId")
+        if dest.get("status") not in (None, "ACTIVE"):
+            raise ApiError(409, "LOCAL_CONTROLLER_NOT_ACTIVE", f"{dest_id} is {dest['status']}", field="localControllerId")
+        try:
+            await self.b.rpc.call(gm_addr, "gm.migrate", {"vmId": vm_id, "sourceLcId": source_lc, "destination": dest,
+                                                          "requested": rec.get("requestedCapacity")},
+                                  epoch=self.b.known_epoch, timeout=300)
+        except RpcError as exc:
+            raise _rpc_to_api(exc, "group manager") from exc
+        return True
 
     async def get_virtual_machine_metadata(self, request: web.Request) -> Any:
         if request.method == "GET":

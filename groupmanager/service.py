@@ -16,6 +16,7 @@ from groupmanager.leader import LeaderRole
 from groupmanager.manager import ManagerRole
 from snooze import config as cfg
 from snooze.coordination import CoordinationError, LeaderElection
+from snooze.coordination.store import Store
 from snooze.discovery import Advertiser
 from snooze.http import ApiError, read_identifier, read_json
 from snooze.models import GroupManagerDescription, ListenSettings
@@ -38,6 +39,7 @@ class GroupManager(Service):
         self.routes.add("groupmanager", "getGroupManagerDescription", self._http_describe, ("GET",))
         self.routes.add("groupmanager", "startVirtualCluster", self._http_start_vc, ("POST",))
         self.routes.add("groupmanager", "getVirtualClusterResponse", self._http_vc_response, ("POST",))
+        self.routes.add("groupmanager", "migrateVirtualMachine", self._http_migrate, ("POST",))
 
     def description(self) -> GroupManagerDescription:
         return GroupManagerDescription(
@@ -99,15 +101,17 @@ class GroupManager(Service):
     async def _elected(self, epoch: int) -> None:
         assert self.coord is not None
         self.see_epoch(epoch)
-        if self.manager_role is not None:
-            role, self.manager_role = self.manager_role, None
+        role, self.manager_role = self.manager_role, None
+        if role is not None:
             self.cancel("register")
             await self.coord.unregister(self.coord.path("groupmanagers", self.id))
-            await role.stop(handover_epoch=epoch)
         self.leader_role = LeaderRole(self, epoch)
         await self.leader_role.start()
         await self.coord.register(self.coord.path("leader"), self.leader_description(epoch).to_json())
         log.info("now group leader (epoch %d)", epoch)
+        if role is not None:
+            # Only now that the leader is announced: the LCs re-join it at once.
+            await role.stop(handover_epoch=epoch, leader=self.leader_description(epoch).to_json())
 
     async def _deposed(self) -> None:
         assert self.coord is not None
@@ -157,6 +161,28 @@ class GroupManager(Service):
         if response is None:
             return web.Response(text="", content_type="application/json")
         return response
+
+    async def _http_migrate(self, request: web.Request) -> Any:
+        """The original's MigrationRequest: sourceVirtualMachineLocation,
+        destinationVirtualMachineLocation, destinationHypervisorSettings (may be empty), migrated."""
+        body = await read_json(request)
+        if self.manager_role is None or self.coord is None:
+            raise ApiError(409, "NOT_A_GROUP_MANAGER", "the group leader manages no local controller; ask the VM's group manager")
+        try:
+            src = body["sourceVirtualMachineLocation"]
+            dst = body["destinationVirtualMachineLocation"]
+            vm_id, source_lc, dest_lc = str(src["virtualMachineId"]), str(src["localControllerId"]), str(dst["localControllerId"])
+        except (KeyError, TypeError) as exc:
+            raise ApiError(400, "BAD_MIGRATION_REQUEST", f"missing {exc} in the MigrationRequest",
+                           field="sourceVirtualMachineLocation" if "source" in str(exc) else "destinationVirtualMachineLocation") from exc
+        dest = await Store(self.coord).destination(dest_lc)
+        if dest is None:
+            raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_lc!r}",
+                           field="destinationVirtualMachineLocation.localControllerId")
+        if body.get("destinationHypervisorSettings"):
+            dest["hypervisorSettings"] = {**dest["hypervisorSettings"], **body["destinationHypervisorSettings"]}
+        await self.manager_role.migrations.migrate(vm_id, source_lc, dest)
+        return True
 
     async def _http_describe(self, _request: web.Request) -> Any:
         d = self.description().to_json()

@@ -11,16 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import xml.etree.ElementTree as ET
 from collections import deque
 from typing import Any
 
-from localcontroller.hypervisor import HypervisorError, LibvirtHypervisor, NotEnoughCapacity
+from localcontroller.hypervisor import (
+    HypervisorError,
+    LibvirtHypervisor,
+    MigrationFailed,
+    NotEnoughCapacity,
+)
 from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.monitoring import HostMonitor
 from snooze import config as cfg
 from snooze.coordination import CoordinationError
 from snooze.heartbeat import FailureDetector
-from snooze.models import Capacity, GroupManagerDescription, LocalControllerDescription, Status
+from snooze.models import (
+    Capacity,
+    GroupManagerDescription,
+    LocalControllerDescription,
+    NetworkAddress,
+    Status,
+)
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
 from snooze.service import Service
@@ -50,6 +62,8 @@ class LocalController(Service):
         self.internal.on("lc.describe", self._on_describe)
         self.internal.on("lc.startVirtualMachines", self._on_start_vms, order=True)
         self.internal.on("lc.vmAction", self._on_vm_action, order=True)
+        self.internal.on("lc.migrate", self._on_migrate, order=True)
+        self.internal.on("lc.receiveDomain", self._on_receive_domain, order=True)
         self._starting: dict[str, Capacity] = {}
         self.routes.add("localcontroller", "getLocalControllerDescription", self._http_describe, ("GET",))
 
@@ -65,8 +79,12 @@ class LocalController(Service):
                 "driver": lc.hypervisor_driver,
                 "transport": lc.hypervisor_transport,
                 "port": lc.hypervisor_port,
-                "uri": lc.hypervisor_uri,
-                "migration": {"method": lc.migration_method, "timeout": lc.migration_timeout},
+                "remoteUri": lc.remote_uri
+                or f"{lc.hypervisor_driver}+{lc.hypervisor_transport}://{self.address.address}:{lc.hypervisor_port}/system",
+                "migrationUri": lc.migration_uri or None,
+                "testDriver": self.hypervisor.is_test_driver,
+                "migration": {"method": lc.migration_method, "timeout": lc.migration_timeout,
+                              "autoConverge": lc.migration_auto_converge, "postCopy": lc.migration_post_copy},
             },
             wakeup_settings={"driver": lc.wakeup_driver, "options": lc.wakeup_options},
             group_manager_id=self.gm.id if self.gm else None,
@@ -123,7 +141,10 @@ class LocalController(Service):
     async def _on_rejoin_order(self, env: Envelope) -> Any:
         self.see_epoch(env.epoch)
         log.info("ordered to re-join by %s (epoch %d)", env.sender, env.epoch)
-        if self.gm is not None and env.body and env.body.get("exclude"):
+        body = env.body if isinstance(env.body, dict) else {}
+        if isinstance(body.get("leader"), dict):
+            self.leader = body["leader"]  # the new leader, so we need not wait for its heartbeat
+        if self.gm is not None and body.get("exclude"):
             self._excluded.append(self.gm.id)
         self._rejoin.set()
         return {"ok": True}
@@ -258,6 +279,58 @@ class LocalController(Service):
         except HypervisorError as exc:
             return {"ok": False, "errorCode": exc.code, "message": str(exc)}
         return {"ok": True, "domain": info.to_json() if info else None}
+
+    async def _on_migrate(self, env: Envelope) -> Any:
+        """Move a domain to another local controller: live over libvirt, or the named non-live
+        fallback when either side is libvirt's test driver (which cannot migrate)."""
+        body = env.body if isinstance(env.body, dict) else {}
+        vm_id = str(body.get("vmId"))
+        dest = body.get("destination") or {}
+        settings = dest.get("hypervisorSettings") or {}
+        try:
+            if self.hypervisor.is_test_driver or settings.get("testDriver"):
+                result = await self._move_non_live(vm_id, dest, env.epoch)
+            else:
+                result = await self.hypervisor.migrate(vm_id, settings)
+        except HypervisorError as exc:
+            return {"ok": False, "errorCode": exc.code, "message": str(exc)}
+        log.info("moved %s to %s in %.2fs (%s)", vm_id, dest.get("id"), result["duration"],
+                 "non-live fallback" if result.get("nonLive") else "live")
+        return {"ok": True, **result}
+
+    async def _move_non_live(self, vm_id: str, dest: dict[str, Any], epoch: int) -> dict[str, Any]:
+        t0 = time.monotonic()
+        xml = await self.hypervisor.xml(vm_id)
+        try:
+            reply = await self.rpc.call(NetworkAddress.from_json(dest["address"]), "lc.receiveDomain",
+                                        {"vmId": vm_id, "xml": xml}, epoch=epoch, timeout=60)
+        except (RpcError, KeyError, TypeError) as exc:
+            raise MigrationFailed(f"destination did not take {vm_id}: {exc}") from exc
+        if not reply.get("ok"):
+            raise MigrationFailed(f"destination refused {vm_id}: {reply.get('message')}")
+        await self.hypervisor.lifecycle(vm_id, "destroy")
+        return {"duration": time.monotonic() - t0, "nonLive": True, "libvirtSeconds": 0.0}
+
+    async def _on_receive_domain(self, env: Envelope) -> Any:
+        body = env.body if isinstance(env.body, dict) else {}
+        xml = str(body.get("xml", ""))
+        root_mem = self._xml_capacity(xml)
+        used = await self._used()
+        if used[0] + root_mem[0] > self.total[0] or used[1] + root_mem[1] > self.total[1]:
+            return {"ok": False, "errorCode": "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY", "message": f"no room on {self.id}"}
+        try:
+            await self.hypervisor.start(xml)
+        except HypervisorError as exc:
+            return {"ok": False, "errorCode": exc.code, "message": str(exc)}
+        return {"ok": True}
+
+    @staticmethod
+    def _xml_capacity(xml: str) -> tuple[float, float]:
+        try:
+            root = ET.fromstring(xml.encode())
+            return float(root.findtext("vcpu") or 1), float(root.findtext("memory") or 0)
+        except (ET.ParseError, ValueError):
+            return 0.0, 0.0
 
     async def _on_describe(self, env: Envelope) -> Any:
         return {"localController": self.description().to_json(), "domains": [d.to_json() for d in await self.hypervisor.domains()]}

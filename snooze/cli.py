@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from snooze.client.cli import register as register_client_commands
 from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, stop_manifest
 
 DEFAULT_STATE_DIR = ".state/cluster"
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     hosts = sub.add_parser("hosts", help="list local controllers")
     hosts.add_argument("--json", action="store_true")
     hosts.set_defaults(func=cmd_hosts)
+    register_client_commands(sub)
     return p
 
 

@@ -216,7 +216,10 @@ class LocalCluster:
                 raise ClusterError(f"port {port} is in use; choose another --base-port")
         # Simulated hosts start empty, so the cluster's durable state starts empty too.
         shutil.rmtree(self.state_dir / "zookeeper", ignore_errors=True)
-        self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or free_port())
+        # ZooKeeper expires sessions on tick boundaries: a tick of a tenth of the session timeout
+        # keeps failover within session timeout + a fraction, instead of + a whole 1 s tick.
+        tick_ms = int(min(1000, max(100, o.session_timeout * 100)))
+        self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or free_port(), tick_ms=tick_ms)
         self.zk.start()
         try:
             self.processes = self.plan()

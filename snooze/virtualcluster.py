@@ -188,15 +188,12 @@ def subnet_hosts(cidr: str) -> list[str]:
 
 
 def set_mac(xml: str, mac: str) -> str:
-    """The domain XML with ``mac`` on its first interface (one is added if there is none)."""
+    """The domain XML with ``mac`` on its first interface; a domain without one is left alone
+    (its address is still reserved and reported)."""
     root = ET.fromstring(xml.encode())
-    devices = root.find("devices")
-    if devices is None:
-        devices = ET.SubElement(root, "devices")
-    iface = devices.find("interface")
+    iface = root.find("devices/interface")
     if iface is None:
-        iface = ET.SubElement(devices, "interface", {"type": "network"})
-        ET.SubElement(iface, "source", {"network": "default"})
+        return xml
     mac_el = iface.find("mac")
     if mac_el is None:
         mac_el = ET.Element("mac")

@@ -77,7 +77,8 @@ class ZooKeeperServer:
                     "admin.enableServer=false",
                     "4lw.commands.whitelist=*",
                     f"minSessionTimeout={2 * self.tick_ms}",
-                    f"maxSessionTimeout={20 * self.tick_ms}",
+                    # The default cap (20 ticks) would clamp a 10 s session with a small tick.
+                    f"maxSessionTimeout={max(20 * self.tick_ms, 60000)}",
                     "maxClientCnxns=0",
                     "autopurge.purgeInterval=0",
                     "",

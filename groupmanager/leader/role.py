@@ -45,6 +45,7 @@ class LeaderRole:
         self.running = False
         self._rr = 0
         self.submissions: Submissions | None = None
+        self.started_at = time.monotonic()
 
     async def start(self) -> None:
         self.running = True
@@ -154,6 +155,10 @@ class LeaderRole:
         coord = self.gm.coord
         if coord is None or not coord.connected:
             raise ApiError(503, "LEADER_SUSPENDED", "the group leader has lost ZooKeeper; retry")
+        settle = min(1.0, 2 * self.gm.settings.heartbeat.interval)
+        if time.monotonic() - self.started_at < settle and len(self.gms) < 2:
+            # Just elected: let the group managers join before spreading local controllers.
+            raise ApiError(503, "LEADER_SETTLING", "the group leader was just elected; retry")
         body = env.body if isinstance(env.body, dict) else {}
         exclude = set(body.get("exclude") or [])
         candidates = [r for r in self.alive_gms() if r.description.id not in exclude] or self.alive_gms()

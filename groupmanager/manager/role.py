@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from groupmanager.manager.vms import VirtualMachines
+from groupmanager.manager.vms import Migrations, VirtualMachines
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
 from snooze.models import (
@@ -57,6 +57,7 @@ class ManagerRole:
         self.running = False
         self._leader_changed = asyncio.Event()
         self.vms = VirtualMachines(self)
+        self.migrations = Migrations(self.vms)
 
     # -- lifecycle (called by GroupManager) ----------------------------------------------
     async def start(self) -> None:
@@ -67,13 +68,14 @@ class ManagerRole:
         gm.internal.on("lc.monitoring", self._on_monitoring)
         gm.internal.on("gm.describe", self._on_describe)
         self.vms.register()
+        self.migrations.register()
         hb = gm.settings.heartbeat
         gm.spawn("manager.join", self._join_loop())
         gm.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
         gm.every("manager.failures", lambda: hb.interval / 2, self._check_failures)
         gm.every("manager.summary", lambda: gm.settings.monitoring.summary_interval, self._send_summary)
 
-    async def stop(self, *, handover_epoch: int | None = None) -> None:
+    async def stop(self, *, handover_epoch: int | None = None, leader: dict[str, Any] | None = None) -> None:
         """Stop managing; with ``handover_epoch``, order the local controllers to re-join."""
         self.running = False
         for name in ("manager.join", "manager.heartbeat", "manager.failures", "manager.summary"):
@@ -82,11 +84,13 @@ class ManagerRole:
             self.gm.internal.handlers.pop(kind, None)
         self.gm.heartbeat.handlers.pop("lc.heartbeat", None)
         self.vms.unregister()
+        self.migrations.unregister()
         if handover_epoch is not None and self.lcs:
             await asyncio.gather(
                 *(
                     self.gm.rpc.call(
-                        r.description.control_data_address, "lc.rejoin", {"exclude": True}, epoch=handover_epoch, timeout=2
+                        r.description.control_data_address, "lc.rejoin", {"exclude": True, "leader": leader},
+                        epoch=handover_epoch, timeout=2,
                     )
                     for r in self.lcs.values()
                 ),

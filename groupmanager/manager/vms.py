@@ -10,6 +10,7 @@ starts a domain. A VM refused for capacity by its local controller is retried on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from groupmanager.thresholds import thresholds_from
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError
-from snooze.models import ZERO, Capacity, Status, add
+from snooze.models import ZERO, Capacity, NetworkAddress, Status, add
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
 
@@ -199,3 +200,161 @@ class VirtualMachines:
             "usedCapacity": rec.vm_usage.get(vm_id),
             "history": [h for h in rec.history][-5:],
         }
+
+
+class Migrations:
+    """Moving a VM between local controllers, possibly of another group manager.
+
+    The destination's capacity is reserved before anything moves (here, or by the destination's
+    group manager); the source local controller then migrates; on any failure the reservation
+    is released and the VM keeps running at the source. On success the VM's record moves.
+    """
+
+    def __init__(self, vms: VirtualMachines) -> None:
+        self.vms = vms
+        self.role = vms.role
+
+    def register(self) -> None:
+        internal = self.role.gm.internal
+        internal.on("gm.migrate", self._on_migrate, order=True)
+        internal.on("gm.reservation", self._on_reservation, order=True)
+
+    def unregister(self) -> None:
+        for kind in ("gm.migrate", "gm.reservation"):
+            self.role.gm.internal.handlers.pop(kind, None)
+
+    def fits(self, lc_id: str, requested: Capacity) -> str | None:
+        """None if ``requested`` fits on ``lc_id`` now; else why not."""
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            return f"{lc_id} is not managed here"
+        if rec.description.status != Status.ACTIVE:
+            return f"{lc_id} is {rec.description.status.value}"
+        taken = add(self.vms.requested_on(lc_id), self.vms.reserved_on(lc_id))
+        mid = self.vms.thresholds.mid
+        for i, name in enumerate(("cpu", "memory", "rx", "tx")):
+            total = rec.description.total_capacity[i]
+            if total > 0 and taken[i] + requested[i] > total * mid[i] + 1e-9:
+                return f"{name}: {requested[i]:g} needed, {max(0.0, total * mid[i] - taken[i]):g} free on {lc_id}"
+        return None
+
+    async def _on_reservation(self, env: Envelope) -> Any:
+        body = env.body if isinstance(env.body, dict) else {}
+        lc_id, vm_id, op = str(body.get("lcId")), str(body.get("vmId")), body.get("op")
+        requested: Capacity = tuple(float(x) for x in body.get("requested", (0, 0, 0, 0)))  # type: ignore[assignment]
+        if op == "reserve":
+            async with self.vms._lock:
+                why = self.fits(lc_id, requested)
+                if why is not None:
+                    raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
+                self.vms.reserved[lc_id][vm_id] = requested
+        elif op == "commit":
+            self.vms.reserved[lc_id].pop(vm_id, None)
+            self._adopt(lc_id, vm_id, requested)
+        else:
+            self.vms.reserved[lc_id].pop(vm_id, None)
+        return {"ok": True}
+
+    def _adopt(self, lc_id: str, vm_id: str, requested: Capacity) -> None:
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            return
+        rec.vm_requested[vm_id] = requested
+        rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [
+            {"name": vm_id, "state": "RUNNING", "vcpus": requested[0], "memory": requested[1]}]
+        if vm_id not in rec.description.assigned_virtual_machines:
+            rec.description.assigned_virtual_machines.append(vm_id)
+
+    def _drop(self, lc_id: str, vm_id: str) -> Capacity | None:
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            return None
+        rec.domains = [d for d in rec.domains if d.get("name") != vm_id]
+        if vm_id in rec.description.assigned_virtual_machines:
+            rec.description.assigned_virtual_machines.remove(vm_id)
+        return rec.vm_requested.pop(vm_id, None)
+
+    async def _on_migrate(self, env: Envelope) -> Any:
+        body = env.body if isinstance(env.body, dict) else {}
+        return await self.migrate(str(body.get("vmId")), str(body.get("sourceLcId")), dict(body.get("destination") or {}),
+                                  body.get("requested"))
+
+    async def migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None) -> dict[str, Any]:
+        source_lc = self.vms._find(vm_id, source_lc)
+        rec = self.role.lcs[source_lc]
+        dest_id = str(dest.get("id"))
+        if dest_id == source_lc:
+            raise ApiError(400, "SAME_LOCAL_CONTROLLER", f"{vm_id} already runs on {dest_id}", field="localControllerId")
+        requested: Capacity = rec.vm_requested.get(vm_id) or tuple(  # type: ignore[assignment]
+            float(x) for x in (requested_hint or (0, 0, 0, 0)))
+        if not any(requested):
+            domain = next((d for d in rec.domains if d.get("name") == vm_id), {})
+            requested = (float(domain.get("vcpus", 0)), float(domain.get("memory", 0)), 0.0, 0.0)
+        gm = self.role.gm
+        local = dest_id in self.role.lcs
+        dest_gm = NetworkAddress.from_json(dest["groupManagerAddress"]) if not local and dest.get("groupManagerAddress") else None
+        if not local and dest_gm is None:
+            raise ApiError(409, "LOCAL_CONTROLLER_UNAVAILABLE", f"{dest_id} has no group manager right now", field="localControllerId")
+        reservation = {"lcId": dest_id, "vmId": vm_id, "requested": list(requested)}
+        if local:
+            async with self.vms._lock:
+                why = self.fits(dest_id, requested)
+                if why is not None:
+                    raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
+                self.vms.reserved[dest_id][vm_id] = requested
+        else:
+            assert dest_gm is not None
+            try:
+                await gm.rpc.call(dest_gm, "gm.reservation", {"op": "reserve", **reservation}, epoch=gm.known_epoch, timeout=10)
+            except RpcError as exc:
+                raise ApiError(409 if exc.status == 409 else 503, exc.code, exc.message, field="localControllerId") from exc
+        migration_timeout = float(((dest.get("hypervisorSettings") or {}).get("migration") or {}).get("timeout", 60.0))
+        try:
+            reply = await gm.rpc.call(
+                rec.description.control_data_address, "lc.migrate",
+                {"vmId": vm_id, "destination": {"id": dest_id, "address": dest["address"],
+                                                 "hypervisorSettings": dest.get("hypervisorSettings") or {}}},
+                epoch=gm.known_epoch, timeout=migration_timeout * 3 + 30,
+            )
+        except RpcError as exc:
+            reply = {"ok": False, "errorCode": "LOCAL_CONTROLLER_UNREACHABLE", "message": str(exc)}
+        if not reply.get("ok"):
+            await self._release(local, dest_gm, reservation)
+            raise ApiError(409, str(reply.get("errorCode") or "MIGRATION_FAILED"),
+                           f"{vm_id} stays on {source_lc}: {reply.get('message')}")
+        self._drop(source_lc, vm_id)
+        if local:
+            self.vms.reserved[dest_id].pop(vm_id, None)
+            self._adopt(dest_id, vm_id, requested)
+        else:
+            assert dest_gm is not None
+            with contextlib.suppress(RpcError):
+                await gm.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation}, epoch=gm.known_epoch, timeout=10)
+        await self._move_record(vm_id, dest, local)
+        return {"ok": True, **{k: v for k, v in reply.items() if k != "ok"}}
+
+    async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any]) -> None:
+        if local:
+            self.vms.reserved[reservation["lcId"]].pop(reservation["vmId"], None)
+        elif dest_gm is not None:
+            with contextlib.suppress(RpcError):
+                await self.role.gm.rpc.call(dest_gm, "gm.reservation", {"op": "release", **reservation},
+                                            epoch=self.role.gm.known_epoch, timeout=10)
+
+    async def _move_record(self, vm_id: str, dest: dict[str, Any], local: bool) -> None:
+        coord = self.role.gm.coord
+        if coord is None:
+            return
+        store = Store(coord)
+        try:
+            rec = await store.get_vm(vm_id)
+            if rec is None:
+                return
+            rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"])
+            if local:
+                rec.update(groupManagerId=self.role.gm.id, groupManagerControlDataAddress=self.role.gm.address.to_json())
+            else:
+                rec.update(groupManagerId=dest.get("groupManagerId"), groupManagerControlDataAddress=dest.get("groupManagerAddress"))
+            await store.update_vms([rec], None)
+        except CoordinationError as exc:
+            log.warning("could not record the move of %s: %s", vm_id, exc)

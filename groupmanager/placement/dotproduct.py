@@ -240,7 +240,9 @@ class DotProduct(BatchPolicy):
         k = t.left
         for a, x in zip(t.rep, r, strict=True):
             if a > 0 and x != INF:
-                k = min(k, max(1, int(x / a)))
+                q = x / a  # may overflow to inf for denormal demands
+                if q < k:
+                    k = max(1, int(q))
         tv = [a * w for a, w in zip(t.rep, inv2, strict=True)]
         tt = sum(map(mul, t.repw, tv))
         for c in cands:
@@ -249,7 +251,9 @@ class DotProduct(BatchPolicy):
             ct = sum(map(mul, c.repw, tv))
             if tt > ct:
                 s_c = sum(map(mul, c.repw, rs))
-                k = min(k, int((s_t - s_c) / (tt - ct)) + 1)
+                q = (s_t - s_c) / (tt - ct)
+                if q + 1 < k:
+                    k = int(q) + 1
         return max(k, 1)
 
     def _take(
@@ -307,4 +311,3 @@ class DotProduct(BatchPolicy):
             if not c.anti:
                 c.accepts[slot.index] = got
         return got
-

@@ -193,6 +193,32 @@ class LibvirtHypervisor:
     async def xml(self, name: str) -> str:
         return await self._run(f"xml of {name}", lambda: self._lookup(name).XMLDesc(0))
 
+    async def migrate(self, name: str, destination: dict[str, Any]) -> dict[str, Any]:
+        """Live-migrate ``name`` to the hypervisor described by ``destination`` (its
+        hypervisorSettings). Runs on its own thread: a migration can take minutes and must
+        not hold up monitoring or other VMs' actions on the libvirt thread."""
+        from localcontroller.hypervisor.migration import MigrationSettings, migrate_domain
+
+        mig = destination.get("migration") or {}
+        try:
+            settings = MigrationSettings(
+                method=str(mig.get("method", "live")), timeout=float(mig.get("timeout", 60.0)),
+                auto_converge=bool(mig.get("autoConverge", False)), post_copy=bool(mig.get("postCopy", False)),
+            )
+        except ValueError as exc:
+            raise HypervisorError(f"bad migration settings: {exc}") from exc
+        uri = destination.get("remoteUri")
+        if not uri:
+            raise HypervisorError("destination has no remoteUri in its hypervisorSettings")
+        domain = await self._run(f"look up {name}", lambda: self._lookup(name))
+
+        def do() -> dict[str, Any]:
+            result = migrate_domain(domain, str(uri), destination.get("migrationUri"), settings)
+            return {"duration": result.duration, "libvirtSeconds": result.libvirt_seconds, "nonLive": False,
+                    "pausedToConverge": result.paused_to_converge, "switchedToPostCopy": result.switched_to_post_copy}
+
+        return await asyncio.get_running_loop().run_in_executor(None, do)
+
     async def raw(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
         """Run ``fn(connection)`` on the libvirt thread (for migration and other rare calls)."""
         return await self._run(what, lambda: fn(self._c()))

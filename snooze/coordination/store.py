@@ -239,6 +239,25 @@ class Store:
         if ops:
             await self.coord.call(self._commit, ops, epoch, timeout=30)
 
+    async def destination(self, lc_id: str) -> dict[str, Any] | None:
+        """A local controller as a migration destination: id, address, hypervisorSettings,
+        status, and its group manager's id and address (None if it is not in the hierarchy)."""
+        if not lc_id or "/" in lc_id:
+            return None
+        lc = await self.coord.get_json(self._p("localcontrollers", lc_id))
+        if not lc:
+            return None
+        gm_id = lc.get("groupManagerId")
+        gm = await self.coord.get_json(self._p("groupmanagers", gm_id)) if gm_id else None
+        return {
+            "id": lc_id,
+            "address": lc.get("controlDataAddress"),
+            "hypervisorSettings": lc.get("hypervisorSettings") or {},
+            "status": lc.get("status"),
+            "groupManagerId": gm_id if gm else None,
+            "groupManagerAddress": gm["listenSettings"]["controlDataAddress"] if gm else None,
+        }
+
     async def allocated_ips(self, subnet: str) -> set[str]:
         def do() -> set[str]:
             try:

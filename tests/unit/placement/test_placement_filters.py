@@ -105,7 +105,10 @@ def test_explain_charges_first_failing_filter_and_phrases_it():
     units, _ = make_units([vm("a", cpu=4, excluded_hosts=frozenset({"other"}))])
     rej = explain(default_filters(), units[0], make_slots(hosts, FULL))
     assert rej.filtered == {"alive": 1, "excluded": 1, "capacity": 2}
-    assert rej.reason == "no host fits: alive rejected 1, excluded rejected 1, capacity rejected 2 of 4 hosts"
+    assert (
+        rej.reason
+        == "no host fits: alive rejected 1, excluded rejected 1, capacity rejected 2 of 4 hosts"
+    )
 
 
 def test_explain_with_no_hosts():

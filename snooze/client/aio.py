@@ -1,0 +1,325 @@
+"""``SnoozeClient``: the asynchronous client of the Snooze HTTP API, and the one place that speaks HTTP.
+
+Every other client (the blocking ``SyncSnoozeClient``, the Java-style bindings, the libcloud
+driver, the CLI verbs) goes through this class, so the wire format — the original's
+``/bootstrap?verb`` paths, bare-id bodies, empty "not yet" answers — is written down once.
+It is also the boundary to aiohttp: no aiohttp exception leaves this module; each becomes a
+``SnoozeClientError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any, cast
+
+import aiohttp
+
+from snooze.client.errors import (
+    BAD_RESPONSE,
+    TASK_TIMEOUT,
+    TIMEOUT,
+    UNREACHABLE,
+    SnoozeClientError,
+)
+from snooze.client.templates import submission_request
+from snooze.client.types import (
+    Progress,
+    ProgressCallback,
+    TaskId,
+    VirtualClusterResponseJson,
+    VirtualMachineMetaDataJson,
+)
+
+DEFAULT_URL = "http://127.0.0.1:5000"
+BOOTSTRAP = "bootstrap"
+GROUP_MANAGER = "groupmanager"
+# Enough for a page of VMs; the server pages anything longer.
+DEFAULT_PAGE = 100
+# Calls the server serves by waiting on a group manager or the leader (60 s for submissions and
+# VM actions, 300 s for a live migration): the client waits a little longer than the server,
+# so that a slow call ends with the server's own error rather than a client-side TIMEOUT.
+SLOW_CALL_TIMEOUT = 90.0
+MIGRATION_TIMEOUT = 330.0
+
+
+def normalise_url(base_url: str) -> str:
+    """``host:port`` or ``http://host:port/`` → ``http://host:port`` (no trailing slash)."""
+    url = base_url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    return url
+
+
+class SnoozeClient:
+    """Calls one Snooze endpoint — a bootstrap by default, or a group leader (``prefix="groupmanager"``).
+
+    ``base_url`` is ``http://HOST:PORT``; methods are the API's verbs in snake_case and return
+    the decoded JSON in the original's shapes. Use as ``async with SnoozeClient(url) as c:`` or
+    call ``close()``; a caller-provided ``session`` is left open.
+    """
+
+    def __init__(self, base_url: str = DEFAULT_URL, *, prefix: str = BOOTSTRAP, timeout: float = 30.0,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.base_url = normalise_url(base_url)
+        self.prefix = prefix.strip("/")
+        self.timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:
+        return f"SnoozeClient({self.base_url!r}, prefix={self.prefix!r})"
+
+    async def __aenter__(self) -> SnoozeClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def url(self, verb: str) -> str:
+        return f"{self.base_url}/{self.prefix}?{verb}"
+
+    # -- the transport ------------------------------------------------------------------
+
+    def _session_for_call(self) -> aiohttp.ClientSession:
+        # Created on first use so that the session belongs to the loop that runs the calls.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()  # timeouts are per request (see request())
+            self._owns_session = True
+        return self._session
+
+    async def request(self, method: str, verb: str, *, params: Mapping[str, Any] | None = None,
+                      json_body: Any = None, text_body: str | None = None,
+                      timeout: float | None = None) -> tuple[int, str, bytes]:
+        """One call; returns ``(status, content type, body)`` of a 2xx, raises for anything else.
+
+        ``timeout`` (s) raises the client's timeout for this call; it never lowers it.
+        """
+        url = self.url(verb)
+        total = max(self.timeout, timeout or 0.0)
+        if params:
+            url += "".join(f"&{k}={v}" for k, v in params.items())
+        headers = {"Accept": "application/json, text/plain"}
+        data: bytes | None = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        elif text_body is not None:
+            # The seed's curl sends a bare id labelled application/json; so do we, for fidelity.
+            data = text_body.encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self._session_for_call().request(method, url, data=data, headers=headers,
+                                                        timeout=aiohttp.ClientTimeout(total=total)) as resp:
+                body = await resp.read()
+                status, ctype = resp.status, resp.content_type
+        except TimeoutError as exc:
+            raise SnoozeClientError(TIMEOUT, f"no answer from {url} within {total:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise SnoozeClientError(UNREACHABLE, f"cannot reach {self.base_url}: {exc}") from exc
+        if status >= 300:
+            raise _error_from_response(status, body, url)
+        return status, ctype, body
+
+    async def _json(self, method: str, verb: str, **kw: Any) -> Any:
+        _, _, body = await self.request(method, verb, **kw)
+        return _decode(body, verb)
+
+    # -- the hierarchy --------------------------------------------------------------------
+
+    async def get_group_leader_description(self) -> dict[str, Any]:
+        return cast(dict[str, Any], _expect(await self._json("GET", "getGroupLeaderDescription"), dict,
+                                            "getGroupLeaderDescription"))
+
+    async def get_complete_hierarchy(self) -> dict[str, Any]:
+        return cast(dict[str, Any], _expect(await self._json("GET", "getCompleteHierarchy"), dict,
+                                            "getCompleteHierarchy"))
+
+    async def get_local_controller_list(self) -> list[dict[str, Any]]:
+        data = _expect(await self._json("GET", "getLocalControllerList"), dict, "getLocalControllerList")
+        return cast(list[dict[str, Any]], _expect(data.get("localControllers", []), list, "getLocalControllerList"))
+
+    # -- virtual clusters ---------------------------------------------------------------------
+
+    async def start_virtual_cluster(self, templates: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> TaskId:
+        """Submit a virtual cluster; returns the task id to follow.
+
+        ``templates`` is a list of templates (see ``snooze.client.templates``) or a whole
+        ``{"virtualMachineTemplates": [...]}`` request.
+        """
+        body = dict(templates) if isinstance(templates, Mapping) else submission_request(templates)
+        _, ctype, raw = await self.request("POST", "startVirtualCluster", json_body=body, timeout=SLOW_CALL_TIMEOUT)
+        text = raw.decode("utf-8", "replace").strip()
+        # The answer is the bare id as text/plain (the seed's curl prints it); accept a JSON
+        # string or {"taskId": …} too, so a server that wraps it does not break clients.
+        if ctype == "application/json" or text.startswith(("{", '"')):
+            value = _decode(raw, "startVirtualCluster")
+            if isinstance(value, dict):
+                value = value.get("taskId")
+            text = value if isinstance(value, str) else ""
+        if not text or any(c.isspace() for c in text):
+            raise SnoozeClientError(BAD_RESPONSE, f"startVirtualCluster answered no task id: {raw[:200]!r}")
+        return text
+
+    async def get_virtual_cluster_response(self, task_id: TaskId) -> VirtualClusterResponseJson | None:
+        """The response of a submitted virtual cluster, or None while the leader is still placing it."""
+        _, _, raw = await self.request("POST", "getVirtualClusterResponse", text_body=task_id)
+        if not raw.strip():
+            return None
+        value = _expect(_decode(raw, "getVirtualClusterResponse"), dict, "getVirtualClusterResponse")
+        return cast(VirtualClusterResponseJson, value)
+
+    async def wait_for_virtual_cluster(self, task_id: TaskId, timeout: float = 300.0, poll_interval: float = 0.5,
+                                       progress: ProgressCallback | None = None) -> VirtualClusterResponseJson:
+        """Poll ``getVirtualClusterResponse`` until it is done; raises ``TASK_TIMEOUT`` after ``timeout`` s.
+
+        ``progress`` is called after every poll (see ``Progress``). A transient failure to reach
+        the server (a leader fail-over, say) does not end the wait; the deadline does.
+        """
+        start = time.monotonic()
+        polls = 0
+        last_state: str | None = None
+        last_error: SnoozeClientError | None = None
+        while True:
+            polls += 1
+            try:
+                response = await self.get_virtual_cluster_response(task_id)
+                last_error = None
+            except SnoozeClientError as exc:
+                if exc.code not in (UNREACHABLE, TIMEOUT) and not (exc.status or 0) >= 500:
+                    raise
+                response, last_error = None, exc
+            state = "PENDING" if response is None else "DONE"
+            if progress is not None:
+                statuses = {} if response is None else statuses_of(response)
+                progress(Progress(task_id, state, time.monotonic() - start, polls, state != last_state, statuses))
+            last_state = state
+            if response is not None:
+                return response
+            remaining = timeout - (time.monotonic() - start)
+            if remaining <= 0:
+                why = f" (last error: {last_error.message})" if last_error else ""
+                raise SnoozeClientError(TASK_TIMEOUT, f"virtual cluster {task_id} not done after {timeout:g}s{why}",
+                                        "taskId")
+            await asyncio.sleep(min(poll_interval, remaining))
+
+    async def submit_virtual_cluster(self, templates: Iterable[Mapping[str, Any]] | Mapping[str, Any], *,
+                                     timeout: float = 300.0, poll_interval: float = 0.5,
+                                     progress: ProgressCallback | None = None) -> VirtualClusterResponseJson:
+        """``start_virtual_cluster`` then ``wait_for_virtual_cluster``."""
+        task_id = await self.start_virtual_cluster(templates)
+        return await self.wait_for_virtual_cluster(task_id, timeout, poll_interval, progress)
+
+    # -- virtual machines (bootstrap) ------------------------------------------------------------
+
+    async def _control(self, verb: str, vm_id: str) -> bool:
+        value = await self._json("POST", verb, text_body=vm_id, timeout=SLOW_CALL_TIMEOUT)
+        return bool(_expect(value, bool, verb))
+
+    async def suspend_virtual_machine(self, vm_id: str) -> bool:
+        return await self._control("suspendVirtualMachine", vm_id)
+
+    async def resume_virtual_machine(self, vm_id: str) -> bool:
+        return await self._control("resumeVirtualMachine", vm_id)
+
+    async def shutdown_virtual_machine(self, vm_id: str) -> bool:
+        return await self._control("shutdownVirtualMachine", vm_id)
+
+    async def reboot_virtual_machine(self, vm_id: str) -> bool:
+        return await self._control("rebootVirtualMachine", vm_id)
+
+    async def destroy_virtual_machine(self, vm_id: str) -> bool:
+        return await self._control("destroyVirtualMachine", vm_id)
+
+    async def migrate_virtual_machine(self, vm_id: str, local_controller_id: str) -> bool:
+        """Live-migrate a virtual machine to the local controller ``local_controller_id``."""
+        value = await self._json("POST", "migrateVirtualMachine",
+                                 json_body={"virtualMachineId": vm_id, "localControllerId": local_controller_id},
+                                 timeout=MIGRATION_TIMEOUT)
+        return bool(_expect(value, bool, "migrateVirtualMachine"))
+
+    async def get_virtual_machine_meta_data(self, vm_id: str) -> VirtualMachineMetaDataJson:
+        value = await self._json("POST", "getVirtualMachineMetaData", text_body=vm_id)
+        return cast(VirtualMachineMetaDataJson, _expect(value, dict, "getVirtualMachineMetaData"))
+
+    async def _page(self, verb: str, start: int, limit: int) -> dict[str, Any]:
+        value = await self._json("GET", verb, params={"start": int(start), "limit": int(limit)})
+        return cast(dict[str, Any], _expect(value, dict, verb))
+
+    async def get_virtual_machine_descriptions(self, start: int = 0, limit: int = DEFAULT_PAGE) -> dict[str, Any]:
+        """One page: ``{"virtualMachines": [...], "start", "limit", "total"}``."""
+        return await self._page("getVirtualMachineDescriptions", start, limit)
+
+    async def get_group_manager_descriptions(self, start: int = 0, limit: int = DEFAULT_PAGE) -> dict[str, Any]:
+        """One page: ``{"groupManagers": [...], "start", "limit", "total"}``."""
+        return await self._page("getGroupManagerDescriptions", start, limit)
+
+    async def get_local_controller_descriptions(self, start: int = 0, limit: int = DEFAULT_PAGE) -> dict[str, Any]:
+        """One page: ``{"localControllers": [...], "start", "limit", "total"}``."""
+        return await self._page("getLocalControllerDescriptions", start, limit)
+
+    async def _all(self, verb: str, key: str, page: int) -> AsyncIterator[dict[str, Any]]:
+        start = 0
+        while True:
+            data = await self._page(verb, start, page)
+            items = _expect(data.get(key, []), list, verb)
+            for item in items:
+                yield item
+            start += len(items)
+            total = data.get("total")
+            # Stop on a short or empty page too: a server without "total" must not loop forever.
+            if not items or len(items) < page or (isinstance(total, int) and start >= total):
+                return
+
+    async def list_virtual_machines(self, page: int = DEFAULT_PAGE) -> list[VirtualMachineMetaDataJson]:
+        """Every virtual machine, following the pages."""
+        return [cast(VirtualMachineMetaDataJson, vm)
+                async for vm in self._all("getVirtualMachineDescriptions", "virtualMachines", page)]
+
+    async def list_group_managers(self, page: int = DEFAULT_PAGE) -> list[dict[str, Any]]:
+        return [gm async for gm in self._all("getGroupManagerDescriptions", "groupManagers", page)]
+
+    async def list_local_controllers(self, page: int = DEFAULT_PAGE) -> list[dict[str, Any]]:
+        return [lc async for lc in self._all("getLocalControllerDescriptions", "localControllers", page)]
+
+
+def statuses_of(response: VirtualClusterResponseJson) -> dict[str, str]:
+    return {str(vm.get("virtualMachineId") or vm.get("virtualMachineLocation", {}).get("virtualMachineId")):
+            str(vm.get("status")) for vm in response.get("virtualMachineMetaData") or []}
+
+
+def _decode(body: bytes, verb: str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SnoozeClientError(BAD_RESPONSE, f"{verb} answered something that is not JSON: {body[:200]!r}") from exc
+
+
+def _expect(value: Any, kind: type, verb: str) -> Any:
+    if not isinstance(value, kind):
+        raise SnoozeClientError(BAD_RESPONSE, f"{verb} answered a {type(value).__name__}, expected a {kind.__name__}")
+    return value
+
+
+def _error_from_response(status: int, body: bytes, url: str) -> SnoozeClientError:
+    """The server's ``{"error": {...}}`` as an exception; anything else keeps its HTTP status."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        err = None
+    if isinstance(err, dict) and err.get("code"):
+        field = err.get("field")
+        return SnoozeClientError(str(err["code"]), str(err.get("message") or ""),
+                                 str(field) if field is not None else None, status)
+    text = body.decode("utf-8", "replace").strip()[:200]
+    return SnoozeClientError(f"HTTP_{status}", f"{url} answered {status}" + (f": {text}" if text else ""),
+                             None, status)

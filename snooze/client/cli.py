@@ -1,0 +1,307 @@
+"""The ``snooze`` command's virtual-machine verbs: submit, vms, vm, suspend/resume/shutdown/reboot/destroy, migrate.
+
+``register(subparsers)`` adds them to the ``snooze`` parser (``snooze/cli.py``); each handler
+takes the parsed arguments, talks to the bootstrap through ``SyncSnoozeClient``, and returns
+an exit code. A failure is one line on stderr, ``snooze: CODE: message``, and exit code 1.
+Progress goes to stderr and results to stdout, so ``snooze submit … > vms.txt`` keeps the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from snooze.client.errors import REFUSED, SnoozeClientError
+from snooze.client.sync import SyncSnoozeClient
+from snooze.client.templates import (
+    DEFAULT_NETWORK_DEMAND,
+    libvirt_template_file,
+    sized_template,
+)
+from snooze.client.types import FAILED_STATUSES, Progress, VirtualMachineMetaDataJson
+
+__all__ = ["ProgressPrinter", "register"]
+
+DEFAULT_BOOTSTRAP = "http://127.0.0.1:5000"
+DEFAULT_STATE_DIR = ".state/cluster"
+DEFAULT_MEMORY_KIB = 256 * 1024
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def bootstrap_url(args: argparse.Namespace) -> str:
+    """``--bootstrap``, else the local cluster's (``STATE_DIR/cluster.json``), else the default port."""
+    if getattr(args, "bootstrap", None):
+        return str(args.bootstrap).rstrip("/")
+    manifest = Path(getattr(args, "state_dir", None) or DEFAULT_STATE_DIR) / "cluster.json"
+    try:
+        return str(json.loads(manifest.read_text())["bootstrapUrl"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_BOOTSTRAP
+
+
+def _client(args: argparse.Namespace) -> SyncSnoozeClient:
+    return SyncSnoozeClient(bootstrap_url(args), timeout=getattr(args, "http_timeout", 30.0))
+
+
+def _reports_errors(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except SnoozeClientError as exc:
+            print(f"snooze: {exc.code}: {exc.message}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _mem(kib: Any) -> str:
+    if not isinstance(kib, (int, float)):
+        return "-"
+    return f"{kib / 1024 / 1024:.1f} GiB" if kib >= 1024 * 1024 else f"{kib / 1024:.0f} MiB"
+
+
+def _capacity(values: Any) -> str:
+    if not isinstance(values, list) or len(values) != 4:
+        return "-"
+    cpu, mem, rx, tx = values
+    return f"{cpu:g} vcpus, {_mem(mem)}, rx {rx:g}, tx {tx:g}"
+
+
+def _vms(n: int) -> str:
+    return f"{n} VM" if n == 1 else f"{n} VMs"
+
+
+def _vm_id(vm: VirtualMachineMetaDataJson) -> str:
+    return str(vm.get("virtualMachineId") or vm.get("virtualMachineLocation", {}).get("virtualMachineId") or "?")
+
+
+def vm_table(vms: Sequence[VirtualMachineMetaDataJson]) -> str:
+    rows: list[tuple[str, ...]] = [("ID", "STATUS", "LOCAL CONTROLLER", "GROUP MANAGER", "IP", "VCPUS", "MEMORY")]
+    for vm in vms:
+        loc = vm.get("virtualMachineLocation") or {}
+        req = vm.get("requestedCapacity") or []
+        rows.append((_vm_id(vm), str(vm.get("status") or "-"), str(loc.get("localControllerId") or "-"),
+                     str(loc.get("groupManagerId") or "-"), str(vm.get("ipAddress") or "-"),
+                     f"{req[0]:g}" if len(req) == 4 else "-", _mem(req[1]) if len(req) == 4 else "-"))
+    return table(rows)
+
+
+def vm_details(vm: VirtualMachineMetaDataJson) -> str:
+    loc = vm.get("virtualMachineLocation") or {}
+    lc_addr = loc.get("localControllerControlDataAddress") or {}
+    gm_addr = loc.get("groupManagerControlDataAddress") or {}
+    lines = [
+        ("id", _vm_id(vm)),
+        ("status", str(vm.get("status") or "-")),
+        ("error", str(vm.get("errorCode") or "-") + (f"  {vm['message']}" if vm.get("message") else "")),
+        ("local controller", f"{loc.get('localControllerId') or '-'}"
+                             + (f"  {lc_addr.get('address')}:{lc_addr.get('port')}" if lc_addr else "")),
+        ("group manager", f"{loc.get('groupManagerId') or '-'}"
+                          + (f"  {gm_addr.get('address')}:{gm_addr.get('port')}" if gm_addr else "")),
+        ("ip address", str(vm.get("ipAddress") or "-")),
+        ("mac address", str(vm.get("macAddress") or "-")),
+        ("requested", _capacity(vm.get("requestedCapacity"))),
+        ("used", _capacity(vm.get("usedCapacity"))),
+    ]
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
+
+
+class ProgressPrinter:
+    """Follows a virtual cluster on ``stream``: a redrawn bar on a terminal, else a line per change."""
+
+    SPIN = "|/-\\"
+
+    def __init__(self, stream: IO[str], total: int, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.total = total
+        self.tty = stream.isatty() if tty is None else tty
+
+    def __call__(self, p: Progress) -> None:
+        if p.state == "PENDING":
+            if self.tty:
+                self._draw(f"{self.SPIN[p.polls % len(self.SPIN)]} placing {_vms(self.total)}", 0, p.elapsed)
+            elif p.changed:
+                self._line(f"task {p.task_id}: waiting for the group leader to place {_vms(self.total)}")
+            return
+        counts: dict[str, int] = {}
+        for status in p.statuses.values():
+            counts[status] = counts.get(status, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no VMs"
+        if self.tty:
+            self._draw(summary, counts.get("RUNNING", 0), p.elapsed)
+            self.stream.write("\n")
+            self.stream.flush()
+        else:
+            self._line(f"task {p.task_id}: done in {p.elapsed:.1f}s: {summary}")
+
+    def _draw(self, text: str, done: int, elapsed: float) -> None:
+        width = 20
+        filled = width * done // max(self.total, 1)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}  {text}  {elapsed:.1f}s\033[K")
+        self.stream.flush()
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _templates(args: argparse.Namespace) -> list[Any]:
+    if args.count < 1:
+        raise SnoozeClientError("BAD_TEMPLATE", f"--count must be >= 1, got {args.count}", "count")
+    templates: list[Any] = [libvirt_template_file(path, rx=args.rx, tx=args.tx) for path in args.template or []]
+    sized = args.vcpus is not None or args.memory is not None or args.memory_mib is not None or args.image
+    if sized or not templates:
+        if not args.image:
+            raise SnoozeClientError("BAD_TEMPLATE", "give --template FILE, or --image ID (with --vcpus, "
+                                    "--memory/--memory-mib, --count, --name)", "imageId")
+        memory = args.memory if args.memory is not None else (
+            args.memory_mib * 1024 if args.memory_mib is not None else DEFAULT_MEMORY_KIB)
+        # Without --name, a fresh prefix: VM names must not collide with earlier submissions.
+        prefix = args.name or f"vm-{secrets.token_hex(3)}"
+        for i in range(args.count):
+            templates.append(sized_template(vcpus=args.vcpus or 1, memory=memory, image_id=args.image,
+                                            name=prefix if args.count == 1 else f"{prefix}-{i + 1}",
+                                            rx=args.rx, tx=args.tx))
+    return templates
+
+
+@_reports_errors
+def cmd_submit(args: argparse.Namespace) -> int:
+    templates = _templates(args)
+    with _client(args) as client:
+        task_id = client.start_virtual_cluster(templates)
+        if args.no_wait:
+            print(task_id)
+            return 0
+        print(f"submitted virtual cluster {task_id} ({_vms(len(templates))})", file=sys.stderr, flush=True)
+        response = client.wait_for_virtual_cluster(task_id, timeout=args.timeout, poll_interval=args.poll_interval,
+                                                   progress=ProgressPrinter(sys.stderr, len(templates)))
+    vms = list(response.get("virtualMachineMetaData") or [])
+    if args.json:
+        print(json.dumps(response, indent=2))
+    elif vms:
+        print(vm_table(vms))
+    failed = [vm for vm in vms if str(vm.get("status", "")).upper() in FAILED_STATUSES]
+    for vm in failed:
+        why = f": {vm['message']}" if vm.get("message") else ""
+        print(f"snooze: {vm.get('errorCode') or 'VM_FAILED'}: virtual machine {_vm_id(vm)} did not start{why}",
+              file=sys.stderr)
+    if response.get("errorCode") and not failed:
+        print(f"snooze: {response['errorCode']}: virtual cluster {task_id} failed", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+@_reports_errors
+def cmd_vms(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        vms = client.list_virtual_machines()
+    if args.json:
+        print(json.dumps({"virtualMachines": vms}, indent=2))
+    elif not vms:
+        print("no virtual machines")
+    else:
+        print(vm_table(vms))
+    return 0
+
+
+@_reports_errors
+def cmd_vm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        vm = client.get_virtual_machine_meta_data(args.id)
+    print(json.dumps(vm, indent=2) if args.json else vm_details(vm))
+    return 0
+
+
+# verb → (client method, past tense for the confirmation)
+CONTROLS: dict[str, tuple[str, str]] = {
+    "suspend": ("suspend_virtual_machine", "suspended"),
+    "resume": ("resume_virtual_machine", "resumed"),
+    "shutdown": ("shutdown_virtual_machine", "shut down"),
+    "reboot": ("reboot_virtual_machine", "rebooted"),
+    "destroy": ("destroy_virtual_machine", "destroyed"),
+}
+
+
+def _control_handler(verb: str) -> Handler:
+    method, done = CONTROLS[verb]
+
+    @_reports_errors
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as client:
+            ok = bool(getattr(client, method)(args.id))
+        if not ok:
+            raise SnoozeClientError(REFUSED, f"the cluster refused to {verb} {args.id}")
+        print(f"{done} {args.id}")
+        return 0
+
+    run.__name__ = f"cmd_{verb}"
+    return run
+
+
+@_reports_errors
+def cmd_migrate(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        ok = client.migrate_virtual_machine(args.id, args.to)
+    if not ok:
+        raise SnoozeClientError(REFUSED, f"the cluster refused to migrate {args.id} to {args.to}")
+    print(f"migrated {args.id} to {args.to}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the virtual-machine verbs to the ``snooze`` command's subparsers."""
+    s = subparsers.add_parser("submit", help="start a virtual cluster and follow it until its VMs run")
+    s.add_argument("--template", action="append", metavar="FILE", help="libvirt domain XML file (repeatable)")
+    s.add_argument("--vcpus", type=int, help="vcpus per VM (sized VMs, default 1)")
+    mem = s.add_mutually_exclusive_group()
+    mem.add_argument("--memory", type=int, metavar="KIB", help="memory per VM in KiB (default 262144)")
+    mem.add_argument("--memory-mib", type=int, metavar="MIB", help="memory per VM in MiB")
+    s.add_argument("--count", type=int, default=1, help="how many sized VMs (default 1)")
+    s.add_argument("--name", metavar="PREFIX", help="VM name, or name prefix with --count (default: vm-<random>)")
+    s.add_argument("--image", metavar="ID", help="disk image id of sized VMs")
+    s.add_argument("--rx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network rx demand (default 12800)")
+    s.add_argument("--tx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network tx demand (default 12800)")
+    s.add_argument("--no-wait", action="store_true", help="print the task id and return at once")
+    s.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
+    s.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
+    s.add_argument("--json", action="store_true", help="print the virtual cluster response as JSON")
+    s.set_defaults(func=cmd_submit)
+
+    v = subparsers.add_parser("vms", help="list virtual machines")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_vms)
+
+    one = subparsers.add_parser("vm", help="show one virtual machine: status, location, address, usage")
+    one.add_argument("id", metavar="ID")
+    one.add_argument("--json", action="store_true")
+    one.set_defaults(func=cmd_vm)
+
+    for verb in CONTROLS:
+        c = subparsers.add_parser(verb, help=f"{verb} a virtual machine")
+        c.add_argument("id", metavar="ID")
+        c.set_defaults(func=_control_handler(verb))
+
+    m = subparsers.add_parser("migrate", help="live-migrate a virtual machine to another local controller")
+    m.add_argument("id", metavar="ID")
+    m.add_argument("--to", required=True, metavar="LC_ID", help="destination local controller id")
+    m.set_defaults(func=cmd_migrate)

@@ -1,0 +1,80 @@
+"""Real live migration through the API: two private libvirtd + QEMU hosts on this machine, a
+local controller on each, a tiny diskless domain started with ?startVirtualCluster and moved
+with ?migrateVirtualMachine (libvirt migrateToURI3, live, peer to peer)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import libvirt
+import pytest
+
+from snooze.sim.libvirtd import LibvirtdCluster, LibvirtdHost, tiny_domain_xml
+from tests.integration.test_qemu_migration import _require_qemu, _short_dir
+from tests.support import get, http, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LibvirtdHost]]:
+    _require_qemu()
+    with LibvirtdCluster(_short_dir(tmp_path_factory, "lvapi"), count=2) as running:
+        yield running.hosts
+
+
+def qemu_lc(c: Any, name: str, host: LibvirtdHost) -> None:
+    c.add_process("localcontroller", name, {
+        "localcontroller.hypervisor_uri": host.uri,
+        "localcontroller.remote_uri": host.uri,
+        "localcontroller.migration_uri": host.migration_uri,
+        "localcontroller.migration_timeout": 30.0,
+    })
+
+
+def names(uri: str) -> list[str]:
+    conn = libvirt.open(uri)
+    try:
+        return [d.name() for d in conn.listAllDomains() if d.isActive()]
+    finally:
+        conn.close()
+
+
+def test_live_migration_through_the_api_between_two_real_hypervisors(cluster_factory: Any, hosts: list[LibvirtdHost]) -> None:
+    c = cluster_factory(gms=2, lcs=0)
+    qemu_lc(c, "qemu-a", hosts[0])
+    qemu_lc(c, "qemu-b", hosts[1])
+    b = c.bootstrap_url + "/bootstrap"
+    wait_for(lambda: {lc["id"] for lc in get(b + "?getLocalControllerList")["localControllers"]} == {"qemu-a", "qemu-b"},
+             30, "both QEMU local controllers in the hierarchy")
+
+    status, task = http("POST", b + "?startVirtualCluster",
+                        json.dumps({"virtualMachineTemplates": [{"libVirtTemplate": tiny_domain_xml("live-1")}]}))
+    assert status == 200, task
+    resp = wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, 60, "the VM to start")
+    [vm] = resp["virtualMachineMetaData"]
+    assert vm["status"] == "RUNNING", vm
+    source = vm["virtualMachineLocation"]["localControllerId"]
+    target = "qemu-b" if source == "qemu-a" else "qemu-a"
+    uri = {"qemu-a": hosts[0].uri, "qemu-b": hosts[1].uri}
+    assert "live-1" in names(uri[source])
+
+    status, body = http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "live-1", "localControllerId": target}),
+                        timeout=120)
+    assert (status, body) == (200, True), body
+    assert "live-1" in names(uri[target]), "running at the destination"
+    assert "live-1" not in names(uri[source]), "gone from the source"
+    meta = http("POST", b + "?getVirtualMachineMetaData", "live-1")[1]
+    assert meta["virtualMachineLocation"]["localControllerId"] == target
+    assert meta["status"] == "RUNNING"
+
+    # Refused before anything moves: no such host, same host.
+    status, body = http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "live-1", "localControllerId": "nope"}))
+    assert status == 404 and body["error"]["field"] == "localControllerId"
+    status, body = http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "live-1", "localControllerId": target}))
+    assert status == 400 and body["error"]["code"] == "SAME_LOCAL_CONTROLLER"
+    assert "live-1" in names(uri[target])
+    assert http("POST", b + "?destroyVirtualMachine", "live-1") == (200, True)
+    assert "live-1" not in names(uri[target])
