@@ -17,7 +17,7 @@ from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
 from snooze.coordination import CoordinationError
 from snooze.http import ApiError
-from snooze.models import GroupManagerDescription
+from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
 from snooze.service import Service
@@ -37,6 +37,8 @@ class Bootstrap(Service):
         r.add("bootstrap", "getCompleteHierarchy", self.get_complete_hierarchy, ("GET",))
         r.add("bootstrap", "getLocalControllerList", self.get_local_controller_list, ("GET",))
         self.vms = VirtualMachineVerbs(self)
+        r.add("bootstrap", "suspendEnergySaver", self._energy_saver(False), ("POST", "GET"))
+        r.add("bootstrap", "resumeEnergySaver", self._energy_saver(True), ("POST", "GET"))
 
     async def on_start(self) -> None:
         assert self.coord is not None
@@ -88,6 +90,27 @@ class Bootstrap(Service):
         except RpcError as exc:
             status = exc.status if 400 <= exc.status < 500 else 503
             raise ApiError(status, exc.code.upper(), f"group leader: {exc.message}", field=exc.field) from exc
+
+    def _energy_saver(self, enabled: bool) -> Any:
+        """Suspend or resume the energy saver of every group manager (or of the one whose id
+        is the body)."""
+
+        async def handle(request: web.Request) -> Any:
+            raw = (await request.read()).decode("utf-8", "replace").strip().strip('"')
+            hierarchy = await self.leader_call("gl.hierarchy")
+            gms = [gm for gm in hierarchy["groupManagerDescriptions"] if not raw or gm["id"] == raw]
+            if raw and not gms:
+                raise ApiError(404, "GROUP_MANAGER_NOT_FOUND", f"no group manager {raw!r}", field="groupManagerId")
+            done = True
+            for gm in gms:
+                addr = NetworkAddress.from_json(gm["listenSettings"]["controlDataAddress"])
+                try:
+                    await self.rpc.call(addr, "gm.energySaver", {"enabled": enabled}, epoch=self.known_epoch, timeout=5)
+                except RpcError:
+                    done = False
+            return done
+
+        return handle
 
     # -- the original's bootstrap API ----------------------------------------------------
     async def get_group_leader_description(self, _request: web.Request) -> Any:

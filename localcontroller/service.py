@@ -23,6 +23,7 @@ from localcontroller.hypervisor import (
 )
 from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.monitoring import HostMonitor
+from localcontroller.power import PowerActionError, PowerSaver
 from snooze import config as cfg
 from snooze.coordination import CoordinationError
 from snooze.heartbeat import FailureDetector
@@ -64,6 +65,12 @@ class LocalController(Service):
         self.internal.on("lc.vmAction", self._on_vm_action, order=True)
         self.internal.on("lc.migrate", self._on_migrate, order=True)
         self.internal.on("lc.receiveDomain", self._on_receive_domain, order=True)
+        self.internal.on("lc.powerSave", self._on_power_save, order=True)
+        self.power = PowerSaver(
+            commands=settings.localcontroller.power_commands or None,
+            test_mode=settings.localcontroller.power_test_mode,
+            on_test_action=lambda _state: self.request_stop(),
+        )
         self._starting: dict[str, Capacity] = {}
         self.routes.add("localcontroller", "getLocalControllerDescription", self._http_describe, ("GET",))
 
@@ -331,6 +338,21 @@ class LocalController(Service):
             return float(root.findtext("vcpu") or 1), float(root.findtext("memory") or 0)
         except (ET.ParseError, ValueError):
             return 0.0, 0.0
+
+    async def _on_power_save(self, env: Envelope) -> Any:
+        """Put this host into a power-saving state on its group manager's order."""
+        body = env.body if isinstance(env.body, dict) else {}
+        state = str(body.get("state", "SHUTDOWN"))
+        if any(d.state in ("RUNNING", "PAUSED") for d in await self.hypervisor.domains()):
+            return {"ok": False, "errorCode": "HOST_NOT_IDLE", "message": f"{self.id} still runs VMs"}
+        self.status = Status.PASSIVE
+        log.warning("entering power-saving state %s on order of %s", state, env.sender)
+        try:
+            await self.power.apply(state)
+        except PowerActionError as exc:
+            self.status = Status.ACTIVE
+            return {"ok": False, "errorCode": "POWER_ACTION_FAILED", "message": str(exc)}
+        return {"ok": True}
 
     async def _on_describe(self, env: Envelope) -> Any:
         return {"localController": self.description().to_json(), "domains": [d.to_json() for d in await self.hypervisor.domains()]}

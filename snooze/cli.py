@@ -54,6 +54,7 @@ def _options(args: argparse.Namespace) -> ClusterOptions:
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         session_timeout=args.session_timeout, monitoring_interval=args.monitoring_interval,
         lc_cpus=args.lc_cpus, lc_memory_gib=args.lc_memory_gib,
+        energy=args.energy, idle_time=args.idle_time, reserved_nodes=args.reserved_nodes,
     )
 
 
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--lc-cpus", type=int, default=8)
     up.add_argument("--lc-memory-gib", type=int, default=16)
     up.add_argument("--timeout", type=float, default=90.0, help="give up if the hierarchy has not formed by then")
+    up.add_argument("--energy", action="store_true",
+                    help="energy management: idle LCs are powered down and woken over IPMI (each LC runs under a simulated BMC)")
+    up.add_argument("--idle-time", type=float, default=120.0, help="with --energy: seconds idle before a host is powered down")
+    up.add_argument("--reserved-nodes", type=int, default=1, help="with --energy: hosts per group manager always kept on")
     up.add_argument("--no-demo", dest="demo", action="store_false", help="do not submit the demo virtual cluster")
     up.set_defaults(func=cmd_cluster_up)
     down = c.add_parser("down", help="stop every process of the local cluster")

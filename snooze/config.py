@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 def opt(default: Any, doc: str) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})  # type: ignore[call-arg]
     return field(default=default, metadata={"doc": doc})
 
 
@@ -68,6 +68,11 @@ class GroupManagerSettings:
     dispatch_policy: str = opt("first-fit", "How the leader dispatches VMs to group managers (a placement policy name).")
     placement_policy: str = opt("round-robin", "How a group manager places VMs on its local controllers (a placement policy name).")
     virtual_machine_subnet: str = opt("192.168.122.0/24", "Subnet VM addresses are allocated from (network, gateway .1 and broadcast excluded).")
+    energy_management: bool = opt(False, "Power idle local controllers down and wake them when placement needs them (original: energyManagement.enabled).")
+    idle_time: float = opt(120.0, "Seconds a local controller must host no VM before it is powered down (original: 120 s).")
+    reserved_nodes: int = opt(1, "Local controllers of this group manager always kept on (original: numberOfReservedNodes).")
+    power_saving_action: str = opt("SHUTDOWN", "SHUTDOWN, SUSPEND_TO_RAM, SUSPEND_TO_DISK or SUSPEND_TO_BOTH.")
+    wakeup_time: float = opt(300.0, "Seconds to wait for a woken local controller to re-join before trying another host.")
     cpu_thresholds: list = opt([0.0, 1.0, 1.0], "CPU utilisation [MIN, MID, MAX] (original: 0, 1, 1): underloaded below MIN, a host accepts VMs up to MID, overloaded above MAX.")
     memory_thresholds: list = opt([0.0, 1.0, 1.0], "Memory utilisation [MIN, MID, MAX] (original: 0, 1, 1).")
     network_thresholds: list = opt([0.0, 1.0, 1.0], "Network utilisation [MIN, MID, MAX] for rx and tx (original: 0, 1, 1).")
@@ -88,6 +93,8 @@ class LocalControllerSettings:
     migration_uri: str = opt("", "Where the migration data stream connects (VIR_MIGRATE_PARAM_URI), e.g. tcp://10.0.0.5; empty = libvirt's choice.")
     wakeup_driver: str = opt("NONE", "wakeupSettings.driver: IPMI, WOL, COMMAND, TEST or NONE.")
     wakeup_options: str = opt("", "wakeupSettings.options, e.g. '-I lanplus -H BMC_IP -U user -P password' for IPMI.")
+    power_test_mode: bool = opt(False, "For local clusters: a power-saving order stops this process instead of running a host command.")
+    power_commands: dict = opt({}, "Commands per power-saving state, e.g. {SUSPEND_TO_RAM = ['pm-suspend']}; defaults: shutdown -h now, systemctl suspend/hibernate/hybrid-sleep.")
     image_directory: str = opt("/var/lib/snooze/images", "Where imageId names disk images on a real hypervisor.")
 
 
@@ -125,7 +132,7 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
     where = f"[{section}] {key}"
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    expected = {"str": str, "int": int, "float": float, "bool": bool, "list": list}[typ.__name__]
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}[typ.__name__]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
     return value
@@ -165,6 +172,10 @@ def validate(s: Settings) -> None:
         t = getattr(s.groupmanager, name)
         if len(t) != 3 or not all(isinstance(x, (int, float)) and 0 <= x <= 1 for x in t) or not t[0] <= t[1] <= t[2]:
             raise ConfigError(f"[groupmanager] {name} must be [MIN, MID, MAX] with 0 <= MIN <= MID <= MAX <= 1")
+    if s.groupmanager.power_saving_action not in ("SHUTDOWN", "SUSPEND_TO_RAM", "SUSPEND_TO_DISK", "SUSPEND_TO_BOTH"):
+        raise ConfigError("[groupmanager] power_saving_action must be SHUTDOWN, SUSPEND_TO_RAM, SUSPEND_TO_DISK or SUSPEND_TO_BOTH")
+    if s.groupmanager.idle_time < 0 or s.groupmanager.reserved_nodes < 0 or s.groupmanager.wakeup_time <= 0:
+        raise ConfigError("[groupmanager] idle_time and reserved_nodes must be >= 0, wakeup_time > 0")
     if len(s.localcontroller.network_capacity) != 2:
         raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
 
@@ -198,6 +209,8 @@ def _toml_value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 

@@ -61,6 +61,11 @@ class ClusterOptions:
     lc_memory_gib: int = 16
     key: str = "snooze-local-cluster-key"
     domains_per_lc: int = 0  # domains already running on each simulated host at start
+    energy: bool = False  # energy management on; each LC runs under a simulated IPMI BMC
+    idle_time: float = 120.0
+    reserved_nodes: int = 1
+    bmc_user: str = "admin"
+    bmc_password: str = "snooze-bmc"
     extra: dict[str, Any] = field(default_factory=dict)  # "section.option" -> value for every role
 
 
@@ -96,6 +101,9 @@ class LocalCluster:
         }
         if role != "bootstrap":
             data["monitoring"] = {"interval": o.monitoring_interval, "summary_interval": o.monitoring_interval}
+        if role == "groupmanager" and o.energy:
+            data["groupmanager"] = {"energy_management": True, "idle_time": o.idle_time, "reserved_nodes": o.reserved_nodes,
+                                    "wakeup_time": max(30.0, 4 * o.heartbeat_timeout)}
         for dotted, value in o.extra.items():
             section, key = dotted.split(".", 1)
             if section in cfg.ROLE_SECTIONS[role]:
@@ -140,15 +148,34 @@ class LocalCluster:
             xml = hosts / f"lc-{i}.xml"
             names = [f"lc-{i}-vm-{k}" for k in range(1, o.domains_per_lc + 1)]
             xml.write_text(host_xml(o.lc_cpus, o.lc_memory_gib * 1024 * 1024, names))
-            add("localcontroller", f"lc-{i}", {"localcontroller.hypervisor_uri": f"test://{xml}"})
+            extra: dict[str, Any] = {"localcontroller.hypervisor_uri": f"test://{xml}"}
+            if o.energy:
+                bmc_port = free_port()
+                extra.update({
+                    "localcontroller.power_test_mode": True,
+                    "localcontroller.wakeup_driver": "IPMI",
+                    "localcontroller.wakeup_options": f"-I lanplus -H 127.0.0.1 -p {bmc_port} -U {o.bmc_user} -P {o.bmc_password}",
+                })
+            add("localcontroller", f"lc-{i}", extra)
+            if o.energy:
+                specs[-1]["bmcPort"] = bmc_port
         return specs
 
     # -- processes -----------------------------------------------------------------------
+    def command(self, spec: dict[str, Any]) -> list[str]:
+        argv = [sys.executable, "-m", MODULES[spec["role"]], "--config", spec["config"]]
+        if spec.get("bmcPort"):
+            # The host's power is the BMC's: chassis power on/off starts/stops the LC process.
+            o = self.options
+            return [sys.executable, "-m", "snooze.sim.bmc", "--port", str(spec["bmcPort"]), "--user", o.bmc_user,
+                    "--password", o.bmc_password, "--on", "--log", spec["log"] + ".host", "--", *argv]
+        return argv
+
     def spawn(self, spec: dict[str, Any]) -> int:
         Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
         with open(spec["log"], "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", MODULES[spec["role"]], "--config", spec["config"]],
+                self.command(spec),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
             )

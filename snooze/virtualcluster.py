@@ -227,4 +227,5 @@ def vm_metadata(rec: dict[str, Any], spec: dict[str, Any] | None, *, live: dict[
         "adaptations": rec.get("adaptations") or [],
         "rejections": rec.get("rejections") or {},
         "taskId": rec.get("taskId"),
+        "lastMigration": rec.get("lastMigration"),
     }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from groupmanager.leader.assignment import choose_group_manager
 from groupmanager.leader.submissions import Submissions
 from snooze.coordination import CoordinationError
+from snooze.coordination.store import Store
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
@@ -164,7 +165,14 @@ class LeaderRole:
         candidates = [r for r in self.alive_gms() if r.description.id not in exclude] or self.alive_gms()
         if not candidates:
             raise ApiError(503, "NO_GROUP_MANAGER", "no group manager available; retry")
-        chosen, self._rr = choose_group_manager(self.gm.settings.groupmanager.assignment_policy, candidates, self._rr)
+        lc_id = str((body.get("localController") or {}).get("id", ""))
+        home = await self._woken_by(lc_id)
+        preferred = [r for r in candidates if r.description.id == home]
+        if preferred:
+            # It was powered down and woken by that group manager, which is waiting for it.
+            chosen = preferred[0]
+        else:
+            chosen, self._rr = choose_group_manager(self.gm.settings.groupmanager.assignment_policy, candidates, self._rr)
         chosen.assigned_since_summary += 1
         return {"groupManager": chosen.description.to_json(), "epoch": self.epoch}
 
@@ -176,6 +184,14 @@ class LeaderRole:
         assert self.submissions is not None
         task_id = env.body.get("taskId") if isinstance(env.body, dict) else None
         return {"response": await self.submissions.response(str(task_id))}
+
+    async def _woken_by(self, lc_id: str) -> str | None:
+        if self.gm.coord is None:
+            return None
+        try:
+            return await Store(self.gm.coord).woken_by(lc_id)
+        except CoordinationError:
+            return None
 
     async def _on_hierarchy(self, _env: Envelope) -> Any:
         return await self.hierarchy()

@@ -144,8 +144,9 @@ class Submissions:
             reserved = ZERO
             for c in self.reserved.get(rec.description.id, {}).values():
                 reserved = add(reserved, c)
-            views.append(HostView(rec.description.id, _vec(s.get("activeCapacity")),
-                                  _vec(s.get("requestedCapacity")), reserved))
+            # Sleeping hosts count as capacity: the group manager wakes them when it needs them.
+            total = add(_vec(s.get("activeCapacity")), _vec(s.get("passiveCapacity")))
+            views.append(HostView(rec.description.id, total, _vec(s.get("requestedCapacity")), reserved))
         return views
 
     async def dispatch(self, task: dict[str, Any], specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from groupmanager.manager.energy import EnergySaver
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
@@ -58,6 +59,7 @@ class ManagerRole:
         self._leader_changed = asyncio.Event()
         self.vms = VirtualMachines(self)
         self.migrations = Migrations(self.vms)
+        self.energy = EnergySaver(self)
 
     # -- lifecycle (called by GroupManager) ----------------------------------------------
     async def start(self) -> None:
@@ -69,6 +71,7 @@ class ManagerRole:
         gm.internal.on("gm.describe", self._on_describe)
         self.vms.register()
         self.migrations.register()
+        self.energy.start()
         hb = gm.settings.heartbeat
         gm.spawn("manager.join", self._join_loop())
         gm.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
@@ -85,6 +88,7 @@ class ManagerRole:
         self.gm.heartbeat.handlers.pop("lc.heartbeat", None)
         self.vms.unregister()
         self.migrations.unregister()
+        self.energy.stop()
         if handover_epoch is not None and self.lcs:
             await asyncio.gather(
                 *(
@@ -144,6 +148,8 @@ class ManagerRole:
             desc, domains, history=deque(maxlen=self.gm.settings.monitoring.history)
         )
         self.detector.heard(desc.id)
+        self.energy.on_joined(desc.id)
+        self.gm.spawn(f"manager.clear-wakeup-{desc.id}", self.energy.clear_wakeup(desc.id))
         log.info("local controller %s joined with %d domains", desc.id, len(domains))
         return {"groupManagerId": self.gm.id, "epoch": self.gm.known_epoch}
 
@@ -164,7 +170,7 @@ class ManagerRole:
         return {"ok": True}
 
     async def _heartbeat(self) -> None:
-        peers = [r.description.control_data_address for r in self.lcs.values()]
+        peers = [r.description.control_data_address for r in self.lcs.values() if r.description.status == Status.ACTIVE]
         if self.leader is not None and self.joined_epoch:
             peers.append(self.leader.address)
         if peers:
@@ -173,6 +179,9 @@ class ManagerRole:
     async def _check_failures(self) -> None:
         for lc_id in self.detector.expired():
             self.detector.forget(lc_id)
+            rec = self.lcs.get(lc_id)
+            if rec is not None and rec.description.status in (Status.PASSIVE, Status.WAKING):
+                continue  # asleep on our order: silent by design, still wakeable capacity
             if self.lcs.pop(lc_id, None) is not None:
                 log.warning("local controller %s is silent; dropped", lc_id)
 
@@ -188,7 +197,7 @@ class ManagerRole:
                 free = tuple(max(0.0, t - u) for t, u in zip(r.description.total_capacity, taken, strict=True))
                 if free[0] * 1e12 + free[1] > largest[0] * 1e12 + largest[1]:
                     largest = free  # type: ignore[assignment]
-            elif r.description.status == Status.PASSIVE:
+            elif r.description.status in (Status.PASSIVE, Status.WAKING):
                 passive = add(passive, r.description.total_capacity)
         return {
             "activeCapacity": list(active),

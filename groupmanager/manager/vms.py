@@ -88,7 +88,8 @@ class VirtualMachines:
         results: dict[str, dict[str, Any]] = {}
         pending = vms
         tried: dict[str, set[str]] = defaultdict(set)
-        for _round in range(2):
+        wake_failures: dict[str, str] = {}
+        for _round in range(3):
             if not pending:
                 break
             async with self._lock:
@@ -108,18 +109,38 @@ class VirtualMachines:
                     self.reserved[p.host_id][p.vm_id] = tuple(vm["requested"])  # type: ignore[assignment]
                     batches[p.host_id].append(vm)
                 for vm_id, rejection in plan.unplaced.items():
+                    if vm_id in wake_failures:
+                        results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_WAKEUP_FAILED",
+                                          "message": wake_failures[vm_id]}
+                        continue
                     results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "NOT_ENOUGH_CAPACITY",
                                       "message": rejection.reason, "rejections": dict(rejection.filtered)}
-            replies = await asyncio.gather(*(self._start_on(lc_id, batch) for lc_id, batch in batches.items()))
             pending = []
+            if plan.wake_up:
+                # Capacity is asleep: wake it (outside the lock; its reservations keep it ours).
+                woken = await self.role.energy.wake(list(plan.wake_up))
+                for lc_id, failure in woken.items():
+                    if failure is None:
+                        continue
+                    for vm in batches.pop(lc_id, []):
+                        self.reserved[lc_id].pop(vm["id"], None)
+                        tried[vm["id"]].add(lc_id)
+                        before = wake_failures.get(vm["id"])
+                        wake_failures[vm["id"]] = (before + "; " if before else "") + f"waking {lc_id} failed: {failure}"
+                        pending.append(vm)
+            replies = await asyncio.gather(*(self._start_on(lc_id, batch) for lc_id, batch in batches.items()))
             for lc_id, batch, reply in zip(batches, batches.values(), replies, strict=True):
                 for vm, res in zip(batch, reply, strict=True):
                     self.reserved[lc_id].pop(vm["id"], None)
-                    if res.get("errorCode") == "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY" and _round == 0:
+                    if res.get("errorCode") == "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY" and _round < 2:
                         tried[vm["id"]].add(lc_id)
                         pending.append(vm)
                         continue
                     results[vm["id"]] = res
+        for vm in pending:
+            code = "LOCAL_CONTROLLER_WAKEUP_FAILED" if vm["id"] in wake_failures else "NOT_ENOUGH_CAPACITY"
+            results.setdefault(vm["id"], {"id": vm["id"], "status": "ERROR", "errorCode": code,
+                                          "message": wake_failures.get(vm["id"], "no local controller could host it")})
         return [results[v["id"]] for v in vms if v["id"] in results]
 
     async def _start_on(self, lc_id: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -330,8 +351,9 @@ class Migrations:
             assert dest_gm is not None
             with contextlib.suppress(RpcError):
                 await gm.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation}, epoch=gm.known_epoch, timeout=10)
-        await self._move_record(vm_id, dest, local)
-        return {"ok": True, **{k: v for k, v in reply.items() if k != "ok"}}
+        details = {k: v for k, v in reply.items() if k != "ok"}
+        await self._move_record(vm_id, dest, local, {"from": source_lc, "to": dest_id, **details})
+        return {"ok": True, **details}
 
     async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any]) -> None:
         if local:
@@ -341,7 +363,7 @@ class Migrations:
                 await self.role.gm.rpc.call(dest_gm, "gm.reservation", {"op": "release", **reservation},
                                             epoch=self.role.gm.known_epoch, timeout=10)
 
-    async def _move_record(self, vm_id: str, dest: dict[str, Any], local: bool) -> None:
+    async def _move_record(self, vm_id: str, dest: dict[str, Any], local: bool, details: dict[str, Any]) -> None:
         coord = self.role.gm.coord
         if coord is None:
             return
@@ -350,7 +372,7 @@ class Migrations:
             rec = await store.get_vm(vm_id)
             if rec is None:
                 return
-            rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"])
+            rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"], lastMigration=details)
             if local:
                 rec.update(groupManagerId=self.role.gm.id, groupManagerControlDataAddress=self.role.gm.address.to_json())
             else:

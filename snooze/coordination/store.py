@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from kazoo.exceptions import NoNodeError, NotEmptyError
+from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
 
 from snooze.coordination.zk import CoordinationError, Coordinator
 
@@ -257,6 +257,38 @@ class Store:
             "groupManagerId": gm_id if gm else None,
             "groupManagerAddress": gm["listenSettings"]["controlDataAddress"] if gm else None,
         }
+
+    # -- wake-ups: where a woken host belongs ---------------------------------------------
+    async def mark_wakeup(self, lc_id: str, gm_id: str) -> None:
+        def put() -> None:
+            path = self._p("wakeups", lc_id)
+            try:
+                self.coord.client.create(path, gm_id.encode(), makepath=True)
+            except NodeExistsError:
+                self.coord.client.set(path, gm_id.encode())
+
+        await self.coord.call(put)
+
+    async def woken_by(self, lc_id: str) -> str | None:
+        def get() -> str | None:
+            try:
+                data, _ = self.coord.client.get(self._p("wakeups", lc_id))
+            except NoNodeError:
+                return None
+            return data.decode() or None
+
+        if not lc_id or "/" in lc_id:
+            return None
+        return await self.coord.call(get, timeout=3)
+
+    async def clear_wakeup(self, lc_id: str) -> None:
+        def delete() -> None:
+            try:
+                self.coord.client.delete(self._p("wakeups", lc_id))
+            except NoNodeError:
+                pass
+
+        await self.coord.call(delete)
 
     async def allocated_ips(self, subnet: str) -> set[str]:
         def do() -> set[str]:

@@ -1,0 +1,158 @@
+"""The energy saver of a group manager: idle local controllers are powered down, and woken
+when placement needs their capacity.
+
+A local controller that has hosted no VM (and has nothing reserved) for ``idle_time`` is put in
+the configured power-saving state through its local controller, as long as ``reserved_nodes``
+stay on; it stays in the hierarchy as PASSIVE, wakeable capacity. Deciding to power a host down
+takes the same lock as placement, and a host with a reservation is never idle, so a host chosen
+by a plan is never powered down under it.
+
+Waking goes through the host's wake-up driver (IPMI, Wake-on-LAN, a command), then waits, up to
+``wakeup_time``, for the local controller to join again. The leader is told (a ``wakeups/<lc>``
+znode) to send it back to this group manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from groupmanager.power import WakeupError, make_wakeup_driver
+from snooze.coordination import CoordinationError
+from snooze.coordination.store import Store
+from snooze.models import Status
+from snooze.protocol import Envelope
+from snooze.rpc import RpcError
+
+if TYPE_CHECKING:
+    from groupmanager.manager.role import ManagerRole
+
+log = logging.getLogger(__name__)
+
+
+class EnergySaver:
+    def __init__(self, role: ManagerRole) -> None:
+        self.role = role
+        self.settings = role.gm.settings.groupmanager
+        self.enabled = self.settings.energy_management
+        self.idle_since: dict[str, float] = {}
+        self.rejoined: dict[str, asyncio.Event] = {}
+        self.wakeups = 0
+        self.power_downs = 0
+
+    def start(self) -> None:
+        self.role.gm.internal.on("gm.energySaver", self._on_switch)
+        interval = self.role.gm.settings.heartbeat.interval
+        self.role.gm.every("manager.energy", lambda: interval, self.tick)
+
+    def stop(self) -> None:
+        self.role.gm.cancel("manager.energy")
+        self.role.gm.internal.handlers.pop("gm.energySaver", None)
+
+    async def _on_switch(self, env: Envelope) -> Any:
+        body = env.body if isinstance(env.body, dict) else {}
+        if "enabled" in body:
+            self.enabled = bool(body["enabled"])
+            self.idle_since.clear()
+            log.info("energy saver %s", "resumed" if self.enabled else "suspended")
+        return {"enabled": self.enabled, "wakeups": self.wakeups, "powerDowns": self.power_downs}
+
+    def _busy(self, lc_id: str) -> bool:
+        rec = self.role.lcs[lc_id]
+        vms = self.role.vms
+        return bool(vms.reserved.get(lc_id)) or any(d.get("state") in ("RUNNING", "PAUSED") for d in rec.domains)
+
+    async def tick(self) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        chosen: list[str] = []
+        async with self.role.vms._lock:
+            active = sorted(k for k, r in self.role.lcs.items() if r.description.status == Status.ACTIVE)
+            for lc_id in active:
+                if self._busy(lc_id):
+                    self.idle_since.pop(lc_id, None)
+                else:
+                    self.idle_since.setdefault(lc_id, now)
+            idle = [k for k in active if now - self.idle_since.get(k, now) >= self.settings.idle_time]
+            room = len(active) - self.settings.reserved_nodes
+            # Keep the busiest hosts on; among idle ones, sleep the ones idle longest.
+            idle.sort(key=lambda k: self.idle_since[k])
+            chosen = idle[: max(0, room)]
+            for lc_id in chosen:
+                self.role.lcs[lc_id].description.status = Status.PASSIVE
+                self.idle_since.pop(lc_id, None)
+        for lc_id in chosen:
+            await self._power_down(lc_id)
+
+    async def _power_down(self, lc_id: str) -> None:
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            return
+        try:
+            reply = await self.role.gm.rpc.call(
+                rec.description.control_data_address, "lc.powerSave", {"state": self.settings.power_saving_action},
+                epoch=self.role.gm.known_epoch, timeout=10,
+            )
+        except RpcError as exc:
+            reply = {"ok": False, "message": str(exc)}
+        if not reply.get("ok"):
+            log.warning("could not power %s down: %s", lc_id, reply.get("message"))
+            rec.description.status = Status.ACTIVE
+            return
+        self.power_downs += 1
+        log.info("powered %s down (%s); it stays as wakeable capacity", lc_id, self.settings.power_saving_action)
+
+    # -- waking --------------------------------------------------------------------------
+    def on_joined(self, lc_id: str) -> None:
+        event = self.rejoined.get(lc_id)
+        if event is not None:
+            event.set()
+
+    async def wake(self, lc_ids: list[str]) -> dict[str, str | None]:
+        """Wake hosts in parallel; lc id -> None when it re-joined, else why it did not."""
+        results = await asyncio.gather(*(self._wake_one(lc_id) for lc_id in lc_ids))
+        return dict(zip(lc_ids, results, strict=True))
+
+    async def _wake_one(self, lc_id: str) -> str | None:
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            return "unknown local controller"
+        if rec.description.status == Status.ACTIVE:
+            return None
+        rec.description.status = Status.WAKING
+        event = self.rejoined.setdefault(lc_id, asyncio.Event())
+        event.clear()
+        await self._mark_wakeup(lc_id)
+        t0 = time.monotonic()
+        try:
+            driver = make_wakeup_driver(rec.description.wakeup_settings)
+            await driver.wake()
+            await asyncio.wait_for(event.wait(), self.settings.wakeup_time)
+        except (WakeupError, TimeoutError) as exc:
+            reason = str(exc) or f"did not re-join within {self.settings.wakeup_time:g}s"
+            log.warning("waking %s failed: %s", lc_id, reason)
+            current = self.role.lcs.get(lc_id)
+            if current is not None and current.description.status == Status.WAKING:
+                current.description.status = Status.PASSIVE
+            return reason
+        finally:
+            self.rejoined.pop(lc_id, None)
+        self.wakeups += 1
+        log.info("woke %s in %.2fs", lc_id, time.monotonic() - t0)
+        return None
+
+    async def _mark_wakeup(self, lc_id: str) -> None:
+        """Tell the leader where this host belongs when it asks for a group manager."""
+        if self.role.gm.coord is not None:
+            with contextlib.suppress(CoordinationError):
+                await Store(self.role.gm.coord).mark_wakeup(lc_id, self.role.gm.id)
+
+    async def clear_wakeup(self, lc_id: str) -> None:
+        if self.role.gm.coord is not None:
+            with contextlib.suppress(CoordinationError):
+                await Store(self.role.gm.coord).clear_wakeup(lc_id)
+
