@@ -137,7 +137,15 @@ class LibvirtHypervisor:
         """Every domain libvirt knows, running or defined."""
 
         def do() -> list[DomainInfo]:
-            return [self._info(d) for d in self._c().listAllDomains()]
+            out = []
+            for d in self._c().listAllDomains():
+                try:
+                    out.append(self._info(d))
+                except libvirt.libvirtError as exc:
+                    # A domain leaving (migrated away, destroyed) between the listing and its info.
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return out
 
         return await self._run("list domains", do)
 
