@@ -31,3 +31,16 @@ def test_role_commands_reject_bad_configuration_with_a_clear_message(tmp_path: P
     assert "configuration error: [heartbeat] timeout: expected float" in out.stderr
     out = subprocess.run([sys.executable, "-m", "localcontroller", "--set", "nonsense"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--set expects SECTION.OPTION=VALUE" in out.stderr
+
+
+def test_seed_libcloud_lines_work_as_written_in_the_project_environment() -> None:
+    seed = (
+        "from libcloud.compute.types import Provider\n"
+        "from libcloud.compute.providers import get_driver\n"
+        "Snooze = get_driver(Provider.SNOOZE)\n"
+        'driver = Snooze("127.0.0.1","5000")\n'
+        "print(type(driver).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", seed], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SnoozeNodeDriver"
