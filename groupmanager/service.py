@@ -14,6 +14,8 @@ from aiohttp import web
 
 from groupmanager.leader import LeaderRole
 from groupmanager.manager import ManagerRole
+from groupmanager.placement import make_placement_policy
+from groupmanager.thresholds import thresholds_from
 from snooze import config as cfg
 from snooze.coordination import CoordinationError, LeaderElection
 from snooze.coordination.store import Store
@@ -30,6 +32,12 @@ class GroupManager(Service):
     role = "groupmanager"
 
     def __init__(self, settings: cfg.Settings) -> None:
+        gm = settings.groupmanager
+        for option in ("placement_policy", "dispatch_policy"):
+            try:
+                make_placement_policy(getattr(gm, option), thresholds=thresholds_from(gm))
+            except ValueError as exc:  # UnknownPolicyError names the known policies
+                raise cfg.ConfigError(f"[groupmanager] {option}: {exc}") from exc
         super().__init__(settings)
         self.leader_role: LeaderRole | None = None
         self.manager_role: ManagerRole | None = None

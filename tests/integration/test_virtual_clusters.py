@@ -104,6 +104,8 @@ def test_a_vm_that_fits_nowhere_gets_its_own_error_while_the_others_start(cluste
     assert by_id["ok-1"]["status"] == by_id["ok-2"]["status"] == "RUNNING"
     assert by_id["huge"]["status"] == "ERROR" and by_id["huge"]["errorCode"] == "NOT_ENOUGH_CAPACITY"
     assert by_id["huge"]["message"], "says why"
+    assert by_id["huge"]["rejections"], "which filter rejected how many hosts"
+    assert sum(by_id["huge"]["rejections"].values()) >= 1
     assert resp["errorCode"] == "SOME_VIRTUAL_MACHINES_NOT_STARTED"
     assert "huge" not in domains_everywhere(c)
 
@@ -214,6 +216,29 @@ def test_concurrent_submissions_never_share_an_address(cluster_factory: Any) -> 
     assert len(metas) == 30 and all(m["status"] == "RUNNING" for m in metas)
     ips = [m["ipAddress"] for m in metas]
     assert len(set(ips)) == 30
+
+
+def test_racing_submissions_never_overcommit_a_host(cluster_factory: Any) -> None:
+    c = cluster_factory(gms=2, lcs=2)  # 2 hosts x 8 vcpus
+    tasks: list[str] = []
+
+    def one(k: int) -> None:
+        tasks.append(submit(c, {"virtualMachineTemplates": [small(f"r{k}-{i}", memory=65536) for i in range(8)]}))
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    metas = [m for t in tasks for m in response(c, t)["virtualMachineMetaData"]]
+    running = [m for m in metas if m["status"] == "RUNNING"]
+    assert len(running) == 16, "every vcpu used, none twice"
+    assert all(m["errorCode"] == "NOT_ENOUGH_CAPACITY" for m in metas if m["status"] != "RUNNING")
+    per_lc: dict[str, int] = {}
+    for m in running:
+        lc = m["virtualMachineLocation"]["localControllerId"]
+        per_lc[lc] = per_lc.get(lc, 0) + 1
+    assert max(per_lc.values()) <= 8, per_lc
 
 
 def test_leader_killed_mid_submission_the_new_leader_finishes_it(cluster_factory: Any) -> None:

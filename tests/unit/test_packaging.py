@@ -31,6 +31,11 @@ def test_role_commands_reject_bad_configuration_with_a_clear_message(tmp_path: P
     assert "configuration error: [heartbeat] timeout: expected float" in out.stderr
     out = subprocess.run([sys.executable, "-m", "localcontroller", "--set", "nonsense"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--set expects SECTION.OPTION=VALUE" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "groupmanager", "--set", "groupmanager.placement_policy=nope"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert "[groupmanager] placement_policy: unknown placement policy 'nope'" in out.stderr
+    assert "first-fit" in out.stderr, "the known policies are listed"
 
 
 def test_seed_libcloud_lines_work_as_written_in_the_project_environment() -> None:
