@@ -123,6 +123,7 @@ class Reconfiguration:
         self._lock = asyncio.Lock()
         self._stopped = False
         self._tasks: list[str] = []
+        self._runs: set[asyncio.Future[dict[str, Any]]] = set()  # periodic runs, kept referenced
         # lc id -> the last monitoring sample it had when a migration touched it. Samples up
         # to that one describe the host before the move, so they must not feed the estimate:
         # an average over them would call a just-relieved host overloaded for a whole window.
@@ -143,8 +144,9 @@ class Reconfiguration:
             self._every("consolidation", self.consolidation_interval, self.consolidate_once)
 
     def stop(self) -> None:
-        # A step under way when the task is cancelled is abandoned by Migrations.migrate's
-        # caller, not rolled back; the flag makes an on-demand run stop between steps.
+        # Runs stop between steps on this flag; the periodic tasks are cancelled, but the run
+        # they started is shielded (see _every), so a migration under way still commits its
+        # records instead of leaving a reservation and a stale location behind.
         self._stopped = True
         for name in self._tasks:
             self.role.gm.cancel(name)
@@ -162,13 +164,23 @@ class Reconfiguration:
             if first:
                 first = False
                 return
-            report = await once(wait=False)
+            run = asyncio.ensure_future(once(wait=False))
+            self._runs.add(run)
+            run.add_done_callback(self._run_done)
+            report = await asyncio.shield(run)
             if report["applied"] or report["failed"]:
                 log.info("%s: %d migration(s) applied, %d not; power-down candidates %s", what,
                          len(report["applied"]), len(report["failed"]), report["powered_down_candidates"])
 
         self.role.gm.every(name, lambda: interval, tick)
         self._tasks.append(name)
+
+    def _run_done(self, run: asyncio.Future[dict[str, Any]]) -> None:
+        self._runs.discard(run)
+        # While its tick awaits it, Service.every logs the error; after stop() cancelled the
+        # tick, nobody else would.
+        if self._stopped and not run.cancelled() and run.exception() is not None:
+            log.error("reconfiguration run failed", exc_info=run.exception())
 
     async def _on_reconfigure(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from groupmanager.manager.energy import EnergySaver
+from groupmanager.manager.reconfiguration import Reconfiguration
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
@@ -60,6 +61,7 @@ class ManagerRole:
         self.vms = VirtualMachines(self)
         self.migrations = Migrations(self.vms)
         self.energy = EnergySaver(self)
+        self.reconfiguration = Reconfiguration(self)
 
     # -- lifecycle (called by GroupManager) ----------------------------------------------
     async def start(self) -> None:
@@ -72,6 +74,7 @@ class ManagerRole:
         self.vms.register()
         self.migrations.register()
         self.energy.start()
+        self.reconfiguration.start()
         hb = gm.settings.heartbeat
         gm.spawn("manager.join", self._join_loop())
         gm.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
@@ -89,6 +92,7 @@ class ManagerRole:
         self.vms.unregister()
         self.migrations.unregister()
         self.energy.stop()
+        self.reconfiguration.stop()
         if handover_epoch is not None and self.lcs:
             await asyncio.gather(
                 *(
