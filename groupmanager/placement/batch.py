@@ -9,6 +9,7 @@ waking PASSIVE hosts and writing rejections happen here, once.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from .filters import Filter, default_filters, explain, feasible
@@ -46,6 +47,10 @@ class Batch:
             vm: Rejection(reason, {}) for vm, reason in refused.items()
         }
         self.woken: list[str] = []
+        self._index: list[list[tuple[float, int]]] | None = None
+        self._pending: Slot | None = None
+        # The fast tally assumes the standard stack; custom stacks get the full walk.
+        self._stock = [f.name for f in self.filters] == [f.name for f in default_filters()]
         self._explained: dict[tuple[object, ...], Rejection] = {}
         wake = all(getattr(f, "wake_passive", True) for f in self.filters)
         # Powered hosts first; PASSIVE ones only for what powered hosts cannot take.
@@ -97,19 +102,60 @@ class Batch:
         # later either: identical units share one explanation instead of rescanning every host.
         key = unit.signature() if unit.conflict is None else (id(unit),)
         rejection = self._explained.get(key)
+        if rejection is None and not unit.constrained and unit.conflict is None and self._stock:
+            # An unconstrained unit that fits nowhere passes every filter but the host-state
+            # ones and capacity: tally those without walking every host again.
+            rejection = self._unconstrained_rejection()
         if rejection is None:
             rejection = explain(self.filters, unit, self.slots)
             self._explained[key] = rejection
         for req in unit.requests:
             self.unplaced[req.id] = Rejection(rejection.reason, dict(rejection.filtered))
 
+    def _unconstrained_rejection(self) -> Rejection:
+        n = len(self.slots)
+        if n == 0:
+            return Rejection("no host fits: there are no hosts", {})
+        dead = sum(1 for s in self.slots if not s.view.alive)
+        asleep = (
+            0
+            if self.wakeable or not any(s.passive for s in self.slots)
+            else sum(1 for s in self.slots if s.view.alive and s.passive)
+        )
+        tally = {"alive": dead, "power": asleep, "capacity": n - dead - asleep}
+        filtered = {k: v for k, v in tally.items() if v}
+        parts = ", ".join(f"{k} rejected {v}" for k, v in filtered.items())
+        return Rejection(f"no host fits: {parts} of {n} hosts", filtered)
+
     def first_fit(self, unit: Unit) -> Slot | None:
-        """Any feasible host, powered ones first: the safety net after a policy's own search."""
-        for tier in (self.powered, self.wakeable):
-            for slot in tier:
-                if self.feasible(unit, slot):
+        """Any feasible host, powered ones first: the safety net after a policy's own search.
+
+        Hosts are indexed by memory room, so only those with enough memory are scanned: an
+        oversubscribed batch of distinct VMs would otherwise rescan every host per VM.
+        """
+        if self._index is None:
+            self._index = [
+                sorted((s.room[1], s.index) for s in t) for t in (self.powered, self.wakeable)
+            ]
+        need = unit.demand[1]
+        for keys in self._index:
+            for k in range(bisect.bisect_left(keys, (need, -1)), len(keys)):
+                slot = self.slots[keys[k][1]]
+                r = slot.room
+                d = unit.demand
+                # Capacity first: it is what fails in a full cluster, and it is cheap.
+                if d[0] <= r[0] and d[2] <= r[2] and d[3] <= r[3] and self.feasible(unit, slot):
+                    del keys[k]
+                    self._pending = slot
                     return slot
         return None
+
+    def reindex(self) -> None:
+        """Put the host last returned by ``first_fit`` back in the index with its new room."""
+        slot, self._pending = self._pending, None
+        if slot is not None and self._index is not None:
+            tier = self._index[1 if slot.view.power is PowerState.PASSIVE else 0]
+            bisect.insort(tier, (slot.room[1], slot.index))
 
     def plan(self) -> Plan:
         placements: list[Placement] = []
@@ -149,16 +195,29 @@ class BatchPolicy:
             else:
                 free.append(unit)
         leftover = self.place_free(batch, free) if free else []
+        # Room only shrinks within a batch: once a unit fits nowhere, neither does its twin
+        # nor, when unconstrained, any unit at least as large on every resource.
         hopeless: set[tuple[object, ...]] = set()
+        too_big: list[tuple[float, float, float, float]] = []
+        leftover.sort(key=lambda u: (sum(u.demand), u.order))
         for unit in leftover:
-            # Room only shrinks within a batch: once a kind of unit fits nowhere, its twins won't.
             sig = unit.signature()
-            slot = None if sig in hopeless else batch.first_fit(unit)
+            d = unit.demand
+            doomed = sig in hopeless or (
+                not unit.constrained
+                and any(
+                    d[0] >= f[0] and d[1] >= f[1] and d[2] >= f[2] and d[3] >= f[3] for f in too_big
+                )
+            )
+            slot = None if doomed else batch.first_fit(unit)
             if slot is None:
                 hopeless.add(sig)
+                if not unit.constrained and not doomed and len(too_big) < 64:
+                    too_big.append(d)
                 batch.reject(unit)
             else:
                 batch.commit(unit, slot)
+                batch.reindex()
         return batch.plan()
 
     def _place_pinned(self, batch: Batch, unit: Unit) -> None:

@@ -67,10 +67,6 @@ class _Sorted:
         bisect.insort(self.items, key)
 
 
-def _fits(d: Sequence[float], r: Sequence[float]) -> bool:
-    return d[0] <= r[0] and d[1] <= r[1] and d[2] <= r[2] and d[3] <= r[3]
-
-
 class _Evictor:
     """The shared eviction loop; subclasses set the orders and the destination choice."""
 
@@ -111,6 +107,7 @@ class _Evictor:
         self._targets = _Sorted([(self.target_key(h), h.idx) for h in busy if not self._full(h)])
         self._hosts = {h.idx: h for h in busy}
         self._moved: dict[str, int] = {}
+        self._hopeless: list[tuple[float, ...]] = []
         # Hosts with capacity held for VMs in flight are about to be used: never sources.
         sources = _Sorted([(self.source_key(h), h.idx) for h in busy if not any(h.view.reserved)])
         self._sources = sources
@@ -138,12 +135,23 @@ class _Evictor:
         moves: list[tuple[VMView, _Host]] = []
         ok = True
         for vm in sorted(src.vms, key=lambda v: (-self._size(v), v.id)):
-            dest = self._choose(vm.demand)
+            d = vm.demand
+            if any(
+                d[0] >= f[0] and d[1] >= f[1] and d[2] >= f[2] and d[3] >= f[3]
+                for f in self._hopeless
+            ):
+                ok = False
+                break
+            dest = self._choose(d)
             if dest is None:
+                # Committed room only shrinks, so a VM that fits nowhere before any tentative
+                # move of this source will fit nowhere later, nor will anything larger:
+                # remembering it spares the full target scan that failures cost.
+                if not moves and len(self._hopeless) < 64:
+                    self._hopeless.append(tuple(d))
                 ok = False
                 break
             r = dest.room
-            d = vm.demand
             r[0] -= d[0]
             r[1] -= d[1]
             r[2] -= d[2]
@@ -191,12 +199,14 @@ class _Evictor:
         return i < len(s.items) and s.items[i] == key
 
     def _choose(self, d: Sequence[float]) -> _Host | None:
+        # The hot loop of consolidation: fit tests are inlined, no call per target.
         hosts = self._hosts
+        d0, d1, d2, d3 = d[0], d[1], d[2], d[3]
         if self.window == 1:
             for _, idx in self._targets.items:
-                h = hosts[idx]
-                if _fits(d, h.room):
-                    return h
+                r = hosts[idx].room
+                if d1 <= r[1] and d0 <= r[0] and d2 <= r[2] and d3 <= r[3]:
+                    return hosts[idx]
             return None
         best: _Host | None = None
         best_left = INF
@@ -204,7 +214,7 @@ class _Evictor:
         for _, idx in self._targets.items:
             h = hosts[idx]
             r = h.room
-            if not _fits(d, r):
+            if not (d1 <= r[1] and d0 <= r[0] and d2 <= r[2] and d3 <= r[3]):
                 continue
             left = sum((r[i] - d[i]) * h.inv[i] for i in range(4) if r[i] != INF)
             if left < best_left:

@@ -58,7 +58,9 @@ def check_plan(hosts, plan):
     for hid, used in final.items():
         total = by_id[hid].total
         assert all(
-            u <= THR.mid[d] * t * (1 + 1e-9) for d, (u, t) in enumerate(zip(used, total, strict=True)) if t > 0
+            u <= THR.mid[d] * t * (1 + 1e-9)
+            for d, (u, t) in enumerate(zip(used, total, strict=True))
+            if t > 0
         )
     for hid in plan.power_down:
         leaving = {m.vm_id for m in plan.migrations if m.source == hid}
