@@ -191,3 +191,16 @@ def test_sigterm_stops_a_process_cleanly_and_it_leaves_the_hierarchy(cluster_fac
     c = cluster_factory(gms=2, lcs=2)
     c.kill("lc-1", signal.SIGTERM)
     wait_for(lambda: assigned_lcs(hierarchy(c)) == {"lc-2"}, 10, "lc-1 gone after SIGTERM")
+
+
+def test_zeroconf_lets_a_local_controller_and_a_bootstrap_find_the_cluster(cluster_factory: Any) -> None:
+    # Group managers advertise the cluster on loopback only; the newcomers have no ZooKeeper address.
+    c = cluster_factory(gms=2, lcs=1, extra={"cluster.discovery": "zeroconf", "cluster.name": "zc-test"})
+    blind = {"cluster.zookeeper": "", "cluster.discovery": "zeroconf", "cluster.name": "zc-test",
+             "cluster.zeroconf_interfaces": ["127.0.0.1"]}
+    c.add_process("localcontroller", "lc-zeroconf", blind)
+    wait_for(lambda: "lc-zeroconf" in assigned_lcs(hierarchy(c)), 30, "the zeroconf LC joined")
+    b = c.add_process("bootstrap", "bootstrap-zeroconf", blind)
+    gl = wait_for(lambda: get(f"http://127.0.0.1:{b['port']}/bootstrap?getGroupLeaderDescription"), 30,
+                  "the zeroconf bootstrap knows the leader")
+    assert gl["id"] == leader(c)["id"]

@@ -284,3 +284,25 @@ def test_domain_destroyed_behind_its_back_shows_up(cluster_factory: Any) -> None
     assert asyncio.run(destroy_directly())["ok"]
     wait_for(lambda: http("POST", c.bootstrap_url + "/bootstrap?getVirtualMachineMetaData", "ghost")[1]["status"] == "DESTROYED",
              5, "the vanished domain reported as DESTROYED")
+
+
+def test_migration_to_a_host_without_room_is_refused_before_anything_moves(cluster_factory: Any) -> None:
+    c = cluster_factory(gms=2, lcs=2, lc_cpus=4)
+    b = c.bootstrap_url + "/bootstrap"
+    resp = response(c, submit(c, {"virtualMachineTemplates": [small("wide-a", vcpus=3), small("wide-b", vcpus=3)]}))
+    where = {m["virtualMachineId"]: m["virtualMachineLocation"]["localControllerId"] for m in resp["virtualMachineMetaData"]}
+    assert where["wide-a"] != where["wide-b"], "3+3 vcpus cannot share a 4-vcpu host"
+    code, err = http("POST", b + "?migrateVirtualMachine",
+                     json.dumps({"virtualMachineId": "wide-a", "localControllerId": where["wide-b"]}))
+    assert code == 409 and err["error"]["code"] == "NOT_ENOUGH_CAPACITY", err
+    assert err["error"]["field"] == "localControllerId"
+    meta = http("POST", b + "?getVirtualMachineMetaData", "wide-a")[1]
+    assert meta["status"] == "RUNNING" and meta["virtualMachineLocation"]["localControllerId"] == where["wide-a"]
+    assert domains_everywhere(c).count("wide-a") == 1
+    # and a move that fits goes through, with its timing recorded
+    assert http("POST", b + "?destroyVirtualMachine", "wide-b") == (200, True)
+    assert http("POST", b + "?migrateVirtualMachine",
+                json.dumps({"virtualMachineId": "wide-a", "localControllerId": where["wide-b"]})) == (200, True)
+    meta = http("POST", b + "?getVirtualMachineMetaData", "wide-a")[1]
+    assert meta["virtualMachineLocation"]["localControllerId"] == where["wide-b"]
+    assert meta["lastMigration"]["nonLive"] is True, "the test driver's named non-live fallback"
