@@ -12,20 +12,12 @@ that launches it in the background and returns).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import shlex
-import signal
-import subprocess
 
 from groupmanager.power.driver import DEFAULT_TIMEOUT, WakeupError, WakeupSettingsError
+from snooze.command import CommandError, run_command
 
 __all__ = ["CommandWakeup"]
-
-# The end of stderr is where a failing tool says why; the start may be a long banner.
-_STDERR_TAIL = 400
-
 
 class CommandWakeup:
     def __init__(self, argv: list[str], *, timeout: float = DEFAULT_TIMEOUT, name: str = "COMMAND"):
@@ -47,32 +39,9 @@ class CommandWakeup:
 
     async def wake(self) -> None:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise WakeupError(f"{self.name}: cannot run {self.argv[0]!r}: {exc}") from exc
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            raise WakeupError(
-                f"{self.name}: {self.argv[0]!r} timed out after {self.timeout:g} s (killed)"
-            ) from None
-        finally:
-            if proc.returncode is None:
-                # Also on cancellation: a wake-up command must not outlive its request.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        if proc.returncode != 0:
-            raise WakeupError(
-                f"{self.name}: {self.argv[0]!r} {_describe_exit(proc.returncode)}"
-                + _stderr_suffix(stderr)
-            )
+            await run_command(self.argv, self.timeout, self.name)
+        except CommandError as exc:
+            raise WakeupError(str(exc)) from exc
 
     async def power_status(self) -> str | None:
         return None
@@ -80,20 +49,3 @@ class CommandWakeup:
     def __repr__(self) -> str:
         return f"CommandWakeup({self.name}, {shlex.join(self.argv)!r})"
 
-
-def _describe_exit(returncode: int | None) -> str:
-    if returncode is not None and returncode < 0:
-        try:
-            return f"was killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
-
-
-def _stderr_suffix(stderr: bytes | None) -> str:
-    text = (stderr or b"").decode("utf-8", "replace").strip()
-    if not text:
-        return ""
-    if len(text) > _STDERR_TAIL:
-        text = "..." + text[-_STDERR_TAIL:]
-    return f": {text}"

@@ -18,13 +18,13 @@ process) no command runs: the action is to stop this local controller, a short d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
+
+from snooze.command import CommandError, run_command
 
 __all__ = ["DEFAULT_COMMANDS", "STATES", "PowerActionError", "PowerSaver"]
 
@@ -122,32 +122,6 @@ class PowerSaver:
     async def _run(self, state: str, argv: list[str]) -> None:
         log.info("%s: running %s", state, argv)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise PowerActionError(f"{state}: cannot run {argv[0]!r}: {exc}") from exc
-        try:
-            _, stderr = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            raise PowerActionError(
-                f"{state}: {argv[0]!r} timed out after {self.timeout:g} s (killed)"
-            ) from None
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        returncode = proc.returncode
-        if returncode != 0:
-            text = (stderr or b"").decode("utf-8", "replace").strip()[-_STDERR_TAIL:]
-            how = (
-                f"was killed by signal {-returncode}"
-                if returncode is not None and returncode < 0
-                else f"exited with code {returncode}"
-            )
-            raise PowerActionError(f"{state}: {argv[0]!r} {how}" + (f": {text}" if text else ""))
+            await run_command(argv, self.timeout, state)
+        except CommandError as exc:
+            raise PowerActionError(str(exc)) from exc

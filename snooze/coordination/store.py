@@ -154,42 +154,32 @@ class Store:
             return None
         return await self.coord.get_json(self._p("vms", vm_id))  # type: ignore[no-any-return]
 
-    async def get_vms(self, vm_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(vm_ids)
+    async def _get_many(self, folder: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Read many znodes of one folder with pipelined requests (one round trip, not N)."""
+        wanted = list(ids)
 
         def do() -> dict[str, dict[str, Any]]:
             client = self.coord.client
-            asyncs = [(vm_id, client.get_async(self._p("vms", vm_id))) for vm_id in ids]
+            pending = [(i, client.get_async(self._p(folder, i))) for i in wanted]
             out: dict[str, dict[str, Any]] = {}
-            for vm_id, res in asyncs:
+            for i, res in pending:
                 try:
                     data, _ = res.get(timeout=10)
                 except NoNodeError:
                     continue
-                out[vm_id] = json.loads(data)
+                out[i] = json.loads(data)
             return out
 
         return await self.coord.call(do, timeout=30)
+
+    async def get_vms(self, vm_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return await self._get_many("vms", vm_ids)
 
     async def get_spec(self, vm_id: str) -> dict[str, Any] | None:
         return await self.coord.get_json(self._p("vmspecs", vm_id))  # type: ignore[no-any-return]
 
     async def get_specs(self, vm_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(vm_ids)
-
-        def do() -> dict[str, dict[str, Any]]:
-            client = self.coord.client
-            asyncs = [(vm_id, client.get_async(self._p("vmspecs", vm_id))) for vm_id in ids]
-            out: dict[str, dict[str, Any]] = {}
-            for vm_id, res in asyncs:
-                try:
-                    data, _ = res.get(timeout=10)
-                except NoNodeError:
-                    continue
-                out[vm_id] = json.loads(data)
-            return out
-
-        return await self.coord.call(do, timeout=30)
+        return await self._get_many("vmspecs", vm_ids)
 
     async def vm_ids(self) -> list[str]:
         def do() -> list[str]:
