@@ -88,6 +88,27 @@ class EnergySaver:
         for lc_id in chosen:
             await self._power_down(lc_id)
 
+    async def release(self, lc_ids: list[str]) -> list[str]:
+        """Power down hosts a consolidation or relocation has just emptied, without waiting for
+        idle_time: emptying them was the point. Same lock and rules as the idle check."""
+        if not self.enabled or not lc_ids:
+            return []
+        chosen: list[str] = []
+        async with self.role.vms._lock:
+            active = [k for k, r in self.role.lcs.items() if r.description.status == Status.ACTIVE]
+            room = len(active) - self.settings.reserved_nodes
+            for lc_id in lc_ids:
+                if room <= 0:
+                    break
+                if lc_id in active and not self._busy(lc_id):
+                    self.role.lcs[lc_id].description.status = Status.PASSIVE
+                    self.idle_since.pop(lc_id, None)
+                    chosen.append(lc_id)
+                    room -= 1
+        for lc_id in chosen:
+            await self._power_down(lc_id)
+        return chosen
+
     async def _power_down(self, lc_id: str) -> None:
         rec = self.role.lcs.get(lc_id)
         if rec is None:
@@ -130,8 +151,19 @@ class EnergySaver:
         t0 = time.monotonic()
         try:
             driver = make_wakeup_driver(rec.description.wakeup_settings)
+            deadline = t0 + self.settings.wakeup_time
             await driver.wake()
-            await asyncio.wait_for(event.wait(), self.settings.wakeup_time)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                try:
+                    await asyncio.wait_for(event.wait(), min(remaining, 3.0))
+                    break
+                except TimeoutError:
+                    # A host still shutting down when told to power on ends up off: ask again.
+                    if await driver.power_status() == "off":
+                        await driver.wake()
         except (WakeupError, TimeoutError) as exc:
             reason = str(exc) or f"did not re-join within {self.settings.wakeup_time:g}s"
             log.warning("waking %s failed: %s", lc_id, reason)

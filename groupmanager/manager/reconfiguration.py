@@ -128,6 +128,7 @@ class Reconfiguration:
         # to that one describe the host before the move, so they must not feed the estimate:
         # an average over them would call a just-relieved host overloaded for a whole window.
         self._touched: dict[str, dict[str, Any]] = {}
+        self._received_at: dict[str, float] = {}
         self.last_report: dict[str, Any] | None = None
 
     @property
@@ -212,7 +213,10 @@ class Reconfiguration:
             t0 = time.monotonic()
             plan, outcome = Plan(), _Outcome()
             candidates = await run(plan, outcome)
+            # Hosts this run emptied are powered down now (when the energy saver is on).
+            released = await self.role.energy.release(candidates)
             report = self._report(what, plan, outcome, candidates, time.monotonic() - t0)
+            report["powered_down"] = released
         self.last_report = report
         return report
 
@@ -281,9 +285,21 @@ class Reconfiguration:
         return [lc for lc in emptied if self._is_empty(lc)]
 
     # -- consolidation -----------------------------------------------------------------------
+    def _cooling(self) -> set[str]:
+        """Hosts that received VMs within two consolidation intervals: emptying them now would
+        undo the last run's work (VMs ping-ponging between half-empty hosts)."""
+        interval = float(getattr(self.role.gm.settings.groupmanager, "consolidation_interval", 0.0) or 0.0)
+        now = time.monotonic()
+        return {lc for lc, t in self._received_at.items() if now - t < 2 * interval}
+
     async def _consolidate(self, plan: Plan, outcome: _Outcome) -> list[str]:
         views = list(self._candidates(exclude=set()))
         step = self.policy.consolidate(views, self.thresholds)
+        cooling = self._cooling()
+        if cooling & {m.source for m in step.migrations}:
+            plan.notes.append(f"not emptied, they received VMs recently: {', '.join(sorted(cooling))}")
+            step.migrations = [m for m in step.migrations if m.source not in cooling]
+            step.power_down = [h for h in step.power_down if h not in cooling]
         _merge(plan, step)
         await self._apply(step, outcome, evacuate=True)
         # Idle hosts are listed without any migration; emptied ones only if every step held.
@@ -437,6 +453,7 @@ class Reconfiguration:
             self._mark(m.source)
             self._mark(m.destination)
             outcome.received.add(m.destination)
+            self._received_at[m.destination] = time.monotonic()
             duration = round(time.monotonic() - t0, 3)
             log.info("reconfiguration: moved %s from %s to %s in %.2fs", m.vm_id, m.source, m.destination, duration)
             outcome.applied.append({**step, "duration": duration})

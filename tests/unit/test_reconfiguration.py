@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from groupmanager.manager.energy import EnergySaver
 from groupmanager.manager.reconfiguration import RECONFIGURE_KIND, TASK_PREFIX, Reconfiguration
 from groupmanager.manager.role import LocalControllerRecord
 from groupmanager.manager.vms import Migrations, VirtualMachines
@@ -58,6 +59,7 @@ class FakeRole:
         self.running = True
         self.vms = VirtualMachines(self)  # type: ignore[arg-type]
         self.migrations = Migrations(self.vms)
+        self.energy = EnergySaver(self)  # type: ignore[arg-type]  (off unless energy_management)
         self.moves: list[tuple[str, str, str]] = []
         self.fail: dict[str, str] = {}  # vm id -> error code its migration fails with
         self.after_move: Callable[[str], Any] | None = None
