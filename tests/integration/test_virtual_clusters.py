@@ -306,3 +306,22 @@ def test_migration_to_a_host_without_room_is_refused_before_anything_moves(clust
     meta = http("POST", b + "?getVirtualMachineMetaData", "wide-a")[1]
     assert meta["virtualMachineLocation"]["localControllerId"] == where["wide-b"]
     assert meta["lastMigration"]["nonLive"] is True, "the test driver's named non-live fallback"
+
+
+def test_migration_across_group_managers_moves_the_vms_record(cluster_factory: Any) -> None:
+    c = cluster_factory(gms=3, lcs=2)  # round-robin puts one LC under each non-leader GM
+    b = c.bootstrap_url + "/bootstrap"
+    h = get(b + "?getCompleteHierarchy")
+    gm_of_lc = {lc["id"]: gm["id"] for gm in h["groupManagerDescriptions"] for lc in gm["localControllers"]}
+    assert len(set(gm_of_lc.values())) == 2, gm_of_lc
+    meta = response(c, submit(c, {"virtualMachineTemplates": [small("roamer")]}))["virtualMachineMetaData"][0]
+    source = meta["virtualMachineLocation"]["localControllerId"]
+    target = next(lc for lc in gm_of_lc if lc != source)
+    assert http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "roamer", "localControllerId": target})) == (200, True)
+    moved = http("POST", b + "?getVirtualMachineMetaData", "roamer")[1]
+    assert moved["virtualMachineLocation"]["localControllerId"] == target
+    assert moved["virtualMachineLocation"]["groupManagerId"] == gm_of_lc[target] != gm_of_lc[source]
+    # the destination's group manager now answers for it
+    assert http("POST", b + "?suspendVirtualMachine", "roamer") == (200, True)
+    wait_for(lambda: http("POST", b + "?getVirtualMachineMetaData", "roamer")[1]["status"] == "PAUSED", 5, "paused at its new home")
+    assert domains_everywhere(c).count("roamer") == 1
