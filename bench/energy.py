@@ -40,104 +40,50 @@ driven, 130 if interrupted.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
-import json
 import math
 import os
 import random
 import re
-import shutil
-import signal
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: snooze
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: common
 
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
+from common import (  # noqa: E402
+    FAST_TIMING,
+    BenchError,
+    Bootstrap,
+    add_output_options,
+    arg_parser,
+    interruptible,
+    log_time,
+    port_range,
+    remove_state_dir,
+    start_virtual_cluster,
+    stop_cluster,
+    table,
+    vm_metadata,
+    wait_ready,
+    warm_up,
+    write_json,
+)
 
-HOST = "127.0.0.1"
+from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster  # noqa: E402
+
 GMS, LCS = 2, 8
 LC_CPUS, LC_MEMORY_GIB = 8, 16
 GIB_KIB = 1024 * 1024
 TARGET_EXCESS = 15.0  # % over the lower bound
 POLL = 0.05  # s between getVirtualClusterResponse polls
 SAMPLE = 0.2  # s between getLocalControllerList samples
-TIMING: dict[str, Any] = {"heartbeat_interval": 0.5, "heartbeat_timeout": 2.0, "session_timeout": 2.0,
-                          "monitoring_interval": 0.5}
 ON_STATES = ("ACTIVE", "WAKING")
-
-
-class BenchError(RuntimeError):
-    """The cluster could not be driven (not a missed target)."""
-
-
-# -- HTTP to the bootstrap (keep-alive) --------------------------------------------------------
-class Bootstrap:
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.port = port
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, verb: str, body: str | None = None, timeout: float | None = None) -> tuple[int, bytes]:
-        last: Exception | None = None
-        for _attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout or self.timeout)
-            try:
-                headers = {"Content-Type": "application/json"} if body is not None else {}
-                self.conn.request(method, f"/bootstrap?{verb}", body=body, headers=headers)
-                resp = self.conn.getresponse()
-                return resp.status, resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                last = exc
-                self.close()
-        raise BenchError(f"{method} ?{verb} failed: {last!r}")
-
-    def get_json(self, verb: str) -> Any | None:
-        try:
-            status, raw = self.call("GET", verb)
-        except BenchError:
-            return None
-        if status != 200:
-            return None
-        try:
-            return json.loads(raw or b"null")
-        except ValueError:
-            return None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-        self.conn = None
-
-
-def port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (TCP and UDP) on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        ok = True
-        for p in range(base, base + count):
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                with socket.socket(socket.AF_INET, kind) as s:
-                    try:
-                        s.bind((HOST, p))
-                    except OSError:
-                        ok = False
-            if not ok:
-                break
-        if ok:
-            return base
-    raise BenchError("no free port range on 127.0.0.1")
 
 
 # -- the workload ------------------------------------------------------------------------------
@@ -200,6 +146,10 @@ def make_schedule(hours: float, step_h: float, low: float, peak: float, lifetime
 
 
 # -- a run -------------------------------------------------------------------------------------
+def template(vm: dict[str, Any]) -> dict[str, Any]:
+    return dict(vm, imageId="debian.qcow2")
+
+
 class Sampler(threading.Thread):
     """Samples ``?getLocalControllerList`` in the background: (monotonic, wall, {lc: (status, #VMs)})."""
 
@@ -232,52 +182,6 @@ def statuses(bs: Bootstrap) -> dict[str, str]:
     return {lc["id"]: lc.get("status") for lc in data.get("localControllers") or []}
 
 
-def submit(bs: Bootstrap, vms: list[dict[str, Any]], timeout: float) -> dict[str, Any]:
-    body = json.dumps({"virtualMachineTemplates": [dict(v, imageId="debian.qcow2") for v in vms]})
-    wall0 = time.time()
-    t0 = time.monotonic()
-    status, raw = bs.call("POST", "startVirtualCluster", body, timeout=30)
-    if status != 200:
-        raise BenchError(f"startVirtualCluster answered {status}: {raw[:300]!r}")
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        task = json.loads(text)
-    except ValueError:
-        task = text
-    resp: dict[str, Any] | None = None
-    while time.monotonic() - t0 < timeout:
-        time.sleep(POLL)
-        try:
-            status, raw = bs.call("POST", "getVirtualClusterResponse", task)
-        except BenchError:
-            continue
-        if status == 200 and raw.strip():
-            with contextlib.suppress(ValueError):
-                resp = json.loads(raw)
-            if resp:
-                break
-    return {"task": task, "t0": t0, "wall0": wall0, "seconds": time.monotonic() - t0, "wall1": time.time(),
-            "response": resp, "vms": len(vms)}
-
-
-def wait_ready(c: LocalCluster, bs: Bootstrap, timeout: float = 60.0) -> dict[str, Any]:
-    t0 = time.monotonic()
-    want = {p["id"] for p in c.processes if p["role"] == "localcontroller"}
-    while time.monotonic() - t0 < timeout:
-        for spec in c.processes:
-            if not _alive(spec.get("pid")):
-                raise BenchError(f"{spec['id']} is not running; see {spec['log']}")
-        gl = bs.get_json("getGroupLeaderDescription")
-        h = bs.get_json("getCompleteHierarchy") if gl else None
-        if gl and h:
-            assigned = {lc["id"] for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", []) or []}
-            if assigned >= want:
-                return h
-        time.sleep(0.1)
-    raise BenchError(f"the hierarchy did not form within {timeout:.0f}s; logs in {c.state_dir / 'logs'}")
-
-
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 WOKE = re.compile(r"woke (lc-\S+) in ([0-9.]+)s")
 DOWN = re.compile(r"powered (lc-\S+) down")
 WAKE_FAIL = re.compile(r"waking (lc-\S+) failed")
@@ -294,10 +198,9 @@ def gm_events(c: LocalCluster) -> list[tuple[float, str, str, float | None]]:
         except OSError:
             continue
         for line in lines:
-            m = LOG_TIME.match(line)
-            if not m:
+            at = log_time(line)
+            if at is None:
                 continue
-            at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             if (w := WOKE.search(line)):
                 out.append((at, "woke", w.group(1), float(w.group(2))))
             elif (d := DOWN.search(line)):
@@ -320,8 +223,8 @@ def run_day(label: str, energy: bool, args: argparse.Namespace, schedule: dict[s
             extra["groupmanager.consolidation_interval"] = args.consolidation_hours * S
             extra["groupmanager.consolidation_policy"] = args.consolidation_policy
     opts = ClusterOptions(gms=GMS, lcs=LCS, lc_cpus=LC_CPUS, lc_memory_gib=LC_MEMORY_GIB,
-                          base_port=port_range(1 + GMS + LCS), energy=energy, idle_time=idle_time,
-                          reserved_nodes=args.reserved_nodes, extra=extra, **TIMING)
+                          base_port=port_range(1 + GMS + LCS, udp=True), energy=energy, idle_time=idle_time,
+                          reserved_nodes=args.reserved_nodes, extra=extra, **FAST_TIMING)
     cluster = LocalCluster(state_dir, opts)
     bs = Bootstrap(opts.base_port, timeout=30.0)
     sampler = Sampler(opts.base_port)
@@ -333,22 +236,15 @@ def run_day(label: str, energy: bool, args: argparse.Namespace, schedule: dict[s
     try:
         t = time.monotonic()
         cluster.up(wait=True, timeout=90)
-        h = wait_ready(cluster, bs)
+        _, h, _ = wait_ready(cluster, bs)
         managing = [gm["id"] for gm in h.get("groupManagerDescriptions", []) if gm.get("localControllers")]
         res["managingGroupManagers"] = managing
         res["reservedTotal"] = args.reserved_nodes * max(1, len(managing)) if energy else 0
         print(f"[{label}] hierarchy formed in {time.monotonic() - t:.1f}s; LCs under {', '.join(managing)}", flush=True)
         # Warm-up: one VM, retried until it runs (the leader needs a first summary), then destroyed.
-        deadline = time.monotonic() + 40
-        for attempt in range(1, 200):
-            r = submit(bs, [{"name": f"warm-{attempt}", "vcpus": 1, "memory": GIB_KIB}], 30)
-            meta = (r.get("response") or {}).get("virtualMachineMetaData") or []
-            if meta and meta[0].get("status") == "RUNNING":
-                bs.call("POST", "destroyVirtualMachine", meta[0]["virtualMachineId"])
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"the warm-up VM never ran: {meta}")
-            time.sleep(0.5)
+        _, r = warm_up(bs, lambda attempt: template({"name": f"warm-{attempt}", "vcpus": 1, "memory": GIB_KIB}),
+                       within=40, pause=0.5, strict=False)
+        bs.call("POST", "destroyVirtualMachine", vm_metadata(r)[0]["virtualMachineId"])
 
         running: set[str] = set()
 
@@ -362,8 +258,8 @@ def run_day(label: str, energy: bool, args: argparse.Namespace, schedule: dict[s
                 running.discard(name)
             if not st["arrive"]:
                 return
-            r = submit(bs, st["arrive"], args.timeout)
-            metas = (r.get("response") or {}).get("virtualMachineMetaData") or []
+            r = start_virtual_cluster(bs, [template(v) for v in st["arrive"]], args.timeout, interval=POLL, strict=False)
+            metas = vm_metadata(r)
             by_name = {m.get("virtualMachineId"): m for m in metas}
             failed = []
             hosts = set()
@@ -379,7 +275,7 @@ def run_day(label: str, energy: bool, args: argparse.Namespace, schedule: dict[s
             res["failed"].extend(failed)
             if record:
                 res["submissions"].append({"step": st["step"], "hour": st["hour"], "vms": len(st["arrive"]),
-                                           "seconds": r["seconds"], "wall0": r["wall0"], "wall1": r["wall1"],
+                                           "seconds": r["seconds"], "wall0": r["startedAt"], "wall1": r["finishedAt"],
                                            "hosts": sorted(h for h in hosts if h), "failed": len(failed),
                                            "before": dict(sampler.last())})
 
@@ -431,21 +327,12 @@ def run_day(label: str, energy: bool, args: argparse.Namespace, schedule: dict[s
     finally:
         sampler.stop_event.set()
         bs.close()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            cluster.down()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, _on_term)
+        stop_cluster(cluster)
         events = gm_events(cluster)
         day0, day1 = res.get("dayStartWall", float("inf")), res.get("dayEndWall", float("inf"))
         res["events"] = [{"at": at - day0, "kind": k, "lc": lc, "seconds": s} for at, k, lc, s in events if day0 <= at <= day1]
         res["eventsBeforeDay"] = sum(1 for at, *_ in events if at < day0)
-        if ok and not keep:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        else:
-            print(f"[{label}] state dir (configs, logs) kept in {state_dir}", file=sys.stderr)
+        remove_state_dir(state_dir, ok and not keep, prefix=f"[{label}] ")
     annotate_wakes(res, S)
     return res
 
@@ -495,15 +382,6 @@ def annotate_wakes(res: dict[str, Any], S: float) -> None:
 
 
 # -- reporting ---------------------------------------------------------------------------------
-def table(heads: Sequence[str], rows: Sequence[Sequence[str]], out: Any) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    line = "  ".join(f"{{:>{w}}}" if i else f"{{:<{w}}}" for i, w in enumerate(widths))
-    print(line.format(*heads).rstrip(), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in rows:
-        print(line.format(*r).rstrip(), file=out)
-
-
 def lower_bound(schedule: dict[str, Any], step_h: float, reserved: int) -> float:
     # Step k's population is in effect over [k, k+1) steps; step 0 (midnight) from the clock's start.
     return sum(max(st["hostsNeeded"], reserved) * step_h for st in schedule["steps"])
@@ -643,12 +521,8 @@ def profile(results: dict[str, Any], period_h: float = 2.0) -> list[list[str]]:
     return rows
 
 
-def _on_term(_sig: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24)")
     ap.add_argument("--seconds-per-hour", type=float, default=5.0, help="real seconds per simulated hour (default 5)")
     ap.add_argument("--step-minutes", type=float, default=15.0, help="simulated minutes between workload steps (default 15)")
@@ -666,13 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", choices=("OFF", "ON"), help="run one of the two only")
     ap.add_argument("--timeout", type=float, default=90.0, help="give up on one submission after this long (default 90 s)")
-    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                    help="also dump machine-readable results (to FILE, or to stdout after the table)")
-    ap.add_argument("--keep", action="store_true", help="keep the state dirs (configs, logs) afterwards")
+    add_output_options(ap, "the state dirs")
     args = ap.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interruptible()
 
     step_h = args.step_minutes / 60.0
     schedule = make_schedule(args.hours, step_h, args.low, args.peak, args.lifetime_hours, args.seed)
@@ -704,11 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     results["status"] = {0: "ok", 130: "interrupted"}.get(status, "cluster-failed")
     for r in results["runs"].values():
         r.pop("_profile", None)
-    if args.json == "-":
-        print("\n" + json.dumps(results, indent=2, default=str))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nJSON results written to {args.json}")
+    write_json(results, args.json, default=str)
     return status
 
 

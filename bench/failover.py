@@ -29,101 +29,55 @@ started or could not be made whole again between rounds (then the figures are pa
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import http.client
-import json
-import random
-import shutil
-import signal
-import socket
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: snooze
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: common
+
+from common import (  # noqa: E402
+    FAST_TIMING,
+    BenchError,
+    Bootstrap,
+    add_output_options,
+    arg_parser,
+    check_running,
+    fmt_s,
+    hierarchy_lcs,
+    interruptible,
+    logger,
+    poll,
+    port_range,
+    public_options,
+    remove_state_dir,
+    role_ids,
+    stop_cluster,
+    table,
+    usage,
+    write_json,
+)
 
 from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
 
-HOST = "127.0.0.1"
 POLL = 0.02  # seconds between polls
 ROUND_TIMEOUT = 20.0  # give up on one measurement after this long
 WHOLE_TIMEOUT = 45.0  # the cluster must be whole again within this long between rounds
 
 GMS, LCS = 3, 4
-TIMING: dict[str, Any] = {"heartbeat_interval": 0.5, "heartbeat_timeout": 2.0, "session_timeout": 2.0, "monitoring_interval": 0.5}
-MIB = 1024 * 1024
-
-
-class BenchError(RuntimeError):
-    """The cluster could not be driven (not a missed target)."""
-
-
-# -- HTTP to the bootstrap (keep-alive, short timeouts) ----------------------------------------
-class Bootstrap:
-    def __init__(self, port: int, timeout: float = 2.0) -> None:
-        self.port = port
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def get(self, verb: str) -> Any | None:
-        """JSON of ``GET /bootstrap?verb``; None on any error or non-200 answer."""
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
-            try:
-                self.conn.request("GET", f"/bootstrap?{verb}")
-                resp = self.conn.getresponse()
-                raw = resp.read()
-                if resp.status != 200:
-                    return None
-                return json.loads(raw)
-            except (OSError, http.client.HTTPException, ValueError):
-                self.close()
-                if attempt:
-                    return None
-        return None
-
-    def leader(self) -> dict[str, Any] | None:
-        return self.get("getGroupLeaderDescription")
-
-    def hierarchy(self) -> dict[str, Any] | None:
-        return self.get("getCompleteHierarchy")
-
-    def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-        self.conn = None
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        ok = True
-        for p in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind((HOST, p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise BenchError("no free port range on 127.0.0.1")
-
-
 def lc_ids(c: LocalCluster) -> list[str]:
-    return [p["id"] for p in c.processes if p["role"] == "localcontroller"]
+    return role_ids(c, "localcontroller")
 
 
 def gm_ids(c: LocalCluster) -> list[str]:
-    return [p["id"] for p in c.processes if p["role"] == "groupmanager"]
+    return role_ids(c, "groupmanager")
 
 
 def alive(c: LocalCluster, node_id: str) -> bool:
@@ -133,18 +87,13 @@ def alive(c: LocalCluster, node_id: str) -> bool:
 def placement(h: dict[str, Any]) -> dict[str, list[str]]:
     """LC id -> the group managers that list it (normally exactly one)."""
     out: dict[str, list[str]] = {}
-    for gm in h.get("groupManagerDescriptions", []):
-        for lc in gm.get("localControllers", []) or []:
-            out.setdefault(lc["id"], []).append(gm["id"])
+    for gm, lc in hierarchy_lcs(h):
+        out.setdefault(lc["id"], []).append(gm["id"])
     return out
 
 
 def lc_domains(h: dict[str, Any]) -> dict[str, list[str]]:
-    return {
-        lc["id"]: list(lc.get("assignedVirtualMachines") or [])
-        for gm in h.get("groupManagerDescriptions", [])
-        for lc in gm.get("localControllers", []) or []
-    }
+    return {lc["id"]: list(lc.get("assignedVirtualMachines") or []) for _gm, lc in hierarchy_lcs(h)}
 
 
 def all_rehomed(c: LocalCluster, h: dict[str, Any] | None, leader_id: str, lcs: list[str]) -> bool:
@@ -172,12 +121,11 @@ def wait_whole(c: LocalCluster, bs: Bootstrap, timeout: float = WHOLE_TIMEOUT) -
     """Until: a leader is known; every other group manager is alive and in the hierarchy; every LC
     is assigned to one of them and lists its domains. Returns (leader, hierarchy, seconds)."""
     t0 = time.monotonic()
-    deadline = t0 + timeout
     why = "no answer"
-    while time.monotonic() < deadline:
-        for spec in c.processes:
-            if not _alive(spec.get("pid")):
-                raise BenchError(f"{spec['id']} is not running; see {spec['log']}")
+
+    def whole() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        nonlocal why
+        check_running(c)
         gl = bs.leader()
         h = bs.hierarchy() if gl else None
         if gl and h:
@@ -190,37 +138,37 @@ def wait_whole(c: LocalCluster, bs: Bootstrap, timeout: float = WHOLE_TIMEOUT) -
             elif lost_domains(c, h):
                 why = f"domains not (yet) listed: {lost_domains(c, h)}"
             else:
-                return gl, h, time.monotonic() - t0
-        time.sleep(0.1)
-    raise BenchError(f"the hierarchy was not whole again within {timeout:.0f}s ({why}); logs in {c.state_dir / 'logs'}")
+                return gl, h
+        return None
+
+    found = poll(whole, timeout, 0.1, since=t0)
+    if found is None:
+        raise BenchError(f"the hierarchy was not whole again within {timeout:.0f}s ({why}); logs in {c.state_dir / 'logs'}")
+    return found[0], found[1], time.monotonic() - t0
 
 
 def rss_sample(c: LocalCluster, leader_id: str | None) -> dict[str, list[float]]:
     """RSS in MiB of each process (with its children), grouped by role."""
-    import psutil
-
     out: dict[str, list[float]] = {}
     for spec in c.processes:
-        if not _alive(spec.get("pid")):
-            continue
-        try:
-            proc = psutil.Process(spec["pid"])
-            rss = proc.memory_info().rss
-            for child in proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    rss += child.memory_info().rss
-        except psutil.Error:
+        used = usage(spec["pid"]) if _alive(spec.get("pid")) else None
+        if used is None:
             continue
         role = spec["role"]
         if role == "groupmanager":
             role = "group leader" if spec["id"] == leader_id else "group manager"
         elif role == "localcontroller":
             role = "local controller"
-        out.setdefault(role, []).append(rss / MIB)
+        out.setdefault(role, []).append(used[1])
     return out
 
 
 # -- the scenarios -----------------------------------------------------------------------------
+def seconds_until(done: Callable[[], bool], t0: float) -> float | None:
+    """Seconds from ``t0`` until ``done()`` (polled every POLL), None after ROUND_TIMEOUT."""
+    return None if poll(done, ROUND_TIMEOUT, POLL, since=t0) is None else time.monotonic() - t0
+
+
 def round_kill_leader(c: LocalCluster, bs: Bootstrap, log: Any) -> dict[str, Any]:
     old, h0, _ = wait_whole(c, bs)
     lcs = lc_ids(c)
@@ -228,21 +176,17 @@ def round_kill_leader(c: LocalCluster, bs: Bootstrap, log: Any) -> dict[str, Any
     t0 = time.monotonic()
     c.kill(old["id"])
     t_kill_done = time.monotonic() - t0
-    t_leader = t_rehomed = None
-    new: dict[str, Any] | None = None
-    deadline = t0 + ROUND_TIMEOUT
-    while time.monotonic() < deadline and t_rehomed is None:
-        if new is None:
-            gl = bs.leader()
-            if gl and gl.get("id") != old["id"] and int(gl.get("epoch", 0)) > int(old["epoch"]):
-                new = gl
-                t_leader = time.monotonic() - t0
-        if new is not None:
-            h = bs.hierarchy()
-            if all_rehomed(c, h, new["id"], lcs):
-                t_rehomed = time.monotonic() - t0
-                break
-        time.sleep(POLL)
+
+    def promoted() -> dict[str, Any] | None:
+        gl = bs.leader()
+        return gl if gl and gl.get("id") != old["id"] and int(gl.get("epoch", 0)) > int(old["epoch"]) else None
+
+    new = poll(promoted, ROUND_TIMEOUT, POLL, since=t0)
+    t_leader = None if new is None else time.monotonic() - t0
+    t_rehomed = None
+    if new is not None:
+        new_id = new["id"]
+        t_rehomed = seconds_until(lambda: all_rehomed(c, bs.hierarchy(), new_id, lcs), t0)
     result: dict[str, Any] = {
         "killed": old["id"], "killedAt": killed_at, "oldEpoch": old["epoch"], "newLeader": new and new["id"],
         "newEpoch": new and new["epoch"], "killSeconds": t_kill_done,
@@ -274,14 +218,7 @@ def round_kill_manager(c: LocalCluster, bs: Bootstrap, log: Any) -> dict[str, An
     killed_at = time.time()  # wall clock, to line up with the processes' logs
     t0 = time.monotonic()
     c.kill(victim)
-    t_rehomed = None
-    deadline = t0 + ROUND_TIMEOUT
-    while time.monotonic() < deadline:
-        h = bs.hierarchy()
-        if all_rehomed(c, h, gl["id"], lcs):
-            t_rehomed = time.monotonic() - t0
-            break
-        time.sleep(POLL)
+    t_rehomed = seconds_until(lambda: all_rehomed(c, bs.hierarchy(), gl["id"], lcs), t0)
     result: dict[str, Any] = {"killed": victim, "killedAt": killed_at, "orphans": orphans, "rehomedSeconds": t_rehomed}
     c.restart(victim)
     _, h, back = wait_whole(c, bs)
@@ -297,14 +234,12 @@ def round_kill_lc(c: LocalCluster, bs: Bootstrap, victim: str, log: Any) -> dict
     killed_at = time.time()  # wall clock, to line up with the processes' logs
     t0 = time.monotonic()
     c.kill(victim)
-    t_dropped = None
-    deadline = t0 + ROUND_TIMEOUT
-    while time.monotonic() < deadline:
+
+    def dropped() -> bool:
         h = bs.hierarchy()
-        if h is not None and victim not in placement(h):
-            t_dropped = time.monotonic() - t0
-            break
-        time.sleep(POLL)
+        return h is not None and victim not in placement(h)
+
+    t_dropped = seconds_until(dropped, t0)
     result: dict[str, Any] = {"killed": victim, "killedAt": killed_at, "groupManager": home, "droppedSeconds": t_dropped}
     t1 = time.monotonic()
     c.restart(victim)
@@ -317,7 +252,7 @@ def round_kill_lc(c: LocalCluster, bs: Bootstrap, victim: str, log: Any) -> dict
 
 # -- reporting ---------------------------------------------------------------------------------
 def fmt(v: float | None) -> str:
-    return "timeout" if v is None else f"{v:.2f}s"
+    return fmt_s(v, missing="timeout")
 
 
 def stats(values: list[float | None]) -> dict[str, Any]:
@@ -342,8 +277,8 @@ def report(results: dict[str, Any], opts: ClusterOptions, out: Any = sys.stdout)
     rows: list[tuple[str, str, str, str, str, str]] = []
 
     def row(name: str, s: dict[str, Any], target: float | None, target_text: str) -> None:
-        med = "-" if s["median"] is None else f"{s['median']:.2f}s"
-        mx = "timeout" if s["max"] is None and s["n"] else ("-" if s["max"] is None else f"{s['max']:.2f}s")
+        med = fmt_s(s["median"])
+        mx = "timeout" if s["max"] is None and s["n"] else fmt_s(s["max"])
         ok = "" if target is None else verdict(s["max"] if s["timeouts"] == 0 else None, target)
         rows.append((name, str(s["n"]), med, mx, target_text, ok))
 
@@ -361,14 +296,8 @@ def report(results: dict[str, Any], opts: ClusterOptions, out: Any = sys.stdout)
             None, f"(info; heartbeat timeout {opts.heartbeat_timeout:.1f}s)")
         row("LC restarted -> back in hierarchy", stats([r["rejoinedSeconds"] for r in cr]), None, "(info)")
 
-    heads = ("measurement", "n", "median", "max", "target", "")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
     print("", file=out)
-    print(line.format(*heads).rstrip(), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in rows:
-        print(line.format(*r).rstrip(), file=out)
+    table(("measurement", "n", "median", "max", "target", ""), rows, out, align="<<<<<<")
 
     lost = results["lostDomains"]
     rounds = len(lr) + len(mr) + len(cr)
@@ -397,33 +326,24 @@ def report(results: dict[str, Any], opts: ClusterOptions, out: Any = sys.stdout)
 
 # -- main --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each scenario (default 5)")
     ap.add_argument("--quick", action="store_true", help="2 rounds of each scenario")
-    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                    help="also dump machine-readable results (to FILE, or to stdout after the table)")
-    ap.add_argument("--keep", action="store_true", help="keep the state dir (configs, logs) afterwards")
+    add_output_options(ap)
     ap.add_argument("--verbose", "-v", action="store_true", help="print each round as it happens")
     args = ap.parse_args(argv)
     rounds = 2 if args.quick else max(1, args.rounds)
     lc_rounds = min(rounds, 5)
 
-    def log(msg: str) -> None:
-        if args.verbose:
-            print(msg, file=sys.stderr, flush=True)
-
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    log = logger(args.verbose)
+    interruptible()
 
     state_dir = Path(tempfile.mkdtemp(prefix="snooze-bench-failover-"))
-    opts = ClusterOptions(gms=GMS, lcs=LCS, domains_per_lc=1, base_port=port_range(1 + GMS + LCS), **TIMING)
+    opts = ClusterOptions(gms=GMS, lcs=LCS, domains_per_lc=1, base_port=port_range(1 + GMS + LCS), **FAST_TIMING)
     cluster = LocalCluster(state_dir, opts)
-    bs = Bootstrap(opts.base_port)
+    bs = Bootstrap(opts.base_port, timeout=2.0)
     results: dict[str, Any] = {
-        "options": {k: v for k, v in opts.__dict__.items() if k != "key"},
+        "options": public_options(opts),
         "rounds": rounds, "leaderRounds": [], "managerRounds": [], "lcRounds": [], "lostDomains": [],
         "targets": {"leaderFailoverSeconds": opts.session_timeout + 1.0,
                     "rehomeSeconds": opts.heartbeat_timeout + 2.0, "lcRssMiB": 80.0},
@@ -467,16 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         bs.close()
-        # Ctrl-C during the clean-up must not leave processes behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cluster.down()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop_cluster(cluster)
         results["totalSeconds"] = time.monotonic() - started
-        if status == 0 and not args.keep:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        else:
-            print(f"state dir (configs, logs) kept in {state_dir}", file=sys.stderr)
+        remove_state_dir(state_dir, status == 0 and not args.keep)
 
     if status:
         print("\npartial figures:")
@@ -486,11 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                          ("managerRehomed", "managerRounds", "rehomedSeconds"), ("lcDropped", "lcRounds", "droppedSeconds"),
                          ("lcRejoined", "lcRounds", "rejoinedSeconds")):
         results.setdefault("summary", {})[s_key] = {k: v for k, v in stats([r[f] for r in results[rs]]).items() if k != "values"}
-    if args.json == "-":
-        print("\n" + json.dumps(results, indent=2))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nJSON results written to {args.json}")
+    write_json(results, args.json)
     return status
 
 

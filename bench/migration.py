@@ -32,14 +32,10 @@ started or a migration failed (then the figures are partial), 130 if interrupted
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
 import random
-import shutil
-import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -47,24 +43,37 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: snooze
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: common
 
 import libvirt  # noqa: E402
+from common import (  # noqa: E402
+    FAST_TIMING,
+    HOST,
+    BenchError,
+    add_output_options,
+    arg_parser,
+    fmt_s,
+    hierarchy_lcs,
+    interruptible,
+    logger,
+    port_range,
+    public_options,
+    remove_state_dir,
+    table,
+    uninterruptible,
+    wait_until,
+    write_json,
+)
 
 from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster  # noqa: E402
 from snooze.sim.libvirtd import LibvirtdCluster, LibvirtdError, LibvirtdHost, tiny_domain_xml  # noqa: E402
 
-HOST = "127.0.0.1"
 GMS = 2
-TIMING: dict[str, Any] = {"heartbeat_interval": 0.5, "heartbeat_timeout": 2.0, "session_timeout": 2.0, "monitoring_interval": 0.5}
 LC_NAMES = ("qemu-a", "qemu-b")
 OVERHEAD_TARGET = 0.3  # seconds of Snooze time around libvirt's migrate call, per migration
 MIGRATION_TIMEOUT = 30.0  # the local controllers' migration timeout (watchdog)
 API_TIMEOUT = 120.0
-
-
-class BenchError(RuntimeError):
-    """The hosts or the cluster could not be driven (not a missed target)."""
 
 
 # -- HTTP to the bootstrap ---------------------------------------------------------------------
@@ -85,38 +94,7 @@ def call(port: int, verb: str, body: Any = None, *, method: str = "POST", timeou
         return status, raw.decode("utf-8", "replace")
 
 
-def wait_until(what: str, timeout: float, fn: Any, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else ""))
-
-
 # -- helpers -----------------------------------------------------------------------------------
-def port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        ok = True
-        for p in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind((HOST, p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise BenchError("no free port range on 127.0.0.1")
-
-
 def active_domains(uri: str) -> list[str]:
     conn = libvirt.open(uri)
     try:
@@ -139,7 +117,7 @@ def lc_homes(port: int) -> dict[str, str]:
     status, h = call(port, "getCompleteHierarchy", method="GET")
     if status != 200 or not isinstance(h, dict):
         return {}
-    return {lc["id"]: gm["id"] for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", []) or []}
+    return {lc["id"]: gm["id"] for gm, lc in hierarchy_lcs(h)}
 
 
 def stats(values: list[float]) -> dict[str, float | None]:
@@ -147,8 +125,8 @@ def stats(values: list[float]) -> dict[str, float | None]:
             "min": min(values) if values else None}
 
 
-def fmt(v: float | None, unit: str = "s") -> str:
-    return "-" if v is None else f"{v:.3f}{unit}"
+def fmt(v: float | None) -> str:
+    return fmt_s(v, 3)
 
 
 # -- one migration -----------------------------------------------------------------------------
@@ -190,17 +168,13 @@ def row_ok(r: dict[str, Any]) -> bool:
 def report(results: dict[str, Any], out: Any = sys.stdout) -> None:
     rows = results["migrations"]
     print("", file=out)
-    heads = ("#", "from", "to", "API total", "LC step", "libvirt", "overhead", "LC-libvirt", "API-LC", "live", "checked")
-    table = [heads]
+    cells = []
     for i, r in enumerate(rows, 1):
-        table.append((str(i), r["from"], r["to"], fmt(r["totalSeconds"]), fmt(r["lcSeconds"]), fmt(r["libvirtSeconds"]),
+        cells.append((str(i), r["from"], r["to"], fmt(r["totalSeconds"]), fmt(r["lcSeconds"]), fmt(r["libvirtSeconds"]),
                       fmt(r["overheadSeconds"]), fmt(r["lcOverheadSeconds"]), fmt(r["outsideLcSeconds"]),
                       {False: "yes", True: "NO"}.get(r["nonLive"], "?"), "ok" if row_ok(r) else "WRONG"))
-    widths = [max(len(t[i]) for t in table) for i in range(len(heads))]
-    for n, t in enumerate(table):
-        print("  ".join(c.rjust(w) if 2 < i < 9 else c.ljust(w) for i, (c, w) in enumerate(zip(t, widths, strict=True))).rstrip(), file=out)
-        if n == 0:
-            print("  ".join("-" * w for w in widths), file=out)
+    table(("#", "from", "to", "API total", "LC step", "libvirt", "overhead", "LC-libvirt", "API-LC", "live", "checked"),
+          cells, out, align="<<<>>>>>><<")
     print("(overhead = API total - libvirt; LC-libvirt = the LC's step outside libvirt's call; "
           "API-LC = bootstrap + group manager + RPC + ZooKeeper)", file=out)
 
@@ -250,33 +224,24 @@ def summarise(results: dict[str, Any]) -> None:
 
 # -- main --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--count", type=int, default=10, help="migrations to perform (default 10)")
-    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                    help="also dump machine-readable results (to FILE, or to stdout after the table)")
-    ap.add_argument("--keep", action="store_true", help="keep the state dir (configs, logs) afterwards")
+    add_output_options(ap)
     ap.add_argument("--verbose", "-v", action="store_true", help="print each migration as it happens")
     args = ap.parse_args(argv)
     count = max(1, args.count)
 
-    def log(msg: str) -> None:
-        if args.verbose:
-            print(msg, file=sys.stderr, flush=True)
-
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    log = logger(args.verbose)
+    interruptible()
 
     # Short: libvirt's socket paths must fit in sun_path (108 bytes).
     state_dir = Path(tempfile.mkdtemp(prefix="snz-mig-", dir="/tmp"))
     base_port = port_range(1 + GMS)
-    opts = ClusterOptions(gms=GMS, lcs=0, base_port=base_port, **TIMING)
+    opts = ClusterOptions(gms=GMS, lcs=0, base_port=base_port, **FAST_TIMING)
     cluster = LocalCluster(state_dir / "cluster", opts)
     vm = f"bench-mig-{random.randint(1000, 9999)}"
     results: dict[str, Any] = {"count": count, "vm": vm, "vmMemoryKiB": 32768, "migrations": [],
-                               "options": {k: v for k, v in opts.__dict__.items() if k != "key"},
+                               "options": public_options(opts),
                                "targets": {"overheadSeconds": OVERHEAD_TARGET}}
     status = 0
     started = time.monotonic()
@@ -324,11 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["loadAverage"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
                 call(base_port, "destroyVirtualMachine", vm)
             finally:
-                # Ctrl-C during the clean-up must not leave processes behind.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                uninterruptible()  # until the daemons are stopped too
                 cluster.down()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interruptible()
     except KeyboardInterrupt:
         print("\ninterrupted; everything started was stopped", file=sys.stderr, flush=True)
         status = 130
@@ -336,24 +299,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nthe benchmark could not run: {exc}", file=sys.stderr, flush=True)
         status = 1
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interruptible()
         results["totalSeconds"] = time.monotonic() - started
-        if status == 0 and not args.keep:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        else:
-            print(f"state dir (configs, logs) kept in {state_dir} (logs in {state_dir / 'cluster' / 'logs'})", file=sys.stderr)
+        remove_state_dir(state_dir, status == 0 and not args.keep, suffix=f" (logs in {state_dir / 'cluster' / 'logs'})")
 
     if status:
         print("\npartial figures:")
     summarise(results)
     report(results)
     results["status"] = {0: "ok", 130: "interrupted"}.get(status, "failed")
-    if args.json == "-":
-        print("\n" + json.dumps(results, indent=2))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nJSON results written to {args.json}")
+    write_json(results, args.json)
     return status
 
 

@@ -30,14 +30,8 @@ started or driven (then the figures are partial), 130 if interrupted.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
-import json
 import os
 import random
-import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
@@ -45,11 +39,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: snooze
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: common
+
+from common import (  # noqa: E402
+    BenchError,
+    Bootstrap,
+    add_output_options,
+    arg_parser,
+    fmt_s,
+    hierarchy_lcs,
+    interruptible,
+    log_time,
+    port_range,
+    public_options,
+    remove_state_dir,
+    start_virtual_cluster,
+    stop_cluster,
+    table,
+    usage,
+    vm_metadata,
+    wait_ready,
+    warm_up,
+    write_json,
+)
 
 from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
 
-HOST = "127.0.0.1"
 POLL = 0.05  # seconds between getVirtualClusterResponse polls
 GMS, LCS = 2, 8
 LC_CPUS, LC_MEMORY_GIB = 128, 256
@@ -58,177 +74,38 @@ SUBNET = "10.64.0.0/16"
 TARGET_VMS, TARGET_SECONDS = 500, 10.0
 NOVA_2012 = (100, 26.0)  # (VMs, seconds) -- the Nova scheduler of 2012
 TIMING: dict[str, Any] = {"heartbeat_interval": 1.0, "monitoring_interval": 1.0}
-MIB = 1024 * 1024
-
-
-class BenchError(RuntimeError):
-    """The cluster could not be driven (not a missed target)."""
-
-
-# -- HTTP to the bootstrap (keep-alive) --------------------------------------------------------
-class Bootstrap:
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.port = port
-        self.timeout = timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, verb: str, body: str | None = None, timeout: float | None = None) -> tuple[int, bytes]:
-        """(status, raw body) of ``METHOD /bootstrap?verb``; retried once on a broken connection."""
-        last: Exception | None = None
-        for _attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout or self.timeout)
-            try:
-                headers = {"Content-Type": "application/json"} if body is not None else {}
-                self.conn.request(method, f"/bootstrap?{verb}", body=body, headers=headers)
-                resp = self.conn.getresponse()
-                return resp.status, resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                last = exc
-                self.close()
-        raise BenchError(f"{method} ?{verb} failed: {last!r}")
-
-    def get_json(self, verb: str) -> Any | None:
-        try:
-            status, raw = self.call("GET", verb)
-        except BenchError:
-            return None
-        if status != 200:
-            return None
-        try:
-            return json.loads(raw or b"null")
-        except ValueError:
-            return None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.close()
-        self.conn = None
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (TCP and UDP) on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        ok = True
-        for p in range(base, base + count):
-            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                with socket.socket(socket.AF_INET, kind) as s:
-                    try:
-                        s.bind((HOST, p))
-                    except OSError:
-                        ok = False
-            if not ok:
-                break
-        if ok:
-            return base
-    raise BenchError("no free port range on 127.0.0.1")
-
-
 def template(name: str) -> dict[str, Any]:
     return {"vcpus": VM_VCPUS, "memory": VM_MEMORY_KIB, "name": name, "imageId": "debian.qcow2"}
-
-
-def wait_ready(c: LocalCluster, bs: Bootstrap, timeout: float = 60.0) -> tuple[dict[str, Any], float]:
-    """Until a leader is known and every LC is assigned to the other group manager."""
-    t0 = time.monotonic()
-    want = {p["id"] for p in c.processes if p["role"] == "localcontroller"}
-    why = "no answer"
-    while time.monotonic() - t0 < timeout:
-        for spec in c.processes:
-            if not _alive(spec.get("pid")):
-                raise BenchError(f"{spec['id']} is not running; see {spec['log']}")
-        gl = bs.get_json("getGroupLeaderDescription")
-        h = bs.get_json("getCompleteHierarchy") if gl else None
-        if gl and h:
-            assigned = {lc["id"] for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", []) or []}
-            if assigned >= want:
-                return gl, time.monotonic() - t0
-            why = f"LCs assigned: {sorted(assigned)}"
-        time.sleep(0.1)
-    raise BenchError(f"the hierarchy did not form within {timeout:.0f}s ({why}); logs in {c.state_dir / 'logs'}")
 
 
 def sample(c: LocalCluster) -> dict[str, dict[str, float]]:
     """id -> {cpu: user+system seconds (with children), rss: MiB} for every group manager,
     the sums over the local controllers, the bootstrap and ZooKeeper."""
-    import psutil
-
     out: dict[str, dict[str, float]] = {}
     for spec in c.processes:
-        if spec["role"] == "zookeeper" or not _alive(spec.get("pid")):
-            continue
-        try:
-            proc = psutil.Process(spec["pid"])
-            procs = [proc, *proc.children(recursive=True)]
-            cpu = rss = 0.0
-            for p in procs:
-                with contextlib.suppress(psutil.Error):
-                    t = p.cpu_times()
-                    cpu += t.user + t.system
-                    rss += p.memory_info().rss
-        except psutil.Error:
+        used = None if spec["role"] == "zookeeper" or not _alive(spec.get("pid")) else usage(spec["pid"])
+        if used is None:
             continue
         key = spec["id"] if spec["role"] == "groupmanager" else {"localcontroller": "all LCs", "bootstrap": "bootstrap"}[spec["role"]]
         slot = out.setdefault(key, {"cpu": 0.0, "rss": 0.0})
-        slot["cpu"] += cpu
-        slot["rss"] += rss / MIB
-    if c.zk is not None and c.zk.pid and _alive(c.zk.pid):
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(c.zk.pid)
-            t = proc.cpu_times()
-            out["zookeeper"] = {"cpu": t.user + t.system, "rss": proc.memory_info().rss / MIB}
+        slot["cpu"] += used[0]
+        slot["rss"] += used[1]
+    if c.zk is not None and c.zk.pid and _alive(c.zk.pid) and (used := usage(c.zk.pid, children=False)):
+        out["zookeeper"] = {"cpu": used[0], "rss": used[1]}
     return out
 
 
 def submit_and_wait(bs: Bootstrap, names: list[str], timeout: float) -> dict[str, Any]:
     """Submit one virtual cluster and poll its response; returns timings and the response."""
-    body = json.dumps({"virtualMachineTemplates": [template(n) for n in names]})
-    started_at = time.time()
-    t0 = time.monotonic()
-    status, raw = bs.call("POST", "startVirtualCluster", body, timeout=max(30.0, timeout))
-    t_task = time.monotonic() - t0
-    if status != 200:
-        raise BenchError(f"startVirtualCluster answered {status}: {raw[:300]!r}")
-    # The original answers the bare task id (text); accept a JSON string as well.
-    text = raw.decode("utf-8", "replace").strip()
-    try:
-        task = json.loads(text)
-    except ValueError:
-        task = text
-    if not isinstance(task, str) or not task:
-        raise BenchError(f"startVirtualCluster answered no task id: {raw[:300]!r}")
-    polls = 0
-    resp: dict[str, Any] | None = None
-    t_done: float | None = None
-    while time.monotonic() - t0 < timeout:
-        time.sleep(POLL)
-        polls += 1
-        try:
-            status, raw = bs.call("POST", "getVirtualClusterResponse", task)
-        except BenchError:
-            continue  # e.g. the bootstrap was busy; try again
-        if status == 200 and raw.strip():
-            try:
-                resp = json.loads(raw)
-            except ValueError as exc:
-                raise BenchError(f"getVirtualClusterResponse answered no JSON: {raw[:300]!r}") from exc
-            if resp:
-                t_done = time.monotonic() - t0
-                break
-        elif status != 200:
-            raise BenchError(f"getVirtualClusterResponse answered {status}: {raw[:300]!r}")
-    return {"task": task, "startedAt": started_at, "taskSeconds": t_task, "responseSeconds": t_done,
-            "polls": polls, "response": resp}
+    return start_virtual_cluster(bs, [template(n) for n in names], timeout, interval=POLL, start_timeout=max(30.0, timeout))
 
 
 def leader_phases(c: LocalCluster, leader_id: str, task: str, started_at: float) -> dict[str, float | None]:
     """Seconds from the POST until the leader logged 'accepted' and 'done' for ``task`` (its log
     lines carry wall-clock milliseconds)."""
-    from datetime import datetime
-
     out: dict[str, float | None] = {"acceptedSeconds": None, "dispatchedSeconds": None}
     try:
         lines = Path(c.process(leader_id)["log"]).read_text(errors="replace").splitlines()
@@ -237,9 +114,8 @@ def leader_phases(c: LocalCluster, leader_id: str, task: str, started_at: float)
     for line in lines:
         if task not in line:
             continue
-        try:
-            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        except ValueError:
+        at = log_time(line)
+        if at is None:
             continue
         if "accepted virtual cluster" in line:
             out["acceptedSeconds"] = at - started_at
@@ -255,8 +131,7 @@ def domains_listed(bs: Bootstrap, names: list[str], timeout: float = 5.0) -> int
     seen = 0
     while True:
         h = bs.get_json("getCompleteHierarchy") or {}
-        listed = {vm for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", []) or []
-                  for vm in lc.get("assignedVirtualMachines") or []}
+        listed = {vm for _gm, lc in hierarchy_lcs(h) for vm in lc.get("assignedVirtualMachines") or []}
         seen = len(want & listed)
         if seen == len(want) or time.monotonic() > deadline:
             return seen
@@ -264,7 +139,7 @@ def domains_listed(bs: Bootstrap, names: list[str], timeout: float = 5.0) -> int
 
 
 def summarize(vms: int, r: dict[str, Any]) -> dict[str, Any]:
-    meta = (r.get("response") or {}).get("virtualMachineMetaData") or []
+    meta = vm_metadata(r)
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
     for m in meta:
@@ -287,19 +162,6 @@ def summarize(vms: int, r: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- reporting ---------------------------------------------------------------------------------
-def fmt_s(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}s"
-
-
-def table(heads: Sequence[str], rows: Sequence[Sequence[str]], out: Any) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    line = "  ".join(f"{{:>{w}}}" if i else f"{{:<{w}}}" for i, w in enumerate(widths))
-    print(line.format(*heads).rstrip(), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in rows:
-        print(line.format(*r).rstrip(), file=out)
-
-
 def report(results: dict[str, Any], out: Any = sys.stdout) -> None:
     runs = results["runs"]
     print("", file=out)
@@ -367,29 +229,23 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--sizes", type=parse_sizes, default=[10, 100, 500], help="virtual cluster sizes (default 10,100,500)")
-    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                    help="also dump machine-readable results (to FILE, or to stdout after the table)")
-    ap.add_argument("--keep", action="store_true", help="keep the state dir (configs, logs) afterwards")
+    add_output_options(ap)
     ap.add_argument("--timeout", type=float, default=120.0, help="give up on one submission after this long (default 120 s)")
     args = ap.parse_args(argv)
 
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    interruptible()
 
     state_dir = Path(tempfile.mkdtemp(prefix="snooze-bench-submit-"))
     opts = ClusterOptions(gms=GMS, lcs=LCS, lc_cpus=LC_CPUS, lc_memory_gib=LC_MEMORY_GIB,
-                          base_port=port_range(1 + GMS + LCS), extra={"groupmanager.virtual_machine_subnet": SUBNET},
+                          base_port=port_range(1 + GMS + LCS, udp=True), extra={"groupmanager.virtual_machine_subnet": SUBNET},
                           **TIMING)
     cluster = LocalCluster(state_dir, opts)
     bs = Bootstrap(opts.base_port)
     run_tag = f"{int(time.time()) % 100000:05d}{random.randint(0, 99):02d}"
     results: dict[str, Any] = {
-        "options": {k: v for k, v in opts.__dict__.items() if k != "key"},
+        "options": public_options(opts),
         "sizes": args.sizes, "runs": [], "cpus": os.cpu_count(),
         "target": {"vms": TARGET_VMS, "seconds": TARGET_SECONDS},
         "reference": {"name": "OpenStack Nova scheduler 2012", "vms": NOVA_2012[0], "seconds": NOVA_2012[1]},
@@ -401,21 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.monotonic()
         cluster.up(wait=True, timeout=90)
-        gl, _ = wait_ready(cluster, bs)
+        gl, _, _ = wait_ready(cluster, bs)
         results["formedSeconds"] = time.monotonic() - t
         results["leader"] = gl["id"]
         print(f"hierarchy formed in {results['formedSeconds']:.1f}s; leader {gl['id']} epoch {gl['epoch']}", flush=True)
         # Warm-up: one VM, retried until it runs (the leader needs a first summary from its GM).
-        deadline = time.monotonic() + 30
-        for attempt in range(1, 100):
-            r = submit_and_wait(bs, [f"warm-{run_tag}-{attempt}"], 30)
-            meta = (r.get("response") or {}).get("virtualMachineMetaData") or []
-            if meta and meta[0].get("status") == "RUNNING":
-                print(f"warm-up VM RUNNING after {attempt} attempt(s) ({r['responseSeconds']:.2f}s for the last)", flush=True)
-                break
-            if time.monotonic() > deadline:
-                raise BenchError(f"the warm-up VM never ran: {meta}")
-            time.sleep(1.0)
+        attempts, r = warm_up(bs, lambda attempt: template(f"warm-{run_tag}-{attempt}"), within=30, pause=1.0)
+        print(f"warm-up VM RUNNING after {attempts} attempt(s) ({r['responseSeconds']:.2f}s for the last)", flush=True)
         time.sleep(2.0)  # let monitoring settle before the first measurement
 
         for size in args.sizes:
@@ -445,26 +293,15 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         bs.close()
-        # Ctrl-C during the clean-up must not leave processes behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cluster.down()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop_cluster(cluster)
         results["totalSeconds"] = time.monotonic() - started
-        if status == 0 and not args.keep:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        else:
-            print(f"state dir (configs, logs) kept in {state_dir}", file=sys.stderr)
+        remove_state_dir(state_dir, status == 0 and not args.keep)
 
     if status:
         print("\npartial figures:")
     report(results)
     results["status"] = {0: "ok", 130: "interrupted"}.get(status, "cluster-failed")
-    if args.json == "-":
-        print("\n" + json.dumps(results, indent=2))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nJSON results written to {args.json}")
+    write_json(results, args.json)
     return status
 
 
