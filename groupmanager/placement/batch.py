@@ -52,6 +52,7 @@ class Batch:
         # The fast tally assumes the standard stack; custom stacks get the full walk.
         self._stock = [f.name for f in self.filters] == [f.name for f in default_filters()]
         self._explained: dict[tuple[object, ...], Rejection] = {}
+        self._free_rejection: Rejection | None = None
         wake = all(getattr(f, "wake_passive", True) for f in self.filters)
         # Powered hosts first; PASSIVE ones only for what powered hosts cannot take.
         self.powered = [
@@ -105,7 +106,10 @@ class Batch:
         if rejection is None and not unit.constrained and unit.conflict is None and self._stock:
             # An unconstrained unit that fits nowhere passes every filter but the host-state
             # ones and capacity: tally those without walking every host again.
-            rejection = self._unconstrained_rejection()
+            # The tally does not depend on the unit: computed once per batch.
+            if self._free_rejection is None:
+                self._free_rejection = self._unconstrained_rejection()
+            rejection = self._free_rejection
         if rejection is None:
             rejection = explain(self.filters, unit, self.slots)
             self._explained[key] = rejection
@@ -162,8 +166,9 @@ class Batch:
         for unit in self.units:
             slot = unit.slot
             if slot is not None:
+                host = slot.view.id
                 for req in unit.requests:
-                    placements.append(Placement(req.id, slot.id))
+                    placements.append(Placement(req.id, host))
         return Plan(placements=placements, unplaced=self.unplaced, wake_up=list(self.woken))
 
 

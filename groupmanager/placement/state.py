@@ -72,38 +72,61 @@ def make_slots(hosts: Sequence[HostView], thresholds: Thresholds) -> list[Slot]:
     return slots
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def make_units(requests: Sequence[VMRequest]) -> tuple[list[Unit], dict[str, str]]:
     """Group requests into units; returns the units and requests refused outright (id -> why)."""
     refused: dict[str, str] = {}
     seen: set[str] = set()
     groups: dict[str, list[VMRequest]] = {}
     order: dict[str, int] = {}
-    singles: list[tuple[int, VMRequest]] = []
+    units: list[Unit] = []
+    # The common case (no affinity group) is kept lean: batches of 100,000 requests spend
+    # real time here.
     for pos, req in enumerate(requests):
-        if req.id in seen:
-            refused[req.id] = f"duplicate request for VM {req.id}"
+        rid = req.id
+        if rid in seen:
+            refused[rid] = f"duplicate request for VM {rid}"
             continue
-        seen.add(req.id)
+        seen.add(rid)
         vec = req.requested
-        if len(vec) != 4 or min(vec) < 0:
-            refused[req.id] = f"VM {req.id} has an invalid capacity vector {req.requested!r}"
+        if len(vec) != 4 or not (vec[0] >= 0 and vec[1] >= 0 and vec[2] >= 0 and vec[3] >= 0):
+            refused[rid] = f"VM {rid} has an invalid capacity vector {req.requested!r}"
             continue
         if req.affinity_group is None:
-            singles.append((pos, req))
+            c, m, r, t = vec
+            pin = req.pinned_host
+            net = req.network
+            anti = req.anti_affinity_group
+            units.append(
+                Unit(
+                    (req,),
+                    (float(c), float(m), float(r), float(t)),
+                    _NONE if pin is None else frozenset((pin,)),
+                    req.excluded_hosts,
+                    _NONE if net is None else frozenset((net,)),
+                    _NONE if anti is None else frozenset((anti,)),
+                    None,
+                    pos,
+                )
+            )
         else:
             groups.setdefault(req.affinity_group, []).append(req)
             order.setdefault(req.affinity_group, pos)
 
-    units = [_single(req, pos) for pos, req in singles]
-    for name, members in groups.items():
-        unit = _unit(tuple(members), order[name])
-        anti = [m.anti_affinity_group for m in members if m.anti_affinity_group is not None]
-        if len(anti) != len(set(anti)):
-            unit.conflict = (
-                f"affinity group {name} puts VMs of one anti-affinity group on the same host"
-            )
-        units.append(unit)
-    units.sort(key=lambda u: u.order)
+    if groups:
+        for name, members in groups.items():
+            unit = _unit(tuple(members), order[name])
+            anti_names = [
+                m.anti_affinity_group for m in members if m.anti_affinity_group is not None
+            ]
+            if len(anti_names) != len(set(anti_names)):
+                unit.conflict = (
+                    f"affinity group {name} puts VMs of one anti-affinity group on the same host"
+                )
+            units.append(unit)
+        units.sort(key=lambda u: u.order)
     return units, refused
 
 
@@ -128,22 +151,4 @@ def _unit(members: tuple[VMRequest, ...], order: int) -> Unit:
             m.anti_affinity_group for m in members if m.anti_affinity_group is not None
         ),
         order=order,
-    )
-
-
-_NONE: frozenset[str] = frozenset()
-
-
-def _single(req: VMRequest, order: int) -> Unit:
-    # The common case, kept lean: batches of 100,000 requests spend real time here.
-    c, m, r, t = req.requested
-    return Unit(
-        (req,),
-        (float(c), float(m), float(r), float(t)),
-        _NONE if req.pinned_host is None else frozenset((req.pinned_host,)),
-        req.excluded_hosts,
-        _NONE if req.network is None else frozenset((req.network,)),
-        _NONE if req.anti_affinity_group is None else frozenset((req.anti_affinity_group,)),
-        None,
-        order,
     )
