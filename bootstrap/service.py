@@ -15,7 +15,6 @@ from aiohttp import web
 
 from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
-from snooze.coordination import CoordinationError
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
@@ -43,22 +42,7 @@ class Bootstrap(Service):
     async def on_start(self) -> None:
         assert self.coord is not None
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
-        self.spawn("register", self._register())
-
-    async def _register(self) -> None:
-        import asyncio
-
-        assert self.coord is not None
-        while True:
-            try:
-                await self.coord.register(
-                    self.coord.path("bootstraps", self.id),
-                    {"id": self.id, "controlDataAddress": self.address.to_json()},
-                )
-                return
-            except CoordinationError as exc:
-                log.info("cannot register yet: %s", exc)
-                await asyncio.sleep(0.5)
+        self.keep_registered("bootstraps", lambda: {"id": self.id, "controlDataAddress": self.address.to_json()})
 
     def _set_leader(self, value: Any) -> None:
         with contextlib.suppress(KeyError, TypeError, ValueError):

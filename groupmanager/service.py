@@ -5,7 +5,6 @@ regained at any time, and both roles start and stop cleanly.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -94,17 +93,7 @@ class GroupManager(Service):
         assert self.coord is not None
         self.manager_role = ManagerRole(self)
         await self.manager_role.start()
-        self.spawn("register", self._register_gm())
-
-    async def _register_gm(self) -> None:
-        assert self.coord is not None
-        while self.manager_role is not None:
-            try:
-                await self.coord.register(self.coord.path("groupmanagers", self.id), self.description().to_json())
-                return
-            except CoordinationError as exc:
-                log.info("cannot register yet: %s", exc)
-                await asyncio.sleep(0.5)
+        self.keep_registered("groupmanagers", lambda: self.description().to_json())
 
     async def _elected(self, epoch: int) -> None:
         assert self.coord is not None

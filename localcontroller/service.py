@@ -25,7 +25,6 @@ from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import PowerActionError, PowerSaver
 from snooze import config as cfg
-from snooze.coordination import CoordinationError
 from snooze.heartbeat import FailureDetector
 from snooze.models import (
     Capacity,
@@ -56,7 +55,6 @@ class LocalController(Service):
         self._rejoin = asyncio.Event()
         self._excluded: deque[str] = deque(maxlen=4)
         self.monitor: HostMonitor | None = None
-        self.joined_at: float | None = None
         self.heartbeat.on("gm.heartbeat", self._on_gm_heartbeat)
         self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
         self.internal.on("lc.rejoin", self._on_rejoin_order, order=True)
@@ -107,7 +105,7 @@ class LocalController(Service):
             self.hostname = f"{hv_host}-{self.settings.node.port}"
         self.monitor = HostMonitor(self.hypervisor, self.settings.monitoring.history)
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
-        self.spawn("register", self._register())
+        self._register()
         self.spawn("join", self._join_loop())
         self.every("heartbeat", lambda: self.settings.heartbeat.interval, self._send_heartbeat)
         self.every("monitoring", lambda: self.settings.monitoring.interval, self._report)
@@ -115,22 +113,8 @@ class LocalController(Service):
     async def on_stop(self) -> None:
         await self.hypervisor.close()
 
-    async def _register(self) -> None:
-        assert self.coord is not None
-        while True:
-            try:
-                await self.coord.register(self.coord.path("localcontrollers", self.id), self.description().to_json())
-                return
-            except CoordinationError as exc:
-                log.info("cannot register yet: %s", exc)
-                await asyncio.sleep(0.5)
-
-    async def _update_registration(self) -> None:
-        assert self.coord is not None
-        try:
-            await self.coord.register(self.coord.path("localcontrollers", self.id), self.description().to_json())
-        except CoordinationError as exc:
-            log.info("cannot update registration: %s", exc)
+    def _register(self) -> None:
+        self.keep_registered("localcontrollers", lambda: self.description().to_json())
 
     # -- leader and group manager tracking -----------------------------------------------
     def _on_leader(self, value: Any | None) -> None:
@@ -176,7 +160,6 @@ class LocalController(Service):
                 except TimeoutError:
                     pass
             self.gm = None
-            self.joined_at = None
 
     async def _join_once(self) -> bool:
         assert self.monitor is not None
@@ -201,10 +184,9 @@ class LocalController(Service):
             return False
         self.see_epoch(int(joined.get("epoch", 0)))
         self.gm = gm
-        self.joined_at = time.monotonic()
         self._excluded.clear()
         log.info("joined group manager %s at %s", gm.id, gm.address.url)
-        await self._update_registration()
+        self._register()  # now with our group manager's id
         return True
 
     # -- periodic ------------------------------------------------------------------------
@@ -240,6 +222,13 @@ class LocalController(Service):
                 used[i] += c[i]
         return (used[0], used[1], used[2], used[3])
 
+    async def _check_room(self, vcpus: float, memory_kib: float) -> None:
+        """The local re-check before any domain starts here: NotEnoughCapacity if it does not fit."""
+        used = await self._used()
+        for i, (name, want) in enumerate((("cpu", vcpus), ("memory", memory_kib))):
+            if used[i] + want > self.total[i] + 1e-9:
+                raise NotEnoughCapacity(f"{name}: {want:g} requested, {self.total[i] - used[i]:g} free on {self.id}")
+
     async def _on_start_vms(self, env: Envelope) -> Any:
         """Start a batch of VMs; each is re-checked against this host's free capacity first."""
         body = env.body if isinstance(env.body, dict) else {}
@@ -257,12 +246,7 @@ class LocalController(Service):
                 # Already started (a retried order after a failover): never start twice.
                 return {"id": vm_id, "status": existing[vm_id].state, "xml": await self.hypervisor.xml(vm_id), "adaptations": []}
             requested = tuple(float(x) for x in vm.get("requested", (0, 0, 0, 0)))
-            used = await self._used()
-            for i, name in enumerate(("cpu", "memory")):
-                if used[i] + requested[i] > self.total[i] + 1e-9:
-                    raise NotEnoughCapacity(
-                        f"{name}: {requested[i]:g} requested, {self.total[i] - used[i]:g} free on {self.id}"
-                    )
+            await self._check_room(requested[0], requested[1])
             self._starting[vm_id] = (requested[0], requested[1], requested[2], requested[3])
             try:
                 xml, changes = adapt_domain_xml(
@@ -321,11 +305,12 @@ class LocalController(Service):
     async def _on_receive_domain(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}
         xml = str(body.get("xml", ""))
-        root_mem = self._xml_capacity(xml)
-        used = await self._used()
-        if used[0] + root_mem[0] > self.total[0] or used[1] + root_mem[1] > self.total[1]:
-            return {"ok": False, "errorCode": "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY", "message": f"no room on {self.id}"}
+        vm_id = str(body.get("vmId"))
+        if any(d.name == vm_id for d in await self.hypervisor.domains()):
+            # Defining over it would replace that domain, and a failed start would undefine it.
+            return {"ok": False, "errorCode": "MIGRATION_FAILED", "message": f"a domain named {vm_id} already exists on {self.id}"}
         try:
+            await self._check_room(*self._xml_capacity(xml))
             await self.hypervisor.start(xml)
         except HypervisorError as exc:
             return {"ok": False, "errorCode": exc.code, "message": str(exc)}

@@ -24,10 +24,6 @@ class RpcError(Exception):
         self.status = status
         self.field = field
 
-    @property
-    def unreachable(self) -> bool:
-        return self.code in ("unreachable", "timeout")
-
 
 class RpcClient:
     def __init__(self, key: bytes, sender: str) -> None:

@@ -19,10 +19,11 @@ import tomllib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import psutil
 from aiohttp import web
 
 from snooze import config as cfg
-from snooze.coordination import Coordinator
+from snooze.coordination import CoordinationError, Coordinator
 from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import InternalEndpoint, VerbRouter, new_app
 from snooze.models import NetworkAddress
@@ -105,6 +106,22 @@ class Service:
 
         self.spawn(name, loop())
 
+    def keep_registered(self, folder: str, value: Callable[[], Any]) -> None:
+        """(Re)write this process's ephemeral znode ``folder/<id>``, retrying until ZooKeeper
+        takes it; the coordinator re-creates it after any new session."""
+
+        async def register() -> None:
+            assert self.coord is not None
+            while True:
+                try:
+                    await self.coord.register(self.coord.path(folder, self.id), value())
+                    return
+                except CoordinationError as exc:
+                    log.info("cannot register in %s yet: %s", folder, exc)
+                    await asyncio.sleep(0.5)
+
+        self.spawn("register", register())
+
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
@@ -160,10 +177,6 @@ class Service:
         return {"id": self.id, "role": self.role, "epoch": self.known_epoch}
 
     async def _statistics(self, request: web.Request) -> Any:
-        import os
-
-        import psutil
-
         proc = psutil.Process(os.getpid())
         return {
             "id": self.id,

@@ -82,11 +82,8 @@ class EnergySaver:
             # Keep the busiest hosts on; among idle ones, sleep the ones idle longest.
             idle.sort(key=lambda k: self.idle_since[k])
             chosen = idle[: max(0, room)]
-            for lc_id in chosen:
-                self.role.lcs[lc_id].description.status = Status.PASSIVE
-                self.idle_since.pop(lc_id, None)
-        for lc_id in chosen:
-            await self._power_down(lc_id)
+            self._mark_passive(chosen)
+        await self._power_down_all(chosen)
 
     async def release(self, lc_ids: list[str]) -> list[str]:
         """Power down hosts a consolidation or relocation has just emptied, without waiting for
@@ -101,13 +98,21 @@ class EnergySaver:
                 if room <= 0:
                     break
                 if lc_id in active and not self._busy(lc_id):
-                    self.role.lcs[lc_id].description.status = Status.PASSIVE
-                    self.idle_since.pop(lc_id, None)
                     chosen.append(lc_id)
                     room -= 1
-        for lc_id in chosen:
-            await self._power_down(lc_id)
+            self._mark_passive(chosen)
+        await self._power_down_all(chosen)
         return chosen
+
+    def _mark_passive(self, lc_ids: list[str]) -> None:
+        # Called under the placement lock: from here on no plan can choose these hosts.
+        for lc_id in lc_ids:
+            self.role.lcs[lc_id].description.status = Status.PASSIVE
+            self.idle_since.pop(lc_id, None)
+
+    async def _power_down_all(self, lc_ids: list[str]) -> None:
+        for lc_id in lc_ids:
+            await self._power_down(lc_id)
 
     async def _power_down(self, lc_id: str) -> None:
         rec = self.role.lcs.get(lc_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,21 @@ class LocalControllerRecord:
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
     vm_usage: dict[str, list[float]] = field(default_factory=dict)
     vm_requested: dict[str, Capacity] = field(default_factory=dict)
-    joined_at: float = field(default_factory=time.monotonic)
+
+    def add_vm(self, vm_id: str, requested: Capacity, state: str = "RUNNING") -> None:
+        """Record a VM that now runs here (started, or migrated in), before monitoring shows it."""
+        self.vm_requested[vm_id] = requested
+        self.domains = [d for d in self.domains if d.get("name") != vm_id] + [
+            {"name": vm_id, "state": state, "vcpus": requested[0], "memory": requested[1]}]
+        if vm_id not in self.description.assigned_virtual_machines:
+            self.description.assigned_virtual_machines.append(vm_id)
+
+    def remove_vm(self, vm_id: str) -> Capacity | None:
+        """Forget a VM that left (destroyed, or migrated away); its requested capacity, if known."""
+        self.domains = [d for d in self.domains if d.get("name") != vm_id]
+        if vm_id in self.description.assigned_virtual_machines:
+            self.description.assigned_virtual_machines.remove(vm_id)
+        return self.vm_requested.pop(vm_id, None)
 
 
 class ManagerRole:

@@ -158,12 +158,7 @@ class VirtualMachines:
             res["localControllerId"] = lc_id
             res["localControllerAddress"] = addr.to_json()
             if res.get("status") in ("RUNNING", "PAUSED"):
-                rec.vm_requested[vm["id"]] = tuple(vm["requested"])  # type: ignore[assignment]
-                rec.domains = [d for d in rec.domains if d.get("name") != vm["id"]] + [
-                    {"name": vm["id"], "state": res["status"], "vcpus": vm["requested"][0], "memory": vm["requested"][1]}
-                ]
-                if vm["id"] not in rec.description.assigned_virtual_machines:
-                    rec.description.assigned_virtual_machines.append(vm["id"])
+                rec.add_vm(vm["id"], tuple(vm["requested"]), res["status"])  # type: ignore[arg-type]
         return results
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -190,10 +185,7 @@ class VirtualMachines:
             # Already gone (destroyed behind our back, or never started): forgetting it is the destroy.
             reply = {"ok": True, "domain": None}
         if reply.get("ok") and action == "destroy":
-            rec.domains = [d for d in rec.domains if d.get("name") != vm_id]
-            rec.vm_requested.pop(vm_id, None)
-            if vm_id in rec.description.assigned_virtual_machines:
-                rec.description.assigned_virtual_machines.remove(vm_id)
+            rec.remove_vm(vm_id)
             await self.forget(vm_id)
         elif reply.get("ok") and reply.get("domain"):
             rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [reply["domain"]]
@@ -278,22 +270,12 @@ class Migrations:
 
     def _adopt(self, lc_id: str, vm_id: str, requested: Capacity) -> None:
         rec = self.role.lcs.get(lc_id)
-        if rec is None:
-            return
-        rec.vm_requested[vm_id] = requested
-        rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [
-            {"name": vm_id, "state": "RUNNING", "vcpus": requested[0], "memory": requested[1]}]
-        if vm_id not in rec.description.assigned_virtual_machines:
-            rec.description.assigned_virtual_machines.append(vm_id)
+        if rec is not None:
+            rec.add_vm(vm_id, requested)
 
     def _drop(self, lc_id: str, vm_id: str) -> Capacity | None:
         rec = self.role.lcs.get(lc_id)
-        if rec is None:
-            return None
-        rec.domains = [d for d in rec.domains if d.get("name") != vm_id]
-        if vm_id in rec.description.assigned_virtual_machines:
-            rec.description.assigned_virtual_machines.remove(vm_id)
-        return rec.vm_requested.pop(vm_id, None)
+        return rec.remove_vm(vm_id) if rec is not None else None
 
     async def _on_migrate(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}

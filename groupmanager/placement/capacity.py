@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from .types import HostView, PowerState, Thresholds, Vector
+from .types import HostView, Thresholds, Vector
 
 INF = math.inf
 
@@ -59,9 +59,6 @@ def is_underloaded(host: HostView, thresholds: Thresholds) -> bool:
     )
 
 
-def is_usable(host: HostView) -> bool:
-    """Alive and either running or on its way up: a host that can take work without a wake-up."""
-    return host.alive and host.power is not PowerState.PASSIVE
 
 
 def l1(vec: Sequence[float]) -> float:
@@ -102,9 +99,6 @@ def reference_capacity(hosts: Sequence[HostView], thresholds: Thresholds) -> Vec
     return (ref[0], ref[1], ref[2], ref[3])
 
 
-def normalised(vec: Sequence[float], scale: Sequence[float]) -> list[float]:
-    """``vec / scale`` per resource; resources with no scale (0) drop to 0."""
-    return [v / s if s > 0 else 0.0 for v, s in zip(vec, scale, strict=True)]
 
 
 def add(a: Sequence[float], b: Sequence[float]) -> Vector:

@@ -8,11 +8,10 @@ otherwise (OpenStack Nova's ``live_migration_completion_timeout`` with the ``for
 action does the same). On failure the domain keeps running at the source and nothing of it is
 left at the destination.
 
-``fallback_move`` is the **non-live** move used where libvirt cannot migrate (its test driver):
-the domain is started afresh at the destination and destroyed at the source, so its memory
-state is lost.
+Where libvirt cannot migrate (its test driver) the local controller moves the domain
+non-live instead, across processes (``lc.receiveDomain``, see localcontroller/service.py).
 
-Both are blocking; callers run them in a worker thread. No ``libvirtError`` escapes: failures
+It is blocking; callers run it in a worker thread. No ``libvirtError`` escapes: failures
 are ``MigrationFailed``, or ``UnsupportedOperation`` when the driver cannot migrate at all.
 """
 
@@ -33,7 +32,6 @@ __all__ = [
     "MIGRATION_METHODS",
     "MigrationResult",
     "MigrationSettings",
-    "fallback_move",
     "migrate_domain",
     "migration_flags",
 ]
@@ -85,11 +83,9 @@ class MigrationResult:
     duration: float
     """Seconds for the whole step, checks and clean-up included."""
     libvirt_seconds: float
-    """Seconds spent inside libvirt's migration call (or, non-live, its define/start/destroy)."""
+    """Seconds spent inside libvirt's migration call."""
     paused_to_converge: bool
     switched_to_post_copy: bool
-    non_live: bool = False
-    """True for ``fallback_move``: the domain was restarted, not migrated."""
 
 
 def migration_flags(settings: MigrationSettings) -> int:
@@ -254,7 +250,8 @@ def migrate_domain(
     ``migration_uri`` (``VIR_MIGRATE_PARAM_URI``, e.g. ``tcp://10.0.0.2``) says where the
     memory stream goes; the destination listens on that host only. Raises ``MigrationFailed``
     with libvirt's message, leaving the domain running at the source, or
-    ``UnsupportedOperation`` when the source's driver cannot migrate (use ``fallback_move``).
+    ``UnsupportedOperation`` when the source's driver cannot migrate (the local controller then
+    moves the domain non-live).
     """
     started = time.monotonic()
     try:
@@ -373,65 +370,3 @@ def _ensure_running(destination: libvirt.virConnect, uuid: str, name: str) -> No
             arrived.resume()
     except libvirt.libvirtError as exc:
         raise MigrationFailed(f"{name}: migrated but cannot be resumed: {_message(exc)}") from exc
-
-
-def fallback_move(
-    domain: libvirt.virDomain, destination_conn: libvirt.virConnect
-) -> MigrationResult:
-    """**Non-live** move, for drivers that cannot migrate (libvirt's test driver).
-
-    Defines the domain's XML at the destination and starts it there (paused if it was paused),
-    then destroys and undefines it at the source. Memory state is lost: the guest restarts.
-    On failure nothing is left at the destination and the source is as it was.
-    """
-    started = time.monotonic()
-    try:
-        name = domain.name()
-        uuid = domain.UUIDString()
-        state, _ = domain.state()
-        running = bool(domain.isActive())
-        persistent = bool(domain.isPersistent())
-        xml_flags = libvirt.VIR_DOMAIN_XML_SECURE
-        if persistent:
-            xml_flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
-        xml = domain.XMLDesc(xml_flags)
-    except libvirt.libvirtError as exc:
-        raise MigrationFailed(f"cannot inspect the domain to move: {_message(exc)}") from exc
-    where = "the destination"
-    with contextlib.suppress(libvirt.libvirtError):
-        where = destination_conn.getURI()
-    _check_absent(destination_conn, name, uuid, where)
-    log.info("moving %s to %s without live migration (the guest restarts)", name, where)
-
-    arrived: libvirt.virDomain | None = None
-    try:
-        arrived = destination_conn.defineXML(xml)
-        if running:
-            arrived.create()
-            if state == libvirt.VIR_DOMAIN_PAUSED:
-                arrived.suspend()
-    except libvirt.libvirtError as exc:
-        if arrived is not None:
-            _remove(arrived)
-        raise MigrationFailed(f"{name}: cannot start it at {where}: {_message(exc)}") from exc
-
-    try:
-        if running:
-            domain.destroy()
-    except libvirt.libvirtError as exc:
-        _remove(arrived)
-        raise MigrationFailed(f"{name}: cannot stop it at the source: {_message(exc)}") from exc
-    if persistent:
-        try:
-            domain.undefine()
-        except libvirt.libvirtError as exc:
-            # It runs at the destination: keep that copy, report the stale definition.
-            log.error("%s moved, but its definition stays at the source: %s", name, _message(exc))
-    elapsed = time.monotonic() - started
-    return MigrationResult(
-        duration=elapsed,
-        libvirt_seconds=elapsed,
-        paused_to_converge=False,
-        switched_to_post_copy=False,
-        non_live=True,
-    )

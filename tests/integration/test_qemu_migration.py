@@ -20,7 +20,6 @@ import pytest
 from localcontroller.hypervisor.errors import MigrationFailed, UnsupportedOperation
 from localcontroller.hypervisor.migration import (
     MigrationSettings,
-    fallback_move,
     migrate_domain,
 )
 from snooze.sim.libvirtd import (
@@ -133,7 +132,6 @@ def test_migration_moves_the_running_domain(
     assert _names(source) == []
     assert not result.paused_to_converge
     assert not result.switched_to_post_copy
-    assert not result.non_live
 
 
 def test_timeout_pauses_to_converge_and_the_domain_runs_at_the_destination(
@@ -284,33 +282,3 @@ def test_test_driver_cannot_live_migrate(
         migrate_domain(domain, source.getURI(), None, MigrationSettings())
 
     _assert_running(domain)
-
-
-def test_fallback_move_restarts_the_domain_at_the_destination(
-    test_driver_hosts: tuple[libvirt.virConnect, libvirt.virConnect],
-) -> None:
-    source, destination = test_driver_hosts
-    domain = _start(source, "vm-cold")
-    uuid = domain.UUIDString()
-
-    result = fallback_move(domain, destination)
-
-    assert result.non_live
-    arrived = destination.lookupByUUIDString(uuid)
-    _assert_running(arrived)
-    assert arrived.isPersistent()
-    assert _names(source) == []
-
-
-def test_fallback_move_refuses_a_name_clash(
-    test_driver_hosts: tuple[libvirt.virConnect, libvirt.virConnect],
-) -> None:
-    source, destination = test_driver_hosts
-    domain = _start(source, "vm-cold-clash")
-    squatter = destination.defineXML(tiny_domain_xml("vm-cold-clash"))
-
-    with pytest.raises(MigrationFailed, match="already exists"):
-        fallback_move(domain, destination)
-
-    _assert_running(domain)
-    assert [d.UUIDString() for d in destination.listAllDomains(0)] == [squatter.UUIDString()]

@@ -325,3 +325,32 @@ def test_migration_across_group_managers_moves_the_vms_record(cluster_factory: A
     assert http("POST", b + "?suspendVirtualMachine", "roamer") == (200, True)
     wait_for(lambda: http("POST", b + "?getVirtualMachineMetaData", "roamer")[1]["status"] == "PAUSED", 5, "paused at its new home")
     assert domains_everywhere(c).count("roamer") == 1
+
+
+def test_non_live_move_refuses_a_name_clash_and_leaves_both_domains(cluster_factory: Any) -> None:
+    import asyncio
+
+    from snooze.rpc import RpcClient
+
+    c = cluster_factory(gms=2, lcs=2)
+    b = c.bootstrap_url + "/bootstrap"
+    meta = response(c, submit(c, {"virtualMachineTemplates": [small("clash")]}))["virtualMachineMetaData"][0]
+    source = meta["virtualMachineLocation"]["localControllerId"]
+    target = next(p for p in c.processes if p["role"] == "localcontroller" and p["id"] != source)
+    squatter = '<domain type="test"><name>clash</name><memory>131072</memory><vcpu>1</vcpu><os><type>hvm</type></os></domain>'
+
+    async def plant() -> Any:
+        client = RpcClient(c.options.key.encode(), "operator")
+        try:
+            epoch = get(b + "?getGroupLeaderDescription")["epoch"]
+            return await client.call(NetworkAddress("127.0.0.1", target["port"]), "lc.receiveDomain",
+                                     {"vmId": "clash", "xml": squatter}, epoch=epoch)
+        finally:
+            await client.close()
+
+    assert asyncio.run(plant())["ok"], "a foreign domain of the same name now runs at the destination"
+    code, err = http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "clash", "localControllerId": target["id"]}))
+    assert code == 409 and err["error"]["code"] == "MIGRATION_FAILED" and "already exists" in err["error"]["message"], err
+    moved = http("POST", b + "?getVirtualMachineMetaData", "clash")[1]
+    assert moved["virtualMachineLocation"]["localControllerId"] == source and moved["status"] == "RUNNING"
+    wait_for(lambda: domains_everywhere(c).count("clash") == 2, 5, "both domains still running, neither replaced")
