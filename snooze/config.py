@@ -45,6 +45,7 @@ class ClusterSettings:
     session_timeout: float = opt(10.0, "ZooKeeper session timeout in seconds (the server clamps it to 2..20 tickTime).")
     discovery: str = opt("static", "'static' uses the zookeeper option; 'zeroconf' also advertises/browses the cluster on zeroconf_interfaces.")
     zeroconf_interfaces: list = opt(["127.0.0.1"], "Interfaces zeroconf may use. Never all interfaces by default.")
+    replay_window: float = opt(30.0, "Seconds an internal message stays valid: receivers refuse one whose timestamp is further than this from their clock, or whose nonce they already accepted within it (replays). The cluster's clocks must agree within it.")
 
 
 @dataclass
@@ -100,7 +101,19 @@ class LocalControllerSettings:
     wakeup_options: str = opt("", "wakeupSettings.options, e.g. '-I lanplus -H BMC_IP -U user -P password' for IPMI.")
     power_test_mode: bool = opt(False, "For local clusters: a power-saving order stops this process instead of running a host command.")
     power_commands: dict = opt({}, "Commands per power-saving state, e.g. {SUSPEND_TO_RAM = ['pm-suspend']}; defaults: shutdown -h now, systemctl suspend/hibernate/hybrid-sleep.")
-    image_directory: str = opt("/var/lib/snooze/images", "Where imageId names disk images on a real hypervisor.")
+
+
+@dataclass
+class TemplateSettings:
+    image_directory: str = opt("/var/lib/snooze/images", "The image store: imageId names a file in it, and every disk, kernel, initrd and loader path of a libVirtTemplate must lie inside it (relative paths are taken inside it; '..' and, on the host, symlinks are resolved first).")
+    domain_types: list = opt(["kvm", "qemu", "test"], "Domain types (<domain type=...>) a libVirtTemplate may ask for; 'test' is libvirt's test driver, which runs nothing.")
+    devices: list = opt(["disk", "controller", "interface", "serial", "console", "channel", "input", "graphics", "video", "sound", "memballoon", "rng", "watchdog"], "Device kinds a libVirtTemplate's <devices> may hold (each with its own allow-list of attributes). hostdev, filesystem, smartcard, redirdev, tpm, shmem and the like are never allowed.")
+    emulators: list = opt(["/usr/bin/kvm", "/usr/bin/qemu-kvm", "/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm"], "Binaries a libVirtTemplate's <emulator> may name; any other (e.g. /bin/sh) is refused. Without <emulator> libvirt uses the host's default.")
+    bridges: list = opt(["virbr0"], "Host bridges an <interface type='bridge'> may join.")
+    networks: list = opt(["default"], "libvirt networks an <interface type='network'> may join.")
+    block_devices: list = opt([], "Directories of host block devices (e.g. /dev/vg-guests) a <disk type='block'> may use; empty = no block disks.")
+    network_disks: bool = opt(False, "Allow <disk type='network'> (rbd, iscsi, nbd...): the client then chooses hosts the hypervisor connects to.")
+    firmware_directories: list = opt([], "Directories besides the image store an <os><loader> or <nvram template=...> may come from, e.g. /usr/share/OVMF.")
 
 
 @dataclass
@@ -111,6 +124,7 @@ class Settings:
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     groupmanager: GroupManagerSettings = field(default_factory=GroupManagerSettings)
     localcontroller: LocalControllerSettings = field(default_factory=LocalControllerSettings)
+    templates: TemplateSettings = field(default_factory=TemplateSettings)
 
     def node_id(self, role: str) -> str:
         if self.node.id:
@@ -127,8 +141,8 @@ class Settings:
 
 ROLE_SECTIONS = {
     "bootstrap": ("node", "cluster", "heartbeat"),
-    "groupmanager": ("node", "cluster", "heartbeat", "monitoring", "groupmanager"),
-    "localcontroller": ("node", "cluster", "heartbeat", "monitoring", "localcontroller"),
+    "groupmanager": ("node", "cluster", "heartbeat", "monitoring", "groupmanager", "templates"),
+    "localcontroller": ("node", "cluster", "heartbeat", "monitoring", "localcontroller", "templates"),
 }
 DEFAULT_PORTS = {"bootstrap": 5000, "groupmanager": 5001, "localcontroller": 5010}
 
@@ -183,6 +197,9 @@ def validate(s: Settings) -> None:
         raise ConfigError("[groupmanager] idle_time and reserved_nodes must be >= 0, wakeup_time > 0")
     if len(s.localcontroller.network_capacity) != 2:
         raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
+    from snooze.domainxml import check_settings  # the template policy's own rules; imports this module
+
+    check_settings(s.templates)
 
 
 def load(path: str | Path | None, role: str, overrides: dict[str, Any] | None = None) -> Settings:

@@ -5,6 +5,11 @@ heartbeats go unicast to known peers (works on loopback and across routed networ
 ``[heartbeat] multicast_group = "ADDR:PORT"`` they also go to a multicast group, the original's
 way on a LAN. A datagram with a bad HMAC, a newer protocol version or garbage bytes is dropped
 and counted in ``dropped``; it never reaches a handler and never raises.
+
+A heartbeat says "I am alive now", so it is only believed while fresh: a ``ReplayGuard``
+(``monotonic``) drops a copy of one already received (``replay``), one whose timestamp is
+outside the window (``stale_timestamp``) and one older than the last accepted from its sender
+(``out_of_order``), so replaying a dead peer's captured heartbeats cannot keep it listed.
 """
 
 from __future__ import annotations
@@ -20,7 +25,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from snooze.models import NetworkAddress
-from snooze.protocol import Envelope, ProtocolError, decode, encode
+from snooze.protocol import (
+    DEFAULT_WINDOW,
+    Envelope,
+    OutOfOrder,
+    ProtocolError,
+    RejectionLog,
+    ReplayGuard,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +53,14 @@ class _Protocol(asyncio.DatagramProtocol):
 
 
 class HeartbeatEndpoint:
-    def __init__(self, key: bytes, sender: str, *, multicast_group: str = "", ttl: int = 1) -> None:
+    def __init__(
+        self, key: bytes, sender: str, *, multicast_group: str = "", ttl: int = 1,
+        window: float = DEFAULT_WINDOW, clock: Callable[[], float] = time.time,
+    ) -> None:
         self.key = key
         self.sender = sender
+        self.guard = ReplayGuard(window, monotonic=True, clock=clock)
+        self._log_refusal = RejectionLog(log)
         self.handlers: dict[str, Handler] = {}
         self.dropped: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
@@ -97,7 +116,8 @@ class HeartbeatEndpoint:
             except OSError:
                 self.dropped["send_error"] += 1
         if self._mtransport is not None and self.multicast is not None:
-            self._mtransport.sendto(data, self.multicast)
+            # Its own nonce: a peer that gets both copies must not count one as a replay.
+            self._mtransport.sendto(encode(self.key, kind, self.sender, epoch, body), self.multicast)
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -107,6 +127,13 @@ class HeartbeatEndpoint:
             return
         if env.sender == self.sender:
             return  # our own multicast echo
+        try:
+            self.guard.check(env)
+        except ProtocolError as exc:
+            self.dropped[exc.reason] += 1
+            if not isinstance(exc, OutOfOrder):  # UDP reorders: not worth a warning
+                self._log_refusal(exc, f"{env.sender} at {addr[0]}:{addr[1]} ({env.kind})")
+            return
         handler = self.handlers.get(env.kind)
         if handler is None:
             self.dropped["unknown_kind"] += 1

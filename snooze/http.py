@@ -17,7 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
-from snooze.protocol import Envelope, ProtocolError, decode, encode
+from snooze.protocol import (
+    DEFAULT_WINDOW,
+    Envelope,
+    ProtocolError,
+    RejectionLog,
+    ReplayGuard,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,41 +174,59 @@ class InternalEndpoint:
 
     ``orders`` are kinds that need the sender's epoch to be current: an order from an older
     epoch than the receiver has seen is refused (409), so a deposed leader is never obeyed.
+    Every message is accepted once, within ``window`` seconds of its timestamp (``ReplayGuard``):
+    a replay is refused 409 ``REPLAY``, a stale or future one 401 ``STALE_TIMESTAMP``, both in
+    plain JSON and counted in ``rejected``. Replies carry the request's nonce (``reply_to``).
     """
 
-    def __init__(self, app: web.Application, key: bytes, sender: str, epoch: Callable[[], int]) -> None:
+    def __init__(
+        self, app: web.Application, key: bytes, sender: str, epoch: Callable[[], int],
+        *, window: float = DEFAULT_WINDOW,
+    ) -> None:
         self.key = key
         self.sender = sender
         self.epoch = epoch
         self.handlers: dict[str, tuple[InternalHandler, bool]] = {}
         self.rejected: dict[str, int] = {}
+        self.guard = ReplayGuard(window)
+        self._log_refusal = RejectionLog(log)
         app.router.add_post(INTERNAL_PATH, self._serve)
 
     def on(self, kind: str, handler: InternalHandler, *, order: bool = False) -> None:
         self.handlers[kind] = (handler, order)
 
-    def _reply(self, kind: str, body: Any, status: int = 200) -> web.Response:
-        return web.Response(body=encode(self.key, kind, self.sender, self.epoch(), body), status=status, content_type=MSGPACK)
+    def _reply(self, request: Envelope, kind: str, body: Any, status: int = 200) -> web.Response:
+        data = encode(self.key, kind, self.sender, self.epoch(), body, reply_to=request.nonce)
+        return web.Response(body=data, status=status, content_type=MSGPACK)
 
-    def _reject(self, reason: str, status: int, message: str) -> web.Response:
+    def _reject(self, request: Envelope, reason: str, status: int, message: str) -> web.Response:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        return self._reply("error", {"code": reason, "message": message}, status)
+        return self._reply(request, "error", {"code": reason, "message": message}, status)
+
+    def _refuse(self, exc: ProtocolError, source: str) -> web.Response:
+        # Unauthenticated, or authentic but not to be obeyed (replayed, stale): answer plainly,
+        # never with a signed envelope that could pass for an answer to a live request.
+        self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+        self._log_refusal(exc, source)
+        return json_response(ApiError(exc.status, exc.reason.upper(), str(exc)).to_json(), exc.status)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         try:
             env = decode(self.key, await read_body(request))
         except ProtocolError as exc:
-            # Unauthenticated: answer plainly, never with a signed envelope.
-            self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
-            return json_response(ApiError(401 if exc.reason == "bad_hmac" else 400, exc.reason.upper(), str(exc)).to_json(), 401 if exc.reason == "bad_hmac" else 400)
+            return self._refuse(exc, str(request.remote))
+        try:
+            self.guard.check(env)
+        except ProtocolError as exc:
+            return self._refuse(exc, f"{env.sender} at {request.remote} ({env.kind})")
         entry = self.handlers.get(env.kind)
         if entry is None:
-            return self._reject("unknown_kind", 404, f"no handler for {env.kind}")
+            return self._reject(env, "unknown_kind", 404, f"no handler for {env.kind}")
         handler, order = entry
         if order and env.epoch < self.epoch():
-            return self._reject("stale_epoch", 409, f"epoch {env.epoch} is older than {self.epoch()}")
+            return self._reject(env, "stale_epoch", 409, f"epoch {env.epoch} is older than {self.epoch()}")
         try:
             result = await handler(env)
         except ApiError as exc:
-            return self._reply("error", {"code": exc.code, "message": exc.message, "field": exc.field}, exc.status)
-        return self._reply(env.kind + ".reply", result)
+            return self._reply(env, "error", {"code": exc.code, "message": exc.message, "field": exc.field}, exc.status)
+        return self._reply(env, env.kind + ".reply", result)

@@ -44,9 +44,11 @@ class Service:
         self.known_epoch = 0
         self.app = new_app()
         self.routes = VerbRouter(self.app)
-        self.internal = InternalEndpoint(self.app, self.key, self.id, lambda: self.known_epoch)
+        window = settings.cluster.replay_window
+        self.internal = InternalEndpoint(self.app, self.key, self.id, lambda: self.known_epoch, window=window)
         self.heartbeat = HeartbeatEndpoint(
-            self.key, self.id, multicast_group=settings.heartbeat.multicast_group, ttl=settings.heartbeat.multicast_ttl
+            self.key, self.id, multicast_group=settings.heartbeat.multicast_group, ttl=settings.heartbeat.multicast_ttl,
+            window=window,
         )
         self.coord: Coordinator | None = None
         self.rpc = RpcClient(self.key, self.id)

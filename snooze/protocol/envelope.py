@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# The oldest version this code still reads; see the package docstring for why 1 is not read.
+MIN_PROTOCOL_VERSION = 2
 MAGIC = b"SZ"
 _MAC_LEN = 32
+NONCE_BYTES = 16
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class ProtocolError(Exception):
-    """A message that must be dropped; ``reason`` is the counter it is counted under."""
+    """A message that must be dropped; ``reason`` is the counter it is counted under and
+    ``status`` the HTTP status an internal endpoint answers it with."""
 
     reason = "malformed"
+    status = 400
 
 
 class MalformedMessage(ProtocolError):
@@ -28,10 +35,40 @@ class MalformedMessage(ProtocolError):
 
 class BadSignature(ProtocolError):
     reason = "bad_hmac"
+    status = 401
 
 
 class UnknownVersion(ProtocolError):
     reason = "unknown_version"
+
+
+class ObsoleteVersion(ProtocolError):
+    """Authentic, but of a version without replay protection (see the package docstring)."""
+
+    reason = "obsolete_version"
+
+
+class Replayed(ProtocolError):
+    """Authentic and fresh, but its nonce was already accepted: a copy of an earlier message."""
+
+    reason = "replay"
+    status = 409
+
+
+class StaleTimestamp(ProtocolError):
+    """Authentic, but its timestamp is outside the receiver's window (too old, or from the
+    future: a clock skew larger than the window looks the same)."""
+
+    reason = "stale_timestamp"
+    status = 401
+
+
+class OutOfOrder(ProtocolError):
+    """A heartbeat older than one already accepted from the same sender (UDP reordering, or a
+    replay the nonce cache could not tell apart)."""
+
+    reason = "out_of_order"
+    status = 409
 
 
 @dataclass(frozen=True)
@@ -42,21 +79,59 @@ class Envelope:
     body: Any = field(default=None)
     version: int = PROTOCOL_VERSION
     timestamp: float = 0.0
+    nonce: bytes = b""
+    # On a reply: the nonce of the request it answers (empty on a request).
+    reply_to: bytes = b""
 
 
 def _mac(key: bytes, payload: bytes) -> bytes:
     return hmac.new(key, payload, hashlib.sha256).digest()
 
 
-def encode(key: bytes, kind: str, sender: str, epoch: int, body: Any = None) -> bytes:
+def new_nonce() -> bytes:
+    return secrets.token_bytes(NONCE_BYTES)
+
+
+def encode(
+    key: bytes,
+    kind: str,
+    sender: str,
+    epoch: int,
+    body: Any = None,
+    *,
+    nonce: bytes | None = None,
+    reply_to: bytes = b"",
+    timestamp: float | None = None,
+) -> bytes:
+    """Sign one message. ``nonce`` defaults to a fresh random one (pass your own to remember
+    it, as the RPC client does to bind the reply); ``reply_to`` is the request's nonce on a
+    reply; ``timestamp`` defaults to now (tests pass another)."""
+    if nonce is None:
+        nonce = new_nonce()
+    if len(nonce) != NONCE_BYTES or len(reply_to) not in (0, NONCE_BYTES):
+        raise ValueError(f"nonce and reply_to must be {NONCE_BYTES} bytes")
     payload = msgpack.packb(
-        [PROTOCOL_VERSION, kind, sender, int(epoch), time.time(), body], use_bin_type=True
+        [
+            PROTOCOL_VERSION,
+            kind,
+            sender,
+            int(epoch),
+            time.time() if timestamp is None else float(timestamp),
+            bytes(nonce),
+            bytes(reply_to),
+            body,
+        ],
+        use_bin_type=True,
     )
     return MAGIC + _mac(key, payload) + payload
 
 
 def decode(key: bytes, data: bytes) -> Envelope:
-    """Check and unpack one message; raises a ProtocolError subclass, nothing else."""
+    """Check and unpack one message; raises a ProtocolError subclass, nothing else.
+
+    This checks authenticity and shape only; freshness (timestamp window, nonce not seen
+    before) is the receiver's ``ReplayGuard``, which keeps the state that needs.
+    """
     if len(data) > MAX_MESSAGE_BYTES:
         raise MalformedMessage("message too large")
     if len(data) < len(MAGIC) + _MAC_LEN + 1 or not data.startswith(MAGIC):
@@ -69,15 +144,34 @@ def decode(key: bytes, data: bytes) -> Envelope:
         fields = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise MalformedMessage(f"undecodable payload: {exc}") from exc
-    if not isinstance(fields, list) or len(fields) != 6:
-        raise MalformedMessage("payload is not a 6-field envelope")
-    version, kind, sender, epoch, timestamp, body = fields
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(fields, list) or not fields:
+        raise MalformedMessage("payload is not an envelope")
+    version = fields[0]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise MalformedMessage("bad version field")
     if version > PROTOCOL_VERSION:
         raise UnknownVersion(f"protocol version {version} is newer than {PROTOCOL_VERSION}")
-    if not isinstance(kind, str) or not isinstance(sender, str) or not isinstance(epoch, int):
+    if version < MIN_PROTOCOL_VERSION:
+        raise ObsoleteVersion(
+            f"protocol version {version} has no replay protection; this process reads "
+            f"{MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION} (upgrade the sender)"
+        )
+    if len(fields) != 8:
+        raise MalformedMessage("payload is not an 8-field envelope")
+    _, kind, sender, epoch, timestamp, nonce, reply_to, body = fields
+    if not isinstance(kind, str) or not isinstance(sender, str):
         raise MalformedMessage("bad header fields")
-    if not isinstance(timestamp, (int, float)):
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise MalformedMessage("bad epoch")
+    if (
+        not isinstance(timestamp, (int, float))
+        or isinstance(timestamp, bool)
+        or not math.isfinite(timestamp)
+    ):
+        # NaN compares false with everything: it would slip through any window check.
         raise MalformedMessage("bad timestamp")
-    return Envelope(kind, sender, epoch, body, version, float(timestamp))
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+        raise MalformedMessage("bad nonce")
+    if not isinstance(reply_to, bytes) or len(reply_to) not in (0, NONCE_BYTES):
+        raise MalformedMessage("bad reply_to")
+    return Envelope(kind, sender, epoch, body, version, float(timestamp), nonce, reply_to)

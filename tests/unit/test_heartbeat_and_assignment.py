@@ -1,14 +1,18 @@
-"""Failure detection on a fake clock, and the leader's assignment policies."""
+"""Failure detection on a fake clock, heartbeats (garbage, replays, stale copies), and the
+leader's assignment policies."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from groupmanager.leader.assignment import choose_group_manager
 from snooze.heartbeat import FailureDetector, HeartbeatEndpoint
 from snooze.models import NetworkAddress
+from snooze.protocol import encode
 
 
 class Clock:
@@ -87,3 +91,48 @@ async def test_heartbeats_reach_handlers_and_garbage_is_counted() -> None:
     finally:
         for e in (rx, tx, wrong):
             e.close()
+
+
+async def test_replayed_stale_and_out_of_order_heartbeats_never_reach_the_detector() -> None:
+    clock = Clock()
+    detector = FailureDetector(2.0, clock)
+    got: list[Any] = []
+
+    def on_heartbeat(env: Any, _addr: Any) -> None:
+        got.append(env.body)
+        detector.heard(env.sender)
+
+    rx = HeartbeatEndpoint(b"key", "gm", window=30)
+    rx.on("lc.heartbeat", on_heartbeat)
+    await rx.start("127.0.0.1", 0)
+    assert rx._transport is not None
+    port = rx._transport.get_extra_info("sockname")[1]
+
+    async def deliver(data: bytes, until: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(data, ("127.0.0.1", port))
+        for _ in range(100):
+            if len(got) + sum(rx.dropped.values()) >= until:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"datagram not handled: {got}, {rx.dropped}")
+
+    try:
+        now = time.time()
+        captured = encode(b"key", "lc.heartbeat", "lc-1", 1, 1, timestamp=now)
+        await deliver(captured, 1)
+        assert got == [1] and detector.alive("lc-1")
+        # lc-1 dies; someone replays what it sent, or sends stale and reordered copies of it.
+        clock.now = 2.5
+        await deliver(captured, 2)
+        await deliver(encode(b"key", "lc.heartbeat", "lc-1", 1, 2, timestamp=now - 31), 3)
+        await deliver(encode(b"key", "lc.heartbeat", "lc-1", 1, 3, timestamp=now + 31), 4)
+        await deliver(encode(b"key", "lc.heartbeat", "lc-1", 1, 4, timestamp=now - 1), 5)
+        assert got == [1], "none of them reached the handler"
+        assert rx.dropped == {"replay": 1, "stale_timestamp": 2, "out_of_order": 1}
+        assert detector.expired() == ["lc-1"], "the dead local controller is not kept alive"
+        # ... while a live sender's next heartbeat still gets through
+        await deliver(encode(b"key", "lc.heartbeat", "lc-1", 1, 5, timestamp=time.time()), 6)
+        assert got == [1, 5] and detector.alive("lc-1")
+    finally:
+        rx.close()
