@@ -139,6 +139,9 @@ class Service:
             zk = await discover_zookeeper(s.cluster.name, s.cluster.zeroconf_interfaces)
         self.coord = Coordinator(zk, s.cluster.zk_root, s.cluster.session_timeout)
         await self.coord.start()
+        # Restarts kazoo if its connection thread dies; when that keeps failing it crashes, and
+        # so the process stops with code 1 instead of living on without ZooKeeper.
+        self.spawn("zookeeper", self.coord.supervise())
         await self.on_start()
         log.info("%s %s listening on %s", self.role, self.id, self.address.url)
 

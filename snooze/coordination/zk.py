@@ -12,6 +12,15 @@ Layout under the cluster's root (``[cluster] zk_root``)::
 States: CONNECTED (agreement possible), SUSPENDED (connection lost, session may still be alive:
 pause everything that needs agreement), LOST (session expired: ephemeral znodes and leadership
 are gone; they are re-created when a new session connects), CLOSED.
+
+Two guards keep one bad request from cutting the process off from ZooKeeper. Every path is
+checked (``check_path``, ZooKeeper's own rules plus UTF-8) before kazoo queues a request for it:
+kazoo serialises requests on its connection thread, and a path it cannot encode (a lone
+surrogate) used to kill that thread, leaving the session LOST for good while the process stayed
+up. And ``Coordinator.supervise`` watches for a connection thread that died anyway (any other
+bug on it): it restarts the client, which gets a new session (ephemerals, watches and the
+election come back as after any expiry), and if that keeps failing it ends, so the process
+exits and is restarted by whoever runs it.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -37,6 +47,78 @@ class CoordinationError(Exception):
     """ZooKeeper could not do what was asked (unreachable, timed out, refused)."""
 
 
+class InvalidPath(CoordinationError, ValueError):
+    """A znode path ZooKeeper (or kazoo's encoder) would refuse; nothing was sent."""
+
+
+def _path_problem(path: object) -> str | None:
+    """Why ZooKeeper would refuse ``path`` (its PathUtils.validatePath, plus UTF-8), or None."""
+    if not isinstance(path, str):
+        return f"a path must be text, not {type(path).__name__}"
+    if not path.startswith("/"):
+        return "a path must start with '/'"
+    if path == "/":
+        return None
+    if path.endswith("/"):
+        return "a path must not end with '/'"
+    try:
+        path.encode("utf-8", "strict")
+    except UnicodeEncodeError:
+        return "a path must be valid Unicode (no lone surrogates)"
+    for segment in path[1:].split("/"):
+        if segment == "":
+            return "empty node name"
+        if segment in (".", ".."):
+            return "relative paths ('.', '..') are not allowed"
+    for c in path:
+        o = ord(c)
+        # ZooKeeper checks UTF-16 code units: anything above U+FFFF is a surrogate pair there.
+        if o == 0 or o <= 0x1F or 0x7F <= o <= 0x9F or 0xD800 <= o <= 0xF8FF or o >= 0xFFF0:
+            return f"invalid character {ascii(c)}"
+    return None
+
+
+def check_path(path: object) -> str:
+    """``path`` if ZooKeeper would accept it as a znode path, else InvalidPath."""
+    problem = _path_problem(path)
+    if problem is not None:
+        shown = ascii(path) if isinstance(path, str) else type(path).__name__
+        raise InvalidPath(f"{problem}: {shown[:120]}")
+    assert isinstance(path, str)
+    return path
+
+
+def _raised_by_kazoo(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("kazoo")
+
+
+def _request_paths(request: Any) -> Iterable[Any]:
+    if hasattr(request, "path"):
+        yield request.path
+    for op in getattr(request, "operations", None) or ():
+        yield from _request_paths(op)
+
+
+class _GuardedClient(KazooClient):  # type: ignore[misc]
+    """A KazooClient that refuses bad paths before they are queued for its connection thread.
+
+    ``_call`` is where every request (recipes and transactions included) enters kazoo's queue;
+    checking there also protects code that uses ``Coordinator.client`` directly.
+    """
+
+    def _call(self, request: Any, async_object: Any) -> Any:
+        for path in _request_paths(request):
+            problem = _path_problem(path)
+            if problem is not None:
+                shown = ascii(path) if isinstance(path, str) else type(path).__name__
+                async_object.set_exception(InvalidPath(f"{problem}: {shown[:120]}"))
+                return False
+        return super()._call(request, async_object)
+
+
 class SessionState(str, Enum):
     CONNECTING = "CONNECTING"
     CONNECTED = "CONNECTED"
@@ -51,8 +133,14 @@ StateListener = Callable[[SessionState, bool], None]  # (state, is_new_session)
 class Coordinator:
     """One kazoo session for one process, driven from the asyncio loop."""
 
+    # A connection thread that died this many times within RESTART_WINDOW seconds is not
+    # coming back by restarting it: the supervisor gives up and the process exits.
+    MAX_RESTARTS = 5
+    RESTART_WINDOW = 60.0
+
     def __init__(self, hosts: str, root: str = "/snooze", session_timeout: float = 10.0) -> None:
-        self.root = root.rstrip("/") or "/snooze"
+        self.root = check_path(root.rstrip("/") or "/snooze")
+        self.session_timeout = session_timeout
         self.state = SessionState.CONNECTING
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[StateListener] = []
@@ -60,7 +148,9 @@ class Coordinator:
         self._session_id: int | None = None
         self._connected = asyncio.Event()
         self._reregister_task: asyncio.Task[None] | None = None
-        self.client = KazooClient(
+        self._check_now = asyncio.Event()
+        self.restarts: list[float] = []  # monotonic times the connection thread was restarted
+        self.client = _GuardedClient(
             hosts=hosts,
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0, max_jitter=0.3),
@@ -69,7 +159,11 @@ class Coordinator:
         self.client.add_listener(self._on_kazoo_state)
 
     def path(self, *parts: str) -> str:
-        return "/".join([self.root, *parts])
+        """The znode ``root/part/...``; InvalidPath if a part is not one valid node name."""
+        for part in parts:
+            if not isinstance(part, str) or "/" in part:
+                raise InvalidPath(f"not a node name: {ascii(part)[:120]}")
+        return check_path("/".join([self.root, *parts]))
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, wait: float | None = None) -> None:
@@ -86,6 +180,7 @@ class Coordinator:
     async def stop(self) -> None:
         self.state = SessionState.CLOSED
         self._connected.clear()
+        self._check_now.set()
         if self._reregister_task:
             self._reregister_task.cancel()
 
@@ -98,6 +193,54 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(loop.run_in_executor(None, _close), 5)
+
+    # -- supervision -----------------------------------------------------------------------
+    def _connection_thread_died(self) -> bool | None:
+        """Whether kazoo's connection thread ended although nobody stopped the client.
+
+        kazoo has no public call for this; its client and connection handler expose it as
+        events. None if they no longer do (a kazoo upgrade): ``supervise`` then falls back to
+        ending the process when the session stays LOST for long.
+        """
+        try:
+            stopped = self.client._stopped.is_set()
+            ended = self.client._connection.connection_stopped.is_set()
+        except AttributeError:
+            return None
+        return bool(ended and not stopped)
+
+    async def supervise(self, interval: float = 1.0) -> None:
+        """Run for the life of the process: restart the kazoo client whenever its connection
+        thread has died (the session would otherwise stay LOST for ever), and raise
+        CoordinationError when that happened MAX_RESTARTS times within RESTART_WINDOW seconds,
+        so that the process stops (whoever runs it restarts it) rather than limps on."""
+        loop = asyncio.get_running_loop()
+        lost_since: float | None = None
+        while self.state != SessionState.CLOSED:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), interval)
+            self._check_now.clear()
+            if self.state == SessionState.CLOSED:
+                return
+            now = time.monotonic()
+            lost_since = (lost_since or now) if self.state == SessionState.LOST else None
+            died = self._connection_thread_died()
+            if died is None:
+                if lost_since is not None and now - lost_since > max(60.0, 6 * self.session_timeout):
+                    raise CoordinationError("the ZooKeeper session has stayed LOST for over a minute; giving up")
+                continue
+            if not died:
+                continue
+            self.restarts = [t for t in self.restarts if now - t < self.RESTART_WINDOW]
+            if len(self.restarts) >= self.MAX_RESTARTS:
+                raise CoordinationError(
+                    f"kazoo's connection thread died {len(self.restarts) + 1} times in {self.RESTART_WINDOW:.0f}s; giving up"
+                )
+            self.restarts.append(now)
+            log.error("zookeeper: kazoo's connection thread died; restarting the client (a new session follows)")
+            # start_async() joins the dead thread and starts a new one. The dead one's queue was
+            # cleared when kazoo reported the session closed, so nothing of it is sent again.
+            await asyncio.wait_for(loop.run_in_executor(None, self.client.start_async), 30)
 
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
@@ -133,6 +276,7 @@ class Coordinator:
         else:
             self.state = SessionState.LOST
             self._connected.clear()
+            self._check_now.set()  # the supervisor looks at once whether kazoo's thread died
         log.info("zookeeper session %s%s", self.state.value, " (new session)" if new_session else "")
         for listener in list(self._listeners):
             try:
@@ -155,6 +299,11 @@ class Coordinator:
             return await asyncio.wait_for(loop.run_in_executor(None, lambda: fn(*args, **kw)), timeout)
         except (KazooException, KazooTimeoutError, TimeoutError) as exc:
             raise CoordinationError(f"{getattr(fn, '__name__', 'zookeeper call')}: {exc!r}") from exc
+        except (ValueError, TypeError) as exc:
+            # kazoo checks some arguments itself before queueing ("relative paths not allowed").
+            if _raised_by_kazoo(exc):
+                raise InvalidPath(f"{getattr(fn, '__name__', 'zookeeper call')}: {exc}") from exc
+            raise
 
     async def _put_ephemeral(self, path: str, data: bytes) -> None:
         def put() -> None:
@@ -174,6 +323,7 @@ class Coordinator:
 
     async def register(self, path: str, value: Any) -> None:
         """Keep an ephemeral znode with a JSON value for as long as this process lives."""
+        check_path(path)
         data = json.dumps(value).encode()
         self._ephemerals[path] = data
         await self._put_ephemeral(path, data)
@@ -188,6 +338,8 @@ class Coordinator:
             self.client.delete(path)
 
     async def get_json(self, path: str) -> Any | None:
+        check_path(path)
+
         def get() -> Any | None:
             try:
                 data, _ = self.client.get(path)
@@ -198,6 +350,8 @@ class Coordinator:
         return await self.call(get)
 
     async def children_json(self, path: str) -> dict[str, Any]:
+        check_path(path)
+
         def get() -> dict[str, Any]:
             out: dict[str, Any] = {}
             try:
@@ -235,6 +389,7 @@ class Coordinator:
     # -- watches -------------------------------------------------------------------------
     def watch_json(self, path: str, callback: Callable[[Any | None], None]) -> None:
         """Call ``callback(value)`` on the loop now and whenever the znode changes."""
+        check_path(path)
         loop = asyncio.get_running_loop()
 
         def on_change(data: bytes | None, _stat: Any) -> None:
@@ -249,6 +404,7 @@ class Coordinator:
 
     async def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> None:
         """Call ``callback(names)`` on the loop now and whenever the children change."""
+        check_path(path)
         loop = asyncio.get_running_loop()
 
         def on_change(children: list[str]) -> None:
