@@ -25,6 +25,7 @@ from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import PowerActionError, PowerSaver
 from snooze import config as cfg
+from snooze.domainxml import DomainPolicy
 from snooze.heartbeat import FailureDetector
 from snooze.models import (
     Capacity,
@@ -46,7 +47,7 @@ class LocalController(Service):
     def __init__(self, settings: cfg.Settings) -> None:
         super().__init__(settings)
         lc = settings.localcontroller
-        self.hypervisor = LibvirtHypervisor(lc.hypervisor_uri)
+        self.hypervisor = LibvirtHypervisor(lc.hypervisor_uri, policy=DomainPolicy.from_settings(settings.templates))
         self.total: Capacity = (0.0, 0.0, 0.0, 0.0)
         self.status = Status.ACTIVE
         self.gm: GroupManagerDescription | None = None
@@ -239,7 +240,6 @@ class LocalController(Service):
 
     async def _start_vm(self, vm: dict[str, Any]) -> dict[str, Any]:
         vm_id = str(vm.get("id"))
-        lc = self.settings.localcontroller
         try:
             existing = {d.name: d for d in await self.hypervisor.domains()}
             if vm_id in existing and existing[vm_id].state in ("RUNNING", "PAUSED"):
@@ -251,7 +251,7 @@ class LocalController(Service):
             try:
                 xml, changes = adapt_domain_xml(
                     str(vm.get("xml", "")), name=vm_id, mac=vm.get("mac"), test_driver=self.hypervisor.is_test_driver,
-                    image_id=vm.get("imageId"), image_dir=lc.image_directory,
+                    image_id=vm.get("imageId"), policy=self.hypervisor.policy,
                 )
                 info = await self.hypervisor.start(xml)
             finally:

@@ -197,7 +197,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("[groupmanager] idle_time and reserved_nodes must be >= 0, wakeup_time > 0")
     if len(s.localcontroller.network_capacity) != 2:
         raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
-    from snooze.domainxml import check_settings  # the template policy's own rules; imports this module
+    # The template policy's own rules (a late import: snooze.domainxml imports this module).
+    from snooze.domainxml import check_settings
 
     check_settings(s.templates)
 

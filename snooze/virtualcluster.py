@@ -3,27 +3,50 @@
 A submission is checked whole before anything is allocated: any bad template makes the
 request a 400 that names the field (``virtualMachineTemplates[2].memory``). A valid template
 becomes a ``VMSpec`` with its id (the domain's name, as in the original), requested capacity
-``[cpu, memory KiB, rx, tx]`` and domain XML; addresses are added by the leader.
+``[cpu, memory KiB, rx, tx]`` and domain XML; addresses are added by the leader. The domain XML
+is never the client's text: ``snooze.domainxml`` checks it against the operator's template
+policy and rebuilds it, and the spec holds the rebuilt XML.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
+import math
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
+import defusedxml.ElementTree as DET
+
+from snooze.domainxml import (
+    MAX_MEMORY_KIB,
+    MAX_VCPUS,
+    DomainPolicy,
+    PolicyViolation,
+    rebuild_domain,
+)
+from snooze.ids import ID_RULE, is_valid_id
 from snooze.models import Capacity
 
 MAX_TEMPLATES = 5000
-MAX_VCPUS = 1024
-MAX_MEMORY_KIB = 16 * 1024**3  # 16 TiB
 MAX_NETWORK_KIB = 100 * 1024**2  # 100 GiB/s
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_MEMORY_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024, "mib": 1024,
-                 "mb": 1e6 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1e9 / 1024, "t": 1024**3, "tib": 1024**3}
+
+__all__ = [
+    "MAX_MEMORY_KIB",
+    "MAX_NETWORK_KIB",
+    "MAX_TEMPLATES",
+    "MAX_VCPUS",
+    "InvalidSubmission",
+    "VMSpec",
+    "domain_xml",
+    "mac_for_ip",
+    "parse_submission",
+    "parse_template",
+    "set_mac",
+    "subnet_hosts",
+    "vm_metadata",
+]
 
 
 class InvalidSubmission(ValueError):
@@ -55,68 +78,50 @@ class VMSpec:
 
 
 def _number(value: Any, where: str, *, minimum: float, maximum: float, integer: bool = False) -> float:
+    """A JSON number within [minimum, maximum]: never a string, a boolean, NaN, an infinity or
+    an integer too large for a float or for msgpack (the bounds are far below 2**64)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidSubmission(f"{where}: expected a number, got {value!r}", where)
-    if value != value or not minimum <= value <= maximum:
-        raise InvalidSubmission(f"{where}: must be between {minimum:g} and {maximum:g}, got {value!r}", where)
+        raise InvalidSubmission(f"{where}: expected a number, got {type(value).__name__}", where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSubmission(f"{where}: must be a finite number", where)
+    if not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:21] + "..."
+        raise InvalidSubmission(f"{where}: must be between {minimum:g} and {maximum:g}, got {shown}", where)
     if integer and int(value) != value:
         raise InvalidSubmission(f"{where}: must be a whole number, got {value!r}", where)
     return float(value)
 
 
-def _memory_kib(elem: ET.Element, where: str) -> float:
-    try:
-        value = float((elem.text or "").strip())
-    except ValueError as exc:
-        raise InvalidSubmission(f"{where}: <memory> is not a number", where) from exc
-    unit = (elem.get("unit") or "KiB").lower()
-    if unit not in _MEMORY_UNITS:
-        raise InvalidSubmission(f"{where}: unknown memory unit {unit!r}", where)
-    return _number(value * _MEMORY_UNITS[unit], where + ".memory", minimum=1024, maximum=MAX_MEMORY_KIB)
+def _id(value: Any, where: str, what: str) -> str:
+    if not is_valid_id(value):
+        raise InvalidSubmission(f"{where}: {what} must be {ID_RULE}", where)
+    return str(value)
 
 
-def parse_domain_xml(text: str, where: str) -> tuple[ET.Element, str, float, float]:
-    """(root, name, vcpus, memory KiB) of a domain XML; InvalidSubmission if unusable."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidSubmission(f"{where}: expected domain XML text", where)
-    try:
-        root = ET.fromstring(text.strip().encode())
-    except ET.ParseError as exc:
-        raise InvalidSubmission(f"{where}: domain XML does not parse: {exc}", where) from exc
-    if root.tag != "domain":
-        raise InvalidSubmission(f"{where}: root element must be <domain>, got <{root.tag}>", where)
-    name = (root.findtext("name") or "").strip()
-    if not NAME_RE.match(name):
-        raise InvalidSubmission(f"{where}: <name> must be 1-63 letters, digits, '.', '_' or '-'", where)
-    mem = root.find("memory")
-    if mem is None:
-        raise InvalidSubmission(f"{where}: <memory> is missing", where)
-    vcpu_text = (root.findtext("vcpu") or "1").strip()
-    try:
-        vcpus = float(int(vcpu_text))
-    except ValueError as exc:
-        raise InvalidSubmission(f"{where}: <vcpu> is not a whole number", where) from exc
-    _number(vcpus, where + ".vcpu", minimum=1, maximum=MAX_VCPUS, integer=True)
-    return root, name, vcpus, _memory_kib(mem, where)
-
-
-def domain_xml(name: str, vcpus: int, memory_kib: int, image_id: str | None) -> str:
-    """The domain XML for a template given as vcpus/memory/imageId/name."""
+def domain_xml(name: str, vcpus: int, memory_kib: int, image_id: str | None, policy: DomainPolicy | None = None) -> str:
+    """The domain XML for a template given as vcpus/memory/imageId/name (all already valid ids
+    and numbers), joined to the first bridge (or network) the policy allows."""
+    policy = policy or DomainPolicy.default()
     disk = ""
-    if image_id:
+    if image_id and "disk" in policy.devices:
         disk = (f'<disk type="file" device="disk"><driver name="qemu" type="qcow2"/>'
                 f'<source file="{image_id}"/><target dev="vda" bus="virtio"/></disk>')
+    nic = ""
+    if "interface" in policy.devices and policy.bridges:
+        nic = f'<interface type="bridge"><source bridge="{sorted(policy.bridges)[0]}"/></interface>'
+    elif "interface" in policy.devices and policy.networks:
+        nic = f'<interface type="network"><source network="{sorted(policy.networks)[0]}"/></interface>'
+    serial = '<serial type="pty"><target port="0"/></serial>' if "serial" in policy.devices else ""
     return (
         f'<domain type="kvm"><name>{name}</name><uuid>{uuid.uuid4()}</uuid>'
         f"<memory>{memory_kib}</memory><currentMemory>{memory_kib}</currentMemory><vcpu>{vcpus}</vcpu>"
         '<os><type arch="x86_64">hvm</type><boot dev="hd"/></os><features><acpi/><apic/></features>'
         '<clock offset="utc"/><on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>'
-        f'<on_crash>restart</on_crash><devices>{disk}<interface type="bridge"><source bridge="virbr0"/>'
-        "</interface><serial type=\"pty\"><target port=\"0\"/></serial></devices></domain>"
+        f"<on_crash>restart</on_crash><devices>{disk}{nic}{serial}</devices></domain>"
     )
 
 
-def parse_submission(body: Any) -> list[VMSpec]:
+def parse_submission(body: Any, policy: DomainPolicy | None = None) -> list[VMSpec]:
     """Validate a startVirtualCluster body; the whole list, or an InvalidSubmission naming the field."""
     if not isinstance(body, dict):
         raise InvalidSubmission("body must be a JSON object with virtualMachineTemplates", "body")
@@ -129,11 +134,12 @@ def parse_submission(body: Any) -> list[VMSpec]:
         raise InvalidSubmission("virtualMachineTemplates is empty", "virtualMachineTemplates")
     if len(templates) > MAX_TEMPLATES:
         raise InvalidSubmission(f"at most {MAX_TEMPLATES} templates per virtual cluster", "virtualMachineTemplates")
+    policy = policy or DomainPolicy.default()
     specs: list[VMSpec] = []
     seen: set[str] = set()
     for i, t in enumerate(templates):
         where = f"virtualMachineTemplates[{i}]"
-        spec = parse_template(t, where)
+        spec = parse_template(t, where, policy)
         if spec.id in seen:
             raise InvalidSubmission(f"{where}: name {spec.id!r} is used twice in this virtual cluster", where + ".name")
         seen.add(spec.id)
@@ -141,24 +147,34 @@ def parse_submission(body: Any) -> list[VMSpec]:
     return specs
 
 
-def parse_template(t: Any, where: str) -> VMSpec:
+def parse_template(t: Any, where: str, policy: DomainPolicy | None = None) -> VMSpec:
     if not isinstance(t, dict):
         raise InvalidSubmission(f"{where}: must be an object", where)
-    demand = t.get("networkCapacityDemand") or {}
+    policy = policy or DomainPolicy.default()
+    demand = t.get("networkCapacityDemand")
+    if demand is None:
+        demand = {}
     if not isinstance(demand, dict):
         raise InvalidSubmission(f"{where}.networkCapacityDemand: must be an object", where + ".networkCapacityDemand")
     rx = _number(demand.get("rxBytes", 0.0), where + ".networkCapacityDemand.rxBytes", minimum=0, maximum=MAX_NETWORK_KIB)
     tx = _number(demand.get("txBytes", 0.0), where + ".networkCapacityDemand.txBytes", minimum=0, maximum=MAX_NETWORK_KIB)
     image_id = t.get("imageId")
-    if image_id is not None and (not isinstance(image_id, str) or not image_id or "/" in image_id or image_id.startswith(".")):
-        raise InvalidSubmission(f"{where}.imageId: must be a file name in the image directory", where + ".imageId")
+    if image_id is not None:
+        image_id = _id(image_id, where + ".imageId", "a file name in the image store")
     host_id = t.get("hostId")
-    if host_id is not None and not isinstance(host_id, str):
-        raise InvalidSubmission(f"{where}.hostId: must be a string", where + ".hostId")
-    extra = {k: t[k] for k in ("affinityGroup", "antiAffinityGroup") if isinstance(t.get(k), str)}
-    if "libVirtTemplate" in t and t["libVirtTemplate"] is not None:
-        _root, name, vcpus, memory = parse_domain_xml(t["libVirtTemplate"], where + ".libVirtTemplate")
-        return VMSpec(name, (vcpus, memory, rx, tx), t["libVirtTemplate"].strip(), image_id, host_id, extra=extra)
+    if host_id is not None:
+        host_id = _id(host_id, where + ".hostId", "a local controller id")
+    extra: dict[str, Any] = {}
+    for key in ("affinityGroup", "antiAffinityGroup"):
+        if t.get(key) is not None:
+            extra[key] = _id(t[key], f"{where}.{key}", "a group name")
+    if t.get("libVirtTemplate") is not None:
+        field_name = where + ".libVirtTemplate"
+        try:
+            dom = rebuild_domain(t["libVirtTemplate"], policy)
+        except PolicyViolation as exc:
+            raise InvalidSubmission(f"{field_name}: {exc}", field_name) from None
+        return VMSpec(dom.name, (float(dom.vcpus), float(dom.memory_kib), rx, tx), dom.xml, image_id, host_id, extra=extra)
     missing = [k for k in ("vcpus", "memory", "name") if t.get(k) is None]
     if missing:
         raise InvalidSubmission(
@@ -166,10 +182,13 @@ def parse_template(t: Any, where: str) -> VMSpec:
         )
     vcpus = _number(t["vcpus"], where + ".vcpus", minimum=1, maximum=MAX_VCPUS, integer=True)
     memory = _number(t["memory"], where + ".memory", minimum=1024, maximum=MAX_MEMORY_KIB, integer=True)
-    name = t["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidSubmission(f"{where}.name: must be 1-63 letters, digits, '.', '_' or '-'", where + ".name")
-    return VMSpec(name, (vcpus, memory, rx, tx), domain_xml(name, int(vcpus), int(memory), image_id), image_id, host_id, extra=extra)
+    name = _id(t["name"], where + ".name", "a name")
+    try:
+        dom = rebuild_domain(domain_xml(name, int(vcpus), int(memory), image_id, policy), policy)
+    except PolicyViolation as exc:
+        # Only an operator's policy that refuses its own generated domains gets here.
+        raise InvalidSubmission(f"{where}: the template policy refuses this VM: {exc}", where) from None
+    return VMSpec(name, (vcpus, memory, rx, tx), dom.xml, image_id, host_id, extra=extra)
 
 
 # -- addresses -------------------------------------------------------------------------------
@@ -190,7 +209,7 @@ def subnet_hosts(cidr: str) -> list[str]:
 def set_mac(xml: str, mac: str) -> str:
     """The domain XML with ``mac`` on its first interface; a domain without one is left alone
     (its address is still reserved and reported)."""
-    root = ET.fromstring(xml.encode())
+    root = DET.fromstring(xml.encode(), forbid_dtd=True)
     iface = root.find("devices/interface")
     if iface is None:
         return xml

@@ -25,6 +25,7 @@ from groupmanager.placement import HostView, VMRequest, make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import AlreadyExists, StaleEpoch, Store
+from snooze.domainxml import DomainPolicy
 from snooze.http import ApiError
 from snooze.models import ZERO, Capacity, NetworkAddress, add
 from snooze.rpc import RpcError
@@ -64,6 +65,7 @@ class Submissions:
         self.subnet = settings.virtual_machine_subnet
         self.addresses = subnet_hosts(self.subnet)
         self.policy = make_placement_policy(settings.dispatch_policy, thresholds=thresholds_from(settings))
+        self.domain_policy = DomainPolicy.from_settings(gm.settings.templates)
         self.reserved: dict[str, dict[str, Capacity]] = defaultdict(dict)
         self._alloc = asyncio.Lock()
         self._dispatching: set[str] = set()
@@ -80,7 +82,7 @@ class Submissions:
     # -- submit --------------------------------------------------------------------------
     async def submit(self, body: Any) -> str:
         try:
-            specs = parse_submission(body)
+            specs = parse_submission(body, self.domain_policy)
         except InvalidSubmission as exc:
             raise ApiError(400, "INVALID_TEMPLATE", str(exc), field=exc.field) from exc
         self._require_agreement()

@@ -1,9 +1,12 @@
 """Fitting a submitted domain XML to this host's hypervisor, and saying what was changed.
 
-On a real hypervisor the template is used as given, except that ``imageId`` must name a disk
-image in the image directory (its disk source is set to that file). On libvirt's test driver,
-which runs no guest, the domain type becomes ``test``, the emulator is dropped, and disk
-disks whose image does not exist are removed; every change is listed so that users can see it.
+First the host's own template policy is applied (``snooze.domainxml``, with this host's image
+store, resolving relative paths and symlinks there): whatever a leader accepted, a domain that
+would reach outside the image store or the allowed devices never gets further than this. Then,
+on a real hypervisor, the template is used as given, except that ``imageId`` must name a disk
+image in the image store (its disk source is set to that file). On libvirt's test driver,
+which runs no guest, the domain type becomes ``test``, the emulator is dropped, and disks
+whose image does not exist are removed; every change is listed so that users can see it.
 """
 
 from __future__ import annotations
@@ -13,19 +16,26 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from localcontroller.hypervisor.errors import HypervisorError, InvalidDomainXML
+from snooze.domainxml import DomainPolicy, PolicyViolation, RebuiltDomain, rebuild_domain
+from snooze.ids import is_valid_id
 
 
 class ImageNotFound(HypervisorError):
     code = "IMAGE_NOT_FOUND"
 
 
-def adapt_domain_xml(
-    xml: str, *, name: str, mac: str | None, test_driver: bool, image_id: str | None, image_dir: str
-) -> tuple[str, list[str]]:
+def check_on_host(xml: str, policy: DomainPolicy, *, test_driver: bool) -> RebuiltDomain:
+    """The domain rebuilt under this host's policy, or InvalidDomainXML naming the element."""
     try:
-        root = ET.fromstring(xml.encode())
-    except ET.ParseError as exc:
-        raise InvalidDomainXML(f"domain XML does not parse: {exc}") from exc
+        return rebuild_domain(xml, policy, on_host=True, test_driver=test_driver)
+    except PolicyViolation as exc:
+        raise InvalidDomainXML(f"refused by this host's template policy: {exc}") from None
+
+
+def adapt_domain_xml(
+    xml: str, *, name: str, mac: str | None, test_driver: bool, image_id: str | None, policy: DomainPolicy
+) -> tuple[str, list[str]]:
+    root = check_on_host(xml, policy, test_driver=test_driver).root
     changes: list[str] = []
     name_el = root.find("name")
     if name_el is None:
@@ -45,12 +55,14 @@ def adapt_domain_xml(
                 iface.insert(0, mac_el)
             mac_el.set("address", mac)
     if image_id and not test_driver:
-        path = Path(image_dir) / image_id
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f"image {image_id!r} is not a file name")
+        path = Path(policy.image_directory) / image_id
         if not path.is_file():
-            raise ImageNotFound(f"image {image_id!r} is not in {image_dir}")
+            raise ImageNotFound(f"image {image_id!r} is not in {policy.image_directory}")
         for disk in devices.findall("disk"):
             src = disk.find("source")
-            if disk.get("device", "disk") == "disk" and src is not None:
+            if disk.get("device", "disk") == "disk" and disk.get("type", "file") == "file" and src is not None:
                 src.set("file", str(path))
                 break
     if test_driver:
@@ -64,6 +76,7 @@ def adapt_domain_xml(
         for disk in list(devices.findall("disk")):
             src = disk.find("source")
             path_text = src.get("file") if src is not None else None
+            # The policy made every path absolute and inside the image store.
             if src is not None and path_text and not os.path.exists(path_text):
                 # The test driver refuses a disk without a source: drop the whole disk.
                 devices.remove(disk)

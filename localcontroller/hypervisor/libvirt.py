@@ -9,7 +9,6 @@ asyncio loop never blocks on the hypervisor, and every ``libvirtError`` becomes 
 from __future__ import annotations
 
 import asyncio
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,12 +16,14 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from localcontroller.hypervisor.adapt import check_on_host
 from localcontroller.hypervisor.errors import (
     DomainNotFound,
     HypervisorError,
     InvalidDomainXML,
     UnsupportedOperation,
 )
+from snooze.domainxml import DomainPolicy
 
 T = TypeVar("T")
 
@@ -79,8 +80,10 @@ def _map_error(exc: libvirt.libvirtError, what: str) -> HypervisorError:
 
 
 class LibvirtHypervisor:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, policy: DomainPolicy | None = None) -> None:
         self.uri = uri
+        # What a domain defined here may contain ([templates]); the defaults when not given.
+        self.policy = policy or DomainPolicy.default()
         self._conn: libvirt.virConnect | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
 
@@ -153,11 +156,12 @@ class LibvirtHypervisor:
         return self._c().lookupByName(name)
 
     async def start(self, xml: str) -> DomainInfo:
-        """Define and start a persistent domain; nothing stays defined if the start fails."""
-        try:
-            ET.fromstring(xml)
-        except ET.ParseError as exc:
-            raise InvalidDomainXML(f"domain XML does not parse: {exc}") from exc
+        """Define and start a persistent domain; nothing stays defined if the start fails.
+
+        The XML is checked against this host's template policy and rebuilt first, whoever sent
+        it (a group manager's order, a peer's migrated domain): only the rebuilt XML is defined.
+        """
+        xml = check_on_host(xml, self.policy, test_driver=self.is_test_driver).xml
 
         def do() -> DomainInfo:
             dom = self._c().defineXML(xml)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from localcontroller.hypervisor.adapt import ImageNotFound, adapt_domain_xml
+from snooze.domainxml import DomainPolicy
 from snooze.virtualcluster import (
     InvalidSubmission,
     mac_for_ip,
@@ -17,7 +19,7 @@ from snooze.virtualcluster import (
 )
 
 KVM = ('<domain type="kvm"><name>d1</name><memory>200000</memory><vcpu>2</vcpu><devices><emulator>/usr/bin/kvm</emulator>'
-       '<disk device="disk" type="file"><source file="/nonexistent/d1.qcow2"/><target dev="vda"/></disk>'
+       '<disk device="disk" type="file"><source file="/var/lib/snooze/images/nonexistent/d1.qcow2"/><target dev="vda"/></disk>'
        '<interface type="bridge"><mac address="52:54:01:84:26:2c"/><source bridge="virbr0"/></interface></devices></domain>')
 
 
@@ -42,7 +44,7 @@ def test_submission_parses_both_template_forms() -> None:
     ]})
     assert specs[0].id == "d1" and specs[0].requested == (2.0, 200000.0, 12800.0, 6400.0)
     assert specs[1].id == "v2" and specs[1].requested == (2.0, 524288.0, 0.0, 0.0)
-    assert "<source file=\"debian.qcow2\"/>" in specs[1].xml
+    assert ET.fromstring(specs[1].xml).find("devices/disk/source").get("file") == "debian.qcow2"  # type: ignore[union-attr]
 
 
 def test_memory_units_in_domain_xml_are_converted_to_kib() -> None:
@@ -54,7 +56,8 @@ def test_memory_units_in_domain_xml_are_converted_to_kib() -> None:
 
 
 def test_adaptation_to_the_test_driver_is_recorded() -> None:
-    xml, changes = adapt_domain_xml(KVM, name="d1", mac="54:56:c0:a8:7a:6", test_driver=True, image_id=None, image_dir="/x")
+    xml, changes = adapt_domain_xml(KVM, name="d1", mac="54:56:c0:a8:7a:6", test_driver=True, image_id=None,
+                                    policy=DomainPolicy.default())
     root = ET.fromstring(xml)
     assert root.get("type") == "test" and root.find("devices/emulator") is None and root.find("devices/disk") is None
     assert root.find("devices/interface/mac").get("address") == "54:56:c0:a8:7a:6"  # type: ignore[union-attr]
@@ -62,11 +65,13 @@ def test_adaptation_to_the_test_driver_is_recorded() -> None:
 
 
 def test_on_a_real_hypervisor_the_template_is_kept_and_images_must_exist(tmp_path: Path) -> None:
+    policy = dataclasses.replace(DomainPolicy.default(), image_directory=str(tmp_path))
+    kvm = KVM.replace("/var/lib/snooze/images/nonexistent", str(tmp_path))
     with pytest.raises(ImageNotFound) as err:
-        adapt_domain_xml(KVM, name="d1", mac=None, test_driver=False, image_id="missing.qcow2", image_dir=str(tmp_path))
+        adapt_domain_xml(kvm, name="d1", mac=None, test_driver=False, image_id="missing.qcow2", policy=policy)
     assert err.value.code == "IMAGE_NOT_FOUND" and "missing.qcow2" in str(err.value)
     (tmp_path / "debian.qcow2").write_bytes(b"")
-    xml, changes = adapt_domain_xml(KVM, name="d1", mac=None, test_driver=False, image_id="debian.qcow2", image_dir=str(tmp_path))
+    xml, changes = adapt_domain_xml(kvm, name="d1", mac=None, test_driver=False, image_id="debian.qcow2", policy=policy)
     root = ET.fromstring(xml)
     assert root.get("type") == "kvm" and root.find("devices/emulator") is not None
     assert root.find("devices/disk/source").get("file") == str(tmp_path / "debian.qcow2")  # type: ignore[union-attr]
