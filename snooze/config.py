@@ -82,6 +82,8 @@ class GroupManagerSettings:
     cpu_thresholds: list = opt([0.0, 1.0, 1.0], "CPU utilisation [MIN, MID, MAX] (original: 0, 1, 1): underloaded below MIN, a host accepts VMs up to MID, overloaded above MAX.")
     memory_thresholds: list = opt([0.0, 1.0, 1.0], "Memory utilisation [MIN, MID, MAX] (original: 0, 1, 1).")
     network_thresholds: list = opt([0.0, 1.0, 1.0], "Network utilisation [MIN, MID, MAX] for rx and tx (original: 0, 1, 1).")
+    task_retention: float = opt(3600.0, "Seconds a finished submission (its getVirtualClusterResponse) and a failed VM's record are kept in ZooKeeper before the leader forgets them (at least 1; swept every tenth of it, 1-60 s).")
+    transaction_bytes: int = opt(900000, "Largest ZooKeeper transaction the leader writes (keep it under the server's jute.maxbuffer, 1 MiB by default); a bigger submission is recorded as an intent record, then chunks of half this size.")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from groupmanager.leader.assignment import choose_group_manager
-from groupmanager.leader.submissions import Submissions
+from groupmanager.leader.submissions import Submissions, sweep_interval
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError
@@ -61,6 +61,8 @@ class LeaderRole:
         gm.internal.on("gl.startVirtualCluster", self._on_start_vc)
         gm.internal.on("gl.virtualClusterResponse", self._on_vc_response)
         gm.spawn("leader.resume", self.submissions.resume())
+        retention = self.submissions.retention
+        gm.every("leader.sweep", lambda: sweep_interval(retention), self.submissions.sweep)
         await gm.coord.watch_children(gm.coord.path("groupmanagers"), self._on_gm_children)
         hb = gm.settings.heartbeat
         gm.every("leader.heartbeat", lambda: hb.interval, self._heartbeat)
@@ -68,7 +70,7 @@ class LeaderRole:
 
     async def stop(self) -> None:
         self.running = False
-        for name in ("leader.heartbeat", "leader.peers", "leader.refresh", "leader.resume"):
+        for name in ("leader.heartbeat", "leader.peers", "leader.refresh", "leader.resume", "leader.sweep"):
             self.gm.cancel(name)
         for kind in ("gm.join", "gm.summary", "lc.assign", "gl.hierarchy", "gl.startVirtualCluster", "gl.virtualClusterResponse"):
             self.gm.internal.handlers.pop(kind, None)

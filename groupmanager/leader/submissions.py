@@ -1,32 +1,54 @@
 """Virtual-cluster submissions on the group leader: accept, persist, dispatch, answer, resume.
 
 ``submit`` validates the whole request first (a 400 naming the field, nothing allocated), then
-allocates addresses and writes the task, the VM records and their specs to ZooKeeper in one
-fenced transaction, and answers the task id at once. Dispatching runs in the background: the
-placement package chooses a group manager per VM from their summaries, each group manager
-places its batch on its local controllers, and the outcome of every VM is written back.
+allocates addresses and records the task, the VM records and their specs in ZooKeeper wholly or
+not at all (one fenced transaction when it fits, else an intent record first: see
+``snooze/coordination/store.py``), and answers the task id at once. Dispatching runs in the
+background: the placement package chooses a group manager per VM from their summaries, each
+group manager places its batch on its local controllers, and the outcome of every VM is written
+back.
+
+A client's retry is never refused as a duplicate of itself: a submission may carry a
+``requestId`` (an idempotency key, a valid id); a retry with the same key and the same
+templates answers the task already recorded (the same key with other templates is a 409
+REQUEST_ID_REUSED). Without a key, a submission whose VM names all belong to one task recorded
+from identical templates (and no key) is taken as a retry of that task too.
 
 A VM is marked DISPATCHED (with its group manager) before the order leaves, so a leader elected
 after a crash knows which VMs may already be starting: it waits a grace period, asks every local
 controller which domains it runs, adopts those, and dispatches only the rest. No VM is started
-twice and none is lost.
+twice and none is lost. Submissions a leader died while recording (RECORDING tasks) are settled
+by the next leader, by the client's retry, or by the periodic sweep, which also forgets finished
+tasks and failed VM records after ``[groupmanager] task_retention``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from groupmanager.placement import HostView, VMRequest, make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze.coordination import CoordinationError
-from snooze.coordination.store import AlreadyExists, StaleEpoch, Store
+from snooze.coordination.store import (
+    DONE,
+    PENDING,
+    RECORDING,
+    AlreadyExists,
+    StaleEpoch,
+    Store,
+    TooLarge,
+)
 from snooze.domainxml import DomainPolicy
 from snooze.http import ApiError
+from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, add
 from snooze.rpc import RpcError
 from snooze.virtualcluster import (
@@ -44,8 +66,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DONE = "DONE"
-PENDING = "PENDING"
+__all__ = ["DISPATCHED", "DONE", "PENDING", "RECORDING", "STARTED", "Submissions", "fingerprint", "sweep_interval"]
+
 DISPATCHED = "DISPATCHED"
 STARTED = ("RUNNING", "PAUSED")
 
@@ -55,20 +77,36 @@ def _vec(values: Any) -> Capacity:
     return (float(v[0]), float(v[1]), float(v[2]), float(v[3]))
 
 
+def fingerprint(templates: Any) -> str:
+    """What makes two submissions the same request: the client's templates, as sent (parsing
+    is not deterministic: a generated domain gets a fresh uuid)."""
+    canonical = json.dumps(templates, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def sweep_interval(retention: float) -> float:
+    """Seconds between retention sweeps: a tenth of the retention, between 1 s and 60 s."""
+    return max(1.0, min(60.0, retention / 10))
+
+
 class Submissions:
     def __init__(self, leader: LeaderRole) -> None:
         self.leader = leader
         gm = leader.gm
         assert gm.coord is not None
-        self.store = Store(gm.coord)
         settings = gm.settings.groupmanager
+        limit = max(4096, int(settings.transaction_bytes))
+        self.store = Store(gm.coord, single_tx_bytes=limit, chunk_bytes=limit // 2)
         self.subnet = settings.virtual_machine_subnet
         self.addresses = subnet_hosts(self.subnet)
+        self.retention = max(1.0, float(settings.task_retention))
         self.policy = make_placement_policy(settings.dispatch_policy, thresholds=thresholds_from(settings))
         self.domain_policy = DomainPolicy.from_settings(gm.settings.templates)
         self.reserved: dict[str, dict[str, Capacity]] = defaultdict(dict)
+        # Held while recording, settling or sweeping: none of them sees another half done.
         self._alloc = asyncio.Lock()
         self._dispatching: set[str] = set()
+        self._resumable = False  # the failover grace is over: PENDING tasks may be dispatched
 
     @property
     def epoch(self) -> int:
@@ -85,27 +123,41 @@ class Submissions:
             specs = parse_submission(body, self.domain_policy)
         except InvalidSubmission as exc:
             raise ApiError(400, "INVALID_TEMPLATE", str(exc), field=exc.field) from exc
+        request_id = body.get("requestId")
+        if request_id is not None:
+            try:
+                request_id = check_id(request_id, "requestId")
+            except InvalidId as exc:
+                raise ApiError(400, "INVALID_REQUEST_ID", str(exc), field=exc.field) from exc
+        try:
+            signature = fingerprint(body["virtualMachineTemplates"])
+        except (RecursionError, TypeError, ValueError) as exc:
+            raise ApiError(400, "INVALID_TEMPLATE", f"virtualMachineTemplates cannot be read back: {exc}",
+                           field="virtualMachineTemplates") from exc
         self._require_agreement()
-        existing = await self.store.get_vms(s.id for s in specs)
-        for vm_id, rec in list(existing.items()):
-            if rec.get("status") == "ERROR" and rec.get("ipAddress") is None:
-                # A VM that never started holds nothing: its name can be used again.
-                await self.store.delete_vm(vm_id, self.subnet)
-                del existing[vm_id]
-        if existing:
-            first = next(i for i, s in enumerate(specs) if s.id in existing)
-            raise ApiError(409, "VIRTUAL_MACHINE_EXISTS", f"a virtual machine named {specs[first].id!r} already exists",
-                           field=f"virtualMachineTemplates[{first}].name")
-        task_id = str(uuid.uuid4())
         async with self._alloc:
+            try:
+                known = await self._known_submission(specs, request_id, signature)
+                if known is not None:
+                    log.info("virtual cluster %s submitted again: answering the same task", known)
+                    return known
+                await self._free_names(specs)
+            except StaleEpoch as exc:
+                raise ApiError(503, "NOT_GROUP_LEADER", "this group leader has been replaced; retry") from exc
+            except CoordinationError as exc:
+                raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+            task_id = str(uuid.uuid4())
             for attempt in range(3):
                 records = await self._allocate(specs, task_id)
-                task = {"taskId": task_id, "state": PENDING, "vmIds": [s.id for s in specs],
-                        "submittedAt": time.time(), "epoch": self.epoch}
+                task: dict[str, Any] = {"taskId": task_id, "state": PENDING, "vmIds": [s.id for s in specs],
+                                        "requestId": request_id, "fingerprint": signature,
+                                        "submittedAt": time.time(), "epoch": self.epoch}
                 try:
-                    await self.store.create_submission(task, list(records.values()), [s.to_json() for s in specs],
-                                                       self.subnet, self.epoch)
+                    task = await self.store.create_submission(task, list(records.values()), [s.to_json() for s in specs],
+                                                              self.subnet, self.epoch)
                     break
+                except TooLarge as exc:
+                    raise ApiError(400, "TEMPLATE_TOO_LARGE", str(exc), field=f"virtualMachineTemplates[{exc.index}]") from exc
                 except AlreadyExists as exc:
                     # Another writer took an address or a name in between: look again.
                     if attempt == 2:
@@ -114,9 +166,86 @@ class Submissions:
                     raise ApiError(503, "NOT_GROUP_LEADER", "this group leader has been replaced; retry") from exc
                 except CoordinationError as exc:
                     raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
-        self.leader.gm.spawn(f"dispatch-{task_id}", self.dispatch(task, specs, records))
+        self._start(task_id, self.dispatch(task, specs, records))
         log.info("accepted virtual cluster %s with %d VMs", task_id, len(specs))
         return task_id
+
+    async def _settled(self, task_id: str) -> dict[str, Any] | None:
+        """The task, after settling it if a leader died recording it (call with the lock held)."""
+        task = await self.store.get_task(task_id)
+        if task is not None and task.get("state") == RECORDING:
+            task = await self.store.settle_recording(task_id, self.epoch)
+            log.info("settled the interrupted recording of %s: %s", task_id, "completed" if task else "rolled back")
+            if task is not None:
+                self._ensure_progress(task)
+        return task
+
+    async def _known_submission(self, specs: list[VMSpec], request_id: str | None, signature: str) -> str | None:
+        """The task this request is a retry of, if any (call with the lock held)."""
+        names = [s.id for s in specs]
+        if request_id is not None:
+            task_id = await self.store.task_for_request(request_id)
+            candidates = [task_id] if task_id else []
+            if task_id and await self.store.get_task(task_id) is None:
+                await self.store.drop_request(request_id, task_id)  # a key left by a lost task
+        else:
+            existing = await self.store.get_vms(names)
+            owners = {str(r.get("taskId")) for r in existing.values()}
+            candidates = sorted(owners) if len(owners) == 1 else []
+        for task_id in candidates:
+            task = await self._settled(task_id)
+            if task is None:
+                continue
+            if task.get("requestId") == request_id and task.get("fingerprint") == signature and task.get("vmIds") == names:
+                self._ensure_progress(task)
+                return task_id
+            if request_id is not None:
+                raise ApiError(409, "REQUEST_ID_REUSED",
+                               f"requestId {request_id!r} was already used for another submission ({task_id})", field="requestId")
+        return None
+
+    async def _free_names(self, specs: list[VMSpec]) -> None:
+        """Refuse names in use (409); names held by nothing (a VM that never started, a ghost of
+        a submission no task will ever dispatch) are freed (call with the lock held)."""
+        existing = await self.store.get_vms(s.id for s in specs)
+        tasks: dict[str, dict[str, Any] | None] = {}
+        for rec in existing.values():
+            owner = str(rec.get("taskId"))
+            if owner not in tasks:
+                tasks[owner] = await self._settled(owner)
+        if tasks:
+            existing = await self.store.get_vms(s.id for s in specs)  # settling may have rolled some back
+        for vm_id, rec in list(existing.items()):
+            never_started = rec.get("status") == "ERROR" and rec.get("ipAddress") is None
+            ghost = rec.get("status") == PENDING and tasks.get(str(rec.get("taskId"))) is None
+            if never_started or ghost:
+                await self.store.delete_vm(vm_id, self.subnet)
+                del existing[vm_id]
+        if existing:
+            first = next(i for i, s in enumerate(specs) if s.id in existing)
+            raise ApiError(409, "VIRTUAL_MACHINE_EXISTS", f"a virtual machine named {specs[first].id!r} already exists",
+                           field=f"virtualMachineTemplates[{first}].name")
+
+    def _start(self, task_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a dispatch of ``task_id`` in the background, once at a time."""
+        self._dispatching.add(task_id)
+
+        async def run() -> None:
+            try:
+                await coro
+            except (StaleEpoch, CoordinationError) as exc:
+                log.warning("dispatch of %s interrupted: %s", task_id, exc)
+            finally:
+                self._dispatching.discard(task_id)
+
+        self.leader.gm.spawn(f"dispatch-{task_id}", run())
+
+    def _ensure_progress(self, task: dict[str, Any]) -> None:
+        """A PENDING task nobody dispatches (its leader died, or its recording was just
+        completed) is resumed; during the failover grace ``resume`` will do it."""
+        task_id = str(task["taskId"])
+        if task.get("state") == PENDING and self._resumable and task_id not in self._dispatching:
+            self._start(task_id, self._resume_task(task))
 
     async def _allocate(self, specs: list[VMSpec], task_id: str) -> dict[str, dict[str, Any]]:
         taken = await self.store.allocated_ips(self.subnet)
@@ -152,23 +281,45 @@ class Submissions:
         return views
 
     async def dispatch(self, task: dict[str, Any], specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:
+        """Place and start the task's PENDING VMs, then mark it DONE. ZooKeeper errors propagate:
+        the next leader resumes the task from ZooKeeper."""
         task_id = task["taskId"]
-        self._dispatching.add(task_id)
-        try:
-            await self._dispatch(specs, records)
-            failed = [r for r in records.values() if r["status"] == "ERROR" and r.get("ipAddress")]
-            if failed:
-                await self.store.release_addresses(failed, self.subnet, self.epoch)
-            task["state"] = DONE
-            task["finishedAt"] = time.time()
-            await self.store.set_task(task, self.epoch)
-            ok = sum(1 for r in records.values() if r["status"] in STARTED)
-            log.info("virtual cluster %s done: %d/%d VMs started", task_id, ok, len(records))
-        except (StaleEpoch, CoordinationError) as exc:
-            # The next leader resumes this task from ZooKeeper.
-            log.warning("dispatch of %s interrupted: %s", task_id, exc)
-        finally:
-            self._dispatching.discard(task_id)
+        await self._wait_ready()
+        await self._dispatch(specs, records)
+        failed = [r for r in records.values() if r["status"] == "ERROR" and r.get("ipAddress")]
+        if failed:
+            await self.store.release_addresses(failed, self.subnet, self.epoch)
+        task["state"] = DONE
+        task["finishedAt"] = time.time()
+        await self.store.set_task(task, self.epoch)
+        ok = sum(1 for r in records.values() if r["status"] in STARTED)
+        log.info("virtual cluster %s done: %d/%d VMs started", task_id, ok, len(records))
+
+    async def _wait_ready(self) -> None:
+        """Right after a failover, wait until the group managers have re-joined and report
+        their local controllers (or the grace is over): placing on a half-known hierarchy
+        would fail VMs for want of capacity that is only moving between group managers."""
+        while not self._resumable:
+            try:
+                if await self._hierarchy_settled():
+                    return
+            except CoordinationError:
+                pass
+            await asyncio.sleep(0.2)
+
+    async def _hierarchy_settled(self) -> bool:
+        gms = {r.description.id: r for r in self.leader.alive_gms()}
+        if not gms or not all(r.summary for r in gms.values()):
+            return False
+        coord = self.leader.gm.coord
+        assert coord is not None
+        lcs = await coord.children_json(coord.path("localcontrollers"))
+        per_gm: dict[str, int] = defaultdict(int)
+        for data in lcs.values():
+            per_gm[str(data.get("groupManagerId") if isinstance(data, dict) else None)] += 1
+        if set(per_gm) - set(gms):
+            return False  # a local controller is between group managers
+        return all(int(r.summary.get("numberOfLocalControllers", -1)) == per_gm.get(gm_id, 0) for gm_id, r in gms.items())
 
     async def _dispatch(self, specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:
         pending = [s for s in specs if records[s.id]["status"] == PENDING]
@@ -268,17 +419,44 @@ class Submissions:
         """Finish the submissions a previous leader left unfinished."""
         grace = self.leader.gm.settings.heartbeat.timeout + 1.0
         await asyncio.sleep(grace)  # in-flight starts finish; group managers re-join us
+        self._resumable = True
         try:
-            task_ids = await self.store.task_ids()
-            for task_id in task_ids:
-                if task_id in self._dispatching:
+            async with self._alloc:
+                tasks = await self.store.tasks()
+                for task_id, task in sorted(tasks.items()):
+                    if task.get("state") == RECORDING:
+                        tasks[task_id] = await self._settled(task_id) or {}
+            for task_id, task in sorted(tasks.items(), key=lambda kv: kv[1].get("submittedAt") or 0):
+                if task.get("state") != PENDING or task_id in self._dispatching:
                     continue
-                task = await self.store.get_task(task_id)
-                if task is None or task.get("state") == DONE:
-                    continue
-                await self._resume_task(task)
+                self._dispatching.add(task_id)
+                try:
+                    await self._resume_task(task)
+                except StaleEpoch:
+                    raise
+                except CoordinationError as exc:
+                    log.warning("could not resume virtual cluster %s: %s", task_id, exc)
+                finally:
+                    self._dispatching.discard(task_id)
         except (CoordinationError, StaleEpoch) as exc:
             log.warning("could not resume submissions: %s", exc)
+
+    async def sweep(self) -> None:
+        """Settle recordings a dead leader left, and forget what outlived the retention."""
+        coord = self.leader.gm.coord
+        if coord is None or not coord.connected or not self.leader.running:
+            return
+        try:
+            async with self._alloc:
+                for task_id, task in (await self.store.tasks()).items():
+                    if task.get("state") == RECORDING:  # not ours in progress: we hold the lock
+                        await self._settled(task_id)
+                gone = await self.store.expire(self.retention, time.time(), self.epoch, self.subnet)
+        except CoordinationError as exc:  # StaleEpoch too: the next leader sweeps
+            log.warning("retention sweep interrupted: %s", exc)
+            return
+        if gone["tasks"] or gone["vms"]:
+            log.info("retention: forgot %d finished tasks and %d VM records", gone["tasks"], gone["vms"])
 
     async def _resume_task(self, task: dict[str, Any]) -> None:
         records = await self.store.get_vms(task["vmIds"])

@@ -2,29 +2,74 @@
 
 Layout under the cluster root::
 
-    tasks/<taskId>         a submission: its VM ids, state (PENDING, DONE), timestamps
-    vms/<vmId>             a VM's small, often-updated state: status, errorCode, location, ip, mac
+    tasks/<taskId>         a submission: its VM ids, state (RECORDING, PENDING, DONE), the client's
+                           request id, a fingerprint of its templates, timestamps
+    requests/<requestId>   a client's idempotency key; its data is the task id
+    vms/<vmId>             a VM's small, often-updated state: status, errorCode, location, ip, mac,
+                           taskId, updatedAt
     vmspecs/<vmId>         a VM's spec (domain XML, requested capacity): written once
     ipam/<subnet>/<ip>     an address allocation; its data is the VM id
 
 Addresses are allocated by *creating* their znode, inside the same multi-op transaction as the
 VM's records, so an address can never be handed out twice, even by two leaders. Writes made by a
 leader also ``check`` the epoch znode's version, so a deposed leader's writes fail (fencing).
-Transactions are cut into chunks under ZooKeeper's request size limit.
+
+Recording a submission: all of it or none of it
+-----------------------------------------------
+A submission whose znodes fit in one transaction (estimated at most ``SINGLE_TX_BYTES``, under
+ZooKeeper's 1 MiB ``jute.maxbuffer``: 1.04 MB commits, 1.1 MB makes the server drop the
+connection) is written in **one** fenced multi-op: the task (PENDING), its request key, and per
+VM its address, record and spec. It is there whole or not at all.
+
+A larger one is written with an **intent record** first: the task in state RECORDING, naming all
+its VM ids and the request key, in its own create; then the VMs in chunks of about
+``CHUNK_BYTES`` (a VM's address, record and spec always share one chunk, so each VM is whole or
+absent); then the task flips to PENDING. A leader that dies in between leaves a RECORDING task,
+which the next one to look settles (``settle_recording``: the new leader's resume, a client's
+retry of the same request, or the periodic sweep): if every VM record and spec is there it
+completes (PENDING, then dispatched as usual), otherwise it rolls back, deleting exactly the
+znodes whose VM record names that task, then the task and its request key. A task is never
+PENDING with VMs missing, and a PENDING VM always has its task.
+
+Retention
+---------
+``expire`` forgets what is finished: a DONE task (and its request key) older than the
+retention, and a VM record that is ERROR or DESTROYED for longer than the retention and whose
+task is gone or expired (with its spec and the address it still holds). PENDING VM records
+whose task does not exist (left by versions before the intent record) are removed at once.
+RUNNING VMs keep their records whatever the age of their task.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import (
+    BadVersionError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
 
 from snooze.coordination.zk import CoordinationError, Coordinator
+from snooze.ids import is_valid_id
 
+SINGLE_TX_BYTES = 900_000
 CHUNK_BYTES = 400_000
+
+# Task states.
+RECORDING = "RECORDING"
+PENDING = "PENDING"
+DONE = "DONE"
+
+# VM states whose records expire after the retention (nothing runs, nothing to answer but history).
+FINISHED_VM_STATUSES = frozenset({"ERROR", "DESTROYED"})
 
 
 class StaleEpoch(CoordinationError):
@@ -35,6 +80,18 @@ class AlreadyExists(CoordinationError):
     """A VM id or an address is already taken."""
 
 
+class Changed(CoordinationError):
+    """A znode changed or vanished between reading it and writing it."""
+
+
+class TooLarge(ValueError):
+    """One VM's records do not fit in one ZooKeeper transaction (the request is at fault)."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def subnet_key(cidr: str) -> str:
     return cidr.replace("/", "_")
 
@@ -43,132 +100,404 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class Op:
+    """One operation of a multi-op transaction; ``version`` -1 means any version."""
+
+    kind: str  # "create" | "set" | "delete"
+    path: str
+    data: bytes = b""
+    version: int = -1
+
+    @property
+    def weight(self) -> int:
+        # Path and data, plus the request's headers and ACL (about 50 bytes for a create).
+        return len(self.path) + len(self.data) + 64
+
+
+def chunked(groups: Iterable[list[Op]], limit: int) -> Iterator[list[Op]]:
+    """Pack groups of ops into chunks of about ``limit`` bytes; a group is never split."""
+    chunk: list[Op] = []
+    size = 0
+    for group in groups:
+        weight = sum(op.weight for op in group)
+        if chunk and size + weight > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.extend(group)
+        size += weight
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class SubmissionPlan:
+    """The znodes of one submission, ready to be written (``Store.plan_submission``)."""
+
+    task: dict[str, Any]
+    task_ops: list[Op]  # the task (and its request key)
+    groups: list[list[Op]]  # per VM: address, record, spec
+    single: bool  # fits one transaction
+    size: int = 0
+    vm_ids: list[str] = field(default_factory=list)
+
+    @property
+    def task_id(self) -> str:
+        return str(self.task["taskId"])
+
+    def chunks(self, limit: int = CHUNK_BYTES) -> list[list[Op]]:
+        return list(chunked(self.groups, limit))
+
+
 class Store:
-    def __init__(self, coord: Coordinator) -> None:
+    """Reads and fenced writes of the virtual-cluster records (blocking parts run off the loop)."""
+
+    def __init__(self, coord: Coordinator, *, single_tx_bytes: int = SINGLE_TX_BYTES, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.coord = coord
+        self.single_tx_bytes = single_tx_bytes
+        self.chunk_bytes = chunk_bytes
 
     def _p(self, *parts: str) -> str:
         return self.coord.path(*parts)
 
-    # -- transactions --------------------------------------------------------------------
-    def _commit(self, ops: list[tuple[str, str, bytes | None]], epoch: int | None) -> None:
-        """Run ops ('create'|'set'|'delete', path, data) in size-bounded multi-op chunks."""
-        client = self.coord.client
-        chunk: list[tuple[str, str, bytes | None]] = []
-        size = 0
-
-        def flush() -> None:
-            if not chunk:
-                return
-            tx = client.transaction()
-            if epoch is not None:
-                tx.check(self._p("epoch"), epoch)
-            for op, path, data in chunk:
-                if op == "create":
-                    tx.create(path, data or b"")
-                elif op == "set":
-                    tx.set_data(path, data or b"")
-                else:
-                    tx.delete(path)
-            results = tx.commit()
-            failures = [r for r in results if isinstance(r, Exception)]
-            if failures:
-                names = {type(r).__name__ for r in failures}
-                if epoch is not None and isinstance(results[0], Exception) and type(results[0]).__name__ == "BadVersionError":
-                    raise StaleEpoch(f"epoch {epoch} is no longer current")
-                if "NodeExistsError" in names:
-                    raise AlreadyExists("a VM id or address is already taken")
-                raise CoordinationError(f"transaction failed: {', '.join(sorted(names))}")
-            chunk.clear()
-
+    # -- transactions (run on a worker thread) ---------------------------------------------
+    def _tx(self, ops: list[Op], epoch: int | None) -> None:
+        """Run ``ops`` as one multi-op transaction, fenced by ``epoch`` when given."""
+        if not ops:
+            return
+        tx = self.coord.client.transaction()
+        if epoch is not None:
+            tx.check(self._p("epoch"), epoch)
         for op in ops:
-            weight = len(op[1]) + len(op[2] or b"") + 64
-            if size + weight > CHUNK_BYTES:
-                flush()
-                size = 0
-            chunk.append(op)
-            size += weight
-        flush()
+            if op.kind == "create":
+                tx.create(op.path, op.data)
+            elif op.kind == "set":
+                tx.set_data(op.path, op.data, version=op.version)
+            else:
+                tx.delete(op.path, version=op.version)
+        results = tx.commit()
+        failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
+        if not failures:
+            return
+        if epoch is not None and isinstance(results[0], BadVersionError):
+            raise StaleEpoch(f"epoch {epoch} is no longer current")
+        if any(isinstance(r, NodeExistsError) for r in failures):
+            raise AlreadyExists("a VM id or address is already taken")
+        if any(isinstance(r, (BadVersionError, NoNodeError, NotEmptyError)) for r in failures):
+            raise Changed("records changed concurrently: " + ", ".join(sorted({type(r).__name__ for r in failures})))
+        raise CoordinationError("transaction failed: " + ", ".join(sorted({type(r).__name__ for r in failures})))
+
+    def _tx_chunks(self, groups: Iterable[list[Op]], epoch: int | None) -> None:
+        for chunk in chunked(groups, self.chunk_bytes):
+            self._tx(chunk, epoch)
+
+    def _fetch(self, paths: Iterable[str]) -> dict[str, tuple[bytes, int]]:
+        """Read many znodes with pipelined requests (one round trip, not N): path -> (data, version)."""
+        client = self.coord.client
+        pending = [(p, client.get_async(p)) for p in paths]
+        out: dict[str, tuple[bytes, int]] = {}
+        for p, res in pending:
+            try:
+                data, stat = res.get(timeout=10)
+            except NoNodeError:
+                continue
+            out[p] = (data, stat.version)
+        return out
+
+    def _read_many(self, folder: str, ids: Iterable[str]) -> dict[str, tuple[dict[str, Any], int]]:
+        wanted = [i for i in ids if is_valid_id(i)]
+        got = self._fetch(self._p(folder, i) for i in wanted)
+        out: dict[str, tuple[dict[str, Any], int]] = {}
+        for i in wanted:
+            hit = got.get(self._p(folder, i))
+            if hit is None:
+                continue
+            try:
+                value = json.loads(hit[0])
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out[i] = (value, hit[1])
+        return out
+
+    def _children(self, *parts: str) -> list[str]:
+        try:
+            return list(self.coord.client.get_children(self._p(*parts)))
+        except NoNodeError:
+            return []
 
     def _ensure_parents(self, subnet: str | None = None) -> None:
-        for name in ("tasks", "vms", "vmspecs"):
+        for name in ("tasks", "requests", "vms", "vmspecs"):
             self.coord.client.ensure_path(self._p(name))
         if subnet:
             self.coord.client.ensure_path(self._p("ipam", subnet_key(subnet)))
 
     # -- submissions ---------------------------------------------------------------------
+    def plan_submission(
+        self, task: dict[str, Any], vms: list[dict[str, Any]], specs: list[dict[str, Any]], subnet: str
+    ) -> SubmissionPlan:
+        """The znodes of a submission, and whether they fit one transaction.
+
+        ``task`` must hold taskId and vmIds; its ``requestId`` (optional) becomes the request
+        key. Its state and ``recording`` are set here. TooLarge names the first VM whose records
+        alone would not fit a transaction."""
+        key = subnet_key(subnet)
+        groups: list[list[Op]] = []
+        for index, (vm, spec) in enumerate(zip(vms, specs, strict=True)):
+            vm_id = vm["virtualMachineId"]
+            group: list[Op] = []
+            if vm.get("ipAddress"):
+                group.append(Op("create", self._p("ipam", key, vm["ipAddress"]), vm_id.encode()))
+            group.append(Op("create", self._p("vms", vm_id), _dump(vm)))
+            group.append(Op("create", self._p("vmspecs", vm_id), _dump(spec)))
+            if sum(op.weight for op in group) > self.single_tx_bytes:
+                raise TooLarge(f"the records of {vm_id!r} are over {self.single_tx_bytes} bytes", index)
+            groups.append(group)
+        request_id = task.get("requestId")
+        request_ops = [Op("create", self._p("requests", request_id), str(task["taskId"]).encode())] if request_id else []
+        task = dict(task, state=PENDING, recording="single", subnet=subnet)
+        size = len(_dump(task)) + 64 + sum(op.weight for g in groups for op in g) + sum(op.weight for op in request_ops)
+        single = size <= self.single_tx_bytes
+        if not single:
+            task.update(state=RECORDING, recording="chunked")
+        task_ops = [Op("create", self._p("tasks", task["taskId"]), _dump(task)), *request_ops]
+        if len(_dump(task)) + 64 > self.single_tx_bytes:
+            raise TooLarge("the task record is too large", 0)
+        return SubmissionPlan(task, task_ops, groups, single, size, [vm["virtualMachineId"] for vm in vms])
+
     async def create_submission(
         self, task: dict[str, Any], vms: list[dict[str, Any]], specs: list[dict[str, Any]], subnet: str, epoch: int
-    ) -> None:
-        """Create the task, its VMs, their specs and their address allocations, all or nothing."""
+    ) -> dict[str, Any]:
+        """Record a submission wholly or not at all; returns the task as written (PENDING).
 
-        def do() -> None:
+        On a failure the leader still leads (AlreadyExists, Changed, CoordinationError) what was
+        written is rolled back before the error is raised; on StaleEpoch it is left to the new
+        leader, which settles the intent record."""
+        plan = self.plan_submission(task, vms, specs, subnet)
+
+        def do() -> dict[str, Any]:
             self._ensure_parents(subnet)
-            key = subnet_key(subnet)
-            vm_ops: list[tuple[str, str, bytes | None]] = []
-            for vm, spec in zip(vms, specs, strict=True):
-                vm_id = vm["virtualMachineId"]
-                if vm.get("ipAddress"):
-                    vm_ops.append(("create", self._p("ipam", key, vm["ipAddress"]), vm_id.encode()))
-                vm_ops.append(("create", self._p("vms", vm_id), _dump(vm)))
-                vm_ops.append(("create", self._p("vmspecs", vm_id), _dump(spec)))
-            created: list[str] = []
+            if plan.single:
+                self._tx(plan.task_ops + [op for g in plan.groups for op in g], epoch)
+                return plan.task
+            self._begin_recording(plan, epoch)
             try:
-                # Committed in chunks; on a failure the chunks already committed are undone.
-                for i in range(0, len(vm_ops), 300):
-                    part = vm_ops[i : i + 300]
-                    self._commit(part, epoch)
-                    created.extend(p for _op, p, _d in part)
-                self._commit([("create", self._p("tasks", task["taskId"]), _dump(task))], epoch)
+                for chunk in plan.chunks(self.chunk_bytes):
+                    self._tx(chunk, epoch)
+                return self._finish_recording(plan.task_id, epoch)
+            except StaleEpoch:
+                raise
             except CoordinationError:
-                self._commit([("delete", p, None) for p in reversed(created)], None)
+                try:
+                    self._settle(plan.task_id, epoch, complete=False)
+                except CoordinationError:
+                    pass  # left RECORDING: the sweep or the next leader settles it
                 raise
 
-        await self.coord.call(do, timeout=30)
+        return await self.coord.call(do, timeout=60)
+
+    def _begin_recording(self, plan: SubmissionPlan, epoch: int) -> None:
+        self._tx(plan.task_ops, epoch)
+
+    def _finish_recording(self, task_id: str, epoch: int) -> dict[str, Any]:
+        data, stat = self.coord.client.get(self._p("tasks", task_id))
+        task: dict[str, Any] = json.loads(data)
+        task.update(state=PENDING, recordedAt=time.time())
+        self._tx([Op("set", self._p("tasks", task_id), _dump(task), stat.version)], epoch)
+        return task
+
+    # The intent-record steps, one call each (tests stop between them as a crash would).
+    async def begin_recording(self, plan: SubmissionPlan, epoch: int) -> None:
+        def do() -> None:
+            self._ensure_parents(plan.task.get("subnet"))
+            self._begin_recording(plan, epoch)
+
+        await self.coord.call(do)
+
+    async def write_chunk(self, chunk: list[Op], epoch: int) -> None:
+        await self.coord.call(self._tx, chunk, epoch, timeout=30)
+
+    async def finish_recording(self, task_id: str, epoch: int) -> dict[str, Any]:
+        return await self.coord.call(self._finish_recording, task_id, epoch)
+
+    async def settle_recording(self, task_id: str, epoch: int) -> dict[str, Any] | None:
+        """Settle a RECORDING task: complete it when all of it is written, else roll it back.
+
+        Returns the task as it is afterwards (None if it is gone); a task in another state is
+        returned untouched. Only the leader may call this, and not while it is itself recording
+        that task."""
+        if not is_valid_id(task_id):
+            return None
+        return await self.coord.call(self._settle, task_id, epoch, timeout=60)
+
+    def _settle(self, task_id: str, epoch: int, complete: bool = True) -> dict[str, Any] | None:
+        client = self.coord.client
+        try:
+            data, stat = client.get(self._p("tasks", task_id))
+        except NoNodeError:
+            return None
+        task: dict[str, Any] = json.loads(data)
+        if task.get("state") != RECORDING:
+            return task
+        vm_ids = [v for v in task.get("vmIds") or [] if is_valid_id(v)]
+        records = self._read_many("vms", vm_ids)
+        mine = {v: r for v, r in records.items() if r[0].get("taskId") == task_id}
+        specs = self._fetch(self._p("vmspecs", v) for v in mine)
+        if complete and len(mine) == len(task.get("vmIds") or []) and len(specs) == len(mine):
+            return self._finish_recording(task_id, epoch)
+        ips = {v: r[0]["ipAddress"] for v, r in mine.items() if r[0].get("ipAddress")}
+        groups = self._vm_deletions(mine, specs, self._ipam_owners(ips, task.get("subnet")))
+        self._tx_chunks(groups, epoch)
+        self._tx_chunks(self._task_deletions({task_id: (task, stat.version)}), epoch)
+        return None
+
+    def _ipam_owners(self, ips: dict[str, str], subnet: str | None) -> dict[str, tuple[str, int]]:
+        """vm id -> (its address znode, version) when that znode names this VM."""
+        if not subnet or not ips:
+            return {}
+        key = subnet_key(subnet)
+        got = self._fetch(self._p("ipam", key, ip) for ip in ips.values())
+        out: dict[str, tuple[str, int]] = {}
+        for vm_id, ip in ips.items():
+            path = self._p("ipam", key, ip)
+            hit = got.get(path)
+            if hit is not None and hit[0].decode(errors="replace") == vm_id:
+                out[vm_id] = (path, hit[1])
+        return out
+
+    def _vm_deletions(
+        self, records: dict[str, tuple[dict[str, Any], int]], specs: dict[str, tuple[bytes, int]],
+        owned: dict[str, tuple[str, int]],
+    ) -> list[list[Op]]:
+        groups: list[list[Op]] = []
+        for vm_id, (_rec, version) in records.items():
+            group: list[Op] = []
+            if vm_id in owned:
+                group.append(Op("delete", owned[vm_id][0], version=owned[vm_id][1]))
+            group.append(Op("delete", self._p("vms", vm_id), version=version))
+            spec_path = self._p("vmspecs", vm_id)
+            if spec_path in specs:
+                group.append(Op("delete", spec_path))
+            groups.append(group)
+        return groups
+
+    def _task_deletions(self, tasks: dict[str, tuple[dict[str, Any], int]]) -> list[list[Op]]:
+        """Per task: delete it (at the version read) and its request key if the key names it."""
+        keys = {t: f"{self._p('requests', rid)}" for t, (task, _v) in tasks.items()
+                if isinstance(rid := task.get("requestId"), str) and is_valid_id(rid)}
+        got = self._fetch(keys.values())
+        groups: list[list[Op]] = []
+        for task_id, (_task, version) in tasks.items():
+            group = [Op("delete", self._p("tasks", task_id), version=version)]
+            hit = got.get(keys.get(task_id, ""))
+            if hit is not None and hit[0].decode(errors="replace") == task_id:
+                group.append(Op("delete", keys[task_id], version=hit[1]))
+            groups.append(group)
+        return groups
+
+    async def task_for_request(self, request_id: str) -> str | None:
+        """The task recorded under a client's request id, if any."""
+        if not is_valid_id(request_id):
+            return None
+
+        def get() -> str | None:
+            try:
+                data, _ = self.coord.client.get(self._p("requests", request_id))
+            except NoNodeError:
+                return None
+            return data.decode(errors="replace") or None
+
+        return await self.coord.call(get)
+
+    async def drop_request(self, request_id: str, task_id: str) -> None:
+        """Delete a request key that still names ``task_id`` (whose task is gone)."""
+        if not is_valid_id(request_id):
+            return
+
+        def do() -> None:
+            path = self._p("requests", request_id)
+            try:
+                data, stat = self.coord.client.get(path)
+                if data.decode(errors="replace") == task_id:
+                    self.coord.client.delete(path, version=stat.version)
+            except (NoNodeError, BadVersionError):
+                pass
+
+        await self.coord.call(do)
 
     async def update_vms(self, vms: Iterable[dict[str, Any]], epoch: int | None) -> None:
-        ops = [("set", self._p("vms", vm["virtualMachineId"]), _dump(vm)) for vm in vms]
-        if ops:
-            await self.coord.call(self._commit, ops, epoch, timeout=30)
+        stamp = time.time()
+        records = list(vms)
+        for vm in records:
+            vm["updatedAt"] = stamp
+        groups = [[Op("set", self._p("vms", vm["virtualMachineId"]), _dump(vm))] for vm in records]
+        if groups:
+            await self.coord.call(self._tx_chunks, groups, epoch, timeout=30)
 
     async def set_task(self, task: dict[str, Any], epoch: int | None) -> None:
-        await self.coord.call(self._commit, [("set", self._p("tasks", task["taskId"]), _dump(task))], epoch)
+        await self.coord.call(self._tx, [Op("set", self._p("tasks", task["taskId"]), _dump(task))], epoch)
 
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
-        if not task_id or "/" in task_id:
+        if not is_valid_id(task_id):
             return None
         return await self.coord.get_json(self._p("tasks", task_id))  # type: ignore[no-any-return]
 
     async def task_ids(self) -> list[str]:
-        def do() -> list[str]:
-            try:
-                return list(self.coord.client.get_children(self._p("tasks")))
-            except NoNodeError:
-                return []
+        return await self.coord.call(self._children, "tasks")
 
-        return await self.coord.call(do)
+    async def tasks(self) -> dict[str, dict[str, Any]]:
+        """Every task record (pipelined reads)."""
+        def do() -> dict[str, dict[str, Any]]:
+            return {k: v for k, (v, _ver) in self._read_many("tasks", self._children("tasks")).items()}
+
+        return await self.coord.call(do, timeout=60)
+
+    # -- retention -----------------------------------------------------------------------
+    async def expire(self, retention: float, now: float, epoch: int, subnet: str) -> dict[str, int]:
+        """Forget finished tasks and finished VM records older than ``retention`` seconds (see
+        the module docstring); returns how many tasks and VMs were removed."""
+        return await self.coord.call(self._expire, retention, now, epoch, subnet, timeout=120)
+
+    def _expire(self, retention: float, now: float, epoch: int, subnet: str) -> dict[str, int]:
+        # VMs are read before tasks: a VM listed here had its task written before or with it,
+        # so a task missing below is really gone (not yet to be written).
+        vms = self._read_many("vms", self._children("vms"))
+        tasks = self._read_many("tasks", self._children("tasks"))
+
+        def expired(task: dict[str, Any]) -> bool:
+            if task.get("state") != DONE:
+                return False
+            return float(task.get("finishedAt") or task.get("submittedAt") or 0) + retention <= now
+
+        doomed: dict[str, tuple[dict[str, Any], int]] = {}
+        for vm_id, (rec, version) in vms.items():
+            entry = tasks.get(str(rec.get("taskId")))
+            task = entry[0] if entry else None
+            status = rec.get("status")
+            if status == PENDING and task is None:
+                doomed[vm_id] = (rec, version)  # a ghost: a VM no task will ever dispatch
+            elif status in FINISHED_VM_STATUSES and (task is None or expired(task)):
+                since = float(rec.get("updatedAt") or rec.get("submittedAt") or 0)
+                if since + retention <= now:
+                    doomed[vm_id] = (rec, version)
+        specs = self._fetch(self._p("vmspecs", v) for v in doomed)
+        ips = {v: r[0]["ipAddress"] for v, r in doomed.items() if r[0].get("ipAddress")}
+        self._tx_chunks(self._vm_deletions(doomed, specs, self._ipam_owners(ips, subnet)), epoch)
+        old = {t: entry for t, entry in tasks.items() if expired(entry[0])}
+        self._tx_chunks(self._task_deletions(old), epoch)
+        return {"tasks": len(old), "vms": len(doomed)}
 
     # -- VMs -----------------------------------------------------------------------------
     async def get_vm(self, vm_id: str) -> dict[str, Any] | None:
-        if not vm_id or "/" in vm_id:
+        if not is_valid_id(vm_id):
             return None
         return await self.coord.get_json(self._p("vms", vm_id))  # type: ignore[no-any-return]
 
     async def _get_many(self, folder: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Read many znodes of one folder with pipelined requests (one round trip, not N)."""
         wanted = list(ids)
 
         def do() -> dict[str, dict[str, Any]]:
-            client = self.coord.client
-            pending = [(i, client.get_async(self._p(folder, i))) for i in wanted]
-            out: dict[str, dict[str, Any]] = {}
-            for i, res in pending:
-                try:
-                    data, _ = res.get(timeout=10)
-                except NoNodeError:
-                    continue
-                out[i] = json.loads(data)
-            return out
+            return {k: v for k, (v, _ver) in self._read_many(folder, wanted).items()}
 
         return await self.coord.call(do, timeout=30)
 
@@ -176,41 +505,38 @@ class Store:
         return await self._get_many("vms", vm_ids)
 
     async def get_spec(self, vm_id: str) -> dict[str, Any] | None:
+        if not is_valid_id(vm_id):
+            return None
         return await self.coord.get_json(self._p("vmspecs", vm_id))  # type: ignore[no-any-return]
 
     async def get_specs(self, vm_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return await self._get_many("vmspecs", vm_ids)
 
     async def vm_ids(self) -> list[str]:
-        def do() -> list[str]:
-            try:
-                return sorted(self.coord.client.get_children(self._p("vms")))
-            except NoNodeError:
-                return []
-
-        return await self.coord.call(do)
+        return sorted(await self.coord.call(self._children, "vms"))
 
     async def delete_vm(self, vm_id: str, subnet: str) -> None:
         """Forget a destroyed VM and return its address to the pool."""
+        if not is_valid_id(vm_id):
+            return
 
         def do() -> None:
             client = self.coord.client
-            try:
-                data, _ = client.get(self._p("vms", vm_id))
-            except NoNodeError:
+            records = self._read_many("vms", [vm_id])
+            if vm_id not in records:
                 return
-            ip = json.loads(data).get("ipAddress")
-            ops: list[tuple[str, str, bytes | None]] = [("delete", self._p("vms", vm_id), None)]
-            if client.exists(self._p("vmspecs", vm_id)):
-                ops.append(("delete", self._p("vmspecs", vm_id), None))
-            if ip and client.exists(self._p("ipam", subnet_key(subnet), ip)):
-                ops.append(("delete", self._p("ipam", subnet_key(subnet), ip), None))
+            rec = records[vm_id][0]
+            ip = rec.get("ipAddress")
+            specs = self._fetch([self._p("vmspecs", vm_id)])
+            owned = self._ipam_owners({vm_id: ip} if ip else {}, subnet)
+            ops = self._vm_deletions({vm_id: (rec, -1)}, specs, {k: (p, -1) for k, (p, _v) in owned.items()})[0]
             try:
-                self._commit(ops, None)
-            except (CoordinationError, NotEmptyError):
-                for _op, path, _d in ops:
+                self._tx(ops, None)
+            except Changed:
+                # Something went in between: delete what is still there, one by one.
+                for op in ops:
                     try:
-                        client.delete(path)
+                        client.delete(op.path)
                     except NoNodeError:
                         pass
 
@@ -219,26 +545,26 @@ class Store:
     async def release_addresses(self, vms: list[dict[str, Any]], subnet: str, epoch: int | None) -> None:
         """Return the addresses of VMs that never started to the pool (their records stay)."""
         key = subnet_key(subnet)
-        ops: list[tuple[str, str, bytes | None]] = []
+        stamp = time.time()
+        groups: list[list[Op]] = []
         for vm in vms:
             ip = vm.get("ipAddress")
             if ip:
-                ops.append(("delete", self._p("ipam", key, ip), None))
-                vm.update(ipAddress=None, macAddress=None)
-                ops.append(("set", self._p("vms", vm["virtualMachineId"]), _dump(vm)))
-        if ops:
-            await self.coord.call(self._commit, ops, epoch, timeout=30)
+                vm.update(ipAddress=None, macAddress=None, updatedAt=stamp)
+                groups.append([Op("delete", self._p("ipam", key, ip)), Op("set", self._p("vms", vm["virtualMachineId"]), _dump(vm))])
+        if groups:
+            await self.coord.call(self._tx_chunks, groups, epoch, timeout=30)
 
     async def destination(self, lc_id: str) -> dict[str, Any] | None:
         """A local controller as a migration destination: id, address, hypervisorSettings,
         status, and its group manager's id and address (None if it is not in the hierarchy)."""
-        if not lc_id or "/" in lc_id:
+        if not is_valid_id(lc_id):
             return None
         lc = await self.coord.get_json(self._p("localcontrollers", lc_id))
-        if not lc:
+        if not isinstance(lc, dict):
             return None
         gm_id = lc.get("groupManagerId")
-        gm = await self.coord.get_json(self._p("groupmanagers", gm_id)) if gm_id else None
+        gm = await self.coord.get_json(self._p("groupmanagers", str(gm_id))) if is_valid_id(gm_id) else None
         return {
             "id": lc_id,
             "address": lc.get("controlDataAddress"),
@@ -250,6 +576,9 @@ class Store:
 
     # -- wake-ups: where a woken host belongs ---------------------------------------------
     async def mark_wakeup(self, lc_id: str, gm_id: str) -> None:
+        if not is_valid_id(lc_id):
+            raise ValueError(f"not a valid local controller id: {lc_id!r}")
+
         def put() -> None:
             path = self._p("wakeups", lc_id)
             try:
@@ -265,9 +594,9 @@ class Store:
                 data, _ = self.coord.client.get(self._p("wakeups", lc_id))
             except NoNodeError:
                 return None
-            return data.decode() or None
+            return data.decode(errors="replace") or None
 
-        if not lc_id or "/" in lc_id:
+        if not is_valid_id(lc_id):
             return None
         return await self.coord.call(get, timeout=3)
 
@@ -278,16 +607,11 @@ class Store:
             except NoNodeError:
                 pass
 
-        await self.coord.call(delete)
+        if is_valid_id(lc_id):
+            await self.coord.call(delete)
 
     async def allocated_ips(self, subnet: str) -> set[str]:
-        def do() -> set[str]:
-            try:
-                return set(self.coord.client.get_children(self._p("ipam", subnet_key(subnet))))
-            except NoNodeError:
-                return set()
-
-        return await self.coord.call(do)
+        return set(await self.coord.call(self._children, "ipam", subnet_key(subnet)))
 
 
 def now() -> float:
