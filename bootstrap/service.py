@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
-from snooze.http import ApiError
+from snooze.http import ApiError, read_identifier
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
@@ -80,7 +80,9 @@ class Bootstrap(Service):
         is the body)."""
 
         async def handle(request: web.Request) -> Any:
-            raw = (await request.read()).decode("utf-8", "replace").strip().strip('"')
+            raw = ""
+            if (await request.read()).strip():
+                raw = await read_identifier(request, "groupManagerId")
             hierarchy = await self.leader_call("gl.hierarchy")
             gms = [gm for gm in hierarchy["groupManagerDescriptions"] if not raw or gm["id"] == raw]
             if raw and not gms:

@@ -4,14 +4,14 @@ lifecycle actions go to the group manager of the VM's local controller, found in
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
-from snooze.http import ApiError, bad_request, read_body, read_identifier, read_json
+from snooze.http import ApiError, bad_request, parse_json, read_body, read_identifier, read_json
+from snooze.ids import InvalidId, check_id
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcError
 from snooze.virtualcluster import vm_metadata
@@ -27,6 +27,15 @@ ACTIONS = {
     "destroyVirtualMachine": "destroy",
 }
 MAX_PAGE = 1000
+MAX_START = 2**63 - 1
+
+
+def _id(value: Any, field: str) -> str:
+    """A valid id (snooze.ids) or a 400 naming ``field``: checked before it becomes a path."""
+    try:
+        return check_id(value, field)
+    except InvalidId as exc:
+        raise bad_request(str(exc), field=field, code="INVALID_ID") from exc
 
 
 def _rpc_to_api(exc: RpcError, who: str) -> ApiError:
@@ -112,9 +121,9 @@ class VirtualMachineVerbs:
         if not isinstance(body, dict):
             raise bad_request("body must be {\"virtualMachineId\", \"localControllerId\"}", field="body")
         for name in ("virtualMachineId", "localControllerId"):
-            if not isinstance(body.get(name), str) or not body[name]:
+            if body.get(name) in (None, ""):
                 raise bad_request(f"{name} is missing", field=name)
-        vm_id, dest_id = body["virtualMachineId"], body["localControllerId"]
+        vm_id, dest_id = _id(body["virtualMachineId"], "virtualMachineId"), _id(body["localControllerId"], "localControllerId")
         rec, gm_addr, source_lc = await self._locate(vm_id)
         dest = await self.store.destination(dest_id)
         if dest is None:
@@ -136,6 +145,7 @@ class VirtualMachineVerbs:
             vm_id = request.query.get("id") or request.query.get("virtualMachineId") or ""
             if not vm_id:
                 raise bad_request("give the VM id as ?getVirtualMachineMetaData&id=VM or as the POST body", field="virtualMachineId")
+            vm_id = _id(vm_id, "virtualMachineId")
         else:
             vm_id = await read_identifier(request, "virtualMachineId")
         rec = await self.store.get_vm(vm_id)
@@ -166,22 +176,22 @@ class VirtualMachineVerbs:
         if request.method == "POST":
             raw = await read_body(request)
             if raw.strip():
-                try:
-                    body = json.loads(raw)
-                except ValueError as exc:
-                    raise bad_request("body must be JSON {\"start\", \"limit\"}", field="body", code="MALFORMED_JSON") from exc
+                body = parse_json(raw)
                 if not isinstance(body, dict):
-                    raise bad_request("body must be a JSON object", field="body")
+                    raise bad_request("body must be a JSON object {\"start\", \"limit\"}", field="body")
                 params.update(body)
         out = []
         for name, default in (("start", 0), ("limit", 100)):
             value = params.get(name, default)
-            try:
-                n = int(value)
-            except (TypeError, ValueError):
-                raise bad_request(f"{name} must be a whole number, got {value!r}", field=name) from None
-            if n < 0 or (name == "limit" and not 1 <= n <= MAX_PAGE):
-                raise bad_request(f"{name} out of range (limit 1..{MAX_PAGE}, start >= 0)", field=name)
+            n: int | None = None
+            if isinstance(value, int) and not isinstance(value, bool):
+                n = value
+            elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19:
+                n = int(value)  # from the query string
+            if n is None:
+                raise bad_request(f"{name} must be a whole number, got {ascii(value)[:40]}", field=name)
+            if not 0 <= n <= MAX_START or (name == "limit" and not 1 <= n <= MAX_PAGE):
+                raise bad_request(f"{name} out of range (limit 1..{MAX_PAGE}, start 0..{MAX_START})", field=name)
             out.append(n)
         return out[0], out[1]
 

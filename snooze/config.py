@@ -34,6 +34,10 @@ class NodeSettings:
     advertise_address: str = opt("", "Address peers use to reach this process; empty = listen_address.")
     port: int = opt(0, "Control and heartbeat port; 0 = the role's default (bootstrap 5000, group managers 5001, local controllers 5010).")
     hostname: str = opt("", "Host name reported to peers; empty = this machine's.")
+    http_header_timeout: float = opt(10.0, "Seconds a new HTTP connection has to deliver its first request's line and headers; then it is closed.")
+    http_body_timeout: float = opt(30.0, "Seconds a client has to send a request's whole body; then it gets 408 and the connection is closed.")
+    http_idle_timeout: float = opt(60.0, "Seconds an idle keep-alive HTTP connection (or one trickling its next request's headers) is kept; keep it above 15 (the RPC client's reuse time).")
+    http_max_connections_per_client: int = opt(256, "Open HTTP connections one client address may hold; more are answered 429 and closed. 0 = no limit. All processes of a local cluster share 127.0.0.1.")
 
 
 @dataclass

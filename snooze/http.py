@@ -5,18 +5,29 @@ Public endpoints look like the original Restlet API: ``GET /bootstrap?getGroupLe
 authenticated envelopes (see ``snooze.protocol``). Any problem with a request becomes a 4xx with
 a JSON body ``{"error": {"code", "message", "field"}}``; an unexpected failure is logged and
 answered with a JSON 500 — it is a bug, never the way bad input is reported.
+
+Input is checked before it can hurt: ids with ``snooze.ids`` (``read_identifier``), JSON bodies
+for depth, numbers msgpack and ZooKeeper can carry and text that is valid Unicode
+(``parse_json``), every field named in the 400. Slow or greedy clients are bounded per
+connection (``HttpLimits``, enforced by ``start_server``): the request's headers and body each
+have a deadline, idle keep-alive connections close, and one client address may hold only so many
+connections. Such closes are logged at most once a minute per reason, never as tracebacks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from snooze.ids import InvalidId, check_id
 from snooze.protocol import (
     DEFAULT_WINDOW,
     Envelope,
@@ -30,6 +41,10 @@ from snooze.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Deeper JSON is refused (Python's parser and everything after it recurse); real bodies nest < 8.
+MAX_JSON_DEPTH = 64
+# Integers msgpack (the internal envelopes) can carry: int64 and uint64.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 INTERNAL_PATH = "/snooze/internal"
 MSGPACK = "application/x-snooze-msgpack"
 
@@ -65,22 +80,196 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
+class RateLimitedLog:
+    """One warning per reason per ``interval``, with how many were left unsaid: a flood of slow or
+    vanished clients costs a line a minute in the log, not a traceback each."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._next: dict[str, float] = {}
+        self._unsaid: dict[str, int] = {}
+
+    def __call__(self, reason: str, message: str, *args: Any) -> bool:
+        now = self.clock()
+        if now < self._next.get(reason, -math.inf):
+            self._unsaid[reason] = self._unsaid.get(reason, 0) + 1
+            return False
+        self._next[reason] = now + self.interval
+        more = self._unsaid.pop(reason, 0)
+        suffix = f" (and {more} more since the last report)" if more else ""
+        self.logger.warning(message + "%s", *args, suffix)
+        return True
+
+
+@dataclass
+class HttpLimits:
+    """Per-connection bounds; see the ``http_*`` options of ``[node]`` in ``snooze.config``."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_connections_per_client: int = 256
+
+    @classmethod
+    def from_settings(cls, node: Any) -> HttpLimits:
+        return cls(
+            header_timeout=node.http_header_timeout,
+            body_timeout=node.http_body_timeout,
+            idle_timeout=node.http_idle_timeout,
+            max_connections_per_client=node.http_max_connections_per_client,
+        )
+
+
+class ConnectionGuard:
+    """Counts connections per client address and closes those that stay silent.
+
+    aiohttp's low-level ``web.Server`` tells it of every connection made and lost. A connection
+    over the per-address limit gets a 429 and is closed before anything is read; one that has
+    not delivered a complete request line and headers within ``header_timeout`` is closed
+    (later requests on a kept-alive connection are bounded by ``idle_timeout``, which aiohttp
+    enforces). The body deadline is the error middleware's, which knows the request.
+    """
+
+    REFUSAL = (
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    )
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self.per_address: dict[str, int] = {}
+        self._address: dict[Any, str | None] = {}  # handler -> its client's address (None: refused)
+        self._deadline: dict[Any, asyncio.TimerHandle] = {}
+        self.closed: dict[str, int] = {"slow_headers": 0, "slow_body": 0, "too_many_connections": 0, "client_gone": 0}
+        self.report = RateLimitedLog(log)
+
+    def count(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            self._made(handler, transport)
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            self._lost(handler)
+            lost(handler, exc)
+
+        # Instance attributes: the server calls these for each connection of its handlers.
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def _made(self, handler: Any, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else "unknown"
+        limit = self.limits.max_connections_per_client
+        if limit > 0 and self.per_address.get(address, 0) >= limit:
+            self._address[handler] = None
+            self.count("too_many_connections")
+            self.report("too_many_connections", "refused a connection from %s: it already has %d open (limit %d)",
+                        address, self.per_address[address], limit)
+            body = json.dumps(ApiError(429, "TOO_MANY_CONNECTIONS", f"at most {limit} connections per client address").to_json()).encode()
+            transport.write(self.REFUSAL % (len(body), body))
+            # Closed on the next turn of the loop, once aiohttp has finished setting the
+            # connection up (closing inside this callback would race its start-up).
+            asyncio.get_running_loop().call_soon(transport.close)
+            return
+        self._address[handler] = address
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        if self.limits.header_timeout > 0:
+            self._deadline[handler] = asyncio.get_running_loop().call_later(
+                self.limits.header_timeout, self._headers_overdue, handler, address
+            )
+
+    def _lost(self, handler: Any) -> None:
+        timer = self._deadline.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+        address = self._address.pop(handler, None)
+        if address is not None:
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
+
+    def request_started(self, handler: Any) -> None:
+        """The first request's headers have arrived: its header deadline is met."""
+        timer = self._deadline.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _headers_overdue(self, handler: Any, address: str) -> None:
+        self._deadline.pop(handler, None)
+        self.count("slow_headers")
+        self.report("slow_headers", "closed a connection from %s: no complete request headers within %.0fs",
+                    address, self.limits.header_timeout)
+        handler.force_close()
+
+
+GUARD = web.AppKey("connection_guard", ConnectionGuard)
+
+
+def _limits(request: web.Request) -> tuple[HttpLimits, ConnectionGuard | None]:
+    guard = request.app.get(GUARD)
+    return (guard.limits if guard is not None else HttpLimits()), guard
+
+
+def _client_gone(guard: ConnectionGuard | None, request: web.Request, exc: BaseException) -> web.Response:
+    # The client hung up (or broke its framing) while we read: nobody will read an answer.
+    if guard is not None:
+        guard.count("client_gone")
+        guard.report("client_gone", "client %s went away before sending its whole body: %r", request.remote, exc)
+    resp = json_response(ApiError(400, "BODY_INCOMPLETE", "the request body was cut short", field="body").to_json(), 400)
+    resp.force_close()
+    return resp
+
+
 @web.middleware
 async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    limits, guard = _limits(request)
     try:
+        if guard is not None:
+            guard.request_started(request.protocol)
+        if request.body_exists:
+            # Read the whole body here, under one deadline, so that no handler (nor the
+            # internal endpoint) can be held by a client that declares more than it sends.
+            try:
+                await asyncio.wait_for(request.read(), limits.body_timeout if limits.body_timeout > 0 else None)
+            except TimeoutError:
+                if guard is not None:
+                    guard.count("slow_body")
+                    guard.report("slow_body", "closed a connection from %s: request body not complete within %.0fs",
+                                 request.remote, limits.body_timeout)
+                err = ApiError(408, "REQUEST_TIMEOUT", f"the request body did not arrive within {limits.body_timeout:.0f}s", field="body")
+                resp = json_response(err.to_json(), 408)
+                resp.force_close()
+                return resp
+            except (ConnectionError, web.RequestPayloadError) as exc:
+                return _client_gone(guard, request, exc)
         return await handler(request)
     except ApiError as exc:
         return json_response(exc.to_json(), exc.status)
+    except InvalidId as exc:
+        return json_response(ApiError(400, "INVALID_ID", str(exc), field=exc.field).to_json(), 400)
     except web.HTTPRequestEntityTooLarge:
         err = ApiError(413, "BODY_TOO_LARGE", f"request body over {MAX_BODY_BYTES} bytes", field="body")
-        return json_response(err.to_json(), 413)
+        resp = json_response(err.to_json(), 413)
+        resp.force_close()  # the rest of the body is not worth reading
+        return resp
     except web.HTTPException as exc:
         if exc.status >= 400:
             err = ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason)
             return json_response(err.to_json(), exc.status)
         raise
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        return _client_gone(guard, request, exc)
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path_qs)
         err = ApiError(500, "INTERNAL_ERROR", "internal error (a bug: see the server's log)")
@@ -91,36 +280,119 @@ def new_app() -> web.Application:
     return web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
 
 
+async def start_server(app: web.Application, host: str, port: int, limits: HttpLimits | None = None) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` under ``limits``; the runner's ``cleanup()`` stops it."""
+    limits = limits or HttpLimits()
+    guard = ConnectionGuard(limits)
+    app[GUARD] = guard
+    # keepalive_timeout: how long aiohttp keeps an idle connection, including one whose next
+    # request's headers are still trickling in. Above the 15 s for which aiohttp's client (our
+    # RPC) reuses an idle connection, so the server never closes one the client is reusing.
+    # lingering_time: after an early answer (408, 413), read on briefly so the client sees it.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout, lingering_time=2.0)
+    await runner.setup()
+    assert runner.server is not None
+    guard.install(runner.server)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "BODY_TOO_LARGE", f"request body over {MAX_BODY_BYTES} bytes", field="body")
     return await request.read()
 
 
+def _join(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+def check_json_value(value: Any, field: str = "") -> Any:
+    """``value`` if every part of it can travel on (msgpack, ZooKeeper), else a 400 naming the
+    part: at most MAX_JSON_DEPTH deep, integers within int64/uint64, finite numbers, text that
+    is valid Unicode (no lone surrogates). ``field`` names ``value`` itself (empty: the body)."""
+    stack: list[tuple[Any, str, int]] = [(value, field, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        name = where or "body"
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise bad_request(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", field=name, code="TOO_DEEP")
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if not isinstance(key, str):
+                        raise bad_request(f"{name}: keys must be text", field=name)
+                    if not _encodable(key):
+                        raise bad_request(f"{name}: a key is not valid Unicode (lone surrogate)", field=name, code="INVALID_TEXT")
+                    stack.append((sub, _join(where, key), depth + 1))
+            else:
+                stack.extend((sub, _join(where, i), depth + 1) for i, sub in enumerate(item))
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not MIN_INT <= item <= MAX_INT:
+                raise bad_request(f"{name}: integer out of range ({MIN_INT}..{MAX_INT})", field=name, code="NUMBER_OUT_OF_RANGE")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise bad_request(f"{name}: numbers must be finite (no NaN, Infinity or overflow such as 1e400)",
+                                  field=name, code="NUMBER_OUT_OF_RANGE")
+        elif isinstance(item, str):
+            if not _encodable(item):
+                raise bad_request(f"{name}: text is not valid Unicode (lone surrogate)", field=name, code="INVALID_TEXT")
+    return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "strict")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_json(raw: bytes | str, field: str = "body") -> Any:
+    """Parse a JSON document and check it with ``check_json_value``; 400s name ``field``."""
+    try:
+        value = json.loads(raw)
+    except RecursionError as exc:
+        raise bad_request(f"{field}: nested too deeply (at most {MAX_JSON_DEPTH} levels)", field=field, code="TOO_DEEP") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"{field} is not valid JSON: {exc}", field=field, code="MALFORMED_JSON") from exc
+    return check_json_value(value, "" if field == "body" else field)
+
+
 async def read_json(request: web.Request) -> Any:
     raw = await read_body(request)
     if not raw.strip():
         raise bad_request("request body is empty; expected JSON", field="body", code="EMPTY_BODY")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}", field="body", code="MALFORMED_JSON") from exc
+    return parse_json(raw)
 
 
 async def read_identifier(request: web.Request, what: str) -> str:
-    """An id sent as the whole body, bare (as the seed's curl does) or as a JSON string."""
+    """An id sent as the whole body, bare (as the seed's curl does), as a JSON string or as
+    ``{"<what>": id}``; checked with ``snooze.ids`` (400 naming ``what``) before anyone uses it."""
     raw = (await read_body(request)).decode("utf-8", "replace").strip()
+    value: Any = raw
     if raw.startswith('"') or raw.startswith("{"):
         try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            raise bad_request(f"{what}: not valid JSON", field=what, code="MALFORMED_JSON") from exc
+            value = parse_json(raw, what)
+        except ApiError as exc:  # whatever is wrong in it, the id is what is wrong
+            raise bad_request(exc.message, field=what, code=exc.code) from exc
         if isinstance(value, dict):
             value = value.get(what)
-        raw = value if isinstance(value, str) else ""
-    if not raw or len(raw) > 256 or any(c.isspace() for c in raw):
+    if not value:
         raise bad_request(f"{what}: expected an identifier as the request body", field=what)
-    return raw
+    try:
+        return check_id(value, what)
+    except InvalidId as exc:
+        raise bad_request(str(exc), field=what, code="INVALID_ID") from exc
 
 
 VerbHandler = Callable[[web.Request], Awaitable[Any]]

@@ -25,7 +25,7 @@ from aiohttp import web
 from snooze import config as cfg
 from snooze.coordination import CoordinationError, Coordinator
 from snooze.heartbeat import HeartbeatEndpoint
-from snooze.http import InternalEndpoint, VerbRouter, new_app
+from snooze.http import HttpLimits, InternalEndpoint, VerbRouter, new_app, start_server
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient
 
@@ -127,10 +127,7 @@ class Service:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.node.listen_address, s.node.port, reuse_address=True)
-        await site.start()
+        self._runner = await start_server(self.app, s.node.listen_address, s.node.port, HttpLimits.from_settings(s.node))
         await self.heartbeat.start(s.node.listen_address, s.node.port)
         zk = s.cluster.zookeeper
         if not zk and s.cluster.discovery == "zeroconf":

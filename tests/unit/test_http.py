@@ -85,3 +85,63 @@ async def test_internal_orders_from_older_epochs_are_refused() -> None:
         assert resp.status == 409 and env.kind == "error" and env.body["code"] == "stale_epoch"
         resp = await client.post(INTERNAL_PATH, data=encode(b"wrong", "do", "x", 9, 42))
         assert resp.status == 401
+
+
+# -- hostile input (issue 8) -------------------------------------------------------------
+
+
+async def post_error(client: TestClient, path: str, data: bytes) -> tuple[int, dict[str, Any]]:
+    resp = await client.post(path, data=data)
+    body = await resp.json()
+    assert "error" in body, body
+    return resp.status, body["error"]
+
+
+async def test_json_that_cannot_travel_on_is_a_400_naming_the_field() -> None:
+    async with TestClient(TestServer(make_app([1]))) as client:
+        cases = [
+            (b"[" * 10_000 + b"]" * 10_000, "TOO_DEEP", "body"),
+            (b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}", "TOO_DEEP", "a" + "[0]" * 63),
+            (b'{"start": 1e400}', "NUMBER_OUT_OF_RANGE", "start"),
+            (b'{"start": Infinity}', "NUMBER_OUT_OF_RANGE", "start"),
+            (b'{"start": -Infinity}', "NUMBER_OUT_OF_RANGE", "start"),
+            (b'{"start": NaN}', "NUMBER_OUT_OF_RANGE", "start"),
+            (b'{"virtualMachineTemplates": [{"memory": 18446744073709551616}]}', "NUMBER_OUT_OF_RANGE",
+             "virtualMachineTemplates[0].memory"),
+            (b'{"x": [-9223372036854775809]}', "NUMBER_OUT_OF_RANGE", "x[0]"),
+            (b'{"name": "\\ud800"}', "INVALID_TEXT", "name"),
+            (b'{"\\udfff": 1}', "INVALID_TEXT", "body"),
+            (b'"\\ud800x"', "INVALID_TEXT", "body"),
+        ]
+        for data, code, field in cases:
+            status, err = await post_error(client, "/thing?echo", data)
+            assert (status, err["code"], err["field"]) == (400, code, field), (data[:40], err)
+        ok = b'{"a": [18446744073709551615, -9223372036854775808, 1.5e300, "\\u00e9\\ud83d\\ude00"]}'
+        resp = await client.post("/thing?echo", data=ok)
+        assert resp.status == 200 and (await resp.json())["got"]["a"][0] == 2**64 - 1
+
+
+async def test_identifiers_follow_the_one_rule() -> None:
+    async with TestClient(TestServer(make_app([1]))) as client:
+        for data in (b'"\\ud800"', b'"."', b'".."', b".", b"..", b'"a\\n"', b'"a/b"', b"a/b", b"\xff\xfe",
+                     b'{"taskId": ".."}', b'{"taskId": 7}', b'{"taskId": ["a"]}', b"x" * 64, b'"a\\u0000"',
+                     b"[" * 5000, b'"' + b"[" * 5000, b'{"taskId": "\\ud800"}', b"\xed\xa0\x80"):
+            status, err = await post_error(client, "/thing?ident", data)
+            assert status == 400 and err["field"] == "taskId", (data[:20], err)
+        resp = await client.post("/thing?ident", data=b"a4fba1c6-4c8f\n")  # curl --data-binary @file
+        assert await resp.json() == {"id": "a4fba1c6-4c8f"}
+
+
+async def test_an_invalid_id_raised_anywhere_is_a_400() -> None:
+    from snooze.ids import check_id
+
+    app = new_app()
+
+    async def handler(request: web.Request) -> Any:
+        return check_id(request.query.get("id"), "virtualMachineId")
+
+    VerbRouter(app).add("thing", "get", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/thing?get&id=..")
+        body = await resp.json()
+        assert resp.status == 400 and body["error"]["field"] == "virtualMachineId"
