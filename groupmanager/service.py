@@ -13,6 +13,7 @@ from aiohttp import web
 
 from groupmanager.leader import LeaderRole
 from groupmanager.manager import ManagerRole
+from groupmanager.manager.vms import client_hypervisor_settings
 from groupmanager.placement import make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze import config as cfg
@@ -20,6 +21,7 @@ from snooze.coordination import CoordinationError, LeaderElection
 from snooze.coordination.store import Store
 from snooze.discovery import Advertiser
 from snooze.http import ApiError, read_identifier, read_json
+from snooze.ids import InvalidId, check_id
 from snooze.models import GroupManagerDescription, ListenSettings
 from snooze.protocol import Envelope
 from snooze.service import Service
@@ -161,23 +163,42 @@ class GroupManager(Service):
 
     async def _http_migrate(self, request: web.Request) -> Any:
         """The original's MigrationRequest: sourceVirtualMachineLocation,
-        destinationVirtualMachineLocation, destinationHypervisorSettings (may be empty), migrated."""
+        destinationVirtualMachineLocation, destinationHypervisorSettings (may be empty), migrated.
+
+        The destination's hypervisor settings are the ones its local controller registered in
+        ZooKeeper; the request may only choose migration options (see
+        ``client_hypervisor_settings``), never a URI."""
         body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "BAD_MIGRATION_REQUEST", "the body must be a MigrationRequest object", field="body")
+        locations = {}
+        for name in ("sourceVirtualMachineLocation", "destinationVirtualMachineLocation"):
+            loc = body.get(name)
+            if not isinstance(loc, dict):
+                raise ApiError(400, "BAD_MIGRATION_REQUEST", f"{name} must be an object", field=name)
+            locations[name] = loc
+        src, dst = locations["sourceVirtualMachineLocation"], locations["destinationVirtualMachineLocation"]
+        try:
+            vm_id = check_id(src.get("virtualMachineId"), "sourceVirtualMachineLocation.virtualMachineId")
+            source_lc = check_id(src.get("localControllerId"), "sourceVirtualMachineLocation.localControllerId")
+            dest_lc = check_id(dst.get("localControllerId"), "destinationVirtualMachineLocation.localControllerId")
+        except InvalidId as exc:
+            raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+        client_settings = body.get("destinationHypervisorSettings")
+        if client_settings is not None and not isinstance(client_settings, dict):
+            raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+                           f"destinationHypervisorSettings: expected an object, got {type(client_settings).__name__}",
+                           field="destinationHypervisorSettings")
         if self.manager_role is None or self.coord is None:
             raise ApiError(409, "NOT_A_GROUP_MANAGER", "the group leader manages no local controller; ask the VM's group manager")
         try:
-            src = body["sourceVirtualMachineLocation"]
-            dst = body["destinationVirtualMachineLocation"]
-            vm_id, source_lc, dest_lc = str(src["virtualMachineId"]), str(src["localControllerId"]), str(dst["localControllerId"])
-        except (KeyError, TypeError) as exc:
-            raise ApiError(400, "BAD_MIGRATION_REQUEST", f"missing {exc} in the MigrationRequest",
-                           field="sourceVirtualMachineLocation" if "source" in str(exc) else "destinationVirtualMachineLocation") from exc
-        dest = await Store(self.coord).destination(dest_lc)
+            dest = await Store(self.coord).destination(dest_lc)
+        except CoordinationError as exc:
+            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
         if dest is None:
             raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_lc!r}",
                            field="destinationVirtualMachineLocation.localControllerId")
-        if body.get("destinationHypervisorSettings"):
-            dest["hypervisorSettings"] = {**dest["hypervisorSettings"], **body["destinationHypervisorSettings"]}
+        dest["hypervisorSettings"] = client_hypervisor_settings(client_settings, dest["hypervisorSettings"])
         await self.manager_role.migrations.migrate(vm_id, source_lc, dest)
         return True
 

@@ -22,11 +22,14 @@ from localcontroller.hypervisor import (
     NotEnoughCapacity,
 )
 from localcontroller.hypervisor.adapt import adapt_domain_xml
+from localcontroller.hypervisor.libvirt import DomainInfo
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import PowerActionError, PowerSaver
 from snooze import config as cfg
 from snooze.domainxml import DomainPolicy
 from snooze.heartbeat import FailureDetector
+from snooze.http import ApiError
+from snooze.ids import InvalidId, check_id, is_valid_id
 from snooze.models import (
     Capacity,
     GroupManagerDescription,
@@ -39,6 +42,30 @@ from snooze.rpc import RpcError
 from snooze.service import Service
 
 log = logging.getLogger(__name__)
+
+# The states each lifecycle order applies to; for any other, the order is refused with the
+# domain's state and what it needs (libvirt's own refusal says only "not running").
+APPLIES_TO = {"suspend": ("RUNNING",), "resume": ("PAUSED",), "shutdown": ("RUNNING",), "reboot": ("RUNNING",)}
+ACTIONS = (*APPLIES_TO, "destroy")
+
+
+def _target(body: dict[str, Any]) -> tuple[str, str | None]:
+    """(name, UUID) of the domain an order is for; the UUID makes sure it is that very domain."""
+    try:
+        vm_id = check_id(body.get("vmId"), "vmId")
+    except InvalidId as exc:
+        raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+    uuid = body.get("uuid")
+    if uuid is not None and (not isinstance(uuid, str) or not 0 < len(uuid) <= 64):
+        raise ApiError(400, "BAD_REQUEST", "uuid must be a domain UUID string", field="uuid")
+    return vm_id, uuid
+
+
+def _check_uuid(domain: DomainInfo, uuid: str | None, host: str) -> None:
+    if uuid is not None and domain.uuid != uuid:
+        raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
+                       f"{domain.name} on {host} is domain {domain.uuid}, not {uuid}: this order was meant for another VM "
+                       "of that name, and is refused", field="uuid")
 
 
 class LocalController(Service):
@@ -239,12 +266,16 @@ class LocalController(Service):
         return {"results": results}
 
     async def _start_vm(self, vm: dict[str, Any]) -> dict[str, Any]:
-        vm_id = str(vm.get("id"))
+        vm_id = vm.get("id")
+        if not is_valid_id(vm_id):
+            return {"id": str(vm_id), "status": "ERROR", "errorCode": "INVALID_ID", "message": "not a valid VM id"}
+        assert isinstance(vm_id, str)
         try:
             existing = {d.name: d for d in await self.hypervisor.domains()}
             if vm_id in existing and existing[vm_id].state in ("RUNNING", "PAUSED"):
                 # Already started (a retried order after a failover): never start twice.
-                return {"id": vm_id, "status": existing[vm_id].state, "xml": await self.hypervisor.xml(vm_id), "adaptations": []}
+                return {"id": vm_id, "status": existing[vm_id].state, "uuid": existing[vm_id].uuid,
+                        "xml": await self.hypervisor.xml(vm_id), "adaptations": []}
             requested = tuple(float(x) for x in vm.get("requested", (0, 0, 0, 0)))
             await self._check_room(requested[0], requested[1])
             self._starting[vm_id] = (requested[0], requested[1], requested[2], requested[3])
@@ -259,53 +290,97 @@ class LocalController(Service):
         except HypervisorError as exc:
             return {"id": vm_id, "status": "ERROR", "errorCode": exc.code, "message": str(exc)}
         log.info("started %s (%s)", vm_id, "; ".join(changes) or "template as given")
-        return {"id": vm_id, "status": info.state, "xml": xml, "adaptations": changes}
+        return {"id": vm_id, "status": info.state, "uuid": info.uuid, "xml": xml, "adaptations": changes}
+
+    async def _domain(self, vm_id: str) -> DomainInfo | None:
+        return next((d for d in await self.hypervisor.domains() if d.name == vm_id), None)
 
     async def _on_vm_action(self, env: Envelope) -> Any:
+        """A lifecycle order for one domain, named by its name and UUID: refused (409) when the
+        domain of that name is another one, or is in a state the order does not apply to."""
         body = env.body if isinstance(env.body, dict) else {}
-        vm_id = str(body.get("vmId"))
-        action = str(body.get("action"))
+        vm_id, uuid = _target(body)
+        action = body.get("action")
+        if action not in ACTIONS:
+            raise ApiError(400, "UNKNOWN_ACTION", f"action must be one of {', '.join(ACTIONS)}", field="action")
         try:
-            info = await self.hypervisor.lifecycle(vm_id, action)
+            domain = await self._domain(vm_id)
+            if domain is None:
+                return {"ok": False, "errorCode": "VIRTUAL_MACHINE_NOT_FOUND", "message": f"no domain {vm_id} on {self.id}"}
+            _check_uuid(domain, uuid, self.id)
+            allowed = APPLIES_TO.get(action)
+            if allowed and domain.state not in allowed:
+                raise ApiError(409, "INVALID_STATE", f"{vm_id} is {domain.state}; {action} applies to {' or '.join(allowed)}",
+                               field="virtualMachineId")
+            # By UUID too: should the domain be replaced since it was looked at, nothing happens.
+            info = await self.hypervisor.lifecycle(vm_id, action, uuid=domain.uuid)
         except HypervisorError as exc:
             return {"ok": False, "errorCode": exc.code, "message": str(exc)}
         return {"ok": True, "domain": info.to_json() if info else None}
 
     async def _on_migrate(self, env: Envelope) -> Any:
-        """Move a domain to another local controller: live over libvirt, or the named non-live
-        fallback when either side is libvirt's test driver (which cannot migrate)."""
+        """Move a domain (named by name and UUID) to another local controller: live over
+        libvirt, or the named non-live fallback when either side is libvirt's test driver
+        (which cannot migrate). The destination's settings are those its group manager read
+        from the destination's own registration."""
         body = env.body if isinstance(env.body, dict) else {}
-        vm_id = str(body.get("vmId"))
-        dest = body.get("destination") or {}
-        settings = dest.get("hypervisorSettings") or {}
+        vm_id, uuid = _target(body)
+        dest = body.get("destination")
+        if not isinstance(dest, dict):
+            raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination must be an object", field="destination")
         try:
+            dest_id = check_id(dest.get("id"), "destination.id")
+            dest_addr = NetworkAddress.from_json(dest["address"])
+        except InvalidId as exc:
+            raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(400, "BAD_MIGRATION_REQUEST", f"destination.address: {exc}", field="destination.address") from exc
+        settings = dest.get("hypervisorSettings") or {}
+        if not isinstance(settings, dict):
+            raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination.hypervisorSettings must be an object",
+                           field="destination.hypervisorSettings")
+        try:
+            domain = await self._domain(vm_id)
+            if domain is None:
+                return {"ok": False, "errorCode": "VIRTUAL_MACHINE_NOT_FOUND", "message": f"no domain {vm_id} on {self.id}"}
+            _check_uuid(domain, uuid, self.id)
             if self.hypervisor.is_test_driver or settings.get("testDriver"):
-                result = await self._move_non_live(vm_id, dest, env.epoch)
+                result = await self._move_non_live(vm_id, domain.uuid, dest_addr, env.epoch)
             else:
-                result = await self.hypervisor.migrate(vm_id, settings)
+                result = await self.hypervisor.migrate(vm_id, settings, uuid=domain.uuid)
         except HypervisorError as exc:
             return {"ok": False, "errorCode": exc.code, "message": str(exc)}
-        log.info("moved %s to %s in %.2fs (%s)", vm_id, dest.get("id"), result["duration"],
+        log.info("moved %s to %s in %.2fs (%s)", vm_id, dest_id, result["duration"],
                  "non-live fallback" if result.get("nonLive") else "live")
         return {"ok": True, **result}
 
-    async def _move_non_live(self, vm_id: str, dest: dict[str, Any], epoch: int) -> dict[str, Any]:
+    async def _move_non_live(self, vm_id: str, uuid: str, dest: NetworkAddress, epoch: int) -> dict[str, Any]:
         t0 = time.monotonic()
         xml = await self.hypervisor.xml(vm_id)
+        if self._xml_uuid(xml) != uuid:
+            raise MigrationFailed(f"{vm_id} is no longer domain {uuid}", code="VIRTUAL_MACHINE_MISMATCH")
         try:
-            reply = await self.rpc.call(NetworkAddress.from_json(dest["address"]), "lc.receiveDomain",
-                                        {"vmId": vm_id, "xml": xml}, epoch=epoch, timeout=60)
-        except (RpcError, KeyError, TypeError) as exc:
+            reply = await self.rpc.call(dest, "lc.receiveDomain", {"vmId": vm_id, "xml": xml}, epoch=epoch, timeout=60)
+        except RpcError as exc:
             raise MigrationFailed(f"destination did not take {vm_id}: {exc}") from exc
-        if not reply.get("ok"):
-            raise MigrationFailed(f"destination refused {vm_id}: {reply.get('message')}")
-        await self.hypervisor.lifecycle(vm_id, "destroy")
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            raise MigrationFailed(f"destination refused {vm_id}: {reply.get('message') if isinstance(reply, dict) else reply}")
+        await self.hypervisor.lifecycle(vm_id, "destroy", uuid=uuid)
         return {"duration": time.monotonic() - t0, "nonLive": True, "libvirtSeconds": 0.0}
+
+    @staticmethod
+    def _xml_uuid(xml: str) -> str | None:
+        try:
+            return (ET.fromstring(xml.encode()).findtext("uuid") or "").strip() or None
+        except ET.ParseError:
+            return None
 
     async def _on_receive_domain(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}
-        xml = str(body.get("xml", ""))
-        vm_id = str(body.get("vmId"))
+        vm_id, _uuid = _target(body)
+        xml = body.get("xml")
+        if not isinstance(xml, str):
+            raise ApiError(400, "BAD_REQUEST", "xml must be the domain's XML", field="xml")
         if any(d.name == vm_id for d in await self.hypervisor.domains()):
             # Defining over it would replace that domain, and a failed start would undefine it.
             return {"ok": False, "errorCode": "MIGRATION_FAILED", "message": f"a domain named {vm_id} already exists on {self.id}"}

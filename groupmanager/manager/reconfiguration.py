@@ -397,7 +397,7 @@ class Reconfiguration:
         if domain is None or domain.get("state") not in _HOLDING:
             return f"{m.vm_id} no longer runs on {m.source}", ZERO
         requested = self._requested(src, domain)
-        if any(m.vm_id in held for held in self.role.vms.reserved.values()):
+        if m.vm_id in self.role.migrations.moving or any(m.vm_id in held for held in self.role.vms.reserved.values()):
             return f"{m.vm_id} is already being moved", requested
         dest = self.role.lcs.get(m.destination)
         if dest is None:

@@ -46,11 +46,11 @@ class LocalControllerRecord:
     vm_usage: dict[str, list[float]] = field(default_factory=dict)
     vm_requested: dict[str, Capacity] = field(default_factory=dict)
 
-    def add_vm(self, vm_id: str, requested: Capacity, state: str = "RUNNING") -> None:
+    def add_vm(self, vm_id: str, requested: Capacity, state: str = "RUNNING", *, uuid: str | None = None) -> None:
         """Record a VM that now runs here (started, or migrated in), before monitoring shows it."""
         self.vm_requested[vm_id] = requested
         self.domains = [d for d in self.domains if d.get("name") != vm_id] + [
-            {"name": vm_id, "state": state, "vcpus": requested[0], "memory": requested[1]}]
+            {"name": vm_id, "uuid": uuid, "state": state, "vcpus": requested[0], "memory": requested[1]}]
         if vm_id not in self.description.assigned_virtual_machines:
             self.description.assigned_virtual_machines.append(vm_id)
 
@@ -222,6 +222,7 @@ class ManagerRole:
             "usedCapacity": list(used),
             "requestedCapacity": list(requested),
             "largestFreeCapacity": list(largest),
+            "reservedCapacity": list(self.vms.reserved_total()),
             "numberOfLocalControllers": len(self.lcs),
         }
 

@@ -1,10 +1,18 @@
-"""A group manager's virtual machines: placing batches on its local controllers, and
-lifecycle actions on them.
+"""A group manager's virtual machines: placing batches on its local controllers, lifecycle
+actions on them, and moving them between local controllers.
 
 Placement is decided by ``groupmanager.placement`` on a snapshot of the local controllers
 (requested capacity of the VMs each runs, plus what is reserved for VMs in flight); the plan
 is then applied step by step, and each local controller re-checks its own capacity before it
 starts a domain. A VM refused for capacity by its local controller is retried once elsewhere.
+
+Every capacity reservation made here is released on every path out of the code that made it
+(success, refusal, unreachable peer, timeout, cancellation); a reservation a peer group manager
+holds for us expires on its own if we never come back to commit or release it.
+
+Orders to a local controller name their target by the domain's libvirt UUID as well as its
+name, so an order can only ever act on the domain it was meant for, never on a later VM that
+reuses the name.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +30,7 @@ from groupmanager.thresholds import thresholds_from
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError
+from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, Status, add
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
@@ -29,6 +40,124 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ACTIONS = ("suspend", "resume", "shutdown", "reboot", "destroy")
+
+#: The local controller's migration methods (localcontroller/hypervisor/migration.py has the
+#: same tuple; roles do not import each other, a unit test keeps the two equal).
+MIGRATION_METHODS = ("live", "nonshared-incremental", "nonshared-full")
+MAX_MIGRATION_TIMEOUT = 3600.0
+DEFAULT_MIGRATION_TIMEOUT = 60.0
+#: Hypervisor settings a request may choose for one migration; everything else in a
+#: destination's settings (its URIs above all) comes only from its own registration.
+CLIENT_MIGRATION_OPTIONS = ("method", "timeout", "autoConverge", "postCopy")
+
+# HTTP status of a local controller's refusal, by its error code; other codes are failures of
+# the hypervisor (502: the client did nothing wrong, and may retry).
+_REFUSAL_STATUS = {
+    "VIRTUAL_MACHINE_NOT_FOUND": 404,
+    "INVALID_STATE": 409,
+    "VIRTUAL_MACHINE_MISMATCH": 409,
+    "OPERATION_NOT_SUPPORTED": 409,
+    "MIGRATION_FAILED": 409,
+    "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY": 409,
+}
+
+
+def _body(env: Envelope) -> dict[str, Any]:
+    return env.body if isinstance(env.body, dict) else {}
+
+
+def _id(value: Any, field: str) -> str:
+    try:
+        return check_id(value, field)
+    except InvalidId as exc:
+        raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+
+
+def _number(value: Any, field: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{field}: expected a number from {low:g} to {high:g}, got {value!r}",
+                       field=field)
+    return float(value)
+
+
+def capacity_of(value: Any, field: str) -> Capacity:
+    """A ``[cpu, memory, rx, tx]`` vector of finite, non-negative numbers, or a 400 naming ``field``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(
+        not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in value
+    ):
+        raise ApiError(400, "BAD_CAPACITY", f"{field}: expected [cpu, memory, rx, tx] as 4 non-negative numbers", field=field)
+    return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
+
+
+def migration_timeout(settings: dict[str, Any], field: str = "destinationHypervisorSettings") -> float:
+    """The migration timeout in a destination's hypervisorSettings (checked: a 400 otherwise)."""
+    mig = settings.get("migration")
+    if mig is None:
+        return DEFAULT_MIGRATION_TIMEOUT
+    if not isinstance(mig, dict):
+        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{field}.migration: expected an object", field=f"{field}.migration")
+    return _number(mig.get("timeout", DEFAULT_MIGRATION_TIMEOUT), f"{field}.migration.timeout", 0.0, MAX_MIGRATION_TIMEOUT)
+
+
+def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[str, Any]:
+    """The settings one migration uses: the destination's ``registered`` ones (from ZooKeeper),
+    with the migration options a request may choose (method, timeout, autoConverge, postCopy).
+
+    The original's MigrationRequest carries ``destinationHypervisorSettings``; a client may
+    echo the destination's settings there, but never change where the migration goes: a
+    ``remoteUri``, ``migrationUri``, driver, transport or port that differs from the
+    registered one is refused (400 naming the field), as is any key this API does not know.
+    """
+    top = "destinationHypervisorSettings"
+    if value is None:
+        return dict(registered)
+    if not isinstance(value, dict):
+        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{top}: expected an object, got {type(value).__name__}", field=top)
+    out = dict(registered)
+    for key, given in value.items():
+        where = f"{top}.{key}"
+        if key == "migration":
+            if given is None:
+                continue
+            if not isinstance(given, dict):
+                raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{where}: expected an object, got {type(given).__name__}",
+                               field=where)
+            mig = dict(registered.get("migration") or {})
+            for opt, x in given.items():
+                at = f"{where}.{opt}"
+                if opt == "method":
+                    if x not in MIGRATION_METHODS:
+                        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{at}: expected one of {', '.join(MIGRATION_METHODS)}",
+                                       field=at)
+                elif opt == "timeout":
+                    x = _number(x, at, 0.0, MAX_MIGRATION_TIMEOUT)
+                elif opt in ("autoConverge", "postCopy"):
+                    if not isinstance(x, bool):
+                        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{at}: expected true or false", field=at)
+                else:
+                    raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+                                   f"{at}: unknown migration option; a request may set {', '.join(CLIENT_MIGRATION_OPTIONS)}",
+                                   field=at)
+                mig[opt] = x
+            out["migration"] = mig
+        elif not isinstance(key, str) or key.lower().endswith("uri") or (isinstance(given, str) and "://" in given):
+            if key in registered and given == registered[key]:
+                continue  # the registered value echoed back: harmless
+            raise ApiError(400, "CLIENT_URI_REFUSED",
+                           f"{where}: hypervisor URIs come only from the destination's own registration, never from a request",
+                           field=where)
+        elif key in registered:
+            if given != registered[key]:
+                raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+                               f"{where}: the destination registered {registered[key]!r}; a request cannot change it",
+                               field=where)
+        else:
+            raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+                           f"{where}: unknown setting; a request may only set migration options "
+                           f"({', '.join(CLIENT_MIGRATION_OPTIONS)})", field=where)
+    return out
+
 
 class VirtualMachines:
     def __init__(self, role: ManagerRole) -> None:
@@ -36,7 +165,10 @@ class VirtualMachines:
         gm_settings = role.gm.settings.groupmanager
         self.thresholds = thresholds_from(gm_settings)
         self.policy = make_placement_policy(gm_settings.placement_policy, thresholds=self.thresholds)
+        # lc id -> vm id -> capacity held for a VM on its way there (starting, or migrating in).
         self.reserved: dict[str, dict[str, Capacity]] = defaultdict(dict)
+        # (lc id, vm id) -> monotonic deadline, for reservations a peer holds (see Migrations).
+        self._expires: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()
 
     def register(self) -> None:
@@ -59,10 +191,52 @@ class VirtualMachines:
                     total = add(total, rec.vm_requested.get(d["name"], (float(d.get("vcpus", 0)), float(d.get("memory", 0)), 0.0, 0.0)))
         return total
 
+    def reserve(self, lc_id: str, vm_id: str, requested: Capacity, ttl: float | None = None) -> None:
+        """Hold ``requested`` on ``lc_id`` for ``vm_id``; with ``ttl``, only for that many seconds."""
+        self.reserved[lc_id][vm_id] = requested
+        if ttl is None:
+            self._expires.pop((lc_id, vm_id), None)
+        else:
+            self._expires[(lc_id, vm_id)] = time.monotonic() + ttl
+
+    def release(self, lc_id: str, vm_id: str) -> bool:
+        """Give back what ``reserve`` held (True if something was held)."""
+        self._expires.pop((lc_id, vm_id), None)
+        held = self.reserved.get(lc_id)
+        if held is None:
+            return False
+        found = held.pop(vm_id, None) is not None
+        if not held:
+            del self.reserved[lc_id]
+        return found
+
+    def release_vm(self, vm_id: str) -> None:
+        for lc_id in [k for k, held in self.reserved.items() if vm_id in held]:
+            self.release(lc_id, vm_id)
+
+    def _expire(self) -> None:
+        if not self._expires:
+            return
+        now = time.monotonic()
+        for (lc_id, vm_id), deadline in list(self._expires.items()):
+            if deadline <= now:
+                log.warning("the reservation for %s on %s expired: the migration that asked for it never finished",
+                            vm_id, lc_id)
+                self.release(lc_id, vm_id)
+
     def reserved_on(self, lc_id: str) -> Capacity:
+        self._expire()
         total = ZERO
         for c in self.reserved.get(lc_id, {}).values():
             total = add(total, c)
+        return total
+
+    def reserved_total(self) -> Capacity:
+        self._expire()
+        total = ZERO
+        for held in self.reserved.values():
+            for c in held.values():
+                total = add(total, c)
         return total
 
     def host_views(self, exclude: set[str] | None = None) -> list[HostView]:
@@ -77,71 +251,124 @@ class VirtualMachines:
                                   self.reserved_on(lc_id), power, status != Status.OFFLINE))
         return views
 
+    # -- which domain ----------------------------------------------------------------------
+    def domain_of(self, lc_id: str, vm_id: str) -> dict[str, Any] | None:
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            return None
+        return next((d for d in rec.domains if d.get("name") == vm_id), None)
+
+    async def refresh(self, lc_id: str) -> list[dict[str, Any]]:
+        """Ask ``lc_id`` which domains its hypervisor has now; updates this group manager's view."""
+        rec = self.role.lcs.get(lc_id)
+        if rec is None:
+            raise ApiError(404, "LOCAL_CONTROLLER_GONE", f"{lc_id} is not managed here", field="localControllerId")
+        try:
+            reply = await self.role.gm.rpc.call(rec.description.control_data_address, "lc.describe", None,
+                                                epoch=self.role.gm.known_epoch, timeout=10)
+            domains = [d for d in reply["domains"] if isinstance(d, dict) and isinstance(d.get("name"), str)]
+        except (RpcError, KeyError, TypeError) as exc:
+            raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", f"{lc_id}: {exc}") from exc
+        if self.role.lcs.get(lc_id) is rec:
+            rec.domains = domains
+            rec.description.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in ("RUNNING", "PAUSED")]
+        return domains
+
+    async def uuid_for(self, lc_id: str, vm_id: str) -> str | None:
+        """The libvirt UUID of the domain named ``vm_id`` on ``lc_id`` (asked afresh if this
+        group manager's view does not have it), or None if that host has no such domain."""
+        domain = self.domain_of(lc_id, vm_id)
+        if domain is None or not domain.get("uuid"):
+            domain = next((d for d in await self.refresh(lc_id) if d.get("name") == vm_id), None)
+        uuid = (domain or {}).get("uuid")
+        return str(uuid) if uuid else None
+
     # -- starting VMs --------------------------------------------------------------------
     async def _on_start(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
+        body = _body(env)
         vms = [v for v in body.get("vms") or [] if isinstance(v, dict) and v.get("id")]
         results = await self.start(vms)
         return {"results": results, "summary": self.role.summary()}
 
     async def start(self, vms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
-        pending = vms
+        pending: list[dict[str, Any]] = []
+        for vm in vms:
+            try:
+                vm["requested"] = list(capacity_of(vm.get("requested"), "requested"))
+                pending.append(vm)
+            except ApiError as exc:
+                results[vm["id"]] = {"id": vm["id"], "status": "ERROR", "errorCode": "BAD_SPECIFICATION", "message": exc.message}
         tried: dict[str, set[str]] = defaultdict(set)
         wake_failures: dict[str, str] = {}
         for _round in range(3):
             if not pending:
                 break
-            async with self._lock:
-                # Decide and reserve atomically, so two batches never count the same free capacity.
-                requests = [
-                    VMRequest(v["id"], tuple(v["requested"]), pinned_host=v.get("hostId"),  # type: ignore[arg-type]
-                              affinity_group=(v.get("extra") or {}).get("affinityGroup"),
-                              anti_affinity_group=(v.get("extra") or {}).get("antiAffinityGroup"),
-                              excluded_hosts=frozenset(tried[v["id"]]))
-                    for v in pending
-                ]
-                plan = self.policy.place(requests, self.host_views())
-                by_id = {v["id"]: v for v in pending}
-                batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
-                for p in plan.placements:
-                    vm = by_id[p.vm_id]
-                    self.reserved[p.host_id][p.vm_id] = tuple(vm["requested"])  # type: ignore[assignment]
-                    batches[p.host_id].append(vm)
-                for vm_id, rejection in plan.unplaced.items():
-                    if vm_id in wake_failures:
-                        results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_WAKEUP_FAILED",
-                                          "message": wake_failures[vm_id]}
-                        continue
-                    results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "NOT_ENOUGH_CAPACITY",
-                                      "message": rejection.reason, "rejections": dict(rejection.filtered)}
-            pending = []
-            if plan.wake_up:
-                # Capacity is asleep: wake it (outside the lock; its reservations keep it ours).
-                woken = await self.role.energy.wake(list(plan.wake_up))
-                for lc_id, failure in woken.items():
-                    if failure is None:
-                        continue
-                    for vm in batches.pop(lc_id, []):
-                        self.reserved[lc_id].pop(vm["id"], None)
-                        tried[vm["id"]].add(lc_id)
-                        before = wake_failures.get(vm["id"])
-                        wake_failures[vm["id"]] = (before + "; " if before else "") + f"waking {lc_id} failed: {failure}"
-                        pending.append(vm)
-            replies = await asyncio.gather(*(self._start_on(lc_id, batch) for lc_id, batch in batches.items()))
-            for lc_id, batch, reply in zip(batches, batches.values(), replies, strict=True):
-                for vm, res in zip(batch, reply, strict=True):
-                    self.reserved[lc_id].pop(vm["id"], None)
-                    if res.get("errorCode") == "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY" and _round < 2:
-                        tried[vm["id"]].add(lc_id)
-                        pending.append(vm)
-                        continue
-                    results[vm["id"]] = res
+            made: list[tuple[str, str]] = []
+            try:
+                pending = await self._start_round(pending, _round, tried, wake_failures, results, made)
+            finally:
+                # Whatever happened in the round (even an exception or a cancellation),
+                # nothing it reserved outlives it.
+                for lc_id, vm_id in made:
+                    self.release(lc_id, vm_id)
         for vm in pending:
             code = "LOCAL_CONTROLLER_WAKEUP_FAILED" if vm["id"] in wake_failures else "NOT_ENOUGH_CAPACITY"
             results.setdefault(vm["id"], {"id": vm["id"], "status": "ERROR", "errorCode": code,
                                           "message": wake_failures.get(vm["id"], "no local controller could host it")})
         return [results[v["id"]] for v in vms if v["id"] in results]
+
+    async def _start_round(self, pending: list[dict[str, Any]], round_: int, tried: dict[str, set[str]],
+                           wake_failures: dict[str, str], results: dict[str, dict[str, Any]],
+                           made: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """One placement round; returns the VMs to try again. Reservations go into ``made``."""
+        async with self._lock:
+            # Decide and reserve atomically, so two batches never count the same free capacity.
+            requests = [
+                VMRequest(v["id"], tuple(v["requested"]), pinned_host=v.get("hostId"),  # type: ignore[arg-type]
+                          affinity_group=(v.get("extra") or {}).get("affinityGroup"),
+                          anti_affinity_group=(v.get("extra") or {}).get("antiAffinityGroup"),
+                          excluded_hosts=frozenset(tried[v["id"]]))
+                for v in pending
+            ]
+            plan = self.policy.place(requests, self.host_views())
+            by_id = {v["id"]: v for v in pending}
+            batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for p in plan.placements:
+                vm = by_id[p.vm_id]
+                self.reserve(p.host_id, p.vm_id, tuple(vm["requested"]))  # type: ignore[arg-type]
+                made.append((p.host_id, p.vm_id))
+                batches[p.host_id].append(vm)
+            for vm_id, rejection in plan.unplaced.items():
+                if vm_id in wake_failures:
+                    results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_WAKEUP_FAILED",
+                                      "message": wake_failures[vm_id]}
+                    continue
+                results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "NOT_ENOUGH_CAPACITY",
+                                  "message": rejection.reason, "rejections": dict(rejection.filtered)}
+        again: list[dict[str, Any]] = []
+        if plan.wake_up:
+            # Capacity is asleep: wake it (outside the lock; its reservations keep it ours).
+            woken = await self.role.energy.wake(list(plan.wake_up))
+            for lc_id, failure in woken.items():
+                if failure is None:
+                    continue
+                for vm in batches.pop(lc_id, []):
+                    self.release(lc_id, vm["id"])
+                    tried[vm["id"]].add(lc_id)
+                    before = wake_failures.get(vm["id"])
+                    wake_failures[vm["id"]] = (before + "; " if before else "") + f"waking {lc_id} failed: {failure}"
+                    again.append(vm)
+        replies = await asyncio.gather(*(self._start_on(lc_id, batch) for lc_id, batch in batches.items()))
+        for lc_id, batch, reply in zip(batches, batches.values(), replies, strict=True):
+            for vm, res in zip(batch, reply, strict=True):
+                self.release(lc_id, vm["id"])
+                if res.get("errorCode") == "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY" and round_ < 2:
+                    tried[vm["id"]].add(lc_id)
+                    again.append(vm)
+                    continue
+                results[vm["id"]] = res
+        return again
 
     async def _start_on(self, lc_id: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec = self.role.lcs.get(lc_id)
@@ -151,14 +378,17 @@ class VirtualMachines:
         try:
             reply = await self.role.gm.rpc.call(addr, "lc.startVirtualMachines", {"vms": batch},
                                                 epoch=self.role.gm.known_epoch, timeout=30 + len(batch) * 0.2)
-            results = list(reply["results"])
+            results = [r if isinstance(r, dict) else {} for r in reply["results"]]
+            if len(results) != len(batch):
+                raise TypeError(f"{len(results)} results for {len(batch)} VMs")
         except (RpcError, KeyError, TypeError) as exc:
             return [{"id": v["id"], "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_UNREACHABLE", "message": str(exc)} for v in batch]
         for vm, res in zip(batch, results, strict=True):
+            res["id"] = vm["id"]
             res["localControllerId"] = lc_id
             res["localControllerAddress"] = addr.to_json()
             if res.get("status") in ("RUNNING", "PAUSED"):
-                rec.add_vm(vm["id"], tuple(vm["requested"]), res["status"])  # type: ignore[arg-type]
+                rec.add_vm(vm["id"], tuple(vm["requested"]), res["status"], uuid=res.get("uuid"))  # type: ignore[arg-type]
         return results
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -168,28 +398,64 @@ class VirtualMachines:
         for other, rec in self.role.lcs.items():
             if any(d.get("name") == vm_id for d in rec.domains):
                 return other
-        raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no local controller of this group manager runs {vm_id}")
+        raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no local controller of this group manager runs {vm_id}",
+                       field="virtualMachineId")
 
     async def _on_action(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        vm_id = str(body.get("vmId"))
-        action = str(body.get("action"))
-        lc_id = self._find(vm_id, body.get("localControllerId"))
+        body = _body(env)
+        vm_id = _id(body.get("vmId"), "virtualMachineId")
+        action = body.get("action")
+        if action not in ACTIONS:
+            raise ApiError(400, "UNKNOWN_ACTION", f"action must be one of {', '.join(ACTIONS)}", field="action")
+        hint = body.get("localControllerId")
+        lc_id = self._find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
+        expected = body.get("uuid")  # the caller's own idea of which domain it means, if it has one
+        if expected is not None and not isinstance(expected, str):
+            raise ApiError(400, "BAD_REQUEST", "uuid must be a string", field="uuid")
+        return await self.act(vm_id, lc_id, action, expected)
+
+    async def act(self, vm_id: str, lc_id: str, action: str, expected_uuid: str | None = None) -> dict[str, Any]:
+        """Order ``action`` on ``vm_id`` at ``lc_id``; a refusal is an ApiError with its reason."""
         rec = self.role.lcs[lc_id]
+        uuid = await self.uuid_for(lc_id, vm_id)
+        if uuid is None:
+            if action == "destroy":
+                # Already gone (destroyed behind our back, or lost with its host): forgetting it is the destroy.
+                return await self._gone(lc_id, vm_id)
+            raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"{vm_id} is not on {lc_id}", field="virtualMachineId")
+        if expected_uuid is not None and expected_uuid != uuid:
+            raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
+                           f"{vm_id} on {lc_id} is domain {uuid}, not {expected_uuid}: the order was meant for another VM",
+                           field="uuid")
         try:
             reply = await self.role.gm.rpc.call(rec.description.control_data_address, "lc.vmAction",
-                                                {"vmId": vm_id, "action": action}, epoch=self.role.gm.known_epoch, timeout=30)
+                                                {"vmId": vm_id, "uuid": uuid, "action": action},
+                                                epoch=self.role.gm.known_epoch, timeout=30)
         except RpcError as exc:
+            if 400 <= exc.status < 500:
+                raise ApiError(exc.status, exc.code, f"{lc_id}: {exc.message}", field=exc.field) from exc
             raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", str(exc)) from exc
-        if action == "destroy" and reply.get("errorCode") == "VIRTUAL_MACHINE_NOT_FOUND":
-            # Already gone (destroyed behind our back, or never started): forgetting it is the destroy.
-            reply = {"ok": True, "domain": None}
-        if reply.get("ok") and action == "destroy":
-            rec.remove_vm(vm_id)
-            await self.forget(vm_id)
-        elif reply.get("ok") and reply.get("domain"):
+        if not isinstance(reply, dict):
+            raise ApiError(502, "BAD_REPLY", f"{lc_id} answered {type(reply).__name__} to {action}")
+        if not reply.get("ok"):
+            code = str(reply.get("errorCode") or "ACTION_FAILED")
+            if action == "destroy" and code == "VIRTUAL_MACHINE_NOT_FOUND":
+                return await self._gone(lc_id, vm_id)
+            raise ApiError(_REFUSAL_STATUS.get(code, 502), code, f"{action} {vm_id} on {lc_id}: {reply.get('message')}",
+                           field="virtualMachineId")
+        if action == "destroy":
+            return await self._gone(lc_id, vm_id)
+        if isinstance(reply.get("domain"), dict):
             rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [reply["domain"]]
         return reply
+
+    async def _gone(self, lc_id: str, vm_id: str) -> dict[str, Any]:
+        rec = self.role.lcs.get(lc_id)
+        if rec is not None:
+            rec.remove_vm(vm_id)
+        self.release_vm(vm_id)
+        await self.forget(vm_id)
+        return {"ok": True, "domain": None}
 
     async def forget(self, vm_id: str) -> None:
         coord = self.role.gm.coord
@@ -201,9 +467,10 @@ class VirtualMachines:
             log.warning("could not forget %s in ZooKeeper: %s", vm_id, exc)
 
     async def _on_info(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        vm_id = str(body.get("vmId"))
-        lc_id = self._find(vm_id, body.get("localControllerId"))
+        body = _body(env)
+        vm_id = _id(body.get("vmId"), "virtualMachineId")
+        hint = body.get("localControllerId")
+        lc_id = self._find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
         rec = self.role.lcs[lc_id]
         domain = next((d for d in rec.domains if d.get("name") == vm_id), None)
         return {
@@ -219,13 +486,16 @@ class Migrations:
     """Moving a VM between local controllers, possibly of another group manager.
 
     The destination's capacity is reserved before anything moves (here, or by the destination's
-    group manager); the source local controller then migrates; on any failure the reservation
-    is released and the VM keeps running at the source. On success the VM's record moves.
+    group manager, for at most a deadline); the source local controller then migrates; on any
+    failure the reservation is released and the VM keeps running at the source. On success the
+    VM's record moves. The destination's hypervisor settings come from its registration in
+    ZooKeeper (or its join here), never from a client.
     """
 
     def __init__(self, vms: VirtualMachines) -> None:
         self.vms = vms
         self.role = vms.role
+        self.moving: set[str] = set()  # VMs this group manager is migrating right now
 
     def register(self) -> None:
         internal = self.role.gm.internal
@@ -252,100 +522,219 @@ class Migrations:
         return None
 
     async def _on_reservation(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        lc_id, vm_id, op = str(body.get("lcId")), str(body.get("vmId")), body.get("op")
-        requested: Capacity = tuple(float(x) for x in body.get("requested", (0, 0, 0, 0)))  # type: ignore[assignment]
+        body = _body(env)
+        op = body.get("op")
+        if op not in ("reserve", "commit", "release"):
+            raise ApiError(400, "BAD_RESERVATION", "op must be reserve, commit or release", field="op")
+        lc_id, vm_id = _id(body.get("lcId"), "lcId"), _id(body.get("vmId"), "vmId")
+        if op == "release":
+            self.vms.release(lc_id, vm_id)
+            return {"ok": True}
+        requested = capacity_of(body.get("requested"), "requested")
         if op == "reserve":
+            # Held for the asking group manager at most ``ttl`` seconds: if it dies mid-way,
+            # nobody would ever release it.
+            ttl = _number(body.get("ttl", 3 * DEFAULT_MIGRATION_TIMEOUT + 60), "ttl", 1.0, 4 * MAX_MIGRATION_TIMEOUT)
             async with self.vms._lock:
                 why = self.fits(lc_id, requested)
                 if why is not None:
                     raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
-                self.vms.reserved[lc_id][vm_id] = requested
-        elif op == "commit":
-            self.vms.reserved[lc_id].pop(vm_id, None)
-            self._adopt(lc_id, vm_id, requested)
+                self.vms.reserve(lc_id, vm_id, requested, ttl)
         else:
-            self.vms.reserved[lc_id].pop(vm_id, None)
+            uuid = body.get("uuid")
+            self.vms.release(lc_id, vm_id)
+            self._adopt(lc_id, vm_id, requested, uuid if isinstance(uuid, str) else None)
         return {"ok": True}
 
-    def _adopt(self, lc_id: str, vm_id: str, requested: Capacity) -> None:
+    def _adopt(self, lc_id: str, vm_id: str, requested: Capacity, uuid: str | None = None) -> None:
         rec = self.role.lcs.get(lc_id)
         if rec is not None:
-            rec.add_vm(vm_id, requested)
+            rec.add_vm(vm_id, requested, uuid=uuid)
 
     def _drop(self, lc_id: str, vm_id: str) -> Capacity | None:
         rec = self.role.lcs.get(lc_id)
         return rec.remove_vm(vm_id) if rec is not None else None
 
     async def _on_migrate(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        return await self.migrate(str(body.get("vmId")), str(body.get("sourceLcId")), dict(body.get("destination") or {}),
-                                  body.get("requested"))
+        body = _body(env)
+        vm_id = _id(body.get("vmId"), "virtualMachineId")
+        source = body.get("sourceLcId")
+        source_lc = _id(source, "sourceLcId") if source is not None else None
+        dest = body.get("destination")
+        if not isinstance(dest, dict):
+            raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination must be an object", field="destination")
+        dest_id = _id(dest.get("id"), "localControllerId")
+        coord = self.role.gm.coord
+        if coord is not None:
+            # The destination as it registered itself: its settings never come from the message.
+            try:
+                fresh = await Store(coord).destination(dest_id)
+            except CoordinationError as exc:
+                raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+            if fresh is None:
+                raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_id!r}", field="localControllerId")
+            dest = fresh
+        expected = body.get("uuid")
+        return await self.migrate(vm_id, source_lc or "", dest, body.get("requested"),
+                                  expected_uuid=expected if isinstance(expected, str) else None)
 
-    async def migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None) -> dict[str, Any]:
+    def _destination(self, dest: dict[str, Any]) -> tuple[str, NetworkAddress, dict[str, Any], NetworkAddress | None]:
+        """(id, address, hypervisorSettings, its group manager's address) of a destination, checked."""
+        dest_id = _id(dest.get("id"), "localControllerId")
+        try:
+            address = NetworkAddress.from_json(dest["address"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(409, "LOCAL_CONTROLLER_UNAVAILABLE", f"{dest_id} has no usable address", field="localControllerId") from exc
+        settings = dest.get("hypervisorSettings") or {}
+        if not isinstance(settings, dict):
+            raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", "hypervisorSettings must be an object", field="destinationHypervisorSettings")
+        dest_gm = None
+        if dest.get("groupManagerAddress"):
+            try:
+                dest_gm = NetworkAddress.from_json(dest["groupManagerAddress"])
+            except (KeyError, TypeError, ValueError):
+                dest_gm = None
+        return dest_id, address, settings, dest_gm
+
+    def _requested(self, rec: Any, vm_id: str, hint: Any) -> Capacity:
+        requested: Capacity | None = rec.vm_requested.get(vm_id)
+        if not requested and hint is not None:
+            with contextlib.suppress(ApiError):
+                requested = capacity_of(hint, "requested")
+        if not requested or not any(requested):
+            domain: dict[str, Any] = next((d for d in rec.domains if d.get("name") == vm_id), {})
+            try:
+                requested = (float(domain.get("vcpus", 0)), float(domain.get("memory", 0)), 0.0, 0.0)
+            except (TypeError, ValueError):
+                requested = ZERO
+        return requested
+
+    async def migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None, *,
+                      expected_uuid: str | None = None) -> dict[str, Any]:
+        # Everything that can refuse the request is checked before anything is reserved.
+        dest_id, dest_addr, settings, dest_gm = self._destination(dest)
+        timeout = migration_timeout(settings)
         source_lc = self.vms._find(vm_id, source_lc)
         rec = self.role.lcs[source_lc]
-        dest_id = str(dest.get("id"))
         if dest_id == source_lc:
             raise ApiError(400, "SAME_LOCAL_CONTROLLER", f"{vm_id} already runs on {dest_id}", field="localControllerId")
-        requested: Capacity = rec.vm_requested.get(vm_id) or tuple(  # type: ignore[assignment]
-            float(x) for x in (requested_hint or (0, 0, 0, 0)))
-        if not any(requested):
-            domain = next((d for d in rec.domains if d.get("name") == vm_id), {})
-            requested = (float(domain.get("vcpus", 0)), float(domain.get("memory", 0)), 0.0, 0.0)
-        gm = self.role.gm
+        if vm_id in self.moving:
+            raise ApiError(409, "MIGRATION_IN_PROGRESS", f"{vm_id} is already being migrated", field="virtualMachineId")
         local = dest_id in self.role.lcs
-        dest_gm = NetworkAddress.from_json(dest["groupManagerAddress"]) if not local and dest.get("groupManagerAddress") else None
         if not local and dest_gm is None:
             raise ApiError(409, "LOCAL_CONTROLLER_UNAVAILABLE", f"{dest_id} has no group manager right now", field="localControllerId")
-        reservation = {"lcId": dest_id, "vmId": vm_id, "requested": list(requested)}
+        self.moving.add(vm_id)
+        try:
+            uuid = await self.vms.uuid_for(source_lc, vm_id)
+            if uuid is None:
+                raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"{vm_id} is not on {source_lc}", field="virtualMachineId")
+            if expected_uuid is not None and expected_uuid != uuid:
+                raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
+                               f"{vm_id} on {source_lc} is domain {uuid}, not {expected_uuid}", field="uuid")
+            requested = self._requested(rec, vm_id, requested_hint)
+            reservation = {"lcId": dest_id, "vmId": vm_id, "requested": list(requested), "uuid": uuid}
+            await self._reserve(local, dest_gm, reservation, timeout)
+            settled = False
+            try:
+                reply = await self._order(source_lc, vm_id, uuid, dest_id, dest_addr, settings, timeout)
+                self._drop(source_lc, vm_id)
+                if local:
+                    self.vms.release(dest_id, vm_id)
+                    self._adopt(dest_id, vm_id, requested, uuid)
+                else:
+                    assert dest_gm is not None
+                    settled = True  # from here the destination holds the VM itself
+                    with contextlib.suppress(RpcError):
+                        await self.role.gm.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation},
+                                                    epoch=self.role.gm.known_epoch, timeout=10)
+                settled = True
+            finally:
+                if not settled:
+                    await asyncio.shield(self._release(local, dest_gm, reservation))
+        finally:
+            self.moving.discard(vm_id)
+        details = {k: v for k, v in reply.items() if k != "ok"}
+        await self._move_record(vm_id, uuid, dest, local, {"from": source_lc, "to": dest_id, **details})
+        return {"ok": True, **details}
+
+    async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any], timeout: float) -> None:
+        dest_id, vm_id = reservation["lcId"], reservation["vmId"]
+        requested: Capacity = tuple(reservation["requested"])  # type: ignore[assignment]
         if local:
             async with self.vms._lock:
                 why = self.fits(dest_id, requested)
                 if why is not None:
                     raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
-                self.vms.reserved[dest_id][vm_id] = requested
-        else:
-            assert dest_gm is not None
-            try:
-                await gm.rpc.call(dest_gm, "gm.reservation", {"op": "reserve", **reservation}, epoch=gm.known_epoch, timeout=10)
-            except RpcError as exc:
-                raise ApiError(409 if exc.status == 409 else 503, exc.code, exc.message, field="localControllerId") from exc
-        migration_timeout = float(((dest.get("hypervisorSettings") or {}).get("migration") or {}).get("timeout", 60.0))
+                self.vms.reserve(dest_id, vm_id, requested)
+            return
+        assert dest_gm is not None
+        gm = self.role.gm
+        try:
+            await gm.rpc.call(dest_gm, "gm.reservation", {"op": "reserve", "ttl": self._rpc_timeout(timeout) + 60, **reservation},
+                              epoch=gm.known_epoch, timeout=10)
+        except RpcError as exc:
+            if exc.code == "timeout":
+                # It may have been made after all: release it (it would expire anyway).
+                await asyncio.shield(self._release(False, dest_gm, reservation))
+            raise ApiError(409 if exc.status == 409 else 503, exc.code, exc.message, field="localControllerId") from exc
+
+    @staticmethod
+    def _rpc_timeout(migration_timeout: float) -> float:
+        # The watchdog forces convergence at ``migration_timeout``; give the rest time to finish.
+        return migration_timeout * 3 + 30
+
+    async def _order(self, source_lc: str, vm_id: str, uuid: str, dest_id: str, dest_addr: NetworkAddress,
+                     settings: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Order the source to migrate; its reply if the VM moved, else an ApiError saying why."""
+        gm = self.role.gm
+        source_addr = self.role.lcs[source_lc].description.control_data_address
         try:
             reply = await gm.rpc.call(
-                rec.description.control_data_address, "lc.migrate",
-                {"vmId": vm_id, "destination": {"id": dest_id, "address": dest["address"],
-                                                 "hypervisorSettings": dest.get("hypervisorSettings") or {}}},
-                epoch=gm.known_epoch, timeout=migration_timeout * 3 + 30,
+                source_addr, "lc.migrate",
+                {"vmId": vm_id, "uuid": uuid,
+                 "destination": {"id": dest_id, "address": dest_addr.to_json(), "hypervisorSettings": settings}},
+                epoch=gm.known_epoch, timeout=self._rpc_timeout(timeout),
             )
         except RpcError as exc:
-            reply = {"ok": False, "errorCode": "LOCAL_CONTROLLER_UNREACHABLE", "message": str(exc)}
-        if not reply.get("ok"):
-            await self._release(local, dest_gm, reservation)
-            raise ApiError(409, str(reply.get("errorCode") or "MIGRATION_FAILED"),
-                           f"{vm_id} stays on {source_lc}: {reply.get('message')}")
-        self._drop(source_lc, vm_id)
-        if local:
-            self.vms.reserved[dest_id].pop(vm_id, None)
-            self._adopt(dest_id, vm_id, requested)
-        else:
-            assert dest_gm is not None
-            with contextlib.suppress(RpcError):
-                await gm.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation}, epoch=gm.known_epoch, timeout=10)
-        details = {k: v for k, v in reply.items() if k != "ok"}
-        await self._move_record(vm_id, dest, local, {"from": source_lc, "to": dest_id, **details})
-        return {"ok": True, **details}
+            if exc.code == "timeout":
+                return await self._after_timeout(source_lc, source_addr, vm_id, uuid, dest_id, dest_addr, exc)
+            if 400 <= exc.status < 500:
+                raise ApiError(exc.status, exc.code, f"{vm_id} stays on {source_lc}: {exc.message}", field=exc.field) from exc
+            raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", f"{vm_id} stays on {source_lc}: {exc}") from exc
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            why = reply if isinstance(reply, dict) else {}
+            raise ApiError(409, str(why.get("errorCode") or "MIGRATION_FAILED"), f"{vm_id} stays on {source_lc}: {why.get('message')}")
+        return reply
+
+    async def _after_timeout(self, source_lc: str, source_addr: NetworkAddress, vm_id: str, uuid: str, dest_id: str,
+                             dest_addr: NetworkAddress, exc: RpcError) -> dict[str, Any]:
+        """The source did not answer in time: find out where the domain is before deciding."""
+        for where, addr in ((source_lc, source_addr), (dest_id, dest_addr)):
+            try:
+                reply = await self.role.gm.rpc.call(addr, "lc.describe", None, epoch=self.role.gm.known_epoch, timeout=5)
+                present = any(isinstance(d, dict) and d.get("uuid") == uuid for d in reply.get("domains") or [])
+            except (RpcError, AttributeError, TypeError):
+                continue
+            if present and where == dest_id:
+                log.warning("migration of %s timed out but the domain runs at %s: taken as done", vm_id, dest_id)
+                return {"ok": True, "timedOut": True}
+            if present:
+                raise ApiError(504, "MIGRATION_TIMEOUT", f"{vm_id} stays on {source_lc}: {exc.message}") from exc
+        raise ApiError(504, "MIGRATION_TIMEOUT",
+                       f"{exc.message}; {vm_id} was found on neither {source_lc} nor {dest_id}: monitoring will show where it is") from exc
 
     async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any]) -> None:
         if local:
-            self.vms.reserved[reservation["lcId"]].pop(reservation["vmId"], None)
+            self.vms.release(reservation["lcId"], reservation["vmId"])
         elif dest_gm is not None:
-            with contextlib.suppress(RpcError):
+            try:
                 await self.role.gm.rpc.call(dest_gm, "gm.reservation", {"op": "release", **reservation},
                                             epoch=self.role.gm.known_epoch, timeout=10)
+            except RpcError as exc:
+                log.warning("could not release the reservation for %s on %s (it expires on its own): %s",
+                            reservation["vmId"], reservation["lcId"], exc)
 
-    async def _move_record(self, vm_id: str, dest: dict[str, Any], local: bool, details: dict[str, Any]) -> None:
+    async def _move_record(self, vm_id: str, uuid: str, dest: dict[str, Any], local: bool, details: dict[str, Any]) -> None:
         coord = self.role.gm.coord
         if coord is None:
             return
@@ -354,7 +743,8 @@ class Migrations:
             rec = await store.get_vm(vm_id)
             if rec is None:
                 return
-            rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"], lastMigration=details)
+            rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"], lastMigration=details,
+                       uuid=uuid)
             if local:
                 rec.update(groupManagerId=self.role.gm.id, groupManagerControlDataAddress=self.role.gm.address.to_json())
             else:

@@ -177,11 +177,15 @@ class LibvirtHypervisor:
 
         return await self._run("start domain", do)
 
-    async def lifecycle(self, name: str, action: str) -> DomainInfo | None:
-        """suspend, resume, shutdown, reboot or destroy a domain by name."""
+    async def lifecycle(self, name: str, action: str, *, uuid: str | None = None) -> DomainInfo | None:
+        """suspend, resume, shutdown, reboot or destroy a domain by name; given ``uuid``, only if
+        the domain of that name is still that one (checked on the libvirt thread, so no other
+        call can replace the domain between the check and the action)."""
 
         def do() -> DomainInfo | None:
             dom = self._lookup(name)
+            if uuid is not None and dom.UUIDString() != uuid:
+                raise HypervisorError(f"{name} is domain {dom.UUIDString()}, not {uuid}", code="VIRTUAL_MACHINE_MISMATCH")
             if action == "suspend":
                 dom.suspend()
             elif action == "resume":
@@ -205,10 +209,11 @@ class LibvirtHypervisor:
     async def xml(self, name: str) -> str:
         return await self._run(f"xml of {name}", lambda: self._lookup(name).XMLDesc(0))
 
-    async def migrate(self, name: str, destination: dict[str, Any]) -> dict[str, Any]:
-        """Live-migrate ``name`` to the hypervisor described by ``destination`` (its
-        hypervisorSettings). Runs on its own thread: a migration can take minutes and must
-        not hold up monitoring or other VMs' actions on the libvirt thread."""
+    async def migrate(self, name: str, destination: dict[str, Any], *, uuid: str | None = None) -> dict[str, Any]:
+        """Live-migrate ``name`` (given ``uuid``: only if it is that domain) to the hypervisor
+        described by ``destination`` (its hypervisorSettings). Runs on its own thread: a
+        migration can take minutes and must not hold up monitoring or other VMs' actions on
+        the libvirt thread."""
         from localcontroller.hypervisor.migration import MigrationSettings, migrate_domain
 
         mig = destination.get("migration") or {}
@@ -225,7 +230,7 @@ class LibvirtHypervisor:
         domain = await self._run(f"look up {name}", lambda: self._lookup(name))
 
         def do() -> dict[str, Any]:
-            result = migrate_domain(domain, str(uri), destination.get("migrationUri"), settings)
+            result = migrate_domain(domain, str(uri), destination.get("migrationUri"), settings, expected_uuid=uuid)
             return {"duration": result.duration, "libvirtSeconds": result.libvirt_seconds, "nonLive": False,
                     "pausedToConverge": result.paused_to_converge, "switchedToPostCopy": result.switched_to_post_copy}
 

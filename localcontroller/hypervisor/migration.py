@@ -244,6 +244,8 @@ def migrate_domain(
     destination_uri: str,
     migration_uri: str | None,
     settings: MigrationSettings,
+    *,
+    expected_uuid: str | None = None,
 ) -> MigrationResult:
     """Live-migrate a running ``domain`` to the libvirt at ``destination_uri``; blocking.
 
@@ -251,7 +253,9 @@ def migrate_domain(
     memory stream goes; the destination listens on that host only. Raises ``MigrationFailed``
     with libvirt's message, leaving the domain running at the source, or
     ``UnsupportedOperation`` when the source's driver cannot migrate (the local controller then
-    moves the domain non-live).
+    moves the domain non-live). With ``expected_uuid``, a domain with another UUID (a later VM
+    that reuses the name) is refused before anything moves (``MigrationFailed`` with the code
+    ``VIRTUAL_MACHINE_MISMATCH``).
     """
     started = time.monotonic()
     try:
@@ -261,6 +265,8 @@ def migrate_domain(
         active = domain.isActive()
     except libvirt.libvirtError as exc:
         raise MigrationFailed(f"cannot inspect the domain to migrate: {_message(exc)}") from exc
+    if expected_uuid is not None and uuid != expected_uuid:
+        raise MigrationFailed(f"{name} is domain {uuid}, not {expected_uuid}", code="VIRTUAL_MACHINE_MISMATCH")
     if driver.lower() == "test":
         raise UnsupportedOperation(f"{name}: libvirt's test driver cannot migrate")
     if not active:

@@ -15,7 +15,7 @@ from snooze.sim.libvirtd import LibvirtdCluster, LibvirtdHost, tiny_domain_xml
 from tests.integration.test_qemu_migration import _require_qemu, _short_dir
 from tests.support import get, http, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,46 @@ def test_live_migration_through_the_api_between_two_real_hypervisors(cluster_fac
     assert "live-1" in names(uri[target])
     assert http("POST", b + "?destroyVirtualMachine", "live-1") == (200, True)
     assert "live-1" not in names(uri[target])
+
+
+def reserved(b: str) -> list[list[float]]:
+    gms = get(b + "?getGroupManagerDescriptions")["groupManagers"]
+    return [gm["summaryInformation"]["reservedCapacity"] for gm in gms if gm.get("summaryInformation")]
+
+
+def test_a_live_migration_refused_by_the_destination_releases_its_reservation(cluster_factory: Any,
+                                                                            hosts: list[LibvirtdHost]) -> None:
+    c = cluster_factory(gms=2, lcs=0)
+    qemu_lc(c, "qemu-a", hosts[0])
+    qemu_lc(c, "qemu-b", hosts[1])
+    b = c.bootstrap_url + "/bootstrap"
+    wait_for(lambda: {lc["id"] for lc in get(b + "?getLocalControllerList")["localControllers"]} == {"qemu-a", "qemu-b"},
+             30, "both QEMU local controllers in the hierarchy")
+    status, task = http("POST", b + "?startVirtualCluster",
+                        json.dumps({"virtualMachineTemplates": [{"libVirtTemplate": tiny_domain_xml("live-2")}]}))
+    assert status == 200, task
+    [vm] = wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, 60, "the VM")["virtualMachineMetaData"]
+    source = vm["virtualMachineLocation"]["localControllerId"]
+    target = "qemu-b" if source == "qemu-a" else "qemu-a"
+    uri = {"qemu-a": hosts[0].uri, "qemu-b": hosts[1].uri}
+
+    # The destination's libvirt already has a (stopped) domain of that name: the source's
+    # libvirt check refuses before anything moves.
+    conn = libvirt.open(uri[target])
+    try:
+        squatter = conn.defineXML(tiny_domain_xml("live-2"))
+        status, body = http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "live-2", "localControllerId": target}),
+                            timeout=120)
+        assert status == 409 and body["error"]["code"] == "MIGRATION_FAILED", body
+        assert "already exists" in body["error"]["message"]
+        assert reserved(b) and all(r == [0.0, 0.0, 0.0, 0.0] for r in reserved(b)), reserved(b)
+        assert "live-2" in names(uri[source]), "still running at the source"
+        squatter.undefine()
+    finally:
+        conn.close()
+    status, body = http("POST", b + "?migrateVirtualMachine", json.dumps({"virtualMachineId": "live-2", "localControllerId": target}),
+                        timeout=120)
+    assert (status, body) == (200, True), body
+    assert "live-2" in names(uri[target]) and "live-2" not in names(uri[source])
+    assert all(r == [0.0, 0.0, 0.0, 0.0] for r in reserved(b))
+    assert http("POST", b + "?destroyVirtualMachine", "live-2") == (200, True)
