@@ -123,7 +123,8 @@ class HttpLimits:
 
 
 class ConnectionGuard:
-    """Counts connections per client address and closes those that stay silent.
+    """Counts connections per client address, closes those that stay silent, answers malformed
+    HTTP in JSON.
 
     aiohttp's low-level ``web.Server`` tells it of every connection made and lost. A connection
     over the per-address limit gets a 429 and is closed before anything is read; one that has
@@ -142,26 +143,17 @@ class ConnectionGuard:
         self.per_address: dict[str, int] = {}
         self._address: dict[Any, str | None] = {}  # handler -> its client's address (None: refused)
         self._deadline: dict[Any, asyncio.TimerHandle] = {}
-        self.closed: dict[str, int] = {"slow_headers": 0, "slow_body": 0, "too_many_connections": 0, "client_gone": 0}
+        self.closed: dict[str, int] = {"slow_headers": 0, "slow_body": 0, "too_many_connections": 0, "client_gone": 0, "malformed": 0}
         self.report = RateLimitedLog(log)
 
     def count(self, reason: str) -> None:
         self.closed[reason] = self.closed.get(reason, 0) + 1
 
     def install(self, server: web.Server) -> None:
-        made, lost = server.connection_made, server.connection_lost
-
-        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
-            made(handler, transport)
-            self._made(handler, transport)
-
-        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
-            self._lost(handler)
-            lost(handler, exc)
-
-        # Instance attributes: the server calls these for each connection of its handlers.
-        server.connection_made = connection_made  # type: ignore[method-assign]
-        server.connection_lost = connection_lost  # type: ignore[method-assign]
+        # The runner built a plain web.Server; give it our connection hooks and our handler
+        # class (same layout, only methods added, so the class can be swapped in place).
+        server.__class__ = _GuardedServer
+        server.snooze_guard = self  # type: ignore[attr-defined]
 
     def _made(self, handler: Any, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
@@ -209,6 +201,50 @@ class ConnectionGuard:
         self.report("slow_headers", "closed a connection from %s: no complete request headers within %.0fs",
                     address, self.limits.header_timeout)
         handler.force_close()
+
+
+    def malformed(self, request: web.BaseRequest, status: int, message: str) -> None:
+        self.count("malformed")
+        self.report("malformed", "refused a malformed HTTP request from %s (%d): %s", request.remote, status, message)
+
+
+class _JsonErrorsHandler(web.RequestHandler):
+    """aiohttp's connection handler, except that requests its HTTP parser refuses (bad request
+    line, header or chunk, line too long, TLS on the HTTP port) are answered in our JSON and
+    logged once a minute, instead of text and one ERROR traceback per request."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        guard = getattr(self._manager, "snooze_guard", None)
+        if status >= 500 or guard is None or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # aiohttp's message spans lines (reason, offending bytes, a caret under them).
+        lines = [line.strip() for line in (message or str(exc or "")).splitlines()]
+        text = " ".join(line for line in lines if line and set(line) != {"^"})[:200] or "malformed request"
+        guard.malformed(request, status, text)
+        resp = json_response(ApiError(status, "MALFORMED_HTTP", f"malformed HTTP request: {text}", field="request").to_json(), status)
+        resp.force_close()
+        return resp
+
+
+class _GuardedServer(web.Server):
+    snooze_guard: ConnectionGuard
+
+    def __call__(self) -> web.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorsHandler
+        return handler
+
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.snooze_guard._made(handler, transport)
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        self.snooze_guard._lost(handler)
+        super().connection_lost(handler, exc)
 
 
 GUARD = web.AppKey("connection_guard", ConnectionGuard)

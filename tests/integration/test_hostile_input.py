@@ -199,7 +199,7 @@ def test_the_hostile_requests_from_the_issue_are_4xx_and_hurt_nothing(cluster: L
     assert_cluster_healthy(cluster)
 
 
-def test_a_slow_body_is_cut_off_and_the_process_serves_on(cluster: LocalCluster) -> None:
+def test_slow_bodies_and_malformed_http_are_cut_off_and_the_process_serves_on(cluster: LocalCluster) -> None:
     port = cluster.options.base_port
     socks = []
     for _ in range(20):
@@ -215,6 +215,14 @@ def test_a_slow_body_is_cut_off_and_the_process_serves_on(cluster: LocalCluster)
     finally:
         for s in socks:
             s.close()
+    for garbage in (b"GARBAGE / HTTP/1.1\r\n\r\n", b"GET /bootstrap?ping HTTP/1.1\r\nBad Header\r\n\r\n",
+                    b"\x16\x03\x01\x00\xa5\x01\x00", b"POST /bootstrap?ping HTTP/1.1\r\nContent-Length: -1\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+            s.sendall(garbage)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert b" 400 " in answer.split(b"\r\n", 1)[0] and b"MALFORMED_HTTP" in answer, answer[:200]
     status, meta = request(port, "POST", "/bootstrap?getVirtualMachineMetaData", VM.encode())
     assert status == 200, meta
     assert_cluster_healthy(cluster)

@@ -176,3 +176,29 @@ async def test_connections_over_the_per_address_limit_are_refused_with_429(caplo
     no_tracebacks(caplog)
     lines = [r for r in caplog.records if "refused a connection" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_malformed_http_is_answered_in_json_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    garbage = [
+        b"GARBAGE / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /thing?echo HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"POST /thing?echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /thing?echo HTTP/1.1\r\nHost: " + b"a" * 10_000 + b"\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # TLS on the HTTP port
+        b"POST /thing?echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    async with serving(SLOW) as server:
+        for raw in garbage:
+            reader, writer = await server.connect()
+            writer.write(raw)
+            await writer.drain()
+            response = await read_until_closed(reader)
+            writer.close()
+            assert response.startswith(b"HTTP/1.") and b" 400 " in response.split(b"\r\n", 1)[0], response[:80]
+            err = json_of(response)["error"]
+            assert err["code"] == "MALFORMED_HTTP" and err["field"] == "request" and err["message"], err
+        assert server.closed["malformed"] == len(garbage)
+    no_tracebacks(caplog)
+    lines = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert len(lines) == 1
