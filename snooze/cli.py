@@ -1,22 +1,48 @@
 """``snooze``: the command line — run a local cluster and look at a running one.
 
-Errors are one clear line on stderr and a non-zero exit code.
+Errors are one clear line on stderr and a non-zero exit code. Which cluster a command talks to
+is decided in one place, ``snooze.client.target`` (``--url``, ``--state-dir`` before or after
+the subcommand, ``SNOOZE_URL``, ``SNOOZE_STATE_DIR``, else the cluster this user started last).
+
+``snooze cluster up`` in the foreground (what ``./scripts/run`` runs) stops everything it
+started on SIGINT, SIGTERM and SIGHUP, whatever became of its output: in
+``./scripts/run | tee log`` Ctrl-C kills ``tee`` too, and a closed terminal fails every write.
+Signals only set a flag that the start-up and the wait poll (so a signal never interrupts
+the teardown half-way), and output that can no longer be written is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import signal
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from snooze.client.cli import HelpFormatter
+from snooze.client.cli import bootstrap_url as _bootstrap
 from snooze.client.cli import register as register_client_commands
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, stop_manifest
+from snooze.client.errors import SnoozeClientError
+from snooze.client.target import (
+    DEFAULT_STATE_DIR,
+    add_target_options,
+    new_cluster_state_dir,
+    record_last_cluster,
+    resolve_state_dir,
+)
+from snooze.localcluster import (
+    ClusterError,
+    ClusterOptions,
+    Interrupted,
+    LocalCluster,
+    stop_manifest,
+)
 
-DEFAULT_STATE_DIR = ".state/cluster"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class CliError(Exception):
@@ -58,55 +84,155 @@ def _options(args: argparse.Namespace) -> ClusterOptions:
     )
 
 
+class StopRequest:
+    """Set by SIGINT, SIGTERM or SIGHUP; polled by whoever may stop, never raised from the handler."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handler)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else 0
+
+
+class SurvivingOutput(io.TextIOBase):
+    """A stdout/stderr that outlives its reader.
+
+    The first write or flush that fails (EPIPE once ``tee`` died, EIO once the terminal closed)
+    points the file descriptor at /dev/null, so neither a later print nor the interpreter's
+    final flush can raise, and the text is dropped.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.lost = False
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+            except OSError:
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except OSError:
+                self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        with contextlib.suppress(OSError, ValueError):
+            fd = self.stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        # What the stream still buffers now goes to /dev/null instead of failing later.
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
 def cmd_cluster_up(args: argparse.Namespace) -> int:
+    # First, before anything is started: from here on a signal means "stop what you started".
+    stop = StopRequest()
+    stop.install()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SurvivingOutput(sys.stdout), SurvivingOutput(sys.stderr)
+    try:
+        return _cluster_up(args, stop)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _cluster_up(args: argparse.Namespace, stop: StopRequest) -> int:
     if args.lcs < 0 or args.gms < 1 or (args.lcs and args.gms < 2):
         raise CliError("need --gms >= 2 when there are local controllers: one group manager becomes the leader, which manages none")
-    cluster = LocalCluster(Path(args.state_dir), _options(args))
-    print(f"starting ZooKeeper, 1 bootstrap, {args.gms} group managers, {args.lcs} local controllers ...", flush=True)
+    cluster = LocalCluster(new_cluster_state_dir(getattr(args, "state_dir", None)), _options(args))
+    # Stale record, ports: all checked before anything starts (and before saying it starts).
+    if cluster.prepare():
+        say(f"cleaned up a stale cluster record in {cluster.state_dir} (its processes were gone)")
+    if stop():
+        return stop.exit_code
+    say(f"starting ZooKeeper, 1 bootstrap, {args.gms} group managers, {args.lcs} local controllers ...")
+    detached = False
     t0 = time.monotonic()
-    manifest = cluster.up(wait=True, timeout=args.timeout)
-    print(f"hierarchy formed in {time.monotonic() - t0:.1f}s")
-    print(f"bootstrap:  {manifest['bootstrapUrl']}   (try: curl '{manifest['bootstrapUrl']}/bootstrap?getCompleteHierarchy')")
-    print(f"zookeeper:  {manifest['zookeeper']}")
-    print(f"state dir:  {manifest['stateDir']}  (cluster.json, logs/, config/)")
-    h = cluster.hierarchy()
-    if h:
-        print(format_hierarchy(h))
-    if args.detach:
-        return 0
-    if args.demo:
-        run_demo(manifest["bootstrapUrl"])
-    print("running; Ctrl-C stops everything", flush=True)
-    stop = {"now": False}
-
-    def on_signal(_sig: int, _frame: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
-        while not stop["now"]:
+        manifest = cluster.up(wait=True, timeout=args.timeout, stop=stop)
+        try:
+            record_last_cluster(cluster.state_dir)
+        except OSError as exc:  # the cluster runs; only guessing it later will not work
+            print(f"snooze: cannot record this as the cluster you started last: {exc}", file=sys.stderr)
+        say(f"hierarchy formed in {time.monotonic() - t0:.1f}s")
+        say(f"bootstrap:  {manifest['bootstrapUrl']}   (try: curl '{manifest['bootstrapUrl']}/bootstrap?getCompleteHierarchy')")
+        say(f"zookeeper:  {manifest['zookeeper']}")
+        say(f"state dir:  {manifest['stateDir']}  (cluster.json, logs/, config/)")
+        h = cluster.hierarchy()
+        if h:
+            say(format_hierarchy(h))
+        if args.detach:
+            detached = not stop()
+            return stop.exit_code
+        if args.demo and not stop():
+            run_demo(manifest["bootstrapUrl"], stop)
+        say("running; Ctrl-C stops everything")
+        while not stop():
             time.sleep(0.2)
+    except Interrupted:
+        pass  # up() has already stopped what it had started
     finally:
-        print("stopping ...", flush=True)
-        cluster.down()
-        print("stopped")
-    return 0
+        if not detached:
+            with contextlib.suppress(Exception):
+                say("stopping ...")
+            cluster.down()
+            with contextlib.suppress(Exception):
+                say("stopped")
+    return stop.exit_code
 
 
-def run_demo(bootstrap_url: str) -> None:
+def run_demo(bootstrap_url: str, stop: StopRequest | None = None) -> None:
     from snooze.demo import submit_demo
 
     try:
-        submit_demo(bootstrap_url)
-    except OSError as exc:
+        submit_demo(bootstrap_url, stop=stop)
+    except (OSError, ValueError, KeyError) as exc:
         print(f"demo virtual cluster failed: {exc}", file=sys.stderr)
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:
-    state = Path(args.state_dir)
+    state, source = resolve_state_dir(getattr(args, "state_dir", None))
+    if source == "last started":
+        print(f"snooze: stopping the cluster in {state}, the one you started last", file=sys.stderr)
     if not (state / "cluster.json").exists():
-        raise CliError(f"no cluster.json in {state}")
+        raise CliError(f"no cluster running from {state} (no cluster.json there)")
     n = stop_manifest(state)
     print(f"stopped {n} processes")
     return 0
@@ -127,15 +253,6 @@ def _get(url: str) -> Any:
             raise CliError(f"HTTP {exc.code} from {url}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise CliError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from exc
-
-
-def _bootstrap(args: argparse.Namespace) -> str:
-    if args.bootstrap:
-        return str(args.bootstrap).rstrip("/")
-    manifest = Path(args.state_dir) / "cluster.json"
-    if manifest.exists():
-        return str(json.loads(manifest.read_text())["bootstrapUrl"])
-    return "http://127.0.0.1:5000"
 
 
 def cmd_hierarchy(args: argparse.Namespace) -> int:
@@ -166,40 +283,59 @@ def table(rows: list[tuple[str, ...]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snooze", description="Snooze: a self-organising, energy-aware VM cluster manager.")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="local cluster state dir (default: %(default)s)")
-    p.add_argument("--bootstrap", help="bootstrap URL (default: the local cluster's, else http://127.0.0.1:5000)")
+    add_target_options(p, top_level=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("cluster", help="run a complete local cluster").add_subparsers(dest="action", required=True)
-    up = c.add_parser("up", help="start ZooKeeper, bootstrap, group managers and local controllers")
-    up.add_argument("--state-dir", default=argparse.SUPPRESS)
-    up.add_argument("--detach", action="store_true", help="return once the hierarchy has formed")
-    up.add_argument("--gms", type=int, default=3)
-    up.add_argument("--lcs", type=int, default=4)
-    up.add_argument("--base-port", type=int, default=5000, help="bootstrap port; GMs and LCs follow")
-    up.add_argument("--zk-port", type=int, default=0, help="ZooKeeper port (default: a free one)")
-    up.add_argument("--heartbeat-interval", type=float, default=3.0)
-    up.add_argument("--heartbeat-timeout", type=float, default=10.0)
-    up.add_argument("--session-timeout", type=float, default=10.0, help="ZooKeeper session timeout (s)")
-    up.add_argument("--monitoring-interval", type=float, default=3.0)
-    up.add_argument("--lc-cpus", type=int, default=8)
-    up.add_argument("--lc-memory-gib", type=int, default=16)
-    up.add_argument("--timeout", type=float, default=90.0, help="give up if the hierarchy has not formed by then")
+    up = c.add_parser("up", formatter_class=HelpFormatter,
+                      help="start ZooKeeper, bootstrap, group managers and local controllers",
+                      description="Start a complete local cluster (ZooKeeper, a bootstrap, group managers, local "
+                                  "controllers on libvirt's test driver), submit a demo virtual cluster, and run until "
+                                  "Ctrl-C, SIGTERM or SIGHUP, which stop everything it started. ./scripts/run runs "
+                                  "this command with the same options.")
+    up.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                    help=f"where the cluster keeps cluster.json, config/ (mode 0600: it holds the cluster's key) and "
+                         f"logs/ (default: $SNOOZE_STATE_DIR, else {DEFAULT_STATE_DIR} in the current directory)")
+    up.add_argument("--detach", action="store_true",
+                    help="return once the hierarchy has formed and leave the cluster running; stop it with "
+                         "'snooze cluster down' (default: run in the foreground)")
+    up.add_argument("--gms", type=int, default=3, help="group managers; one of them becomes the group leader")
+    up.add_argument("--lcs", type=int, default=4, help="local controllers, each with its own simulated libvirt host")
+    up.add_argument("--base-port", type=int, default=5000,
+                    help="the bootstrap's port; the group managers and local controllers take the ports after it")
+    up.add_argument("--zk-port", type=int, default=0, help="ZooKeeper's port; 0 picks a free one")
+    up.add_argument("--heartbeat-interval", type=float, default=3.0, metavar="S", help="seconds between heartbeats")
+    up.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="S",
+                    help="seconds without a heartbeat before a peer is declared dead")
+    up.add_argument("--session-timeout", type=float, default=10.0, metavar="S", help="ZooKeeper session timeout, seconds")
+    up.add_argument("--monitoring-interval", type=float, default=3.0, metavar="S",
+                    help="seconds between monitoring reports (and group manager summaries)")
+    up.add_argument("--lc-cpus", type=int, default=8, help="vcpus of each simulated host")
+    up.add_argument("--lc-memory-gib", type=int, default=16, metavar="GIB", help="memory of each simulated host, GiB")
+    up.add_argument("--timeout", type=float, default=90.0, metavar="S",
+                    help="give up (and stop everything) if the hierarchy has not formed by then")
     up.add_argument("--energy", action="store_true",
-                    help="energy management: idle LCs are powered down and woken over IPMI (each LC runs under a simulated BMC)")
-    up.add_argument("--idle-time", type=float, default=120.0, help="with --energy: seconds idle before a host is powered down")
-    up.add_argument("--reserved-nodes", type=int, default=1, help="with --energy: hosts per group manager always kept on")
-    up.add_argument("--no-demo", dest="demo", action="store_false", help="do not submit the demo virtual cluster")
+                    help="energy management: idle hosts are powered down and woken over IPMI, each local controller "
+                         "running under a simulated BMC (default: off)")
+    up.add_argument("--idle-time", type=float, default=120.0, metavar="S",
+                    help="with --energy: seconds idle before a host is powered down")
+    up.add_argument("--reserved-nodes", type=int, default=1, metavar="N",
+                    help="with --energy: hosts per group manager always kept on")
+    up.add_argument("--no-demo", dest="demo", action="store_false",
+                    help="do not submit the demo virtual cluster of 3 VMs (default: submit it)")
     up.set_defaults(func=cmd_cluster_up)
-    down = c.add_parser("down", help="stop every process of the local cluster")
-    down.add_argument("--state-dir", default=argparse.SUPPRESS)
+    down = c.add_parser("down", help="stop every process of a local cluster")
+    down.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                      help="the cluster's state dir (default: $SNOOZE_STATE_DIR, else the cluster you started last)")
     down.set_defaults(func=cmd_cluster_down)
 
     h = sub.add_parser("hierarchy", help="show the group leader, group managers and local controllers")
-    h.add_argument("--json", action="store_true")
+    add_target_options(h, top_level=False)
+    h.add_argument("--json", action="store_true", help="print the answer as JSON")
     h.set_defaults(func=cmd_hierarchy)
     hosts = sub.add_parser("hosts", help="list local controllers")
-    hosts.add_argument("--json", action="store_true")
+    add_target_options(hosts, top_level=False)
+    hosts.add_argument("--json", action="store_true", help="print the answer as JSON")
     hosts.set_defaults(func=cmd_hosts)
     register_client_commands(sub)
     return p
@@ -211,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (CliError, ClusterError) as exc:
         print(f"snooze: {exc}", file=sys.stderr)
+        return 1
+    except SnoozeClientError as exc:
+        print(f"snooze: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

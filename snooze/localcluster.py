@@ -3,7 +3,15 @@ controllers on libvirt's test driver, each its own process.
 
 Every process runs from a generated config in the state dir and logs there; ``cluster.json``
 records the ZooKeeper address, the bootstrap URL and every process (role, id, pid, port), which
-is all ``down`` needs to stop exactly what ``up`` started.
+is all ``down`` needs to stop exactly what ``up`` started. It is rewritten after each process
+starts, so even an ``up`` killed half-way leaves a record of what it started.
+
+Each cluster has its own random key (the HMAC on every internal message): it is written only
+in the roles' config files, mode 0600, in a state dir of mode 0700.
+
+A state dir whose recorded processes are all gone (the machine rebooted, ``up`` was killed) is
+stale: the next ``up`` cleans it up. Only PIDs recorded there, and only while they still run
+what we started (``snooze.procs``), are ever signalled.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,18 +27,39 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from snooze import config as cfg
-from snooze.zookeeper import ZooKeeperServer, free_port
+from snooze.procs import alive, kill_group, open_log, running
+from snooze.zookeeper import ZooKeeperError, ZooKeeperServer, free_port
+
+# Kept for the benchmarks, which import it from here.
+_alive = alive
+
+# Options never written to cluster.json: they are secrets, kept in the 0600 config files only.
+SECRET_OPTIONS = ("key", "bmc_password")
 
 MODULES = {"bootstrap": "bootstrap", "groupmanager": "groupmanager", "localcontroller": "localcontroller"}
 
 
 class ClusterError(RuntimeError):
     pass
+
+
+class Interrupted(ClusterError):
+    """``up`` was asked to stop (a signal) before the cluster had formed; nothing is left running."""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (also if it existed, wider, before)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
 
 
 def host_xml(cpus: int, memory_kib: int, domains: list[str] | None = None) -> str:
@@ -59,13 +89,14 @@ class ClusterOptions:
     monitoring_interval: float = 3.0
     lc_cpus: int = 8
     lc_memory_gib: int = 16
-    key: str = "snooze-local-cluster-key"
+    # The cluster's HMAC key: a fresh random one per cluster, never a fixed string.
+    key: str = field(default_factory=lambda: secrets.token_hex(32))
     domains_per_lc: int = 0  # domains already running on each simulated host at start
     energy: bool = False  # energy management on; each LC runs under a simulated IPMI BMC
     idle_time: float = 120.0
     reserved_nodes: int = 1
     bmc_user: str = "admin"
-    bmc_password: str = "snooze-bmc"
+    bmc_password: str = field(default_factory=lambda: secrets.token_hex(12))
     extra: dict[str, Any] = field(default_factory=dict)  # "section.option" -> value for every role
 
 
@@ -116,8 +147,7 @@ class LocalCluster:
             section, key = dotted.split(".", 1)
             setattr(getattr(settings, section), key, value)
         path = self.state_dir / "config" / f"{node_id}.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(cfg.render_toml(settings, role, comments=False))
+        write_private(path, cfg.render_toml(settings, role, comments=False))  # it holds the key
         return path
 
     def plan(self) -> list[dict[str, Any]]:
@@ -172,8 +202,7 @@ class LocalCluster:
         return argv
 
     def spawn(self, spec: dict[str, Any]) -> int:
-        Path(spec["log"]).parent.mkdir(parents=True, exist_ok=True)
-        with open(spec["log"], "ab") as log:
+        with open_log(spec["log"], f"{spec['role']} {spec['id']} starting on 127.0.0.1:{spec['port']}") as log:
             proc = subprocess.Popen(
                 self.command(spec),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -201,7 +230,7 @@ class LocalCluster:
     def restart(self, node_id: str) -> int:
         """Start a stopped process again with the same config (so the same id)."""
         spec = self.process(node_id)
-        if _alive(spec.get("pid")):
+        if running(spec.get("pid"), spec["config"]):
             raise ClusterError(f"{node_id} is still running")
         pid = self.spawn(spec)
         self.write_manifest()
@@ -233,28 +262,86 @@ class LocalCluster:
         self.zk.start()
         self.write_manifest()
 
-    def up(self, *, wait: bool = True, timeout: float = 90.0) -> dict[str, Any]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.manifest_path.exists() and any(_alive(p) for p in _manifest_pids(self.manifest_path)):
-            raise ClusterError(f"a cluster is already running from {self.state_dir}; run 'snooze cluster down' first")
+    # -- start-up ------------------------------------------------------------------------
+    def ports(self) -> list[tuple[int, str]]:
+        """Every fixed port the cluster will listen on, with what listens there."""
         o = self.options
-        for port in range(o.base_port, o.base_port + 1 + o.gms + o.lcs):
-            if not _port_free(port):
-                raise ClusterError(f"port {port} is in use; choose another --base-port")
+        names = ["the bootstrap"] + [f"group manager gm-{i}" for i in range(1, o.gms + 1)]
+        names += [f"local controller lc-{i}" for i in range(1, o.lcs + 1)]
+        used = [(o.base_port + i, name) for i, name in enumerate(names)]
+        if o.zk_port:
+            used.append((o.zk_port, "ZooKeeper"))
+        return used
+
+    def check_ports(self) -> None:
+        """Fail, naming each one, if a port the cluster needs is taken (before anything starts)."""
+        busy = [f"{port} ({what})" for port, what in self.ports() if not (0 < port < 65536 and _port_free(port))]
+        if busy:
+            raise ClusterError(f"port{'s' if len(busy) > 1 else ''} {', '.join(busy)} on 127.0.0.1 "
+                               f"{'are' if len(busy) > 1 else 'is'} in use or invalid; choose another --base-port"
+                               + (" or --zk-port" if self.options.zk_port else ""))
+
+    def running_processes(self) -> list[str]:
+        """The recorded processes (``id (pid N)``) of ``cluster.json`` that still run."""
+        return [f"{name} (pid {pid})" for name, pid, marker in _manifest_entries(self.manifest_path)
+                if running(pid, marker)]
+
+    def clean_stale(self) -> bool:
+        """Remove the record of a previous cluster whose processes are all gone; True if there was one.
+
+        Raises if any of them still runs: that cluster must be stopped first, not overwritten.
+        """
+        if not self.manifest_path.exists():
+            return False
+        still = self.running_processes()
+        if still:
+            raise ClusterError(f"a cluster is already running from {self.state_dir} ({', '.join(still)}); "
+                               f"stop it with 'snooze cluster down --state-dir {self.state_dir}'")
+        self.manifest_path.unlink(missing_ok=True)
+        # Its configs hold its key; the next cluster writes its own.
+        shutil.rmtree(self.state_dir / "config", ignore_errors=True)
+        return True
+
+    def prepare(self) -> bool:
+        """The private state dir, a stale record cleaned, the ports checked: everything ``up`` does
+        before starting anything. Returns True if a stale cluster was cleaned up."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Also when it existed, wider, from an earlier version: its configs hold the cluster key.
+        os.chmod(self.state_dir, 0o700)
+        cleaned = self.clean_stale()
+        self.check_ports()
+        return cleaned
+
+    def up(self, *, wait: bool = True, timeout: float = 90.0, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Start ZooKeeper and every process; with ``wait``, until the hierarchy has formed.
+
+        ``stop()`` is polled throughout: once true, everything started so far is stopped and
+        :class:`Interrupted` is raised. On any failure, too, nothing is left running.
+        """
+        stopping = stop or (lambda: False)
+        self.prepare()
+        o = self.options
         # Simulated hosts start empty, so the cluster's durable state starts empty too.
         shutil.rmtree(self.state_dir / "zookeeper", ignore_errors=True)
         # ZooKeeper expires sessions on tick boundaries: a tick of a tenth of the session timeout
         # keeps failover within session timeout + a fraction, instead of + a whole 1 s tick.
         tick_ms = int(min(1000, max(100, o.session_timeout * 100)))
         self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or free_port(), tick_ms=tick_ms)
-        self.zk.start()
         try:
+            self.zk.launch()
+            self.write_manifest()
+            try:
+                self.zk.wait_ready(30.0, stop=stopping)
+            except ZooKeeperError as exc:
+                raise (Interrupted(str(exc)) if stopping() else ClusterError(str(exc))) from exc
             self.processes = self.plan()
             for spec in self.processes:
+                if stopping():
+                    raise Interrupted("interrupted while starting the cluster")
                 self.spawn(spec)
-            self.write_manifest()
+                self.write_manifest()
             if wait:
-                self.wait_formed(timeout)
+                self.wait_formed(timeout, stop=stopping)
         except BaseException:
             self.down()
             raise
@@ -268,31 +355,34 @@ class LocalCluster:
             "zookeeperPid": self.zk.pid,
             "zookeeperDataDir": str(self.zk.data_dir),
             "bootstrapUrl": self.bootstrap_url,
-            "options": {k: v for k, v in self.options.__dict__.items()},
+            "options": {k: v for k, v in self.options.__dict__.items() if k not in SECRET_OPTIONS},
             "processes": self.processes,
         }
 
     def write_manifest(self) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.manifest(), indent=2))
+        write_private(tmp, json.dumps(self.manifest(), indent=2))
         tmp.replace(self.manifest_path)
 
-    def hierarchy(self) -> dict[str, Any] | None:
+    def hierarchy(self, timeout: float = 5.0) -> dict[str, Any] | None:
         try:
-            return _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=5)
+            return _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=timeout)
         except (OSError, ValueError, urllib.error.URLError):
             return None
 
-    def wait_formed(self, timeout: float) -> dict[str, Any]:
+    def wait_formed(self, timeout: float, *, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Until every local controller is assigned to a group manager."""
         want = {p["id"] for p in self.processes if p["role"] == "localcontroller"}
         deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
         while time.monotonic() < deadline:
+            if stop is not None and stop():
+                raise Interrupted("interrupted while the hierarchy was forming")
             for spec in self.processes:
-                if not _alive(spec["pid"]):
+                if not alive(spec["pid"]):
                     raise ClusterError(f"{spec['id']} exited during start-up; see {spec['log']}")
-            last = self.hierarchy()
+            # A short timeout: a stop request is seen within it.
+            last = self.hierarchy(timeout=2.0)
             if last is not None and assigned_lcs(last) >= want:
                 return last
             time.sleep(0.2)
@@ -325,59 +415,27 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child counts as gone.
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().split(") ", 1)[1].startswith("Z"):
-                return False
-    return True
-
-
-def _manifest_pids(path: Path) -> list[int]:
+def _manifest_entries(path: Path) -> list[tuple[str, int, str]]:
+    """(id, pid, marker) of every process recorded in ``path``: the marker is what its command
+    line must still contain for the PID to be ours (its config; ZooKeeper's data dir)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    return [p.get("pid") for p in data.get("processes", []) if p.get("pid")] + ([data["zookeeperPid"]] if data.get("zookeeperPid") else [])
-
-
-def _ours(pid: int, marker: str) -> bool:
-    """True if ``pid`` still runs a command line containing ``marker`` (not a reused pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return marker in cmdline
-
-
-def kill_group(pid: int, marker: str, timeout: float = 8.0) -> None:
-    if not _alive(pid) or not _ours(pid, marker):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, 0)
+    if not isinstance(data, dict):
+        return []
+    entries = [(str(p.get("id")), int(p["pid"]), str(p.get("config", "")))
+               for p in data.get("processes", []) if isinstance(p, dict) and isinstance(p.get("pid"), int)]
+    if isinstance(data.get("zookeeperPid"), int):
+        entries.append(("zookeeper", data["zookeeperPid"], str(data.get("zookeeperDataDir") or "zoo.cfg")))
+    return entries
 
 
 def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = None, zk: ZooKeeperServer | None = None) -> int:
-    """Stop every process of the cluster in ``state_dir``; returns how many were running."""
+    """Stop every process of the cluster in ``state_dir``; returns how many were running.
+
+    Once none of them runs any more, ``cluster.json`` is removed: it describes a running cluster.
+    """
     state_dir = Path(state_dir).resolve()
     manifest = state_dir / "cluster.json"
     data: dict[str, Any] = {}
@@ -388,14 +446,14 @@ def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = N
     stopped = 0
     for spec in reversed(procs):
         pid = spec.get("pid")
-        if pid and _alive(pid):
+        if pid and kill_group(pid, spec["config"]):
             stopped += 1
-            kill_group(pid, spec["config"])
     if zk is not None:
-        if zk.process is not None:
+        if zk.process is not None and zk.process.poll() is None:
             stopped += 1
         zk.stop()
-    elif data.get("zookeeperPid") and _alive(data["zookeeperPid"]):
+    elif data.get("zookeeperPid") and kill_group(data["zookeeperPid"], data.get("zookeeperDataDir", "zoo.cfg")):
         stopped += 1
-        kill_group(data["zookeeperPid"], data.get("zookeeperDataDir", "zoo.cfg"))
+    if not any(running(pid, marker) for _name, pid, marker in _manifest_entries(manifest)):
+        manifest.unlink(missing_ok=True)
     return stopped

@@ -13,7 +13,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from snooze.procs import open_log
 
 CLASSPATH_DIRS = ["/etc/zookeeper/conf", "/usr/share/java/zookeeper.jar", "/usr/share/java/zookeeper-jute.jar", "/usr/share/java/slf4j-api.jar", "/usr/share/java/slf4j-simple.jar"]
 # Netty and the rest come from the jar's manifest class path; add what Debian ships beside it.
@@ -87,24 +90,31 @@ class ZooKeeperServer:
         )
         return cfg
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, stop: Callable[[], bool] | None = None) -> None:
+        """Launch the server and wait until it serves (``stop()`` true: give up at once)."""
+        self.launch()
+        self.wait_ready(timeout, stop=stop)
+
+    def launch(self) -> int:
+        """Start the server process without waiting for it; returns its PID (so it can be recorded)."""
         if not Path("/usr/share/java/zookeeper.jar").exists():
             raise ZooKeeperError("ZooKeeper is not installed (apt-get install zookeeper); run scripts/setup")
         cfg = self.write_config()
-        log = open(self.data_dir / "zookeeper.log", "ab")
         env = dict(os.environ, JAVA_TOOL_OPTIONS="-Xmx256m -XX:+UseSerialGC -Xss512k")
-        self.process = subprocess.Popen(
-            ["java", "-cp", _classpath(), "-Dzookeeper.log.dir=" + str(self.data_dir),
-             "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        )
-        log.close()
+        with open_log(self.data_dir / "zookeeper.log", f"ZooKeeper starting on {self.address}") as log:
+            self.process = subprocess.Popen(
+                ["java", "-cp", _classpath(), "-Dzookeeper.log.dir=" + str(self.data_dir),
+                 "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(cfg)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
         self.pid = self.process.pid
-        self.wait_ready(timeout)
+        return self.pid
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, *, stop: Callable[[], bool] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if stop is not None and stop():
+                raise ZooKeeperError("interrupted while ZooKeeper was starting")
             if self.process is not None and self.process.poll() is not None:
                 raise ZooKeeperError(f"ZooKeeper exited with {self.process.returncode}; see {self.data_dir / 'zookeeper.log'}")
             with contextlib.suppress(OSError):

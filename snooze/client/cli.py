@@ -14,11 +14,11 @@ import json
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from snooze.client.errors import REFUSED, SnoozeClientError
 from snooze.client.sync import SyncSnoozeClient
+from snooze.client.target import add_target_options, resolve
 from snooze.client.templates import (
     DEFAULT_NETWORK_DEMAND,
     libvirt_template_file,
@@ -26,24 +26,33 @@ from snooze.client.templates import (
 )
 from snooze.client.types import FAILED_STATUSES, Progress, VirtualMachineMetaDataJson
 
-__all__ = ["ProgressPrinter", "register"]
+__all__ = ["HelpFormatter", "ProgressPrinter", "register"]
 
-DEFAULT_BOOTSTRAP = "http://127.0.0.1:5000"
-DEFAULT_STATE_DIR = ".state/cluster"
 DEFAULT_MEMORY_KIB = 256 * 1024
+NO_IMAGE = "-"  # only to satisfy sized_template; removed from the template sent
 
 Handler = Callable[[argparse.Namespace], int]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, unless the help already says its default or
+    there is none to say (``None``; off for a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def bootstrap_url(args: argparse.Namespace) -> str:
-    """``--bootstrap``, else the local cluster's (``STATE_DIR/cluster.json``), else the default port."""
-    if getattr(args, "bootstrap", None):
-        return str(args.bootstrap).rstrip("/")
-    manifest = Path(getattr(args, "state_dir", None) or DEFAULT_STATE_DIR) / "cluster.json"
-    try:
-        return str(json.loads(manifest.read_text())["bootstrapUrl"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_BOOTSTRAP
+    """The bootstrap to talk to, by ``snooze.client.target``'s rule; says so on stderr if guessed."""
+    # ``bootstrap``: the attribute of parsers built before --url (which still accepts --bootstrap).
+    url = getattr(args, "url", None) or getattr(args, "bootstrap", None)
+    target = resolve(url, getattr(args, "state_dir", None))
+    if target.guessed:
+        print(f"snooze: {target.describe()}", file=sys.stderr, flush=True)
+    return target.url
 
 
 def _client(args: argparse.Namespace) -> SyncSnoozeClient:
@@ -170,17 +179,17 @@ def _templates(args: argparse.Namespace) -> list[Any]:
     templates: list[Any] = [libvirt_template_file(path, rx=args.rx, tx=args.tx) for path in args.template or []]
     sized = args.vcpus is not None or args.memory is not None or args.memory_mib is not None or args.image
     if sized or not templates:
-        if not args.image:
-            raise SnoozeClientError("BAD_TEMPLATE", "give --template FILE, or --image ID (with --vcpus, "
-                                    "--memory/--memory-mib, --count, --name)", "imageId")
         memory = args.memory if args.memory is not None else (
             args.memory_mib * 1024 if args.memory_mib is not None else DEFAULT_MEMORY_KIB)
         # Without --name, a fresh prefix: VM names must not collide with earlier submissions.
         prefix = args.name or f"vm-{secrets.token_hex(3)}"
         for i in range(args.count):
-            templates.append(sized_template(vcpus=args.vcpus or 1, memory=memory, image_id=args.image,
-                                            name=prefix if args.count == 1 else f"{prefix}-{i + 1}",
-                                            rx=args.rx, tx=args.tx))
+            template = sized_template(vcpus=args.vcpus or 1, memory=memory, image_id=args.image or NO_IMAGE,
+                                      name=prefix if args.count == 1 else f"{prefix}-{i + 1}", rx=args.rx, tx=args.tx)
+            if not args.image:
+                # The API's imageId is optional: without one the VM has no disk (see --help).
+                del template["imageId"]
+            templates.append(template)
     return templates
 
 
@@ -269,39 +278,54 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the virtual-machine verbs to the ``snooze`` command's subparsers."""
-    s = subparsers.add_parser("submit", help="start a virtual cluster and follow it until its VMs run")
-    s.add_argument("--template", action="append", metavar="FILE", help="libvirt domain XML file (repeatable)")
-    s.add_argument("--vcpus", type=int, help="vcpus per VM (sized VMs, default 1)")
+    """Add the virtual-machine verbs to the ``snooze`` command's subparsers.
+
+    Each verb also takes ``--state-dir`` and ``--url`` after its name (``snooze vms --state-dir X``).
+    """
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                                  formatter_class=HelpFormatter)
+        add_target_options(p, top_level=False)
+        return p
+
+    s = verb("submit", "start a virtual cluster and follow it until its VMs run")
+    s.add_argument("--template", action="append", metavar="FILE",
+                   help="libvirt domain XML file (repeatable); without it, --count sized VMs are submitted")
+    s.add_argument("--vcpus", type=int, help="vcpus per sized VM (default: 1)")
     mem = s.add_mutually_exclusive_group()
-    mem.add_argument("--memory", type=int, metavar="KIB", help="memory per VM in KiB (default 262144)")
-    mem.add_argument("--memory-mib", type=int, metavar="MIB", help="memory per VM in MiB")
-    s.add_argument("--count", type=int, default=1, help="how many sized VMs (default 1)")
-    s.add_argument("--name", metavar="PREFIX", help="VM name, or name prefix with --count (default: vm-<random>)")
-    s.add_argument("--image", metavar="ID", help="disk image id of sized VMs")
-    s.add_argument("--rx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network rx demand (default 12800)")
-    s.add_argument("--tx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network tx demand (default 12800)")
+    mem.add_argument("--memory", type=int, metavar="KIB", help=f"memory per sized VM in KiB (default: {DEFAULT_MEMORY_KIB})")
+    mem.add_argument("--memory-mib", type=int, metavar="MIB", help="memory per sized VM in MiB")
+    s.add_argument("--count", type=int, default=1, help="how many sized VMs")
+    s.add_argument("--name", metavar="PREFIX",
+                   help="VM name, or name prefix with --count: PREFIX-1, PREFIX-2 ... (default: vm-<random>)")
+    s.add_argument("--image", metavar="ID",
+                   help="disk image of sized VMs, a file name in each local controller's image directory "
+                        "(default: none, a VM without a disk)")
+    s.add_argument("--rx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network rx demand per VM, KiB/s")
+    s.add_argument("--tx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network tx demand per VM, KiB/s")
     s.add_argument("--no-wait", action="store_true", help="print the task id and return at once")
     s.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
     s.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     s.add_argument("--json", action="store_true", help="print the virtual cluster response as JSON")
     s.set_defaults(func=cmd_submit)
 
-    v = subparsers.add_parser("vms", help="list virtual machines")
-    v.add_argument("--json", action="store_true")
+    v = verb("vms", "list virtual machines")
+    v.add_argument("--json", action="store_true", help="print the answer as JSON")
     v.set_defaults(func=cmd_vms)
 
-    one = subparsers.add_parser("vm", help="show one virtual machine: status, location, address, usage")
+    one = verb("vm", "show one virtual machine: status, location, address, usage")
     one.add_argument("id", metavar="ID")
-    one.add_argument("--json", action="store_true")
+    one.add_argument("--json", action="store_true", help="print the answer as JSON")
     one.set_defaults(func=cmd_vm)
 
-    for verb in CONTROLS:
-        c = subparsers.add_parser(verb, help=f"{verb} a virtual machine")
+    for name in CONTROLS:
+        c = verb(name, f"{name} a virtual machine")
         c.add_argument("id", metavar="ID")
-        c.set_defaults(func=_control_handler(verb))
+        c.set_defaults(func=_control_handler(name))
 
-    m = subparsers.add_parser("migrate", help="live-migrate a virtual machine to another local controller")
+    m = verb("migrate", "live-migrate a virtual machine to another local controller")
     m.add_argument("id", metavar="ID")
-    m.add_argument("--to", required=True, metavar="LC_ID", help="destination local controller id")
+    m.add_argument("--to", required=True, metavar="LC_ID",
+                   help="destination local controller id (`snooze hosts` lists them; not the one the VM is on)")
     m.set_defaults(func=cmd_migrate)

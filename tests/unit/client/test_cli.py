@@ -1,31 +1,76 @@
-"""The CLI verbs against the fake server: what they send, print, and exit with."""
+"""The CLI verbs against the fake server: what they send, print, and exit with; and how the
+``snooze`` command finds the cluster to talk to (``snooze.client.target``)."""
 
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from snooze.client.cli import ProgressPrinter, bootstrap_url, register
+from snooze.cli import build_parser, main
+from snooze.client.cli import ProgressPrinter, bootstrap_url
+from snooze.client.target import record_last_cluster
 from snooze.client.types import Progress
 from tests.unit.client.fake import FakeSnooze, Reply, reply_error, reply_json, vm_meta
 
 
+@pytest.fixture(autouse=True)
+def no_cluster_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Neither this user's environment nor the cluster they started last reaches the tests."""
+    monkeypatch.delenv("SNOOZE_URL", raising=False)
+    monkeypatch.delenv("SNOOZE_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    return tmp_path / "xdg-state"
+
+
 def parser() -> argparse.ArgumentParser:
-    """Like ``snooze/cli.py``'s: global --state-dir and --bootstrap, then the verbs."""
-    p = argparse.ArgumentParser(prog="snooze")
-    p.add_argument("--state-dir", default=".state/cluster")
-    p.add_argument("--bootstrap")
-    register(p.add_subparsers(dest="command", required=True))
-    return p
+    return build_parser()
 
 
 def run(fake: FakeSnooze, *argv: str) -> int:
     args = parser().parse_args(["--bootstrap", fake.url, *argv])
     return int(args.func(args))
+
+
+def local_cluster(state: Path, url: str, *, running: bool = True) -> Iterator[Path]:
+    """A ``cluster.json`` in ``state`` whose bootstrap is ``url``, recorded as a process that runs
+    our config (a sleeper whose command line names it), or has exited when not ``running``."""
+    config = state / "config" / "bootstrap-1.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text("")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(config)])
+    try:
+        if not running:
+            proc.kill()
+            proc.wait()
+        (state / "cluster.json").write_text(json.dumps({
+            "bootstrapUrl": url, "processes": [{"role": "bootstrap", "id": "bootstrap-1", "pid": proc.pid,
+                                                "config": str(config)}]}))
+        yield state
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def cluster_dir(fake: FakeSnooze, tmp_path: Path) -> Iterator[Path]:
+    yield from local_cluster(tmp_path / "cluster", fake.url)
+
+
+@pytest.fixture
+def stopped_cluster_dir(fake: FakeSnooze, tmp_path: Path) -> Iterator[Path]:
+    yield from local_cluster(tmp_path / "stopped", fake.url, running=False)
+
+
+def snooze(*argv: str) -> int:
+    return main(list(argv))
 
 
 def test_submit_templates_follows_progress_and_prints_a_table(fake: FakeSnooze, tmp_path: Path,
@@ -73,11 +118,10 @@ def test_submit_reports_failed_vms_and_exits_non_zero(fake: FakeSnooze, capsys: 
     assert "ERROR" in out
 
 
-def test_submit_without_anything_to_start_is_a_one_line_error(fake: FakeSnooze,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(fake, "submit") == 1
+def test_submit_with_a_bad_count_is_a_one_line_error(fake: FakeSnooze, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(fake, "submit", "--count", "0") == 1
     err = capsys.readouterr().err
-    assert err.startswith("snooze: BAD_TEMPLATE: ") and len(err.splitlines()) == 1
+    assert err.startswith("snooze: BAD_TEMPLATE: --count must be >= 1") and len(err.splitlines()) == 1
     assert fake.requests == []
 
 
@@ -138,11 +182,92 @@ def test_unreachable_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err.startswith("snooze: UNREACHABLE: cannot reach http://127.0.0.1:")
 
 
-def test_the_bootstrap_comes_from_the_local_cluster(tmp_path: Path) -> None:
-    (tmp_path / "cluster.json").write_text(json.dumps({"bootstrapUrl": "http://127.0.0.1:5999"}))
-    assert bootstrap_url(parser().parse_args(["--state-dir", str(tmp_path), "vms"])) == "http://127.0.0.1:5999"
-    assert bootstrap_url(parser().parse_args(["--state-dir", str(tmp_path / "none"), "vms"])) == "http://127.0.0.1:5000"
-    assert bootstrap_url(argparse.Namespace(bootstrap="http://h:1/")) == "http://h:1"
+EMPTY = reply_json({"virtualMachines": [], "start": 0, "limit": 100, "total": 0})
+
+
+def test_state_dir_before_or_after_the_verb(fake: FakeSnooze, cluster_dir: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("getVirtualMachineDescriptions", EMPTY)
+    fake.on("getCompleteHierarchy", reply_json({"groupLeaderDescription": {"id": "gm-1"}, "groupManagerDescriptions": []}))
+    assert snooze("--state-dir", str(cluster_dir), "vms") == 0
+    assert snooze("vms", "--state-dir", str(cluster_dir)) == 0
+    assert snooze("hierarchy", "--state-dir", str(cluster_dir)) == 0, "the other CLI's verbs: the same rule"
+    out, err = capsys.readouterr()
+    assert out.count("no virtual machines") == 2 and "group leader gm-1" in out
+    assert err == "", "nothing guessed, nothing to say"
+    assert len(fake.calls("getVirtualMachineDescriptions")) == 2 and len(fake.calls("getCompleteHierarchy")) == 1
+
+
+def test_the_environment_chooses_and_the_command_line_wins(fake: FakeSnooze, cluster_dir: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("getVirtualMachineDescriptions", EMPTY)
+    monkeypatch.setenv("SNOOZE_STATE_DIR", str(cluster_dir))
+    assert snooze("vms") == 0
+    monkeypatch.setenv("SNOOZE_STATE_DIR", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("SNOOZE_URL", fake.url)
+    assert snooze("vms") == 0, "SNOOZE_URL before SNOOZE_STATE_DIR"
+    monkeypatch.setenv("SNOOZE_URL", "http://127.0.0.1:9")
+    assert snooze("vms", "--url", fake.url) == 0, "--url before the environment"
+    assert snooze("vms", "--state-dir", str(cluster_dir)) == 0, "--state-dir before the environment"
+    assert capsys.readouterr().err == ""
+    assert len(fake.calls("getVirtualMachineDescriptions")) == 4
+
+
+def test_the_cluster_started_last_is_used_and_named(fake: FakeSnooze, cluster_dir: Path, tmp_path: Path,
+                                                    no_cluster_chosen: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("getVirtualMachineDescriptions", EMPTY)
+    record = record_last_cluster(cluster_dir)
+    assert record == no_cluster_chosen / "snooze" / "last-cluster"
+    assert record.stat().st_mode & 0o777 == 0o600
+    monkeypatch.chdir(tmp_path)  # from anywhere, not only the clone
+    assert snooze("vms") == 0
+    out, err = capsys.readouterr()
+    assert out == "no virtual machines\n"
+    assert err == f"snooze: using the cluster in {cluster_dir} ({fake.url}), the one you started last; " \
+                  "choose another with --state-dir or --url\n"
+    assert bootstrap_url(argparse.Namespace(url="http://h:1/", state_dir=None)) == "http://h:1"
+
+
+def test_no_cluster_is_said_clearly(fake: FakeSnooze, stopped_cluster_dir: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert snooze("vms") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("snooze: NO_CLUSTER: no cluster to talk to: give --url URL or --state-dir DIR")
+    assert len(err.splitlines()) == 1
+    assert snooze("vms", "--state-dir", str(tmp_path / "none")) == 1
+    assert f"the one in {tmp_path / 'none'} (--state-dir) is not running" in capsys.readouterr().err
+    record_last_cluster(stopped_cluster_dir)
+    assert snooze("hosts") == 1
+    assert f"the cluster you started last, in {stopped_cluster_dir}, is not running (its bootstrap is gone)" \
+        in capsys.readouterr().err
+    assert fake.requests == [], "never some other cluster's bootstrap, never a default port"
+
+
+def test_a_reused_pid_is_not_our_bootstrap(fake: FakeSnooze, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The recorded PID runs, but not our bootstrap's command line: the cluster is gone."""
+    state = tmp_path / "reused"
+    state.mkdir()
+    (state / "cluster.json").write_text(json.dumps({"bootstrapUrl": fake.url, "processes": [
+        {"role": "bootstrap", "id": "bootstrap-1", "pid": os.getpid(), "config": str(state / "config/bootstrap-1.toml")}]}))
+    assert snooze("vms", "--state-dir", str(state)) == 1
+    assert "is not running (its bootstrap is gone)" in capsys.readouterr().err
+    assert fake.requests == []
+
+
+def test_submit_without_image_sends_a_diskless_vm_and_help_says_so(fake: FakeSnooze,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fake.on("startVirtualCluster", Reply(body=b"t-2", content_type="text/plain"))
+    assert run(fake, "submit", "--vcpus", "2", "--name", "bare", "--no-wait") == 0
+    assert capsys.readouterr().out == "t-2\n"
+    sent = fake.calls("startVirtualCluster")[0].json()["virtualMachineTemplates"]
+    assert sent == [{"vcpus": 2, "memory": 262144, "name": "bare",
+                     "networkCapacityDemand": {"rxBytes": 12800.0, "txBytes": 12800.0}}]
+    with pytest.raises(SystemExit):
+        parser().parse_args(["submit", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--image ID disk image of sized VMs" in help_text and "(default: none, a VM without a disk)" in help_text
 
 
 def test_progress_on_a_terminal_redraws_a_bar() -> None:

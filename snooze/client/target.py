@@ -1,0 +1,166 @@
+"""Which cluster the ``snooze`` command talks to: one rule for every verb, from any directory.
+
+In order, the first that is given wins:
+
+1. ``--url URL`` (alias ``--bootstrap``): that bootstrap;
+2. ``--state-dir DIR``: the local cluster whose ``DIR/cluster.json`` records it;
+3. ``SNOOZE_URL``, then 4. ``SNOOZE_STATE_DIR``: the same, from the environment;
+5. the local cluster this user started last (recorded by ``snooze cluster up`` in
+   ``$XDG_STATE_HOME/snooze/last-cluster``, by default ``~/.local/state/snooze/last-cluster``);
+   the command then says on stderr which cluster it guessed.
+
+Nothing else: there is no silent default address, which once showed another user's cluster.
+A local cluster that is named or guessed but no longer runs is an error that says so, rather
+than a connection refused further on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from snooze.client.errors import SnoozeClientError
+from snooze.procs import running
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "NO_CLUSTER",
+    "Target",
+    "add_target_options",
+    "last_cluster_file",
+    "new_cluster_state_dir",
+    "record_last_cluster",
+    "resolve",
+    "resolve_state_dir",
+]
+
+# Where ``snooze cluster up`` (and so ``./scripts/run``) keeps a cluster when not told otherwise.
+DEFAULT_STATE_DIR = ".state/cluster"
+NO_CLUSTER = "NO_CLUSTER"
+
+_HOW_TO_CHOOSE = ("give --url URL or --state-dir DIR (or set SNOOZE_URL / SNOOZE_STATE_DIR), "
+                  "or start one with ./scripts/run")
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster chosen: its bootstrap URL, its state dir if it is local, and how it was chosen."""
+
+    url: str
+    state_dir: Path | None
+    source: str  # "--url", "--state-dir", "SNOOZE_URL", "SNOOZE_STATE_DIR" or "last started"
+
+    @property
+    def guessed(self) -> bool:
+        return self.source == "last started"
+
+    def describe(self) -> str:
+        where = f"the cluster in {self.state_dir} ({self.url})" if self.state_dir else self.url
+        return f"using {where}, the one you started last; choose another with --state-dir or --url"
+
+
+def add_target_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """``--state-dir`` and ``--url``, on the top-level parser and again on every subcommand.
+
+    On subcommands the default is SUPPRESS, so a value given before the subcommand is not
+    overwritten by the subcommand's default: both ``snooze --state-dir X vms`` and
+    ``snooze vms --state-dir X`` work.
+    """
+    default = None if top_level else argparse.SUPPRESS
+    parser.add_argument("--state-dir", metavar="DIR", default=default,
+                        help="the local cluster in DIR (its cluster.json); default: $SNOOZE_STATE_DIR, "
+                             "else the cluster you started last")
+    parser.add_argument("--url", "--bootstrap", dest="url", metavar="URL", default=default,
+                        help="the bootstrap at URL, e.g. http://127.0.0.1:5000; default: $SNOOZE_URL")
+
+
+def _state_home(env: Mapping[str, str]) -> Path:
+    xdg = env.get("XDG_STATE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg)
+    return Path(env.get("HOME") or os.path.expanduser("~")) / ".local" / "state"
+
+
+def last_cluster_file(env: Mapping[str, str] | None = None) -> Path:
+    return _state_home(os.environ if env is None else env) / "snooze" / "last-cluster"
+
+
+def record_last_cluster(state_dir: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Remember ``state_dir`` as the cluster this user started last (a private file)."""
+    path = last_cluster_file(env)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(Path(state_dir).resolve()) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _last_started(env: Mapping[str, str]) -> Path | None:
+    try:
+        text = last_cluster_file(env).read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def new_cluster_state_dir(state_dir: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
+    """Where ``snooze cluster up`` puts a new cluster: ``--state-dir``, ``SNOOZE_STATE_DIR``, else
+    ``.state/cluster`` under the current directory (``./scripts/run``: the clone's)."""
+    env = os.environ if env is None else env
+    return Path(state_dir or env.get("SNOOZE_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+
+
+def resolve_state_dir(state_dir: str | os.PathLike[str] | None,
+                      env: Mapping[str, str] | None = None) -> tuple[Path, str]:
+    """The local cluster's state dir and how it was chosen: ``--state-dir``, ``SNOOZE_STATE_DIR``,
+    else the one started last. Raises NO_CLUSTER when there is none to choose."""
+    env = os.environ if env is None else env
+    if state_dir:
+        return Path(state_dir).resolve(), "--state-dir"
+    if env.get("SNOOZE_STATE_DIR"):
+        return Path(env["SNOOZE_STATE_DIR"]).resolve(), "SNOOZE_STATE_DIR"
+    last = _last_started(env)
+    if last is not None:
+        return last, "last started"
+    raise SnoozeClientError(NO_CLUSTER, f"no cluster to talk to: {_HOW_TO_CHOOSE}")
+
+
+def _local_url(state_dir: Path, source: str) -> str:
+    """The bootstrap URL of the running local cluster in ``state_dir``."""
+    if source == "last started":
+        what, hint = f"the cluster you started last, in {state_dir},", _HOW_TO_CHOOSE
+    else:
+        what, hint = f"no cluster: the one in {state_dir} ({source})", "start it with ./scripts/run or snooze cluster up"
+    manifest = state_dir / "cluster.json"
+    try:
+        data = json.loads(manifest.read_text())
+        url = str(data["bootstrapUrl"])
+    except FileNotFoundError:
+        raise SnoozeClientError(NO_CLUSTER, f"{what} is not running (no cluster.json there); {hint}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SnoozeClientError(NO_CLUSTER, f"cannot read {manifest}: {exc}") from exc
+    bootstrap = next((p for p in data.get("processes", []) if isinstance(p, dict) and p.get("role") == "bootstrap"), None)
+    if bootstrap is not None and not running(bootstrap.get("pid"), str(bootstrap.get("config", ""))):
+        raise SnoozeClientError(NO_CLUSTER, f"{what} is not running (its bootstrap is gone); {hint}")
+    return url.rstrip("/")
+
+
+def resolve(url: str | None = None, state_dir: str | os.PathLike[str] | None = None,
+            env: Mapping[str, str] | None = None) -> Target:
+    """The cluster to talk to, by the rule in this module's docstring."""
+    env = os.environ if env is None else env
+    if url:
+        return Target(url.rstrip("/"), None, "--url")
+    if state_dir:
+        path = Path(state_dir).resolve()
+        return Target(_local_url(path, "--state-dir"), path, "--state-dir")
+    if env.get("SNOOZE_URL"):
+        return Target(env["SNOOZE_URL"].rstrip("/"), None, "SNOOZE_URL")
+    path, source = resolve_state_dir(None, env)
+    return Target(_local_url(path, source), path, source)
