@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from localcontroller.hypervisor import InvalidDomainXML, LibvirtHypervisor
 from localcontroller.hypervisor.adapt import adapt_domain_xml
@@ -297,3 +299,30 @@ def test_the_local_controller_rechecks_before_defining(tmp_path: Path) -> None:
             await hv.close()
 
     asyncio.run(run())
+
+
+# -- property: whatever arrives, the answer is a spec list or InvalidSubmission ---------------
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_xmlish = st.sampled_from([x for x, _ in HOSTILE.values()] + [domain()]).flatmap(
+    lambda base: st.tuples(st.integers(0, len(base)), st.integers(0, len(base)), st.text(max_size=12)).map(
+        lambda cut: base[:cut[0]] + cut[2] + base[cut[1]:]))
+_field_values = {"vcpus": _json, "memory": _json, "name": _json | st.text(max_size=70), "imageId": _json,
+                 "hostId": _json, "affinityGroup": _json, "networkCapacityDemand": _json | st.fixed_dictionaries(
+                     {"rxBytes": _json, "txBytes": _json}), "libVirtTemplate": _json | _xmlish}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries({}, optional=_field_values), min_size=1, max_size=3))
+def test_any_template_is_a_spec_or_a_refusal_naming_a_field(templates: list[dict[str, Any]]) -> None:
+    try:
+        specs = parse_submission({"virtualMachineTemplates": templates})
+    except InvalidSubmission as exc:
+        assert exc.field.startswith("virtualMachineTemplates[")
+        return
+    for spec in specs:
+        assert all(math.isfinite(x) and 0 <= x < 2**64 for x in spec.requested)
+        ET.fromstring(spec.xml)
