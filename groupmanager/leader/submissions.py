@@ -192,6 +192,10 @@ class Submissions:
             existing = await self.store.get_vms(names)
             owners = {str(r.get("taskId")) for r in existing.values()}
             candidates = sorted(owners) if len(owners) == 1 else []
+            if all(r.get("status") == "ERROR" and r.get("ipAddress") is None for r in existing.values()):
+                # Nothing of it started and nothing is held: the same request again, without a
+                # key, is a new attempt (it may fit now), not a retry to answer with old errors.
+                candidates = [t for t in candidates if (await self.store.get_task(t) or {}).get("state") != DONE]
         for task_id in candidates:
             task = await self._settled(task_id)
             if task is None:
@@ -216,8 +220,11 @@ class Submissions:
         if tasks:
             existing = await self.store.get_vms(s.id for s in specs)  # settling may have rolled some back
         for vm_id, rec in list(existing.items()):
-            never_started = rec.get("status") == "ERROR" and rec.get("ipAddress") is None
-            ghost = rec.get("status") == PENDING and tasks.get(str(rec.get("taskId"))) is None
+            its_task = tasks.get(str(rec.get("taskId")))
+            # Only once its submission is over: a task still dispatching writes its records.
+            over = its_task is None or its_task.get("state") != PENDING
+            never_started = rec.get("status") == "ERROR" and rec.get("ipAddress") is None and over
+            ghost = rec.get("status") == PENDING and its_task is None
             if never_started or ghost:
                 await self.store.delete_vm(vm_id, self.subnet)
                 del existing[vm_id]
@@ -409,7 +416,8 @@ class Submissions:
             return None
         records = await self.store.get_vms(task["vmIds"])
         specs = await self.store.get_specs(task["vmIds"])
-        meta = [vm_metadata(records[v], specs.get(v)) for v in task["vmIds"] if v in records]
+        # A name may since belong to a VM of a later submission: answer only for this one's.
+        meta = [vm_metadata(records[v], specs.get(v)) for v in task["vmIds"] if records.get(v, {}).get("taskId") == task_id]
         started = sum(1 for m in meta if m["status"] in STARTED)
         error = None if started == len(task["vmIds"]) else ("NO_VIRTUAL_MACHINE_STARTED" if started == 0 else "SOME_VIRTUAL_MACHINES_NOT_STARTED")
         return {"taskId": task_id, "errorCode": error, "virtualMachineMetaData": meta}
@@ -459,7 +467,7 @@ class Submissions:
             log.info("retention: forgot %d finished tasks and %d VM records", gone["tasks"], gone["vms"])
 
     async def _resume_task(self, task: dict[str, Any]) -> None:
-        records = await self.store.get_vms(task["vmIds"])
+        records = {k: r for k, r in (await self.store.get_vms(task["vmIds"])).items() if r.get("taskId") == task["taskId"]}
         specs_json = await self.store.get_specs(task["vmIds"])
         running = await self._running_domains() if any(r["status"] == DISPATCHED for r in records.values()) else {}
         specs: list[VMSpec] = []

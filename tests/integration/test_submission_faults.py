@@ -196,6 +196,19 @@ def test_a_retry_is_answered_with_the_same_task_never_refused_as_a_duplicate(clu
     assert code == 409 and err["error"]["code"] == "VIRTUAL_MACHINE_EXISTS", err
     code, err = http("POST", b, json.dumps({"virtualMachineTemplates": [small("other")], "requestId": "client-42-attempt"}))
     assert code == 409 and err["error"]["code"] == "REQUEST_ID_REUSED" and err["error"]["field"] == "requestId", err
+    # a keyless request none of whose VMs started is tried afresh when sent again; with a key it
+    # is the same request, answered with the same outcome
+    hopeless = {"virtualMachineTemplates": [small("hopeless", vcpus=64)]}
+    status, failed = http("POST", b, json.dumps(hopeless))
+    assert status == 200 and response(c, failed)["errorCode"] == "NO_VIRTUAL_MACHINE_STARTED"
+    status, fresh = http("POST", b, json.dumps(hopeless))
+    assert status == 200 and fresh != failed
+    response(c, fresh)
+    keyed_hopeless = {"virtualMachineTemplates": [small("hopeless-k", vcpus=64)], "requestId": "hopeless-1"}
+    status, failed = http("POST", b, json.dumps(keyed_hopeless))
+    assert status == 200
+    response(c, failed)
+    assert http("POST", b, json.dumps(keyed_hopeless)) == (200, failed)
     for bad in ("a/b", "..", "a\n", 7, "x" * 64):
         code, err = http("POST", b, json.dumps({"virtualMachineTemplates": [small("bad-key")], "requestId": bad}))
         assert code == 400 and err["error"]["field"] == "requestId", (bad, err)
@@ -307,3 +320,21 @@ def test_finished_submissions_and_failed_vms_are_forgotten_after_the_retention(c
     wait_for(lambda: not records(zk)["tasks"], 30, "every finished task forgotten")
     r = assert_nothing_stranded(zk)
     assert sorted(r["vms"]) == ["kept", "too-big"] and sorted(r["ipam"].values()) == ["kept", "too-big"]
+
+
+def test_a_ghost_left_by_an_older_version_does_not_block_its_name(cluster_factory: Any, zk_reader: Any) -> None:
+    # What the issue saw: VMs PENDING for ever, holding addresses, with no task to dispatch them.
+    c = cluster_factory(gms=2, lcs=1)
+    zk = zk_reader(c)
+    ipam = f"{ROOT}/ipam/{SUBNET.replace('/', '_')}"
+    zk.ensure_path(ipam)
+    zk.create(f"{ROOT}/vms/ghost-1", json.dumps({"virtualMachineId": "ghost-1", "taskId": "lost-task", "status": PENDING,
+                                                 "ipAddress": "192.168.122.200"}).encode(), makepath=True)
+    zk.create(f"{ipam}/192.168.122.200", b"ghost-1")
+    status, task = http("POST", c.bootstrap_url + "/bootstrap?startVirtualCluster",
+                        json.dumps({"virtualMachineTemplates": [small("ghost-1")]}))
+    assert status == 200, task
+    [meta] = response(c, task)["virtualMachineMetaData"]
+    assert meta["status"] == "RUNNING" and meta["ipAddress"] != "192.168.122.200"
+    r = assert_nothing_stranded(zk)
+    assert "192.168.122.200" not in r["ipam"]
