@@ -4,6 +4,7 @@ lifecycle actions go to the group manager of the VM's local controller, found in
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -43,19 +44,32 @@ def _rpc_to_api(exc: RpcError, who: str) -> ApiError:
     return ApiError(status, exc.code.upper() if exc.code.islower() else exc.code, f"{who}: {exc.message}", field=exc.field)
 
 
+def _zookeeper_errors(handler: Callable[[web.Request], Awaitable[Any]]) -> Callable[[web.Request], Awaitable[Any]]:
+    """ZooKeeper out of reach is a 503 to retry, not a 500 (which says: a bug)."""
+
+    async def handle(request: web.Request) -> Any:
+        try:
+            return await handler(request)
+        except CoordinationError as exc:
+            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", f"ZooKeeper: {exc}") from exc
+
+    return handle
+
+
 class VirtualMachineVerbs:
     def __init__(self, bootstrap: Bootstrap) -> None:
         self.b = bootstrap
+        z = _zookeeper_errors
         r = bootstrap.routes
         r.add("bootstrap", "startVirtualCluster", self.start_virtual_cluster, ("POST",))
         r.add("bootstrap", "getVirtualClusterResponse", self.get_virtual_cluster_response, ("POST",))
-        r.add("bootstrap", "getVirtualMachineMetaData", self.get_virtual_machine_metadata, ("GET", "POST"))
-        r.add("bootstrap", "getVirtualMachineDescriptions", self.get_virtual_machine_descriptions, ("GET", "POST"))
+        r.add("bootstrap", "getVirtualMachineMetaData", z(self.get_virtual_machine_metadata), ("GET", "POST"))
+        r.add("bootstrap", "getVirtualMachineDescriptions", z(self.get_virtual_machine_descriptions), ("GET", "POST"))
         r.add("bootstrap", "getGroupManagerDescriptions", self.get_group_manager_descriptions, ("GET", "POST"))
         r.add("bootstrap", "getLocalControllerDescriptions", self.get_local_controller_descriptions, ("GET", "POST"))
-        r.add("bootstrap", "migrateVirtualMachine", self.migrate_virtual_machine, ("POST",))
+        r.add("bootstrap", "migrateVirtualMachine", z(self.migrate_virtual_machine), ("POST",))
         for verb, action in ACTIONS.items():
-            r.add("bootstrap", verb, self._action_handler(action), ("POST",))
+            r.add("bootstrap", verb, z(self._action_handler(action)), ("POST",))
 
     @property
     def store(self) -> Store:

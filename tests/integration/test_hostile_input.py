@@ -299,3 +299,17 @@ def test_fuzz_every_public_verb_never_answers_5xx(cluster: LocalCluster) -> None
     assert len(seen) >= FUZZ_EXAMPLES // 2, "the fuzz ran"
     print(f"fuzz: {len(seen)} requests in {time.monotonic() - started:.1f}s, statuses {sorted(set(seen))}")
     assert_cluster_healthy(cluster)
+
+
+def test_zookeeper_out_of_reach_is_a_503_to_retry_never_a_500(cluster: LocalCluster) -> None:
+    """Runs last in this module: it stops ZooKeeper for a moment, then waits for the cluster to heal."""
+    assert cluster.zk is not None
+    b = cluster.options.base_port
+    cluster.zk.stop()
+    try:
+        # (each waits out the ZooKeeper call's own timeout: one request is enough)
+        status, answer = request(b, "POST", "/bootstrap?getVirtualMachineMetaData", VM.encode())
+        assert status == 503 and answer["error"]["code"] == "ZOOKEEPER_UNAVAILABLE", (status, answer)
+    finally:
+        cluster.zk.start()
+    assert_cluster_healthy(cluster)
