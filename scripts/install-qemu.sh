@@ -5,18 +5,14 @@
 # Needed: libvirt-daemon (libvirtd), libvirt-daemon-driver-qemu, qemu-system-x86 (QEMU with
 # SeaBIOS). Useful and small: libvirt-clients (virsh, for debugging) and qemu-utils (qemu-img,
 # for disk images). Deliberately NOT libvirt-daemon-system: it would bring polkit, a firewall
-# and init scripts only to create the libvirt-qemu user, which snooze.sim.libvirtd provides
-# inside its own mount namespaces instead. None of these packages ships an init script or a
-# systemd unit, so installing them starts no daemon; a policy-rc.d that forbids starting
-# services is put in place for the install anyway when the machine has none.
+# and init scripts only to create the libvirt-qemu user and the /var/{lib,cache,log}/libvirt
+# directories, which snooze.sim.libvirtd provides inside its own mount namespaces instead
+# (nothing is created outside its state directory). None of these packages ships an init
+# script or a systemd unit, so installing them starts no daemon; a policy-rc.d that forbids
+# starting services is put in place for the install anyway when the machine has none.
 set -eu
 
 PACKAGES="libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 libvirt-clients qemu-utils"
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install-qemu.sh: must run as root" >&2
-    exit 1
-fi
 
 missing=""
 for package in $PACKAGES; do
@@ -29,6 +25,11 @@ done
 if [ -z "$missing" ]; then
     echo "install-qemu.sh: already installed:$(printf ' %s' $PACKAGES)"
     exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-qemu.sh: must run as root to install:$missing" >&2
+    exit 1
 fi
 
 policy=/usr/sbin/policy-rc.d

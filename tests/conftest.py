@@ -1,4 +1,5 @@
-"""Fixtures: a real ZooKeeper server and real local clusters, always torn down."""
+"""Fixtures: a real ZooKeeper server and real local clusters, always torn down; and the check
+that no test reads anything beside the repository (``tests/outside_reads.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import pytest
 
 from snooze.localcluster import LocalCluster
 from snooze.zookeeper import ZooKeeperServer
+from tests.outside_reads import install as install_outside_reads_check
 from tests.support import fast_options, port_range
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A clone has nothing beside it: a test that opens ../anything fails the run at the end.
+    install_outside_reads_check(config, REPOSITORY)
 
 
 @pytest.fixture

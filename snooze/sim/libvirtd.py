@@ -8,7 +8,14 @@ migration ports, and QEMU runs as root with no cgroups, no security driver and n
 Nothing listens on TCP except the QEMU migration streams, which are bound to 127.0.0.1 by the
 caller (see ``localcontroller.hypervisor.migration``).
 
-Needs root, ``unshare`` and the packages that ``scripts/install-qemu.sh`` installs.
+A machine with ``libvirt-daemon`` but not ``libvirt-daemon-system`` has none of the ``/var``
+directories above (and ``/etc/libvirt`` comes only with ``libvirt-clients``). Where a mount
+point is missing, the namespace first covers its nearest existing parent with an overlay whose
+writable layer is in the host's state directory and already holds the missing directory, so
+the bind mount has somewhere to go and nothing is ever created outside the state directory.
+
+Needs root, ``unshare``, overlayfs in the kernel (only where a mount point is missing) and
+the packages that ``scripts/install-qemu.sh`` installs.
 
 Run ``python -m snooze.sim.libvirtd --state-dir DIR --count 2`` to keep a cluster up by hand.
 """
@@ -116,8 +123,50 @@ def missing_components() -> list[str]:
     """What is missing on this machine to run private libvirtd hosts (empty when all is there)."""
     missing = [path for path in (LIBVIRTD, QEMU, QEMU_DRIVER) if not os.access(path, os.R_OK)]
     missing += [name for name in ("unshare", "mount") if shutil.which(name) is None]
-    missing += [inside for inside, _ in _PRIVATE_DIRS if not os.path.isdir(inside)]
     return missing
+
+
+@dataclass(frozen=True)
+class _Overlay:
+    """An overlay inside the namespace over ``parent`` (an existing directory), whose upper
+    layer ``<state>/<layer>/upper`` holds the ``children`` that are missing on this machine."""
+
+    parent: str
+    layer: str
+    children: tuple[str, ...]
+
+
+def _overlays(inside_paths: list[str]) -> list[_Overlay]:
+    """The overlays that give every missing mount point in ``inside_paths`` a directory.
+
+    Missing paths under the same nearest existing parent share one overlay; a mount point is
+    never created on the machine itself.
+    """
+    by_parent: dict[str, list[str]] = {}
+    for inside in inside_paths:
+        path = Path(inside)
+        if path.is_dir():
+            continue
+        if path.exists() or path.is_symlink():
+            raise LibvirtdError(f"{inside} exists but is not a directory: cannot mount over it")
+        parent = path.parent
+        while not parent.is_dir():
+            if parent.exists() or parent.is_symlink():
+                raise LibvirtdError(f"{parent} exists but is not a directory")
+            parent = parent.parent
+        if parent == Path("/"):
+            raise LibvirtdError(f"{inside}: refusing to cover / with an overlay")
+        by_parent.setdefault(str(parent), []).append(str(path.relative_to(parent)))
+    parents = sorted(by_parent, key=lambda p: (p.count("/"), p))
+    for index, outer in enumerate(parents):
+        for inner in parents[index + 1:]:
+            if Path(outer) in Path(inner).parents:
+                # The inner overlay would need the outer one mounted first; no such case today.
+                raise LibvirtdError(f"nested overlays {outer} and {inner} are not supported")
+    return [
+        _Overlay(parent_dir, f"overlay/{index}", tuple(by_parent[parent_dir]))
+        for index, parent_dir in enumerate(parents)
+    ]
 
 
 def kvm_usable() -> bool:
@@ -198,15 +247,30 @@ migration_port_max = {ports.stop - 1}
 
 # Run by `unshare --mount --propagation private`, so none of these mounts is seen outside;
 # they vanish with the namespace when its last process exits. `exec` keeps the PID.
+# Steps, in order: `overlay PARENT LAYER` (lower = PARENT itself, upper and work dirs in the
+# state dir), then `bind INSIDE SUB` (the state dir's SUB over INSIDE), then `--` COMMAND.
 _NAMESPACE_SCRIPT = """set -eu
 state=$1; shift
-while [ "$#" -gt 1 ] && [ "$1" != "--" ]; do
-    mount --bind "$state/$2" "$1"
-    shift 2
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+    case $1 in
+    overlay)
+        mount -t overlay overlay \\
+            -o "lowerdir=$2,upperdir=$state/$3/upper,workdir=$state/$3/work" "$2"
+        shift 3 ;;
+    bind)
+        mount --bind "$state/$3" "$2"
+        shift 3 ;;
+    *)
+        echo "namespace: unknown step $1" >&2
+        exit 2 ;;
+    esac
 done
 shift
 exec "$@"
 """
+
+# Characters mount(8) would read as separators in overlay options.
+_OVERLAY_UNSAFE = frozenset(",:\\")
 
 
 def _nss_files(directory: Path) -> list[tuple[str, str]]:
@@ -349,12 +413,12 @@ class LibvirtdCluster:
             )
         if os.geteuid() != 0:
             raise LibvirtdError("private libvirtd hosts need root (mount namespaces)")
-        self._check_state_dir()
+        overlays = self._check_state_dir()
         deadline = time.monotonic() + timeout
         try:
             # One after the other: the first fills the capabilities cache the others start from.
             for index in range(1, self.count + 1):
-                daemon = self._launch(index)
+                daemon = self._launch(index, overlays)
                 self._daemons.append(daemon)
                 self._wait_ready(daemon, deadline)
         except BaseException:
@@ -376,21 +440,30 @@ class LibvirtdCluster:
         if errors:
             raise LibvirtdError("; ".join(errors))
 
-    def _check_state_dir(self) -> None:
+    def _check_state_dir(self) -> list[_Overlay]:
+        """Check the state dir suits the mounts; return the overlays the mounts need."""
+        overlays = _overlays([inside for inside, _ in _PRIVATE_DIRS])
         resolved = self.state_dir.resolve()
-        for inside, _ in _PRIVATE_DIRS:
+        covered = [inside for inside, _ in _PRIVATE_DIRS] + [o.parent for o in overlays]
+        for inside in covered:
             hidden = Path(inside).resolve()
             if resolved == hidden or hidden in resolved.parents:
                 # Each daemon would not see the others' sockets under its own private mounts.
                 raise LibvirtdError(f"state dir {resolved} must not be under {hidden}")
+        if overlays and _OVERLAY_UNSAFE & set(str(self.state_dir)):
+            raise LibvirtdError(
+                f"state dir {self.state_dir} contains one of {''.join(sorted(_OVERLAY_UNSAFE))},"
+                " which overlay mount options cannot carry"
+            )
         longest = self.state_dir / f"host{self.count}" / "run/libvirt/libvirt-sock"
         if len(str(longest).encode()) > _MAX_SOCKET_PATH:
             raise LibvirtdError(
                 f"socket path {longest} is longer than {_MAX_SOCKET_PATH} bytes: "
                 "use a shorter state dir (for example under /tmp)"
             )
+        return overlays
 
-    def _launch(self, index: int) -> _Daemon:
+    def _launch(self, index: int, overlays: list[_Overlay]) -> _Daemon:
         name = f"host{index}"
         host_dir = self.state_dir / name
         if host_dir.exists():
@@ -404,11 +477,17 @@ class LibvirtdCluster:
         host_uuid = str(uuid.uuid4())
         (host_dir / "etc/libvirt/libvirtd.conf").write_text(_libvirtd_conf(host_uuid))
         (host_dir / "etc/libvirt/qemu.conf").write_text(_qemu_conf(ports))
+        for overlay in overlays:
+            for child in overlay.children:
+                (host_dir / overlay.layer / "upper" / child).mkdir(parents=True)
+            (host_dir / overlay.layer / "work").mkdir()
         mounts = list(_PRIVATE_DIRS) + _nss_files(host_dir / "nss")
         argv = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c"]
         argv += [_NAMESPACE_SCRIPT, "sh", str(host_dir)]
+        for overlay in overlays:
+            argv += ["overlay", overlay.parent, overlay.layer]
         for inside, sub in mounts:
-            argv += [inside, sub]
+            argv += ["bind", inside, sub]
         argv += ["--", LIBVIRTD, "-f", "/etc/libvirt/libvirtd.conf"]
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",

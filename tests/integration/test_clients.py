@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from libcloud.compute.providers import get_driver
-from libcloud.compute.types import NodeState, Provider
+from libcloud.compute.types import NodeState
 
 import snooze.client.libcloud_driver  # noqa: F401  (registers Provider.SNOOZE, as the seed assumes)
-from snooze.client import SnoozeClientError, SyncSnoozeClient
+from snooze.client import SnoozeClientError, SyncSnoozeClient, java
 from snooze.client.cli import register
 from snooze.client.java import (
     CommunicatorFactory,
@@ -25,28 +24,10 @@ from snooze.client.java import (
     VirtualMachineTemplate,
 )
 from snooze.localcluster import LocalCluster
+from tests import fixtures
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
-
-SEED = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "snooze-api.txt"
-
-
-def seed_template() -> str:
-    """The seed's ``$template``: the startVirtualCluster body with debian1's domain XML."""
-    text = SEED.read_text()
-    return text[text.index('{\n"virtualMachineTemplates"'): text.index("The assigned task identifier.")].strip()
-
-
-def seed_domain(name: str) -> str:
-    """The seed's debian1.xml; debian2.xml is the same domain with its own name, uuid and MAC."""
-    xml = str(json.loads(seed_template())["virtualMachineTemplates"][0]["libVirtTemplate"])
-    if name == "debian1":
-        return xml
-    return (xml.replace("<name>debian1</name>", f"<name>{name}</name>")
-            .replace("0f476e56-67ea-11e1-858e-00216a972a36", "0f476e56-67ea-11e1-858e-00216a972a37")
-            .replace("52:54:01:84:26:2c", "52:54:01:84:26:2d"))
-
 
 def lc_ids(c: LocalCluster) -> set[str]:
     return {p["id"] for p in c.processes if p["role"] == "localcontroller"}
@@ -67,6 +48,13 @@ def status_of(c: LocalCluster, vm_id: str) -> str | None:
 
 
 def test_the_seeds_java_example(cluster_factory: Any) -> None:
+    # Every class the seed's Java example instantiates and every method it calls exists here.
+    seed = fixtures.java_client()
+    classes = {name for name, value in vars(java).items() if isinstance(value, type)}
+    methods = {name for name in classes for name in dir(getattr(java, name))}
+    assert set(re.findall(r"new (\w+)\(", seed)) - {"ArrayList"} <= classes
+    assert set(re.findall(r"\.(\w+)\(", seed)) - {"add"} <= methods, set(re.findall(r"\.(\w+)\(", seed)) - methods
+
     c = cluster_factory(gms=2, lcs=2)
     # Gets the leader address.
     bootstrapAddress = NetworkAddress()
@@ -78,7 +66,7 @@ def test_the_seeds_java_example(cluster_factory: Any) -> None:
     virtualClusterDescription = VirtualClusterSubmissionRequest()
     virtualMachineTemplates: list[VirtualMachineTemplate] = []
     virtualMachineTemplate = VirtualMachineTemplate()
-    virtualMachineTemplate.setLibVirtTemplate(seed_domain("debian1"))
+    virtualMachineTemplate.setLibVirtTemplate(fixtures.domain_xml("debian1"))
     networkDemand = NetworkDemand()
     networkDemand.setRxBytes(12800)
     networkDemand.setTxBytes(12800)
@@ -109,12 +97,19 @@ def test_the_seeds_java_example(cluster_factory: Any) -> None:
 def test_the_seeds_libcloud_example_and_the_node_lifecycle(cluster_factory: Any, tmp_path: Path) -> None:
     c = cluster_factory(gms=2, lcs=2)
     for name in ("debian1", "debian2"):
-        (tmp_path / f"{name}.xml").write_text(seed_domain(name))
+        (tmp_path / f"{name}.xml").write_text(fixtures.domain_xml(name))
 
-    # The seed, with the bootstrap's port for "5000" and tmp_path for its template directory.
-    Snooze = get_driver(Provider.SNOOZE)  # type: ignore[attr-defined]
-    driver = Snooze("127.0.0.1", str(port_of(c.bootstrap_url)))
-    n1 = driver.create_node(libvirt_templates=[str(tmp_path / "debian1.xml")], tx=12800, rx=12800)
+    # The seed's session as written, with the bootstrap's port for "5000" and tmp_path for its
+    # template directory; its last line's value is what the seed shows as "Out <<".
+    lines, seed_out = fixtures.libcloud_session()
+    namespace: dict[str, Any] = {}
+    for line in lines[:-1]:
+        exec(fixtures.localised(line, port_of(c.bootstrap_url), tmp_path), namespace)
+    n1 = eval(fixtures.localised(lines[-1], port_of(c.bootstrap_url), tmp_path), namespace)
+    for field in ("name", "state", "provider"):
+        expected = re.search(rf"\b{field}=(\w+)", seed_out)
+        assert expected and f"{field}={expected.group(1)}" in repr(n1[0]), (repr(n1[0]), seed_out)
+    driver = namespace["driver"]
     n2 = driver.create_node(libvirt_templates=[str(tmp_path / "debian2.xml")], tx=12800, rx=12800)
 
     for nodes, name in ((n1, "debian1"), (n2, "debian2")):
@@ -145,10 +140,12 @@ def test_the_seeds_libcloud_example_and_the_node_lifecycle(cluster_factory: Any,
 def test_the_seeds_migration_example(cluster_factory: Any, tmp_path: Path) -> None:
     c = cluster_factory(gms=2, lcs=2)
     for name in ("debian1", "debian2"):
-        (tmp_path / f"{name}.xml").write_text(seed_domain(name))
-    driver = get_driver(Provider.SNOOZE)("127.0.0.1", str(port_of(c.bootstrap_url)))  # type: ignore[attr-defined]
-    n1 = driver.create_node(libvirt_templates=[str(tmp_path / "debian1.xml")], tx=12800, rx=12800)
-    n2 = driver.create_node(libvirt_templates=[str(tmp_path / "debian2.xml")], tx=12800, rx=12800)
+        (tmp_path / f"{name}.xml").write_text(fixtures.domain_xml(name))
+    *code, migrate_line = fixtures.libcloud_migration().strip().splitlines()
+    assert migrate_line == 'driver.migrate(n1[0],n2[0].extra.get("virtualMachineLocation"))'
+    namespace: dict[str, Any] = {}
+    exec(fixtures.localised("\n".join(code), port_of(c.bootstrap_url), tmp_path), namespace)
+    driver, n1, n2 = namespace["driver"], namespace["n1"], namespace["n2"]
     source = n1[0].extra["virtualMachineLocation"]["localControllerId"]
     destination = n2[0].extra.get("virtualMachineLocation")
     if destination["localControllerId"] == source:
@@ -162,30 +159,37 @@ def test_the_seeds_migration_example(cluster_factory: Any, tmp_path: Path) -> No
 
 def test_the_seeds_curl_example(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=2)
-    template = seed_template()
+    template = fixtures.start_virtual_cluster_body()
     with SyncSnoozeClient(c.bootstrap_url) as client:
         gl = client.get_group_leader_description()["listenSettings"]["controlDataAddress"]
     leader = f"http://{gl['address']}:{gl['port']}"
 
-    def curl(*args: str) -> str:
+    start, get_response, list_lcs = fixtures.curl_requests()
+
+    def curl(words: list[str], **substitutions: str) -> str:
+        args = []
+        for word in words[1:]:
+            for seed_value, value in substitutions.items():
+                word = word.replace(seed_value, value)
+            args.append(word)
         return subprocess.run(["curl", "-s", *args], capture_output=True, text=True, check=True, timeout=60).stdout
 
-    # ($) curl -H "Content-Type: application/json" -X POST -d "$template" http://localhost:5001/groupmanager?startVirtualCluster
-    task = curl("-H", "Content-Type: application/json", "-X", "POST", "-d", template,
-                f"{leader}/groupmanager?startVirtualCluster").strip()
+    on_leader = {"http://localhost:5001": leader}
+    task = curl(start, **on_leader, **{"$template": template}).strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", task), task
-    # ($) curl -H "Content-Type: application/json" -X POST -d "a4fba1c6-…" http://localhost:5001/groupmanager?getVirtualClusterResponse
-    body = wait_for(lambda: curl("-H", "Content-Type: application/json", "-X", "POST", "-d", task,
-                                 f"{leader}/groupmanager?getVirtualClusterResponse").strip(),
+    body = wait_for(lambda: curl(get_response, **on_leader, **{fixtures.SEED_TASK_ID: task}).strip(),
                     60, "a non-empty virtual cluster response")
     response = json.loads(body)
     assert response["errorCode"] is None
     (vm,) = response["virtualMachineMetaData"]
     assert vm["status"] == "RUNNING" and vm["virtualMachineLocation"]["virtualMachineId"] == "debian1"
-    # curl localhost:5000/bootstrap?getLocalControllerList
-    lcs = json.loads(curl(f"127.0.0.1:{port_of(c.bootstrap_url)}/bootstrap?getLocalControllerList"))
+    lcs = json.loads(curl(list_lcs, **{"localhost:5000": f"127.0.0.1:{port_of(c.bootstrap_url)}"}))
     assert {lc["id"] for lc in lcs["localControllers"]} == lc_ids(c)
     assert "debian1" in [v for lc in lcs["localControllers"] for v in lc["assignedVirtualMachines"]]
+    # The original's shape: every field the seed shows for a local controller is there.
+    seed_lc = fixtures.local_controller_list()["localControllers"][0]
+    for lc in lcs["localControllers"]:
+        assert set(seed_lc) <= set(lc), set(seed_lc) - set(lc)
 
 
 def cli(c: LocalCluster, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -201,7 +205,7 @@ def cli(c: LocalCluster, capsys: pytest.CaptureFixture[str], *argv: str) -> tupl
 
 def test_cli_submit_vms_vm_destroy(cluster_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     c = cluster_factory(gms=2, lcs=2)
-    (tmp_path / "debian1.xml").write_text(seed_domain("debian1"))
+    (tmp_path / "debian1.xml").write_text(fixtures.domain_xml("debian1"))
 
     code, out, err = cli(c, capsys, "submit", "--template", str(tmp_path / "debian1.xml"),
                          "--image", "debian.qcow2", "--vcpus", "1", "--memory-mib", "256", "--count", "2",

@@ -17,7 +17,7 @@ from snooze.sim.bmc import CallbackPower, SimulatedBMC
 from snooze.zookeeper import free_port
 from tests.support import get, http, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def chassis(port: int, password: str = "snooze-bmc") -> str:

@@ -112,6 +112,7 @@ def test_kill_local_controller_is_dropped_then_rejoins_with_same_id(cluster_fact
     wait_for(lambda: assigned_lcs(hierarchy(c)) == {"lc-1", "lc-2", "lc-3"}, 15, "lc-2 re-joined")
 
 
+@pytest.mark.slow
 def test_zookeeper_restart_recovers_without_restarting_snooze(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=3)
     pids = {p["id"]: p["pid"] for p in c.processes}
@@ -124,6 +125,7 @@ def test_zookeeper_restart_recovers_without_restarting_snooze(cluster_factory: A
     wait_for(lambda: "lc-new" in assigned_lcs(hierarchy(c)), 20, "a new LC joins after recovery")
 
 
+@pytest.mark.slow
 def test_zookeeper_down_longer_than_sessions_recovers(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=2)
     old = leader(c)

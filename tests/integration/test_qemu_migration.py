@@ -29,7 +29,7 @@ from snooze.sim.libvirtd import (
     tiny_domain_xml,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NODE_XML = (
     "<node><cpu><mhz>2400</mhz><model>x86_64</model><active>8</active><total>8</total>"

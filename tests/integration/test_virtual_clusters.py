@@ -7,24 +7,16 @@ import json
 import re
 import subprocess
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snooze.localcluster import LocalCluster
 from snooze.models import NetworkAddress
+from tests import fixtures
 from tests.support import get, http, wait_for
 
 pytestmark = pytest.mark.integration
-
-SEED = Path(__file__).resolve().parents[3] / "shared" / "seeds" / "snooze-api.txt"
-
-
-def seed_template() -> str:
-    text = SEED.read_text()
-    return text[text.index('{\n"virtualMachineTemplates"') : text.index("The assigned task identifier.")].strip()
-
 
 def submit(c: LocalCluster, body: Any, url: str | None = None) -> str:
     status, task = http("POST", (url or c.bootstrap_url + "/bootstrap") + "?startVirtualCluster",
@@ -54,7 +46,7 @@ def domains_everywhere(c: LocalCluster) -> list[str]:
 
 def test_seed_curl_example_runs_a_vm_with_the_originals_response_shape(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=2)
-    template = seed_template()
+    template = fixtures.start_virtual_cluster_body()
     out = subprocess.run(
         ["curl", "-s", "-H", "Content-Type: application/json", "-X", "POST", "-d", template,
          c.bootstrap_url + "/bootstrap?startVirtualCluster"], capture_output=True, text=True, check=True)

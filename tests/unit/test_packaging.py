@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import fixtures
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,13 +41,11 @@ def test_role_commands_reject_bad_configuration_with_a_clear_message(tmp_path: P
 
 
 def test_seed_libcloud_lines_work_as_written_in_the_project_environment() -> None:
-    seed = (
-        "from libcloud.compute.types import Provider\n"
-        "from libcloud.compute.providers import get_driver\n"
-        "Snooze = get_driver(Provider.SNOOZE)\n"
-        'driver = Snooze("127.0.0.1","5000")\n'
-        "print(type(driver).__name__)\n"
-    )
+    # The seed's lines up to the driver, in a fresh interpreter that never imported snooze.
+    lines = fixtures.libcloud_migration().splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("driver = Snooze("))
+    seed = "\n".join(lines[: end + 1]) + "\nprint(type(driver).__name__)\n"
+    assert "import snooze" not in seed and "from snooze" not in seed
     out = subprocess.run([sys.executable, "-c", seed], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "SnoozeNodeDriver"
