@@ -88,6 +88,7 @@ class GroupManagerSettings:
     network_thresholds: list = opt([0.0, 1.0, 1.0], "Network utilisation [MIN, MID, MAX] for rx and tx (original: 0, 1, 1).")
     task_retention: float = opt(3600.0, "Seconds a finished submission (its getVirtualClusterResponse) and a failed VM's record are kept in ZooKeeper before the leader forgets them (at least 1; swept every tenth of it, 1-60 s).")
     transaction_bytes: int = opt(900000, "Largest ZooKeeper transaction the leader writes (keep it under the server's jute.maxbuffer, 1 MiB by default); a bigger submission is recorded as an intent record, then chunks of half this size.")
+    restart_lost_vms: bool = opt(False, "When a local controller (re)joins without VMs its records place there (host restarted, domains lost), start them again from their stored spec instead of marking them ERROR (VIRTUAL_MACHINE_LOST).")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from groupmanager.manager.energy import EnergySaver
+from groupmanager.manager.inventory import Inventory
 from groupmanager.manager.reconfiguration import Reconfiguration
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from snooze.heartbeat import FailureDetector
@@ -75,6 +76,7 @@ class ManagerRole:
         self.migrations = Migrations(self.vms)
         self.energy = EnergySaver(self)
         self.reconfiguration = Reconfiguration(self)
+        self.inventory = Inventory(self)
 
     # -- lifecycle (called by GroupManager) ----------------------------------------------
     async def start(self) -> None:
@@ -88,6 +90,7 @@ class ManagerRole:
         self.migrations.register()
         self.energy.start()
         self.reconfiguration.start()
+        self.inventory.start()
         hb = gm.settings.heartbeat
         gm.spawn("manager.join", self._join_loop())
         gm.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
@@ -106,6 +109,7 @@ class ManagerRole:
         self.migrations.unregister()
         self.energy.stop()
         self.reconfiguration.stop()
+        self.inventory.stop()
         if handover_epoch is not None and self.lcs:
             await asyncio.gather(
                 *(
@@ -167,6 +171,8 @@ class ManagerRole:
         self.detector.heard(desc.id)
         self.energy.on_joined(desc.id)
         self.gm.spawn(f"manager.clear-wakeup-{desc.id}", self.energy.clear_wakeup(desc.id))
+        # What its hypervisor has is the truth: records that disagree are settled (inventory.py).
+        self.inventory.joined(desc.id)
         log.info("local controller %s joined with %d domains", desc.id, len(domains))
         return {"groupManagerId": self.gm.id, "epoch": self.gm.known_epoch}
 
@@ -183,6 +189,7 @@ class ManagerRole:
         rec.description.assigned_virtual_machines = [
             d["name"] for d in rec.domains if d.get("state") in ("RUNNING", "PAUSED")
         ]
+        self.inventory.seen(rec.description.id, {str(d.get("name")) for d in rec.domains})
         rec.history.append({"timestamp": body.get("timestamp"), "hostUsage": list(rec.usage)})
         return {"ok": True}
 
@@ -200,6 +207,7 @@ class ManagerRole:
             if rec is not None and rec.description.status in (Status.PASSIVE, Status.WAKING):
                 continue  # asleep on our order: silent by design, still wakeable capacity
             if self.lcs.pop(lc_id, None) is not None:
+                self.inventory.left(lc_id)
                 log.warning("local controller %s is silent; dropped", lc_id)
 
     def summary(self) -> dict[str, Any]:
@@ -223,6 +231,7 @@ class ManagerRole:
             "requestedCapacity": list(requested),
             "largestFreeCapacity": list(largest),
             "reservedCapacity": list(self.vms.reserved_total()),
+            "orphanVirtualMachines": self.inventory.report(),
             "numberOfLocalControllers": len(self.lcs),
         }
 
@@ -246,9 +255,16 @@ class ManagerRole:
         desc.summary = self.summary()
         desc.local_controllers = {}
         for k, r in self.lcs.items():
+            orphans = set(self.inventory.orphans.get(k, ()))
             # Live domain states ride in the original's virtualMachineMetaData field.
             r.description.virtual_machine_metadata = {
-                d["name"]: {"status": d.get("state"), "usedCapacity": r.vm_usage.get(d["name"])} for d in r.domains if "name" in d
+                d["name"]: {"status": d.get("state"), "usedCapacity": r.vm_usage.get(d["name"]),
+                            **({"orphan": True} if d["name"] in orphans else {})}
+                for d in r.domains if "name" in d
             }
             desc.local_controllers[k] = r.description
-        return {"groupManager": desc.to_json(with_lcs=True)}
+        out = desc.to_json(with_lcs=True)
+        for lc in out.get("localControllers") or []:
+            # Domains on the host that no VM record accounts for (see inventory.py).
+            lc["orphanVirtualMachines"] = list(self.inventory.orphans.get(lc.get("id"), ()))
+        return {"groupManager": out}

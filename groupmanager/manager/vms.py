@@ -651,11 +651,12 @@ class Migrations:
             finally:
                 if not settled:
                     await asyncio.shield(self._release(local, dest_gm, reservation))
+            details = {k: v for k, v in reply.items() if k != "ok"}
+            await self._move_record(vm_id, uuid, dest, local, {"from": source_lc, "to": dest_id, **details})
+            return {"ok": True, **details}
         finally:
+            # Only once its record names the destination: until then the VM is in flight.
             self.moving.discard(vm_id)
-        details = {k: v for k, v in reply.items() if k != "ok"}
-        await self._move_record(vm_id, uuid, dest, local, {"from": source_lc, "to": dest_id, **details})
-        return {"ok": True, **details}
 
     async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any], timeout: float) -> None:
         dest_id, vm_id = reservation["lcId"], reservation["vmId"]

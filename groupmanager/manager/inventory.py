@@ -1,0 +1,237 @@
+"""A group manager's inventory check: when a local controller (re)joins it, what that host's
+hypervisor reports is the truth, and the VM records are brought in line with it.
+
+* A VM whose record places it on that host (RUNNING or PAUSED there) but which the host does
+  not have (the host restarted, libvirt's test driver forgot its domains, a crash lost them)
+  is **lost**: its record becomes ERROR with errorCode ``VIRTUAL_MACHINE_LOST`` and the reason,
+  whatever capacity was held for it is released, and its address goes back to the pool. With
+  ``[groupmanager] restart_lost_vms`` it is first started again from its stored spec (placed by
+  this group manager, on any of its hosts); only if that fails is it marked lost.
+* A domain on the host that no record accounts for (an **orphan**: started by hand, or left
+  behind by a failed clean-up) is reported, never touched: logged when first seen, listed in
+  this group manager's summary (``orphanVirtualMachines``, host -> names) and in the host's
+  description, and flagged ``"orphan": true`` in its ``virtualMachineMetaData``. Destroying a
+  domain nobody can account for is an operator's decision.
+
+The check runs after every join (a restart, a re-assignment after a failover), on a fresh
+listing asked of the host, not on the one it joined with. Joins that arrive together are
+checked together, with one read of the records. Records are re-read just before anything is
+written, and a VM this group manager is migrating is left alone, so that a VM in flight is
+never taken for lost or orphaned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from snooze.coordination import CoordinationError
+from snooze.coordination.store import Store
+from snooze.http import ApiError
+from snooze.ids import is_valid_id
+
+if TYPE_CHECKING:
+    from groupmanager.manager.role import ManagerRole
+
+log = logging.getLogger(__name__)
+
+LOST = "VIRTUAL_MACHINE_LOST"
+TASK = "manager.inventory"
+#: Record statuses meaning "runs on its local controller".
+PLACED = ("RUNNING", "PAUSED")
+#: Record statuses of a VM on its way to a host (no host in its record yet).
+STARTING = ("PENDING", "DISPATCHED")
+BATCH_DELAY = 0.2  # seconds: joins of the same moment (a failover) are checked together
+RETRY_DELAY = 1.0  # seconds before a check that could not run (ZooKeeper, the host) is retried
+
+
+class Inventory:
+    def __init__(self, role: ManagerRole) -> None:
+        self.role = role
+        self.orphans: dict[str, list[str]] = {}  # lc id -> domains no record accounts for
+        self.lost = 0  # VMs marked lost since this role started
+        self.restarted = 0  # VMs started again from their spec since this role started
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+
+    # -- wiring (ManagerRole) ------------------------------------------------------------
+    def start(self) -> None:
+        self.role.gm.spawn(TASK, self._loop())
+
+    def stop(self) -> None:
+        self.role.gm.cancel(TASK)
+        self._pending.clear()
+        self.orphans.clear()
+
+    def joined(self, lc_id: str) -> None:
+        """``lc_id`` (re)joined: check it against the records soon."""
+        self._pending.add(lc_id)
+        self._wake.set()
+
+    def left(self, lc_id: str) -> None:
+        self._pending.discard(lc_id)
+        self.orphans.pop(lc_id, None)
+
+    def seen(self, lc_id: str, names: set[str]) -> None:
+        """A monitoring report: orphans that left the host are no longer reported."""
+        if lc_id in self.orphans:
+            still = [n for n in self.orphans[lc_id] if n in names]
+            if still:
+                self.orphans[lc_id] = still
+            else:
+                del self.orphans[lc_id]
+
+    def report(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in sorted(self.orphans.items()) if v}
+
+    # -- the check -----------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(BATCH_DELAY)
+            self._wake.clear()
+            batch, self._pending = self._pending, set()
+            try:
+                retry = await self.check(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not end the group manager: log it, try again later
+                log.exception("inventory check of %s failed", ", ".join(sorted(batch)))
+                retry = batch
+            retry = {lc_id for lc_id in retry if lc_id in self.role.lcs}
+            if retry:
+                await asyncio.sleep(RETRY_DELAY)
+                self._pending |= retry
+                self._wake.set()
+
+    async def check(self, lc_ids: set[str]) -> set[str]:
+        """Check each of ``lc_ids`` against the records; the ones to try again later."""
+        coord = self.role.gm.coord
+        if coord is None or not coord.connected:
+            return set(lc_ids)
+        store = Store(coord)
+        try:
+            records = await store.get_vms(await store.vm_ids())
+        except CoordinationError as exc:
+            log.info("inventory check postponed: %s", exc)
+            return set(lc_ids)
+        retry: set[str] = set()
+        for lc_id in sorted(lc_ids):
+            if lc_id not in self.role.lcs:
+                continue
+            try:
+                # The host's listing now (its join may be a while ago), and this group
+                # manager's view of it refreshed on the way.
+                domains = await self.role.vms.refresh(lc_id)
+                await self._reconcile(store, lc_id, domains, records)
+            except (ApiError, CoordinationError) as exc:
+                log.info("inventory check of %s postponed: %s", lc_id, getattr(exc, "message", exc))
+                retry.add(lc_id)
+        return retry
+
+    def _in_flight(self, vm_id: str) -> bool:
+        return vm_id in self.role.migrations.moving or any(vm_id in held for held in self.role.vms.reserved.values())
+
+    async def _reconcile(self, store: Store, lc_id: str, domains: list[dict[str, Any]],
+                         records: dict[str, dict[str, Any]]) -> None:
+        present = {str(d["name"]) for d in domains}
+        missing = [vm_id for vm_id, rec in records.items()
+                   if rec.get("localControllerId") == lc_id and rec.get("status") in PLACED
+                   and vm_id not in present and not self._in_flight(vm_id)]
+        if missing:
+            # Read again: a VM may have been moved or destroyed since the records were read.
+            fresh = await store.get_vms(missing)
+            lost = [fresh[v] for v in missing
+                    if v in fresh and fresh[v].get("localControllerId") == lc_id and fresh[v].get("status") in PLACED
+                    and not self._in_flight(v)]
+            if lost:
+                await self._settle_lost(store, lc_id, lost)
+        candidates = [n for n in sorted(present) if not self._accounted(n, lc_id, records) and not self._in_flight(n)]
+        if candidates:
+            fresh = await store.get_vms(n for n in candidates if is_valid_id(n))
+            candidates = [n for n in candidates if not self._accounted(n, lc_id, fresh)]
+        self._set_orphans(lc_id, candidates)
+
+    @staticmethod
+    def _accounted(name: str, lc_id: str, records: dict[str, dict[str, Any]]) -> bool:
+        rec = records.get(name)
+        if rec is None:
+            return False
+        where, status = rec.get("localControllerId"), rec.get("status")
+        return (where == lc_id and status in PLACED) or (where is None and status in STARTING)
+
+    def _set_orphans(self, lc_id: str, names: list[str]) -> None:
+        new = sorted(set(names) - set(self.orphans.get(lc_id, [])))
+        if new:
+            log.warning("%s runs %d domain(s) that no VM record accounts for (orphans, left as they are): %s",
+                        lc_id, len(new), ", ".join(new[:20]) + (" ..." if len(new) > 20 else ""))
+        if names:
+            self.orphans[lc_id] = sorted(names)
+        else:
+            self.orphans.pop(lc_id, None)
+
+    # -- lost VMs ------------------------------------------------------------------------
+    async def _settle_lost(self, store: Store, lc_id: str, lost: list[dict[str, Any]]) -> None:
+        gm = self.role.gm
+        for rec in lost:
+            host = self.role.lcs.get(lc_id)
+            if host is not None:
+                host.remove_vm(rec["virtualMachineId"])
+            self.role.vms.release_vm(rec["virtualMachineId"])
+        why = {rec["virtualMachineId"]: "" for rec in lost}
+        if gm.settings.groupmanager.restart_lost_vms:
+            lost, why = await self._restart(store, lc_id, lost)
+        if not lost:
+            return
+        now = time.time()
+        for rec in lost:
+            vm_id = rec["virtualMachineId"]
+            rec.update(status="ERROR", errorCode=LOST, lostAt=now, lostOn=lc_id,
+                       message=f"{lc_id} re-joined without it: its hypervisor has no domain {vm_id} (the host restarted "
+                               f"or lost it); its capacity and address were released{why.get(vm_id, '')}")
+        held = [r for r in lost if r.get("ipAddress")]
+        if held:
+            await store.release_addresses(held, gm.settings.groupmanager.virtual_machine_subnet, None)
+        rest = [r for r in lost if not r.get("ipAddress")]
+        if rest:
+            await store.update_vms(rest, None)
+        self.lost += len(lost)
+        names = [r["virtualMachineId"] for r in lost]
+        log.warning("%s re-joined without %d VM(s) its records place there; marked %s: %s",
+                    lc_id, len(names), LOST, ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+
+    async def _restart(self, store: Store, lc_id: str,
+                       lost: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Start lost VMs again from their stored specs; (the ones still lost, why per VM)."""
+        gm = self.role.gm
+        by_id = {r["virtualMachineId"]: r for r in lost}
+        specs = await store.get_specs(by_id)
+        why = {v: "; it has no stored spec to restart from" for v in by_id if v not in specs}
+        results = await self.role.vms.start([dict(specs[v]) for v in by_id if v in specs]) if specs else []
+        restarted: list[dict[str, Any]] = []
+        now = time.time()
+        for res in results:
+            rec = by_id.get(str(res.get("id")))
+            if rec is None:
+                continue
+            if res.get("status") in PLACED:
+                rec.update(status=res["status"], errorCode=None, uuid=res.get("uuid"), restartedAt=now,
+                           restarts=int(rec.get("restarts") or 0) + 1,
+                           message=f"restarted from its stored spec on {res.get('localControllerId')} after {lc_id} "
+                                   "re-joined without it",
+                           localControllerId=res.get("localControllerId"),
+                           localControllerControlDataAddress=res.get("localControllerAddress"),
+                           groupManagerId=gm.id, groupManagerControlDataAddress=gm.address.to_json(),
+                           adaptations=res.get("adaptations") or rec.get("adaptations") or [])
+                restarted.append(rec)
+            else:
+                why[rec["virtualMachineId"]] = f"; restarting it failed: {res.get('errorCode')}: {res.get('message')}"
+        if restarted:
+            await store.update_vms(restarted, None)
+            self.restarted += len(restarted)
+            log.warning("%s re-joined without %d VM(s); started again from their specs: %s", lc_id, len(restarted),
+                        ", ".join(r["virtualMachineId"] for r in restarted[:20]))
+        done = {r["virtualMachineId"] for r in restarted}
+        return [r for r in lost if r["virtualMachineId"] not in done], why
