@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -46,6 +45,7 @@ ACTIONS = ("suspend", "resume", "shutdown", "reboot", "destroy")
 #: same tuple; roles do not import each other, a unit test keeps the two equal).
 MIGRATION_METHODS = ("live", "nonshared-incremental", "nonshared-full")
 MAX_MIGRATION_TIMEOUT = 3600.0
+MAX_CAPACITY = 1e18  # any capacity figure above this is garbage (memory is in KiB)
 DEFAULT_MIGRATION_TIMEOUT = 60.0
 #: Hypervisor settings a request may choose for one migration; everything else in a
 #: destination's settings (its URIs above all) comes only from its own registration.
@@ -75,7 +75,8 @@ def _id(value: Any, field: str) -> str:
 
 
 def _number(value: Any, field: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+    # Bounds first: an int too large for a float compares fine, and NaN or infinity fail them.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
         raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{field}: expected a number from {low:g} to {high:g}, got {value!r}",
                        field=field)
     return float(value)
@@ -84,7 +85,7 @@ def _number(value: Any, field: str, low: float, high: float) -> float:
 def capacity_of(value: Any, field: str) -> Capacity:
     """A ``[cpu, memory, rx, tx]`` vector of finite, non-negative numbers, or a 400 naming ``field``."""
     if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(
-        not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in value
+        not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x <= MAX_CAPACITY for x in value
     ):
         raise ApiError(400, "BAD_CAPACITY", f"{field}: expected [cpu, memory, rx, tx] as 4 non-negative numbers", field=field)
     return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))

@@ -357,6 +357,9 @@ def test_a_reservation_held_for_another_group_manager_expires(monkeypatch: pytes
 @pytest.mark.parametrize(("body", "field"), [
     ({"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": "all"}, "requested"),
     ({"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": [1, 2, 3, 2**70 * float("inf")]}, "requested"),
+    ({"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": [1, 2, 3, 10**400]}, "requested"),
+    ({"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": [1, 2, 3, float("nan")]}, "requested"),
+    ({"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": [1, 1, 0, 0], "ttl": 10**400}, "ttl"),
     ({"op": "reserve", "lcId": "..", "vmId": "vm9", "requested": [1, 1, 0, 0]}, "lcId"),
     ({"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": [1, 1, 0, 0], "ttl": -1}, "ttl"),
     ({"op": "grab", "lcId": "lc-c", "vmId": "vm9"}, "op"),
@@ -420,6 +423,8 @@ REGISTERED: dict[str, Any] = {"driver": "qemu", "transport": "tcp", "port": 1650
     ({"migration": {"timeout": "1"}}, "destinationHypervisorSettings.migration.timeout", "BAD_HYPERVISOR_SETTINGS"),
     ({"migration": {"timeout": -1}}, "destinationHypervisorSettings.migration.timeout", "BAD_HYPERVISOR_SETTINGS"),
     ({"migration": {"timeout": 2**64}}, "destinationHypervisorSettings.migration.timeout", "BAD_HYPERVISOR_SETTINGS"),
+    ({"migration": {"timeout": 10**400}}, "destinationHypervisorSettings.migration.timeout", "BAD_HYPERVISOR_SETTINGS"),
+    ({"migration": {"timeout": float("nan")}}, "destinationHypervisorSettings.migration.timeout", "BAD_HYPERVISOR_SETTINGS"),
     ({"migration": {"method": "teleport"}}, "destinationHypervisorSettings.migration.method", "BAD_HYPERVISOR_SETTINGS"),
     ({"migration": {"postCopy": "yes"}}, "destinationHypervisorSettings.migration.postCopy", "BAD_HYPERVISOR_SETTINGS"),
     ({"migration": {"uri": "tcp://x"}}, "destinationHypervisorSettings.migration.uri", "BAD_HYPERVISOR_SETTINGS"),
