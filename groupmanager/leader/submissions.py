@@ -439,7 +439,10 @@ class Submissions:
                     continue
                 self._dispatching.add(task_id)
                 try:
-                    await self._resume_task(task)
+                    # Read again: a retry may have resumed and finished it meanwhile.
+                    fresh = await self.store.get_task(task_id)
+                    if fresh is not None and fresh.get("state") == PENDING:
+                        await self._resume_task(fresh)
                 except StaleEpoch:
                     raise
                 except CoordinationError as exc:
