@@ -96,7 +96,8 @@ class ClusterOptions:
     idle_time: float = 120.0
     reserved_nodes: int = 1
     bmc_user: str = "admin"
-    bmc_password: str = field(default_factory=lambda: secrets.token_hex(12))
+    # IPMI v2 (lanplus) passwords are at most 20 bytes: 16 hex digits, 64 random bits.
+    bmc_password: str = field(default_factory=lambda: secrets.token_hex(8))
     extra: dict[str, Any] = field(default_factory=dict)  # "section.option" -> value for every role
 
 

@@ -20,7 +20,7 @@ from tests.support import get, http, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def chassis(port: int, password: str = "snooze-bmc") -> str:
+def chassis(port: int, password: str) -> str:
     out = subprocess.run(["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port), "-U", "admin", "-P", password,
                           "chassis", "power", "status"], capture_output=True, text=True, timeout=20)
     return out.stdout.strip()
@@ -44,7 +44,7 @@ def test_idle_hosts_power_down_and_are_woken_over_ipmi_when_needed(cluster_facto
                       20, "two idle hosts powered down, one kept on")
     for lc_id, status in asleep.items():
         expected = "Chassis Power is off" if status == "PASSIVE" else "Chassis Power is on"
-        wait_for(lambda lc_id=lc_id, expected=expected: chassis(bmc[lc_id]) == expected, 10, f"{lc_id}'s BMC: {expected}")
+        wait_for(lambda lc_id=lc_id, expected=expected: chassis(bmc[lc_id], c.options.bmc_password) == expected, 10, f"{lc_id}'s BMC: {expected}")
     assert len(get(c.bootstrap_url + "/bootstrap?getLocalControllerList")["localControllers"]) == 3, "sleeping hosts stay listed"
 
     resp = run(c, [{"name": f"big-{i}", "vcpus": 6, "memory": 1048576} for i in range(3)])
@@ -52,7 +52,7 @@ def test_idle_hosts_power_down_and_are_woken_over_ipmi_when_needed(cluster_facto
     assert all(m["status"] == "RUNNING" for m in metas), [(m["virtualMachineId"], m["errorCode"], m["message"]) for m in metas]
     assert {m["virtualMachineLocation"]["localControllerId"] for m in metas} == set(bmc), "each VM needed its own host"
     for lc_id, port in bmc.items():
-        assert chassis(port) == "Chassis Power is on", f"{lc_id} woken over IPMI"
+        assert chassis(port, c.options.bmc_password) == "Chassis Power is on", f"{lc_id} woken over IPMI"
     assert set(statuses(c).values()) == {"ACTIVE"}
     time.sleep(2.5)  # more than idle_time (1 s) and several energy-saver checks
     assert set(statuses(c).values()) == {"ACTIVE"}, "hosts running VMs are never powered down"
