@@ -429,7 +429,10 @@ class DotProduct(BatchPolicy):
                 room = slot.room
                 for d in range(4):
                     if dem[d] > 0 and room[d] != INF:
-                        k = min(k, int(room[d] / dem[d]))
+                        # A tiny (denormal) demand makes the quotient overflow to inf: no bound.
+                        fit = room[d] / dem[d]
+                        if fit < k:
+                            k = int(fit)
                     if k <= 0:
                         return 0
             run = c.members[c.head : c.head + k]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from groupmanager.placement import (
@@ -83,6 +83,9 @@ def scenario(draw):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario())
+# Found by hypothesis: a denormal demand made room / demand overflow to infinity.
+@example(("dot-product", [HostView("h0", (4.0, 8.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0))],
+          [VMRequest("v0", (0.0, 5e-324, 0.0, 0.0))]))
 def test_plans_keep_every_invariant(case):
     name, hs, reqs = case
     plan = (
