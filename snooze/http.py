@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +36,7 @@ from snooze.protocol import (
     decode,
     encode,
 )
+from snooze.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -78,29 +78,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=json.dumps(data), status=status, content_type="application/json"
     )
-
-
-class RateLimitedLog:
-    """One warning per reason per ``interval``, with how many were left unsaid: a flood of slow or
-    vanished clients costs a line a minute in the log, not a traceback each."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self._next: dict[str, float] = {}
-        self._unsaid: dict[str, int] = {}
-
-    def __call__(self, reason: str, message: str, *args: Any) -> bool:
-        now = self.clock()
-        if now < self._next.get(reason, -math.inf):
-            self._unsaid[reason] = self._unsaid.get(reason, 0) + 1
-            return False
-        self._next[reason] = now + self.interval
-        more = self._unsaid.pop(reason, 0)
-        suffix = f" (and {more} more since the last report)" if more else ""
-        self.logger.warning(message + "%s", *args, suffix)
-        return True
 
 
 @dataclass

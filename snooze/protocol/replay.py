@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from snooze.protocol.envelope import Envelope, OutOfOrder, ProtocolError, Replayed, StaleTimestamp
+from snooze.ratelimit import RateLimitedLog
 
 DEFAULT_WINDOW = 30.0
 DEFAULT_CAPACITY = 200_000  # about 30 MiB at most; a 1,000-host group sends ~700 messages/s
@@ -108,24 +109,9 @@ class RejectionLog:
         interval: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._log = RateLimitedLog(logger, interval, clock, unsaid="{n} more refused for this reason since the last report")
 
     def __call__(self, exc: ProtocolError, source: str) -> bool:
         """Log ``exc`` from ``source`` unless one of its reason was logged lately; True if logged."""
-        now = self.clock()
-        reason = exc.reason
-        if now < self._next.get(reason, float("-inf")):
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return False
-        self._next[reason] = now + self.interval
-        more = self._suppressed.pop(reason, 0)
-        what = "replayed" if reason == Replayed.reason else reason.replace("_", " ")
-        self.logger.warning(
-            "%s message from %s refused: %s%s", what, source, exc,
-            f" ({more} more refused for this reason since the last report)" if more else "",
-        )
-        return True
+        what = "replayed" if exc.reason == Replayed.reason else exc.reason.replace("_", " ")
+        return self._log(exc.reason, "%s message from %s refused: %s", what, source, exc)
