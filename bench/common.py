@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from snooze.localcluster import ClusterOptions, LocalCluster, _alive
+from snooze.dev.localcluster import ClusterOptions, LocalCluster, _alive
 
 T = TypeVar("T")
 

@@ -75,7 +75,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster  # noqa: E402
+from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster  # noqa: E402
 
 GMS, LCS = 2, 8
 LC_CPUS, LC_MEMORY_GIB = 8, 16

@@ -62,7 +62,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
+from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
 
 POLL = 0.02  # seconds between polls
 ROUND_TIMEOUT = 20.0  # give up on one measurement after this long

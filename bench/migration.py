@@ -9,7 +9,7 @@ figures (with the target next to them); it is not a pass/fail test.
     .venv/bin/python bench/migration.py --json out.json
     .venv/bin/python bench/migration.py --keep       # keep the state dir (configs, logs)
 
-Two private libvirtd daemons (``snooze.sim.libvirtd.LibvirtdCluster``, root needed, see
+Two private libvirtd daemons (``snooze.dev.sim.libvirtd.LibvirtdCluster``, root needed, see
 scripts/install-qemu.sh) stand in for two hypervisor hosts; a local cluster of ZooKeeper, a
 bootstrap and 2 group managers (heartbeat 0.5 s, session timeout 2 s) runs on 127.0.0.1, and a
 local controller is added on each daemon (``qemu-a``, ``qemu-b``). The tiny diskless domain of
@@ -66,8 +66,8 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster  # noqa: E402
-from snooze.sim.libvirtd import LibvirtdCluster, LibvirtdError, LibvirtdHost, tiny_domain_xml  # noqa: E402
+from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster  # noqa: E402
+from snooze.dev.sim.libvirtd import LibvirtdCluster, LibvirtdError, LibvirtdHost, tiny_domain_xml  # noqa: E402
 
 GMS = 2
 LC_NAMES = ("qemu-a", "qemu-b")

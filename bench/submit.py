@@ -64,7 +64,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
+from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster, _alive  # noqa: E402
 
 POLL = 0.05  # seconds between getVirtualClusterResponse polls
 GMS, LCS = 2, 8

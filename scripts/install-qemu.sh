@@ -1,12 +1,12 @@
 #!/bin/sh
-# Install what real live migration between private libvirtd hosts needs (snooze.sim.libvirtd,
+# Install what real live migration between private libvirtd hosts needs (snooze.dev.sim.libvirtd,
 # tests/integration/test_qemu_migration.py). Idempotent and non-interactive; run as root.
 #
 # Needed: libvirt-daemon (libvirtd), libvirt-daemon-driver-qemu, qemu-system-x86 (QEMU with
 # SeaBIOS). Useful and small: libvirt-clients (virsh, for debugging) and qemu-utils (qemu-img,
 # for disk images). Deliberately NOT libvirt-daemon-system: it would bring polkit, a firewall
 # and init scripts only to create the libvirt-qemu user and the /var/{lib,cache,log}/libvirt
-# directories, which snooze.sim.libvirtd provides inside its own mount namespaces instead
+# directories, which snooze.dev.sim.libvirtd provides inside its own mount namespaces instead
 # (nothing is created outside its state directory). None of these packages ships an init
 # script or a systemd unit, so installing them starts no daemon; a policy-rc.d that forbids
 # starting services is put in place for the install anyway when the machine has none.

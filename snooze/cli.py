@@ -34,7 +34,7 @@ from snooze.client.target import (
     record_last_cluster,
     resolve_state_dir,
 )
-from snooze.localcluster import (
+from snooze.dev.localcluster import (
     ClusterError,
     ClusterOptions,
     Interrupted,
@@ -219,7 +219,7 @@ def _cluster_up(args: argparse.Namespace, stop: StopRequest) -> int:
 
 
 def run_demo(bootstrap_url: str, stop: StopRequest | None = None) -> None:
-    from snooze.demo import submit_demo
+    from snooze.dev.demo import submit_demo
 
     try:
         submit_demo(bootstrap_url, stop=stop)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster
-from snooze.zookeeper import ZooKeeperServer
+from snooze.dev.localcluster import LocalCluster
+from snooze.dev.zookeeper import ZooKeeperServer
 from tests.outside_reads import install as install_outside_reads_check
 from tests.support import fast_options, port_range
 

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from snooze.localcluster import ClusterOptions
+from snooze.dev.localcluster import ClusterOptions
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from snooze.localcluster import stop_manifest
+from snooze.dev.localcluster import stop_manifest
 from snooze.procs import alive
 from tests.support import get, port_range, wait_for
 

@@ -23,7 +23,7 @@ from snooze.client.java import (
     VirtualClusterSubmissionRequest,
     VirtualMachineTemplate,
 )
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from tests import fixtures
 from tests.support import wait_for
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from tests.hostile_domains import HOSTILE
 from tests.support import get, http, wait_for
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster
-from snooze.sim.bmc import CallbackPower, SimulatedBMC
-from snooze.zookeeper import free_port
+from snooze.dev.localcluster import LocalCluster
+from snooze.dev.sim.bmc import CallbackPower, SimulatedBMC
+from snooze.dev.zookeeper import free_port
 from tests.support import get, http, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster, assigned_lcs
+from snooze.dev.localcluster import LocalCluster, assigned_lcs
 from tests.support import get, http, wait_for
 
 pytestmark = pytest.mark.integration

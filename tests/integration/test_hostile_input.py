@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from tests.support import fast_options, port_range, wait_for
 
 pytestmark = pytest.mark.integration

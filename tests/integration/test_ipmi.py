@@ -1,6 +1,6 @@
 """Waking a host over real IPMI: the IPMI wake-up driver against the simulated BMC.
 
-The BMC runs as ``python -m snooze.sim.bmc`` on a free 127.0.0.1 port, its chassis power
+The BMC runs as ``python -m snooze.dev.sim.bmc`` on a free 127.0.0.1 port, its chassis power
 being a ``sleep 600`` process that stands for the host; ipmitool checks what the driver did,
 as an independent client.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from groupmanager.power import IpmiWakeup, WakeupError, make_wakeup_driver
-from snooze.sim.bmc import CallbackPower, ProcessPower, SimulatedBMC
+from snooze.dev.sim.bmc import CallbackPower, ProcessPower, SimulatedBMC
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def _start_bmc(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int,
     host = ["sh", "-c", f"echo $$ > '{pidfile}'; exec sleep 600"]
     with open(tmp_path / "bmc.err", "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "snooze.sim.bmc", "--port", "0", "--user", USER]
+            [sys.executable, "-m", "snooze.dev.sim.bmc", "--port", "0", "--user", USER]
             + ["--password", PASSWORD, "--grace", "2", "--log", str(tmp_path / "host.log")]
             + [*extra, "--", *host],
             stdout=subprocess.PIPE,

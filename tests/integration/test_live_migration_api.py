@@ -11,7 +11,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from snooze.sim.libvirtd import LibvirtdCluster, LibvirtdHost, tiny_domain_xml
+from snooze.dev.sim.libvirtd import LibvirtdCluster, LibvirtdHost, tiny_domain_xml
 from tests.integration.test_qemu_migration import _require_qemu, _short_dir
 from tests.support import get, http, wait_for
 

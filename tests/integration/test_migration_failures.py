@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient
 from tests.support import get, http, wait_for

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from snooze.sim import libvirtd
-from snooze.sim.libvirtd import LibvirtdCluster
+from snooze.dev.sim import libvirtd
+from snooze.dev.sim.libvirtd import LibvirtdCluster
 from tests.integration.test_qemu_migration import _require_qemu, _short_dir
 
 pytestmark = pytest.mark.integration

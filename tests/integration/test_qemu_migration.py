@@ -22,7 +22,7 @@ from localcontroller.hypervisor.migration import (
     MigrationSettings,
     migrate_domain,
 )
-from snooze.sim.libvirtd import (
+from snooze.dev.sim.libvirtd import (
     LibvirtdCluster,
     LibvirtdHost,
     missing_components,

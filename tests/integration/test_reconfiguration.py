@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient, RpcError
 from tests.support import get, http, wait_for

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster, assigned_lcs
+from snooze.dev.localcluster import LocalCluster, assigned_lcs
 from snooze.protocol import decode
 from tests.loopback import LoopbackCapture
 from tests.support import get, http, wait_for

@@ -28,7 +28,7 @@ from snooze.coordination.store import (
     TooLarge,
     subnet_key,
 )
-from snooze.zookeeper import ZooKeeperServer
+from snooze.dev.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.integration
 

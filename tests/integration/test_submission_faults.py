@@ -18,7 +18,7 @@ from kazoo.client import KazooClient
 
 from snooze.coordination import Coordinator
 from snooze.coordination.store import PENDING, RECORDING, Store
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from tests.support import get, http, wait_for
 
 pytestmark = pytest.mark.integration

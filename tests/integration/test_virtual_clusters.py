@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from snooze.localcluster import LocalCluster
+from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
 from tests import fixtures
 from tests.support import get, http, wait_for

@@ -17,7 +17,7 @@ from kazoo.protocol.serialization import GetData
 
 from snooze.coordination import CoordinationError, Coordinator, SessionState
 from snooze.coordination.zk import InvalidPath
-from snooze.zookeeper import ZooKeeperServer
+from snooze.dev.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from localcontroller.hypervisor import InvalidDomainXML, LibvirtHypervisor
 from localcontroller.hypervisor.adapt import adapt_domain_xml
 from snooze import config as cfg
+from snooze.dev.localcluster import host_xml
 from snooze.domainxml import MAX_XML_CHARS, DomainPolicy, PolicyViolation, rebuild_domain
-from snooze.localcluster import host_xml
 from snooze.virtualcluster import InvalidSubmission, parse_submission
 from tests.hostile_domains import HOSTILE, STORE, domain
 

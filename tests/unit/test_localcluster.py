@@ -18,9 +18,9 @@ import pytest
 
 from snooze import config as cfg
 from snooze.cli import build_parser
-from snooze.localcluster import ClusterError, ClusterOptions, LocalCluster, stop_manifest
+from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster, stop_manifest
+from snooze.dev.zookeeper import ZooKeeperServer, free_port
 from snooze.procs import alive, open_log
-from snooze.zookeeper import ZooKeeperServer, free_port
 from tests.support import port_range, wait_for
 
 

@@ -1,5 +1,5 @@
 """The private libvirtd hosts' mount plan: which missing mount points get an overlay, and where
-(snooze.sim.libvirtd._overlays). The daemons themselves are in
+(snooze.dev.sim.libvirtd._overlays). The daemons themselves are in
 tests/integration/test_private_libvirtd.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from snooze.sim.libvirtd import LibvirtdError, _overlays
+from snooze.dev.sim.libvirtd import LibvirtdError, _overlays
 
 
 def test_missing_mount_points_share_an_overlay_on_their_nearest_existing_parent(tmp_path: Path) -> None:

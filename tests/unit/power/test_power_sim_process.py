@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from snooze.sim.bmc import CallbackPower, ProcessPower, _parse_args, _proposed_algorithms
+from snooze.dev.sim.bmc import CallbackPower, ProcessPower, _parse_args, _proposed_algorithms
 
 
 def _eventually(condition: Callable[[], bool], what: str, limit: float = 20.0) -> None:

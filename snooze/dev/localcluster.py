@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from snooze import config as cfg
+from snooze.dev.zookeeper import ZooKeeperError, ZooKeeperServer, free_port
 from snooze.procs import alive, kill_group, open_log, running
-from snooze.zookeeper import ZooKeeperError, ZooKeeperServer, free_port
 
 # Kept for the benchmarks, which import it from here.
 _alive = alive
@@ -198,7 +198,7 @@ class LocalCluster:
         if spec.get("bmcPort"):
             # The host's power is the BMC's: chassis power on/off starts/stops the LC process.
             o = self.options
-            return [sys.executable, "-m", "snooze.sim.bmc", "--port", str(spec["bmcPort"]), "--user", o.bmc_user,
+            return [sys.executable, "-m", "snooze.dev.sim.bmc", "--port", str(spec["bmcPort"]), "--user", o.bmc_user,
                     "--password", o.bmc_password, "--on", "--log", spec["log"] + ".host", "--", *argv]
         return argv
 

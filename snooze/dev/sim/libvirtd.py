@@ -17,7 +17,7 @@ the bind mount has somewhere to go and nothing is ever created outside the state
 Needs root, ``unshare``, overlayfs in the kernel (only where a mount point is missing) and
 the packages that ``scripts/install-qemu.sh`` installs.
 
-Run ``python -m snooze.sim.libvirtd --state-dir DIR --count 2`` to keep a cluster up by hand.
+Run ``python -m snooze.dev.sim.libvirtd --state-dir DIR --count 2`` to keep a cluster up by hand.
 """
 
 from __future__ import annotations
@@ -610,7 +610,7 @@ def _interrupted_by_signals() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m snooze.sim.libvirtd",
+        prog="python -m snooze.dev.sim.libvirtd",
         description="Run private libvirtd hosts on this machine until Ctrl-C or SIGTERM.",
     )
     parser.add_argument("--state-dir", type=Path, required=True)

@@ -19,7 +19,7 @@ The IPMI protocol work is pyghmi's server code (`pyghmi.ipmi.bmc.Bmc`), with two
   only when refused; the stock server accepted, then signed RAKP2 with SHA-1, and the client
   crashed on the length mismatch (``struct.error``). See docs/power.md.
 
-Run ``python -m snooze.sim.bmc --port P --user U --password W [--on] -- CMD ARGS...`` for a
+Run ``python -m snooze.dev.sim.bmc --port P --user U --password W [--on] -- CMD ARGS...`` for a
 stand-alone BMC whose chassis power is the process ``CMD ARGS...``.
 """
 
@@ -491,7 +491,7 @@ class SimulatedBMC:
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m snooze.sim.bmc",
+        prog="python -m snooze.dev.sim.bmc",
         description="A simulated IPMI BMC whose chassis power starts and stops a command.",
     )
     parser.add_argument("--port", type=int, required=True, help="UDP port (0: pick a free one)")
