@@ -14,8 +14,8 @@ import pytest
 from libcloud.compute.types import NodeState
 
 import snooze.client.libcloud_driver  # noqa: F401  (registers Provider.SNOOZE, as the seed assumes)
+from snooze.cli.vms import register
 from snooze.client import SnoozeClientError, SyncSnoozeClient, java
-from snooze.client.cli import register
 from snooze.client.java import (
     CommunicatorFactory,
     NetworkAddress,

@@ -1,5 +1,5 @@
 """The CLI verbs against the fake server: what they send, print, and exit with; and how the
-``snooze`` command finds the cluster to talk to (``snooze.client.target``)."""
+``snooze`` command finds the cluster to talk to (``snooze.cli.target``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from snooze.cli import build_parser, main
-from snooze.client.cli import ProgressPrinter, bootstrap_url
-from snooze.client.target import record_last_cluster
+from snooze.cli.target import bootstrap_url, record_last_cluster
+from snooze.cli.vms import ProgressPrinter
 from snooze.client.types import Progress
 from tests.unit.client.fake import FakeSnooze, Reply, reply_error, reply_json, vm_meta
 
@@ -278,3 +278,12 @@ def test_progress_on_a_terminal_redraws_a_bar() -> None:
     show(Progress("t", "DONE", 0.3, 3, True, {"a": "RUNNING", "b": "RUNNING"}))
     text = stream.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n") and "[####################] 2/2  2 RUNNING" in text
+
+
+def test_only_the_cluster_verbs_load_the_development_tooling() -> None:
+    """``snooze vms`` and the other verbs on a cluster never import ``snooze.dev``; ``cluster up``
+    and ``cluster down`` import it when they run."""
+    code = ("import sys; from snooze.cli import build_parser; build_parser().parse_args(['vms']); "
+            "print(sorted(m for m in sys.modules if m.startswith('snooze.dev')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

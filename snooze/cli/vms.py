@@ -1,24 +1,23 @@
-"""The ``snooze`` command's virtual-machine verbs: submit, vms, vm, suspend/resume/shutdown/reboot/destroy, migrate.
+"""The ``snooze`` verbs on virtual machines: submit, vms, vm, suspend/resume/shutdown/reboot/destroy, migrate.
 
-``register(subparsers)`` adds them to the ``snooze`` parser (``snooze/cli.py``); each handler
-takes the parsed arguments, talks to the bootstrap through ``SyncSnoozeClient``, and returns
-an exit code. A failure is one line on stderr, ``snooze: CODE: message``, and exit code 1.
-Progress goes to stderr and results to stdout, so ``snooze submit … > vms.txt`` keeps the table.
+``register(subparsers)`` adds them to the ``snooze`` parser; each handler talks to the
+bootstrap through ``SyncSnoozeClient`` and returns an exit code. Progress goes to stderr and
+results to stdout, so ``snooze submit … > vms.txt`` keeps the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO, Any
 
-from snooze.client.errors import REFUSED, SnoozeClientError
-from snooze.client.sync import SyncSnoozeClient
-from snooze.client.target import add_target_options, resolve
+from snooze.cli.errors import CliError, Handler, reports_errors
+from snooze.cli.output import HelpFormatter, capacity, memory, table
+from snooze.cli.target import add_target_options, client
+from snooze.client.errors import REFUSED
 from snooze.client.templates import (
     DEFAULT_NETWORK_DEMAND,
     libvirt_template_file,
@@ -26,70 +25,13 @@ from snooze.client.templates import (
 )
 from snooze.client.types import FAILED_STATUSES, Progress, VirtualMachineMetaDataJson
 
-__all__ = ["HelpFormatter", "ProgressPrinter", "register"]
+__all__ = ["ProgressPrinter", "register", "vm_details", "vm_table"]
 
 DEFAULT_MEMORY_KIB = 256 * 1024
 NO_IMAGE = "-"  # only to satisfy sized_template; removed from the template sent
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to an option's help, unless the help already says its default or
-    there is none to say (``None``; off for a flag)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if "default" in text or action.default is None or action.default is False:
-            return text
-        return super()._get_help_string(action)
-
-
-def bootstrap_url(args: argparse.Namespace) -> str:
-    """The bootstrap to talk to, by ``snooze.client.target``'s rule; says so on stderr if guessed."""
-    # ``bootstrap``: the attribute of parsers built before --url (which still accepts --bootstrap).
-    url = getattr(args, "url", None) or getattr(args, "bootstrap", None)
-    target = resolve(url, getattr(args, "state_dir", None))
-    if target.guessed:
-        print(f"snooze: {target.describe()}", file=sys.stderr, flush=True)
-    return target.url
-
-
-def _client(args: argparse.Namespace) -> SyncSnoozeClient:
-    return SyncSnoozeClient(bootstrap_url(args), timeout=getattr(args, "http_timeout", 30.0))
-
-
-def _reports_errors(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except SnoozeClientError as exc:
-            print(f"snooze: {exc.code}: {exc.message}", file=sys.stderr)
-            return 1
-
-    return run
-
 
 # -- formatting -----------------------------------------------------------------------------
-
-
-def table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def _mem(kib: Any) -> str:
-    if not isinstance(kib, (int, float)):
-        return "-"
-    return f"{kib / 1024 / 1024:.1f} GiB" if kib >= 1024 * 1024 else f"{kib / 1024:.0f} MiB"
-
-
-def _capacity(values: Any) -> str:
-    if not isinstance(values, list) or len(values) != 4:
-        return "-"
-    cpu, mem, rx, tx = values
-    return f"{cpu:g} vcpus, {_mem(mem)}, rx {rx:g}, tx {tx:g}"
 
 
 def _vms(n: int) -> str:
@@ -107,7 +49,7 @@ def vm_table(vms: Sequence[VirtualMachineMetaDataJson]) -> str:
         req = vm.get("requestedCapacity") or []
         rows.append((_vm_id(vm), str(vm.get("status") or "-"), str(loc.get("localControllerId") or "-"),
                      str(loc.get("groupManagerId") or "-"), str(vm.get("ipAddress") or "-"),
-                     f"{req[0]:g}" if len(req) == 4 else "-", _mem(req[1]) if len(req) == 4 else "-"))
+                     f"{req[0]:g}" if len(req) == 4 else "-", memory(req[1]) if len(req) == 4 else "-"))
     return table(rows)
 
 
@@ -125,8 +67,8 @@ def vm_details(vm: VirtualMachineMetaDataJson) -> str:
                           + (f"  {gm_addr.get('address')}:{gm_addr.get('port')}" if gm_addr else "")),
         ("ip address", str(vm.get("ipAddress") or "-")),
         ("mac address", str(vm.get("macAddress") or "-")),
-        ("requested", _capacity(vm.get("requestedCapacity"))),
-        ("used", _capacity(vm.get("usedCapacity"))),
+        ("requested", capacity(vm.get("requestedCapacity"))),
+        ("used", capacity(vm.get("usedCapacity"))),
     ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k + ':':<{width + 1}} {v}" for k, v in lines)
@@ -175,7 +117,7 @@ class ProgressPrinter:
 
 def _templates(args: argparse.Namespace) -> list[Any]:
     if args.count < 1:
-        raise SnoozeClientError("BAD_TEMPLATE", f"--count must be >= 1, got {args.count}", "count")
+        raise CliError(f"--count must be >= 1, got {args.count}", "BAD_TEMPLATE")
     templates: list[Any] = [libvirt_template_file(path, rx=args.rx, tx=args.tx) for path in args.template or []]
     sized = args.vcpus is not None or args.memory is not None or args.memory_mib is not None or args.image
     if sized or not templates:
@@ -193,16 +135,15 @@ def _templates(args: argparse.Namespace) -> list[Any]:
     return templates
 
 
-@_reports_errors
 def cmd_submit(args: argparse.Namespace) -> int:
     templates = _templates(args)
-    with _client(args) as client:
-        task_id = client.start_virtual_cluster(templates)
+    with client(args) as api:
+        task_id = api.start_virtual_cluster(templates)
         if args.no_wait:
             print(task_id)
             return 0
         print(f"submitted virtual cluster {task_id} ({_vms(len(templates))})", file=sys.stderr, flush=True)
-        response = client.wait_for_virtual_cluster(task_id, timeout=args.timeout, poll_interval=args.poll_interval,
+        response = api.wait_for_virtual_cluster(task_id, timeout=args.timeout, poll_interval=args.poll_interval,
                                                    progress=ProgressPrinter(sys.stderr, len(templates)))
     vms = list(response.get("virtualMachineMetaData") or [])
     if args.json:
@@ -220,10 +161,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-@_reports_errors
 def cmd_vms(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        vms = client.list_virtual_machines()
+    with client(args) as api:
+        vms = api.list_virtual_machines()
     if args.json:
         print(json.dumps({"virtualMachines": vms}, indent=2))
     elif not vms:
@@ -233,10 +173,9 @@ def cmd_vms(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_errors
 def cmd_vm(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        vm = client.get_virtual_machine_meta_data(args.id)
+    with client(args) as api:
+        vm = api.get_virtual_machine_meta_data(args.id)
     print(json.dumps(vm, indent=2) if args.json else vm_details(vm))
     return 0
 
@@ -254,12 +193,11 @@ CONTROLS: dict[str, tuple[str, str]] = {
 def _control_handler(verb: str) -> Handler:
     method, done = CONTROLS[verb]
 
-    @_reports_errors
     def run(args: argparse.Namespace) -> int:
-        with _client(args) as client:
-            ok = bool(getattr(client, method)(args.id))
+        with client(args) as api:
+            ok = bool(getattr(api, method)(args.id))
         if not ok:
-            raise SnoozeClientError(REFUSED, f"the cluster refused to {verb} {args.id}")
+            raise CliError(f"the cluster refused to {verb} {args.id}", REFUSED)
         print(f"{done} {args.id}")
         return 0
 
@@ -267,12 +205,11 @@ def _control_handler(verb: str) -> Handler:
     return run
 
 
-@_reports_errors
 def cmd_migrate(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        ok = client.migrate_virtual_machine(args.id, args.to)
+    with client(args) as api:
+        ok = api.migrate_virtual_machine(args.id, args.to)
     if not ok:
-        raise SnoozeClientError(REFUSED, f"the cluster refused to migrate {args.id} to {args.to}")
+        raise CliError(f"the cluster refused to migrate {args.id} to {args.to}", REFUSED)
     print(f"migrated {args.id} to {args.to}")
     return 0
 
@@ -308,24 +245,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
     s.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
     s.add_argument("--json", action="store_true", help="print the virtual cluster response as JSON")
-    s.set_defaults(func=cmd_submit)
+    s.set_defaults(func=reports_errors(cmd_submit))
 
     v = verb("vms", "list virtual machines")
     v.add_argument("--json", action="store_true", help="print the answer as JSON")
-    v.set_defaults(func=cmd_vms)
+    v.set_defaults(func=reports_errors(cmd_vms))
 
     one = verb("vm", "show one virtual machine: status, location, address, usage")
     one.add_argument("id", metavar="ID")
     one.add_argument("--json", action="store_true", help="print the answer as JSON")
-    one.set_defaults(func=cmd_vm)
+    one.set_defaults(func=reports_errors(cmd_vm))
 
     for name in CONTROLS:
         c = verb(name, f"{name} a virtual machine")
         c.add_argument("id", metavar="ID")
-        c.set_defaults(func=_control_handler(name))
+        c.set_defaults(func=reports_errors(_control_handler(name)))
 
     m = verb("migrate", "live-migrate a virtual machine to another local controller")
     m.add_argument("id", metavar="ID")
     m.add_argument("--to", required=True, metavar="LC_ID",
                    help="destination local controller id (`snooze hosts` lists them; not the one the VM is on)")
-    m.set_defaults(func=cmd_migrate)
+    m.set_defaults(func=reports_errors(cmd_migrate))

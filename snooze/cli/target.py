@@ -10,8 +10,10 @@ In order, the first that is given wins:
    the command then says on stderr which cluster it guessed.
 
 Nothing else: there is no silent default address, which once showed another user's cluster.
-A local cluster that is named or guessed but no longer runs is an error that says so, rather
-than a connection refused further on.
+A local cluster that is named or guessed but no longer runs is an error that says so
+(``NO_CLUSTER``), rather than a connection refused further on. ``snooze cluster up`` and
+``cluster down`` choose their state dir by the same rule (``new_cluster_state_dir``,
+``resolve_state_dir``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from snooze.client.errors import SnoozeClientError
+from snooze.cli.errors import CliError
+from snooze.client.sync import SyncSnoozeClient
 from snooze.procs import running
 
 __all__ = [
@@ -31,6 +35,8 @@ __all__ = [
     "NO_CLUSTER",
     "Target",
     "add_target_options",
+    "bootstrap_url",
+    "client",
     "last_cluster_file",
     "new_cluster_state_dir",
     "record_last_cluster",
@@ -128,7 +134,7 @@ def resolve_state_dir(state_dir: str | os.PathLike[str] | None,
     last = _last_started(env)
     if last is not None:
         return last, "last started"
-    raise SnoozeClientError(NO_CLUSTER, f"no cluster to talk to: {_HOW_TO_CHOOSE}")
+    raise CliError(f"no cluster to talk to: {_HOW_TO_CHOOSE}", NO_CLUSTER)
 
 
 def _local_url(state_dir: Path, source: str) -> str:
@@ -142,12 +148,12 @@ def _local_url(state_dir: Path, source: str) -> str:
         data = json.loads(manifest.read_text())
         url = str(data["bootstrapUrl"])
     except FileNotFoundError:
-        raise SnoozeClientError(NO_CLUSTER, f"{what} is not running (no cluster.json there); {hint}") from None
+        raise CliError(f"{what} is not running (no cluster.json there); {hint}", NO_CLUSTER) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SnoozeClientError(NO_CLUSTER, f"cannot read {manifest}: {exc}") from exc
+        raise CliError(f"cannot read {manifest}: {exc}", NO_CLUSTER) from exc
     bootstrap = next((p for p in data.get("processes", []) if isinstance(p, dict) and p.get("role") == "bootstrap"), None)
     if bootstrap is not None and not running(bootstrap.get("pid"), str(bootstrap.get("config", ""))):
-        raise SnoozeClientError(NO_CLUSTER, f"{what} is not running (its bootstrap is gone); {hint}")
+        raise CliError(f"{what} is not running (its bootstrap is gone); {hint}", NO_CLUSTER)
     return url.rstrip("/")
 
 
@@ -164,3 +170,19 @@ def resolve(url: str | None = None, state_dir: str | os.PathLike[str] | None = N
         return Target(env["SNOOZE_URL"].rstrip("/"), None, "SNOOZE_URL")
     path, source = resolve_state_dir(None, env)
     return Target(_local_url(path, source), path, source)
+
+
+def bootstrap_url(args: argparse.Namespace) -> str:
+    """The bootstrap that the command's arguments choose, by this module's rule; says so on stderr
+    if it was guessed."""
+    # ``bootstrap``: the attribute of parsers built before --url (which still accepts --bootstrap).
+    url = getattr(args, "url", None) or getattr(args, "bootstrap", None)
+    target = resolve(url, getattr(args, "state_dir", None))
+    if target.guessed:
+        print(f"snooze: {target.describe()}", file=sys.stderr, flush=True)
+    return target.url
+
+
+def client(args: argparse.Namespace) -> SyncSnoozeClient:
+    """A client of the bootstrap that the command's arguments choose."""
+    return SyncSnoozeClient(bootstrap_url(args), timeout=getattr(args, "http_timeout", 30.0))

@@ -1,8 +1,9 @@
-"""``snooze``: the command line — run a local cluster and look at a running one.
+"""``snooze cluster up`` and ``snooze cluster down``: run a complete local cluster, and stop it.
 
-Errors are one clear line on stderr and a non-zero exit code. Which cluster a command talks to
-is decided in one place, ``snooze.client.target`` (``--url``, ``--state-dir`` before or after
-the subcommand, ``SNOOZE_URL``, ``SNOOZE_STATE_DIR``, else the cluster this user started last).
+The cluster itself is development tooling (``snooze.dev.localcluster``), imported only when
+one of these two commands runs: the rest of the ``snooze`` command, like all runtime code,
+never loads ``snooze.dev`` (an import-linter contract names this module as the one exception).
+The state dir is chosen by the command's one rule (``snooze.cli.target``).
 
 ``snooze cluster up`` in the foreground (what ``./scripts/run`` runs) stops everything it
 started on SIGINT, SIGTERM and SIGHUP, whatever became of its output: in
@@ -16,66 +17,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import signal
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from snooze.client.cli import HelpFormatter
-from snooze.client.cli import bootstrap_url as _bootstrap
-from snooze.client.cli import register as register_client_commands
-from snooze.client.errors import SnoozeClientError
-from snooze.client.target import (
+from snooze.cli.errors import CliError, reports_errors
+from snooze.cli.hierarchy import format_hierarchy
+from snooze.cli.output import HelpFormatter
+from snooze.cli.target import (
     DEFAULT_STATE_DIR,
-    add_target_options,
+    NO_CLUSTER,
     new_cluster_state_dir,
     record_last_cluster,
     resolve_state_dir,
 )
-from snooze.dev.localcluster import (
-    ClusterError,
-    ClusterOptions,
-    Interrupted,
-    LocalCluster,
-    stop_manifest,
-)
+
+if TYPE_CHECKING:
+    from snooze.dev.localcluster import ClusterOptions
+
+__all__ = ["StopRequest", "SurvivingOutput", "register"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class CliError(Exception):
-    pass
-
-
-def _gib(kib: float) -> str:
-    return f"{kib / 1024 / 1024:.1f} GiB"
-
-
-def format_hierarchy(h: dict[str, Any]) -> str:
-    gl = h.get("groupLeaderDescription") or {}
-    addr = gl.get("listenSettings", {}).get("controlDataAddress", {})
-    lines = [f"group leader {gl.get('id')}  {addr.get('address')}:{addr.get('port')}  epoch {gl.get('epoch')}"]
-    gms = h.get("groupManagerDescriptions", [])
-    for i, gm in enumerate(gms):
-        last_gm = i == len(gms) - 1
-        a = gm.get("listenSettings", {}).get("controlDataAddress", {})
-        lcs = gm.get("localControllers", [])
-        lines.append(f"{'└─' if last_gm else '├─'} group manager {gm.get('id')}  {a.get('address')}:{a.get('port')}  {len(lcs)} local controllers")
-        for j, lc in enumerate(lcs):
-            c = lc.get("controlDataAddress", {})
-            cap = lc.get("totalCapacity", [0, 0, 0, 0])
-            vms = lc.get("assignedVirtualMachines", [])
-            lines.append(
-                f"{'   ' if last_gm else '│  '}{'└─' if j == len(lcs) - 1 else '├─'} {lc.get('id')}  {c.get('address')}:{c.get('port')}"
-                f"  {lc.get('status')}  {cap[0]:g} vcpus  {_gib(cap[1])}  {len(vms)} VMs"
-            )
-    return "\n".join(lines)
-
-
 def _options(args: argparse.Namespace) -> ClusterOptions:
-    return ClusterOptions(
+    from snooze.dev import localcluster
+
+    return localcluster.ClusterOptions(
         gms=args.gms, lcs=args.lcs, base_port=args.base_port, zk_port=args.zk_port,
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         session_timeout=args.session_timeout, monitoring_interval=args.monitoring_interval,
@@ -174,9 +144,20 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 
 def _cluster_up(args: argparse.Namespace, stop: StopRequest) -> int:
+    from snooze.dev import localcluster
+
+    try:
+        return _run_cluster(args, stop)
+    except localcluster.ClusterError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
+    from snooze.dev import localcluster
+
     if args.lcs < 0 or args.gms < 1 or (args.lcs and args.gms < 2):
         raise CliError("need --gms >= 2 when there are local controllers: one group manager becomes the leader, which manages none")
-    cluster = LocalCluster(new_cluster_state_dir(getattr(args, "state_dir", None)), _options(args))
+    cluster = localcluster.LocalCluster(new_cluster_state_dir(getattr(args, "state_dir", None)), _options(args))
     # Stale record, ports: all checked before anything starts (and before saying it starts).
     if cluster.prepare():
         say(f"cleaned up a stale cluster record in {cluster.state_dir} (its processes were gone)")
@@ -206,7 +187,7 @@ def _cluster_up(args: argparse.Namespace, stop: StopRequest) -> int:
         say("running; Ctrl-C stops everything")
         while not stop():
             time.sleep(0.2)
-    except Interrupted:
+    except localcluster.Interrupted:
         pass  # up() has already stopped what it had started
     finally:
         if not detached:
@@ -219,74 +200,30 @@ def _cluster_up(args: argparse.Namespace, stop: StopRequest) -> int:
 
 
 def run_demo(bootstrap_url: str, stop: StopRequest | None = None) -> None:
-    from snooze.dev.demo import submit_demo
+    from snooze.dev import demo
 
     try:
-        submit_demo(bootstrap_url, stop=stop)
+        demo.submit_demo(bootstrap_url, stop=stop)
     except (OSError, ValueError, KeyError) as exc:
         print(f"demo virtual cluster failed: {exc}", file=sys.stderr)
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:
+    from snooze.dev import localcluster
+
     state, source = resolve_state_dir(getattr(args, "state_dir", None))
     if source == "last started":
         print(f"snooze: stopping the cluster in {state}, the one you started last", file=sys.stderr)
     if not (state / "cluster.json").exists():
-        raise CliError(f"no cluster running from {state} (no cluster.json there)")
-    n = stop_manifest(state)
+        raise CliError(f"no cluster running from {state} (no cluster.json there)", NO_CLUSTER)
+    n = localcluster.stop_manifest(state)
     print(f"stopped {n} processes")
     return 0
 
 
-def _get(url: str) -> Any:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.loads(exc.read()).get("error", {})
-            raise CliError(f"{err.get('code')}: {err.get('message')}") from exc
-        except ValueError:
-            raise CliError(f"HTTP {exc.code} from {url}") from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise CliError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from exc
-
-
-def cmd_hierarchy(args: argparse.Namespace) -> int:
-    h = _get(_bootstrap(args) + "/bootstrap?getCompleteHierarchy")
-    print(json.dumps(h, indent=2) if args.json else format_hierarchy(h))
-    return 0
-
-
-def cmd_hosts(args: argparse.Namespace) -> int:
-    data = _get(_bootstrap(args) + "/bootstrap?getLocalControllerList")
-    lcs = data.get("localControllers", [])
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    rows: list[tuple[str, ...]] = [("ID", "ADDRESS", "STATUS", "VCPUS", "MEMORY", "VMS", "GROUP MANAGER")]
-    for lc in lcs:
-        a = lc["controlDataAddress"]
-        rows.append((lc["id"], f"{a['address']}:{a['port']}", lc["status"], f"{lc['totalCapacity'][0]:g}",
-                     _gib(lc["totalCapacity"][1]), str(len(lc.get("assignedVirtualMachines", []))), str(lc.get("groupManagerId"))))
-    print(table(rows))
-    return 0
-
-
-def table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snooze", description="Snooze: a self-organising, energy-aware VM cluster manager.")
-    add_target_options(p, top_level=True)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("cluster", help="run a complete local cluster").add_subparsers(dest="action", required=True)
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``cluster up`` and ``cluster down`` to the ``snooze`` command's subparsers."""
+    c = subparsers.add_parser("cluster", help="run a complete local cluster").add_subparsers(dest="action", required=True)
     up = c.add_parser("up", formatter_class=HelpFormatter,
                       help="start ZooKeeper, bootstrap, group managers and local controllers",
                       description="Start a complete local cluster (ZooKeeper, a bootstrap, group managers, local "
@@ -323,37 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --energy: hosts per group manager always kept on")
     up.add_argument("--no-demo", dest="demo", action="store_false",
                     help="do not submit the demo virtual cluster of 3 VMs (default: submit it)")
-    up.set_defaults(func=cmd_cluster_up)
+    up.set_defaults(func=reports_errors(cmd_cluster_up))
     down = c.add_parser("down", help="stop every process of a local cluster")
     down.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
                       help="the cluster's state dir (default: $SNOOZE_STATE_DIR, else the cluster you started last)")
-    down.set_defaults(func=cmd_cluster_down)
-
-    h = sub.add_parser("hierarchy", help="show the group leader, group managers and local controllers")
-    add_target_options(h, top_level=False)
-    h.add_argument("--json", action="store_true", help="print the answer as JSON")
-    h.set_defaults(func=cmd_hierarchy)
-    hosts = sub.add_parser("hosts", help="list local controllers")
-    add_target_options(hosts, top_level=False)
-    hosts.add_argument("--json", action="store_true", help="print the answer as JSON")
-    hosts.set_defaults(func=cmd_hosts)
-    register_client_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (CliError, ClusterError) as exc:
-        print(f"snooze: {exc}", file=sys.stderr)
-        return 1
-    except SnoozeClientError as exc:
-        print(f"snooze: {exc.code}: {exc.message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    down.set_defaults(func=reports_errors(cmd_cluster_down))

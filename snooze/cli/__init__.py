@@ -1,0 +1,44 @@
+"""``snooze``: the command line — look at a running cluster, drive its virtual machines, run a local one.
+
+One module per group of verbs, each adding its own to the parser with ``register(subparsers)``:
+
+- ``snooze.cli.hierarchy`` — ``hierarchy``, ``hosts``;
+- ``snooze.cli.vms`` — ``submit``, ``vms``, ``vm``, ``suspend`` … ``destroy``, ``migrate``;
+- ``snooze.cli.cluster`` — ``cluster up`` / ``cluster down``, a local cluster for development
+  (the only part that loads ``snooze.dev``, and only when it runs).
+
+and what they share: which cluster a verb talks to, decided in one place for all of them
+(``snooze.cli.target``: ``--url``, ``--state-dir`` before or after the verb, ``SNOOZE_URL``,
+``SNOOZE_STATE_DIR``, else the cluster this user started last); one error type, reported in one
+place (``snooze.cli.errors``: one line on stderr, ``snooze: CODE: message``, exit code 1); one
+way to print tables and sizes (``snooze.cli.output``). The verbs on the cluster talk to it
+through ``snooze.client``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from snooze.cli import cluster, hierarchy, vms
+from snooze.cli.target import add_target_options
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="snooze", description="Snooze: a self-organising, energy-aware VM cluster manager.")
+    add_target_options(p, top_level=True)
+    sub = p.add_subparsers(dest="command", required=True)
+    cluster.register(sub)
+    hierarchy.register(sub)
+    vms.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``snooze`` command; returns its exit code (every verb reports its own failures)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
