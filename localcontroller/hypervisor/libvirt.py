@@ -1,8 +1,11 @@
-"""The one module that talks to libvirt: a connection per host, driven off the event loop.
+"""The local controller's hypervisor: one libvirt connection per host, driven off the event loop.
 
-All libvirt calls run on a single worker thread (one connection, calls serialised), so the
-asyncio loop never blocks on the hypervisor, and every ``libvirtError`` becomes one of
-``localcontroller.hypervisor.errors``. With the test driver (``test:///PATH/host.xml``) each
+One of the two modules that call libvirt; the other is ``localcontroller.hypervisor.migration``,
+the live-migration step (with its own connection to the destination), which ``migrate`` runs
+on a thread of its own so that a long migration does not hold up the rest. Every other libvirt
+call runs on this module's single worker thread (one connection, calls serialised), so the
+asyncio loop never blocks on the hypervisor; in both modules every ``libvirtError`` becomes
+one of ``localcontroller.hypervisor.errors``. With the test driver (``test:///PATH/host.xml``) each
 ``open()`` starts from fresh state, so the connection is kept for the life of the process.
 """
 
