@@ -1,7 +1,9 @@
 """Capacity arithmetic shared by every policy: headroom under MID, load, norms, thresholds.
 
 A resource whose total is 0 (typically rx/tx that a host does not report) is treated as
-unconstrained: it never makes a host infeasible and never counts towards its load.
+unconstrained: it never makes a host infeasible and never counts towards its load. Whether a
+demand fits is the one rule of ``snooze.capacity`` (its epsilon too), which the group manager's
+applier and the local controller's re-check use as well.
 """
 
 from __future__ import annotations
@@ -9,26 +11,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from snooze import capacity as rule
+from snooze.capacity import EPSILON, INF, fits
+
 from .types import HostView, Thresholds, Vector
 
-INF = math.inf
-
-#: Relative slack on capacity so that a VM that fills a host exactly to MID is not lost to
-#: floating-point rounding; 1e-9 of a host is far below anything a hypervisor can allocate.
-EPSILON = 1e-9
+__all__ = [
+    "EPSILON", "INF", "NORMS", "add", "euclid", "fits", "headroom", "is_overloaded", "is_underloaded", "l1",
+    "load", "max_norm", "norm_function", "reference_capacity", "sub", "utilisation",
+]
 
 
 def headroom(host: HostView, thresholds: Thresholds) -> list[float]:
     """What may still be added per resource: ``MID * total - used - reserved`` (inf if total 0)."""
-    out: list[float] = []
-    for total, used, reserved, mid in zip(
-        host.total, host.used, host.reserved, thresholds.mid, strict=True
-    ):
-        if total <= 0:
-            out.append(INF)
-        else:
-            out.append(mid * total - used - reserved + EPSILON * total)
-    return out
+    return rule.headroom(host.total, host.used, host.reserved, thresholds.mid)
 
 
 def utilisation(host: HostView) -> list[float]:
@@ -107,7 +103,3 @@ def add(a: Sequence[float], b: Sequence[float]) -> Vector:
 
 def sub(a: Sequence[float], b: Sequence[float]) -> Vector:
     return (a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3])
-
-
-def fits(demand: Sequence[float], room: Sequence[float]) -> bool:
-    return all(d <= r for d, r in zip(demand, room, strict=True))

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from snooze.capacity import RESOURCES
+
 Vector = tuple[float, float, float, float]
 
 ZERO: Vector = (0.0, 0.0, 0.0, 0.0)
 
-#: Names of the four resources, in vector order; used in messages and in JSON.
-RESOURCES: tuple[str, str, str, str] = ("cpu", "memory", "rx", "tx")
+__all__ = [
+    "DEFAULT_THRESHOLDS", "RESOURCES", "ZERO", "HostView", "Migration", "Placement", "Plan", "PowerState",
+    "Rejection", "Thresholds", "UnknownPolicyError", "VMRequest", "VMView", "Vector",
+]
 
 
 class PowerState(str, Enum):
@@ -152,7 +156,7 @@ class Thresholds:
 
     @classmethod
     def uniform(cls, minimum: float = 0.2, mid: float = 0.9, maximum: float = 1.0) -> Thresholds:
-        return cls((minimum,) * 4, (mid,) * 4, (maximum,) * 4)  # type: ignore[arg-type]
+        return cls((minimum,) * 4, (mid,) * 4, (maximum,) * 4)
 
 
 DEFAULT_THRESHOLDS = Thresholds()
