@@ -44,7 +44,7 @@ class GroupManager(Service):
         self.manager_role: ManagerRole | None = None
         self.election: LeaderElection | None = None
         self.advertiser: Advertiser | None = None
-        self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
+        self.scope.heartbeat_on("gl.heartbeat", self._on_gl_heartbeat)
         self.routes.add("groupmanager", "getGroupManagerDescription", self._http_describe, ("GET",))
         self.routes.add("groupmanager", "startVirtualCluster", self._http_start_vc, ("POST",))
         self.routes.add("groupmanager", "getVirtualClusterResponse", self._http_vc_response, ("POST",))
@@ -93,7 +93,7 @@ class GroupManager(Service):
     # -- role switching ------------------------------------------------------------------
     async def _become_manager(self) -> None:
         assert self.coord is not None
-        self.manager_role = ManagerRole(self)
+        self.manager_role = ManagerRole(self.scope.child("manager"), self)
         await self.manager_role.start()
         self.keep_registered("groupmanagers", lambda: self.description().to_json())
 
@@ -104,7 +104,7 @@ class GroupManager(Service):
         if role is not None:
             self.cancel("register")
             await self.coord.unregister(self.coord.path("groupmanagers", self.id))
-        self.leader_role = LeaderRole(self, epoch)
+        self.leader_role = LeaderRole(self.scope.child("leader"), self, epoch)
         await self.leader_role.start()
         await self.coord.register(self.coord.path("leader"), self.leader_description(epoch).to_json())
         log.info("now group leader (epoch %d)", epoch)

@@ -25,6 +25,7 @@ from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.hypervisor.libvirt import DomainInfo
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import PowerActionError, PowerSaver
+from snooze import capacity
 from snooze import config as cfg
 from snooze.domainxml import DomainPolicy
 from snooze.heartbeat import FailureDetector
@@ -61,6 +62,14 @@ def _target(body: dict[str, Any]) -> tuple[str, str | None]:
     return vm_id, uuid
 
 
+def _demand(value: Any) -> Capacity:
+    """A start order's requested ``[cpu, memory, rx, tx]`` (its group manager checked it; a
+    missing or short one counts as 0 where it says nothing)."""
+    v = [float(x) for x in (value if isinstance(value, (list, tuple)) else ())][:4]
+    v += [0.0] * (4 - len(v))
+    return (v[0], v[1], v[2], v[3])
+
+
 def _check_uuid(domain: DomainInfo, uuid: str | None, host: str) -> None:
     if uuid is not None and domain.uuid != uuid:
         raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
@@ -83,21 +92,26 @@ class LocalController(Service):
         self._rejoin = asyncio.Event()
         self._excluded: deque[str] = deque(maxlen=4)
         self.monitor: HostMonitor | None = None
-        self.heartbeat.on("gm.heartbeat", self._on_gm_heartbeat)
-        self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
-        self.internal.on("lc.rejoin", self._on_rejoin_order, order=True)
-        self.internal.on("lc.describe", self._on_describe)
-        self.internal.on("lc.startVirtualMachines", self._on_start_vms, order=True)
-        self.internal.on("lc.vmAction", self._on_vm_action, order=True)
-        self.internal.on("lc.migrate", self._on_migrate, order=True)
-        self.internal.on("lc.receiveDomain", self._on_receive_domain, order=True)
-        self.internal.on("lc.powerSave", self._on_power_save, order=True)
+        # The process is the role: its handlers live in the process scope.
+        scope = self.scope
+        scope.heartbeat_on("gm.heartbeat", self._on_gm_heartbeat)
+        scope.heartbeat_on("gl.heartbeat", self._on_gl_heartbeat)
+        scope.on("lc.rejoin", self._on_rejoin_order, order=True)
+        scope.on("lc.describe", self._on_describe)
+        scope.on("lc.startVirtualMachines", self._on_start_vms, order=True)
+        scope.on("lc.vmAction", self._on_vm_action, order=True)
+        scope.on("lc.migrate", self._on_migrate, order=True)
+        scope.on("lc.receiveDomain", self._on_receive_domain, order=True)
+        scope.on("lc.powerSave", self._on_power_save, order=True)
         self.power = PowerSaver(
             commands=settings.localcontroller.power_commands or None,
             test_mode=settings.localcontroller.power_test_mode,
             on_test_action=lambda _state: self.request_stop(),
         )
         self._starting: dict[str, Capacity] = {}
+        # What the VMs started here requested, by domain name: libvirt knows a domain's vcpus and
+        # memory, not the network capacity it was admitted with.
+        self._requested: dict[str, Capacity] = {}
         self.routes.add("localcontroller", "getLocalControllerDescription", self._http_describe, ("GET",))
 
     def description(self) -> LocalControllerDescription:
@@ -239,23 +253,33 @@ class LocalController(Service):
 
     # -- virtual machines ----------------------------------------------------------------
     async def _used(self) -> Capacity:
-        """Capacity taken by the domains that run here and those being started."""
+        """Capacity taken by the domains that run here and those being started: cpu and memory
+        as libvirt reports them, network as the VMs started here requested it."""
         used = [0.0, 0.0, 0.0, 0.0]
+        running = set()
         for d in await self.hypervisor.domains():
             if d.state in ("RUNNING", "PAUSED"):
+                running.add(d.name)
                 used[0] += d.vcpus
                 used[1] += d.memory_kib
+                asked = self._requested.get(d.name)
+                if asked is not None:
+                    used[2] += asked[2]
+                    used[3] += asked[3]
+        for name in set(self._requested) - running - set(self._starting):
+            del self._requested[name]  # gone (destroyed, migrated away): no longer counted
         for c in self._starting.values():
             for i in range(4):
                 used[i] += c[i]
         return (used[0], used[1], used[2], used[3])
 
-    async def _check_room(self, vcpus: float, memory_kib: float) -> None:
-        """The local re-check before any domain starts here: NotEnoughCapacity if it does not fit."""
-        used = await self._used()
-        for i, (name, want) in enumerate((("cpu", vcpus), ("memory", memory_kib))):
-            if used[i] + want > self.total[i] + 1e-9:
-                raise NotEnoughCapacity(f"{name}: {want:g} requested, {self.total[i] - used[i]:g} free on {self.id}")
+    async def _check_room(self, demand: Capacity) -> None:
+        """The local re-check before any domain starts here, over all four resources and up to
+        the host's total (``snooze.capacity``, the rule placement uses): NotEnoughCapacity if it
+        does not fit."""
+        why = capacity.refusal(demand, capacity.headroom(self.total, await self._used()), self.id)
+        if why is not None:
+            raise NotEnoughCapacity(why)
 
     async def _on_start_vms(self, env: Envelope) -> Any:
         """Start a batch of VMs; each is re-checked against this host's free capacity first."""
@@ -276,15 +300,19 @@ class LocalController(Service):
                 # Already started (a retried order after a failover): never start twice.
                 return {"id": vm_id, "status": existing[vm_id].state, "uuid": existing[vm_id].uuid,
                         "xml": await self.hypervisor.xml(vm_id), "adaptations": []}
-            requested = tuple(float(x) for x in vm.get("requested", (0, 0, 0, 0)))
-            await self._check_room(requested[0], requested[1])
-            self._starting[vm_id] = (requested[0], requested[1], requested[2], requested[3])
+            try:
+                requested = _demand(vm.get("requested"))
+            except (TypeError, ValueError) as exc:
+                return {"id": vm_id, "status": "ERROR", "errorCode": "BAD_SPECIFICATION", "message": f"requested: {exc}"}
+            await self._check_room(requested)
+            self._starting[vm_id] = requested
             try:
                 xml, changes = adapt_domain_xml(
                     str(vm.get("xml", "")), name=vm_id, mac=vm.get("mac"), test_driver=self.hypervisor.is_test_driver,
                     image_id=vm.get("imageId"), policy=self.hypervisor.policy,
                 )
                 info = await self.hypervisor.start(xml)
+                self._requested[vm_id] = requested
             finally:
                 self._starting.pop(vm_id, None)
         except HypervisorError as exc:
@@ -385,19 +413,20 @@ class LocalController(Service):
             # Defining over it would replace that domain, and a failed start would undefine it.
             return {"ok": False, "errorCode": "MIGRATION_FAILED", "message": f"a domain named {vm_id} already exists on {self.id}"}
         try:
-            await self._check_room(*self._xml_capacity(xml))
+            await self._check_room(self._xml_capacity(xml))
             await self.hypervisor.start(xml)
         except HypervisorError as exc:
             return {"ok": False, "errorCode": exc.code, "message": str(exc)}
         return {"ok": True}
 
     @staticmethod
-    def _xml_capacity(xml: str) -> tuple[float, float]:
+    def _xml_capacity(xml: str) -> Capacity:
+        """A received domain's size (its network demand is not in its XML: 0)."""
         try:
             root = ET.fromstring(xml.encode())
-            return float(root.findtext("vcpu") or 1), float(root.findtext("memory") or 0)
+            return float(root.findtext("vcpu") or 1), float(root.findtext("memory") or 0), 0.0, 0.0
         except (ET.ParseError, ValueError):
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0
 
     async def _on_power_save(self, env: Envelope) -> Any:
         """Put this host into a power-saving state on its group manager's order."""

@@ -1,9 +1,12 @@
 """What every Snooze process is made of: HTTP server, heartbeat endpoint, ZooKeeper session,
 internal RPC, and a supervisor of named, guarded background tasks.
 
-Each long-lived task is named; a crash in one is logged at once and stops the process (one
-orchestrator decides when the process ends, as kopf does). Periodic loops catch and log their
-own temporary errors per iteration, so only real bugs end a process.
+The process's own tasks (``spawn``: the ZooKeeper supervisor, the election, join loops) are
+*critical*: a crash in one is logged at once and stops the process (one orchestrator decides
+when the process ends, as kopf does). Each role the process runs works through a child of the
+process scope (``snooze.scope``), whose tasks are not critical: a failed request or a bad
+record fails that request, never the process. Periodic loops catch and log their own
+temporary errors per iteration. ``stop`` gives every task a bounded grace.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import HttpLimits, InternalEndpoint, VerbRouter, new_app, start_server
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient
+from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,12 @@ class Service:
         )
         self.coord: Coordinator | None = None
         self.rpc = RpcClient(self.key, self.id)
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        #: Everything this process registered and started; each role gets a child of it.
+        self.scope = Scope(
+            self.role, node_id=self.id, address=self.address, settings=settings, rpc=self.rpc,
+            internal=self.internal, heartbeat=self.heartbeat, coordinator=lambda: self.coord,
+            epoch=lambda: self.known_epoch, on_critical=self._critical_failed,
+        )
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.exit_code = 0
@@ -68,45 +77,21 @@ class Service:
         return True
 
     # -- tasks ---------------------------------------------------------------------------
-    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        old = self._tasks.get(name)
-        if old is not None and not old.done():
-            old.cancel()
-        task = asyncio.create_task(coro, name=name)
-        self._tasks[name] = task
-        task.add_done_callback(self._task_done)
-        return task
+    def spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+        """Run a critical task of the process: if it crashes, the process stops."""
+        return self.scope.spawn(name, coro, critical=True)
 
     def cancel(self, name: str) -> None:
-        task = self._tasks.pop(name, None)
-        if task is not None:
-            task.cancel()
+        self.scope.cancel(name)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if self._tasks.get(task.get_name()) is task:
-            del self._tasks[task.get_name()]
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("task %s crashed; stopping", task.get_name(), exc_info=exc)
-            self.exit_code = 1
-            self._stop.set()
+    def _critical_failed(self, name: str, exc: BaseException) -> None:
+        log.error("task %s crashed; stopping", name, exc_info=exc)
+        self.exit_code = 1
+        self._stop.set()
 
     def every(self, name: str, interval: Callable[[], float], fn: Callable[[], Awaitable[None]]) -> None:
         """Run ``fn`` periodically; its errors are logged and the loop goes on."""
-
-        async def loop() -> None:
-            while True:
-                try:
-                    await fn()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("periodic task %s failed; will retry", name)
-                await asyncio.sleep(interval())
-
-        self.spawn(name, loop())
+        self.scope.every(name, interval, fn)
 
     def keep_registered(self, folder: str, value: Callable[[], Any]) -> None:
         """(Re)write this process's ephemeral znode ``folder/<id>``, retrying until ZooKeeper
@@ -150,10 +135,9 @@ class Service:
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.on_stop(), 5)
-        for task in list(self._tasks.values()):
-            task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.wait_for(self.on_stop(), 2 * self.scope.grace)
+        # Every task and role scope left, with a bounded grace: a hung task cannot hang the stop.
+        await self.scope.close()
         if self.coord is not None:
             await self.coord.stop()
         self.heartbeat.close()
@@ -188,6 +172,7 @@ class Service:
             "heartbeatsDropped": dict(self.heartbeat.dropped),
             "heartbeatsReceived": dict(self.heartbeat.received),
             "internalRejected": dict(self.internal.rejected),
+            "taskFailures": self.scope.failures,
             "zookeeper": self.coord.state.value if self.coord else None,
         }
 

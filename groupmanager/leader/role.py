@@ -11,92 +11,96 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from groupmanager.leader.assignment import choose_group_manager
+from groupmanager.leader.members import GroupManagerRecord, GroupManagers
 from groupmanager.leader.submissions import Submissions, sweep_interval
 from snooze.coordination import CoordinationError
-from snooze.coordination.store import Store
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
+from snooze.scope import Scope
 
-if TYPE_CHECKING:
-    from groupmanager.service import GroupManager
+__all__ = ["GroupManagerRecord", "LeaderNode", "LeaderRole"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class GroupManagerRecord:
-    description: GroupManagerDescription
-    summary: dict[str, Any] = field(default_factory=dict)
-    last_seen: float = field(default_factory=time.monotonic)
-    assigned_since_summary: int = 0
+class LeaderNode(Protocol):
+    """What the leader role needs of its group manager process besides its scope."""
+
+    def leader_description(self, epoch: int) -> GroupManagerDescription: ...
 
 
 class LeaderRole:
-    def __init__(self, gm: GroupManager, epoch: int) -> None:
-        self.gm = gm
+    """Wiring: ``start()`` registers everything through ``scope`` (a child of the process
+    scope); ``stop()`` closes that scope, so none of its ``gl.*``/``gm.join``/``lc.assign``
+    handlers answers afterwards."""
+
+    def __init__(self, scope: Scope, node: LeaderNode, epoch: int) -> None:
+        self.scope = scope
+        self.node = node
         self.epoch = epoch
-        self.gms: dict[str, GroupManagerRecord] = {}
+        self.members = GroupManagers(scope.settings.heartbeat.timeout)
+        self.gms = self.members.records
         self.peers: dict[str, NetworkAddress] = {}  # LCs and bootstraps to heartbeat
-        self.running = False
         self._rr = 0
         self.submissions: Submissions | None = None
         self.started_at = time.monotonic()
 
+    @property
+    def running(self) -> bool:
+        return not self.scope.closed
+
+    @property
+    def id(self) -> str:
+        return self.scope.id
+
     async def start(self) -> None:
-        self.running = True
-        gm = self.gm
-        assert gm.coord is not None
-        gm.internal.on("gm.join", self._on_gm_join)
-        gm.internal.on("gm.summary", self._on_summary)
-        gm.internal.on("lc.assign", self._on_assign)
-        gm.internal.on("gl.hierarchy", self._on_hierarchy)
-        gm.heartbeat.on("gm.heartbeat", self._on_gm_heartbeat)
-        self.submissions = Submissions(self)
-        gm.internal.on("gl.startVirtualCluster", self._on_start_vc)
-        gm.internal.on("gl.virtualClusterResponse", self._on_vc_response)
-        gm.spawn("leader.resume", self.submissions.resume())
+        scope = self.scope
+        coord = scope.coord
+        assert coord is not None
+        scope.on("gm.join", self._on_gm_join)
+        scope.on("gm.summary", self._on_summary)
+        scope.on("lc.assign", self._on_assign)
+        scope.on("gl.hierarchy", self._on_hierarchy)
+        scope.heartbeat_on("gm.heartbeat", self._on_gm_heartbeat)
+        self.submissions = Submissions(scope, self.members, self.epoch)
+        scope.on("gl.startVirtualCluster", self._on_start_vc)
+        scope.on("gl.virtualClusterResponse", self._on_vc_response)
+        scope.spawn("leader.resume", self.submissions.resume())
         retention = self.submissions.retention
-        gm.every("leader.sweep", lambda: sweep_interval(retention), self.submissions.sweep)
-        await gm.coord.watch_children(gm.coord.path("groupmanagers"), self._on_gm_children)
-        hb = gm.settings.heartbeat
-        gm.every("leader.heartbeat", lambda: hb.interval, self._heartbeat)
-        gm.every("leader.peers", lambda: max(hb.interval, 1.0), self._refresh_peers)
+        scope.every("leader.sweep", lambda: sweep_interval(retention), self.submissions.sweep)
+        await coord.watch_children(coord.path("groupmanagers"), self._on_gm_children)
+        hb = scope.settings.heartbeat
+        scope.every("leader.heartbeat", lambda: hb.interval, self._heartbeat)
+        scope.every("leader.peers", lambda: max(hb.interval, 1.0), self._refresh_peers)
 
     async def stop(self) -> None:
-        self.running = False
-        for name in ("leader.heartbeat", "leader.peers", "leader.refresh", "leader.resume", "leader.sweep"):
-            self.gm.cancel(name)
-        for kind in ("gm.join", "gm.summary", "lc.assign", "gl.hierarchy", "gl.startVirtualCluster", "gl.virtualClusterResponse"):
-            self.gm.internal.handlers.pop(kind, None)
-        self.gm.heartbeat.handlers.pop("gm.heartbeat", None)
+        await self.scope.close()
 
     def alive_gms(self) -> list[GroupManagerRecord]:
-        limit = self.gm.settings.heartbeat.timeout
-        now = time.monotonic()
-        return [r for r in self.gms.values() if now - r.last_seen <= limit]
+        return self.members.alive()
 
     # -- membership ----------------------------------------------------------------------
     def _on_gm_children(self, names: list[str]) -> None:
-        if self.running:
-            self.gm.spawn("leader.refresh", self._refresh_gms(set(names)))
+        if self.running:  # the watch outlives the role: ZooKeeper watches cannot be removed
+            self.scope.spawn("leader.refresh", self._refresh_gms(set(names)))
 
     async def _refresh_gms(self, names: set[str]) -> None:
-        assert self.gm.coord is not None
+        coord = self.scope.coord
+        assert coord is not None
         for gone in set(self.gms) - names:
             log.info("group manager %s left", gone)
             del self.gms[gone]
         try:
-            current = await self.gm.coord.children_json(self.gm.coord.path("groupmanagers"))
+            current = await coord.children_json(coord.path("groupmanagers"))
         except CoordinationError:
             return
         for gm_id, data in current.items():
-            if gm_id == self.gm.id or gm_id in self.gms:
+            if gm_id == self.id or gm_id in self.gms:
                 continue
             try:
                 self.gms[gm_id] = GroupManagerRecord(GroupManagerDescription.from_json(data))
@@ -104,7 +108,7 @@ class LeaderRole:
                 log.warning("unreadable group manager znode %s", gm_id)
 
     async def _refresh_peers(self) -> None:
-        coord = self.gm.coord
+        coord = self.scope.coord
         assert coord is not None
         peers: dict[str, NetworkAddress] = {}
         try:
@@ -120,9 +124,9 @@ class LeaderRole:
 
     # -- heartbeats ----------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        body = self.gm.leader_description(self.epoch).to_json()
+        body = self.node.leader_description(self.epoch).to_json()
         targets = [r.description.address for r in self.gms.values()] + list(self.peers.values())
-        self.gm.heartbeat.send("gl.heartbeat", self.epoch, body, targets)
+        self.scope.heartbeat.send("gl.heartbeat", self.epoch, body, targets)
 
     # -- handlers ------------------------------------------------------------------------
     def _on_gm_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
@@ -142,7 +146,7 @@ class LeaderRole:
             rec.description = desc
             rec.last_seen = time.monotonic()
         log.info("group manager %s joined", desc.id)
-        return {"epoch": self.epoch, "groupLeaderId": self.gm.id}
+        return {"epoch": self.epoch, "groupLeaderId": self.id}
 
     async def _on_summary(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}
@@ -155,10 +159,10 @@ class LeaderRole:
         return {"ok": True}
 
     async def _on_assign(self, env: Envelope) -> Any:
-        coord = self.gm.coord
+        coord = self.scope.coord
         if coord is None or not coord.connected:
             raise ApiError(503, "LEADER_SUSPENDED", "the group leader has lost ZooKeeper; retry")
-        settle = min(1.0, 2 * self.gm.settings.heartbeat.interval)
+        settle = min(1.0, 2 * self.scope.settings.heartbeat.interval)
         if time.monotonic() - self.started_at < settle and len(self.gms) < 2:
             # Just elected: let the group managers join before spreading local controllers.
             raise ApiError(503, "LEADER_SETTLING", "the group leader was just elected; retry")
@@ -174,7 +178,7 @@ class LeaderRole:
             # It was powered down and woken by that group manager, which is waiting for it.
             chosen = preferred[0]
         else:
-            chosen, self._rr = choose_group_manager(self.gm.settings.groupmanager.assignment_policy, candidates, self._rr)
+            chosen, self._rr = choose_group_manager(self.scope.settings.groupmanager.assignment_policy, candidates, self._rr)
         chosen.assigned_since_summary += 1
         return {"groupManager": chosen.description.to_json(), "epoch": self.epoch}
 
@@ -188,10 +192,11 @@ class LeaderRole:
         return {"response": await self.submissions.response(str(task_id))}
 
     async def _woken_by(self, lc_id: str) -> str | None:
-        if self.gm.coord is None:
+        store = self.scope.store
+        if store is None:
             return None
         try:
-            return await Store(self.gm.coord).woken_by(lc_id)
+            return await store.woken_by(lc_id)
         except CoordinationError:
             return None
 
@@ -201,7 +206,7 @@ class LeaderRole:
     async def hierarchy(self) -> dict[str, Any]:
         async def describe(rec: GroupManagerRecord) -> dict[str, Any]:
             try:
-                reply = await self.gm.rpc.call(rec.description.address, "gm.describe", None, epoch=self.epoch, timeout=3)
+                reply = await self.scope.rpc.call(rec.description.address, "gm.describe", None, epoch=self.epoch, timeout=3)
                 return dict(reply["groupManager"])
             except (RpcError, KeyError, TypeError) as exc:
                 d = rec.description.to_json(with_lcs=True)
@@ -211,6 +216,6 @@ class LeaderRole:
         records = sorted(self.alive_gms(), key=lambda r: r.description.id)
         gms = await asyncio.gather(*(describe(r) for r in records))
         return {
-            "groupLeaderDescription": self.gm.leader_description(self.epoch).to_json(),
+            "groupLeaderDescription": self.node.leader_description(self.epoch).to_json(),
             "groupManagerDescriptions": list(gms),
         }

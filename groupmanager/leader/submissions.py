@@ -20,6 +20,14 @@ controller which domains it runs, adopts those, and dispatches only the rest. No
 twice and none is lost. Submissions a leader died while recording (RECORDING tasks) are settled
 by the next leader, by the client's retry, or by the periodic sweep, which also forgets finished
 tasks and failed VM records after ``[groupmanager] task_retention``.
+
+A submission's dispatch is a task of the leader role's scope, not of the process: should it
+fail on something no code path expected (a bug, a record in a shape this version cannot read),
+its VMs not yet started become ERROR with the reason (``DISPATCH_FAILED``) and the task is
+answered, but the leader goes on. A VM record that cannot be read at all (not JSON, not an
+object, no status: what an older version may have left) is reported ERROR
+(``VIRTUAL_MACHINE_RECORD_UNREADABLE``) and the rest of its submission proceeds, so no record
+can take one leader after another down.
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from groupmanager.leader.members import GroupManagers
 from groupmanager.placement import HostView, VMRequest, make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze.coordination import CoordinationError
@@ -51,6 +60,7 @@ from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, add
 from snooze.rpc import RpcError
+from snooze.scope import Scope
 from snooze.virtualcluster import (
     InvalidSubmission,
     VMSpec,
@@ -61,15 +71,19 @@ from snooze.virtualcluster import (
     vm_metadata,
 )
 
-if TYPE_CHECKING:
-    from groupmanager.leader.role import LeaderRole
-
 log = logging.getLogger(__name__)
 
-__all__ = ["DISPATCHED", "DONE", "PENDING", "RECORDING", "STARTED", "Submissions", "fingerprint", "sweep_interval"]
+__all__ = [
+    "DISPATCHED", "DISPATCH_FAILED", "DONE", "PENDING", "RECORDING", "STARTED", "UNREADABLE_RECORD", "Submissions",
+    "fingerprint", "sweep_interval",
+]
 
 DISPATCHED = "DISPATCHED"
 STARTED = ("RUNNING", "PAUSED")
+#: Error code of a VM whose submission's dispatch failed on something unexpected.
+DISPATCH_FAILED = "DISPATCH_FAILED"
+#: Error code of a VM whose record in ZooKeeper could not be read.
+UNREADABLE_RECORD = "VIRTUAL_MACHINE_RECORD_UNREADABLE"
 
 
 def _vec(values: Any) -> Capacity:
@@ -89,32 +103,46 @@ def sweep_interval(retention: float) -> float:
     return max(1.0, min(60.0, retention / 10))
 
 
+def _unreadable(vm_id: str, rec: Any) -> str | None:
+    """Why ``rec`` cannot be used as the record of ``vm_id`` (None when it can)."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object but {type(rec).__name__}"
+    if rec.get("virtualMachineId") != vm_id:
+        return f"virtualMachineId is {rec.get('virtualMachineId')!r}"
+    if not isinstance(rec.get("status"), str):
+        return "it has no status"
+    if not isinstance(rec.get("taskId"), (str, type(None))):
+        return "its taskId is not text"
+    return None
+
+
 class Submissions:
-    def __init__(self, leader: LeaderRole) -> None:
-        self.leader = leader
-        gm = leader.gm
-        assert gm.coord is not None
-        settings = gm.settings.groupmanager
+    """The submissions of one group leader, working through its role ``scope``: the group
+    managers it knows (``members``) and its ``epoch``, which fences every write."""
+
+    def __init__(self, scope: Scope, members: GroupManagers, epoch: int) -> None:
+        self.scope = scope
+        self.members = members
+        self.epoch = epoch
+        coord = scope.coord
+        assert coord is not None
+        settings = scope.settings.groupmanager
         limit = max(4096, int(settings.transaction_bytes))
-        self.store = Store(gm.coord, single_tx_bytes=limit, chunk_bytes=limit // 2)
+        self.store = Store(coord, single_tx_bytes=limit, chunk_bytes=limit // 2)
         self.subnet = settings.virtual_machine_subnet
         self.addresses = subnet_hosts(self.subnet)
         self.retention = max(1.0, float(settings.task_retention))
         self.policy = make_placement_policy(settings.dispatch_policy, thresholds=thresholds_from(settings))
-        self.domain_policy = DomainPolicy.from_settings(gm.settings.templates)
+        self.domain_policy = DomainPolicy.from_settings(scope.settings.templates)
         self.reserved: dict[str, dict[str, Capacity]] = defaultdict(dict)
         # Held while recording, settling or sweeping: none of them sees another half done.
         self._alloc = asyncio.Lock()
         self._dispatching: set[str] = set()
         self._resumable = False  # the failover grace is over: PENDING tasks may be dispatched
 
-    @property
-    def epoch(self) -> int:
-        return self.leader.epoch
-
     def _require_agreement(self) -> None:
-        coord = self.leader.gm.coord
-        if coord is None or not coord.connected or not self.leader.running:
+        coord = self.scope.coord
+        if coord is None or not coord.connected or self.scope.closed:
             raise ApiError(503, "LEADER_SUSPENDED", "the group leader cannot reach ZooKeeper; retry")
 
     # -- submit --------------------------------------------------------------------------
@@ -234,7 +262,9 @@ class Submissions:
                            field=f"virtualMachineTemplates[{first}].name")
 
     def _start(self, task_id: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a dispatch of ``task_id`` in the background, once at a time."""
+        """Run a dispatch of ``task_id`` in the background, once at a time. Interrupted by
+        ZooKeeper, it is left to the next leader; failing on anything else, its VMs not yet
+        started are marked failed (``_fail_task``); the leader goes on either way."""
         self._dispatching.add(task_id)
 
         async def run() -> None:
@@ -245,7 +275,12 @@ class Submissions:
             finally:
                 self._dispatching.discard(task_id)
 
-        self.leader.gm.spawn(f"dispatch-{task_id}", run())
+        async def failed(exc: Exception) -> None:
+            await self._fail_task(task_id, exc)
+
+        if self.scope.spawn(f"dispatch-{task_id}", run(), on_error=failed) is None:
+            coro.close()  # the role is over: the next leader resumes it
+            self._dispatching.discard(task_id)
 
     def _ensure_progress(self, task: dict[str, Any]) -> None:
         """A PENDING task nobody dispatches (its leader died, or its recording was just
@@ -277,7 +312,7 @@ class Submissions:
     # -- dispatch ------------------------------------------------------------------------
     def _gm_views(self) -> list[HostView]:
         views = []
-        for rec in self.leader.alive_gms():
+        for rec in self.members.alive():
             s = rec.summary
             reserved = ZERO
             for c in self.reserved.get(rec.description.id, {}).values():
@@ -315,10 +350,10 @@ class Submissions:
             await asyncio.sleep(0.2)
 
     async def _hierarchy_settled(self) -> bool:
-        gms = {r.description.id: r for r in self.leader.alive_gms()}
+        gms = {r.description.id: r for r in self.members.alive()}
         if not gms or not all(r.summary for r in gms.values()):
             return False
-        coord = self.leader.gm.coord
+        coord = self.scope.coord
         assert coord is not None
         lcs = await coord.children_json(coord.path("localcontrollers"))
         per_gm: dict[str, int] = defaultdict(int)
@@ -376,7 +411,7 @@ class Submissions:
         await self.store.update_vms([records[s.id] for s in pending], self.epoch)
 
     def _record_result(self, rec: dict[str, Any], gm_id: str, res: dict[str, Any]) -> None:
-        gm = self.leader.gms.get(gm_id)
+        gm = self.members.get(gm_id)
         rec.update(
             status=res.get("status", "ERROR"),
             errorCode=res.get("errorCode"),
@@ -389,11 +424,11 @@ class Submissions:
         )
 
     async def _send(self, gm_id: str, batch: list[VMSpec]) -> dict[str, dict[str, Any]]:
-        rec = self.leader.gms.get(gm_id)
+        rec = self.members.get(gm_id)
         if rec is None:
             return {s.id: {"status": "ERROR", "errorCode": "GROUP_MANAGER_UNREACHABLE"} for s in batch}
         try:
-            reply = await self.leader.gm.rpc.call(
+            reply = await self.scope.rpc.call(
                 rec.description.address, "gm.startVirtualMachines", {"vms": [s.to_json() for s in batch]},
                 epoch=self.epoch, timeout=60 + len(batch) * 0.2,
             )
@@ -416,8 +451,16 @@ class Submissions:
             return None
         records = await self.store.get_vms(task["vmIds"])
         specs = await self.store.get_specs(task["vmIds"])
-        # A name may since belong to a VM of a later submission: answer only for this one's.
-        meta = [vm_metadata(records[v], specs.get(v)) for v in task["vmIds"] if records.get(v, {}).get("taskId") == task_id]
+        meta = []
+        for vm_id in task["vmIds"]:
+            rec = records.get(vm_id)
+            # A name may since belong to a VM of a later submission: answer only for this one's.
+            if rec is None or rec.get("taskId") != task_id:
+                continue
+            problem = _unreadable(vm_id, rec)
+            if problem is not None:
+                rec = self._error_record(vm_id, task_id, rec, None, problem)
+            meta.append(vm_metadata(rec, specs.get(vm_id)))
         started = sum(1 for m in meta if m["status"] in STARTED)
         error = None if started == len(task["vmIds"]) else ("NO_VIRTUAL_MACHINE_STARTED" if started == 0 else "SOME_VIRTUAL_MACHINES_NOT_STARTED")
         return {"taskId": task_id, "errorCode": error, "virtualMachineMetaData": meta}
@@ -425,7 +468,7 @@ class Submissions:
     # -- failover ------------------------------------------------------------------------
     async def resume(self) -> None:
         """Finish the submissions a previous leader left unfinished."""
-        grace = self.leader.gm.settings.heartbeat.timeout + 1.0
+        grace = self.scope.settings.heartbeat.timeout + 1.0
         await asyncio.sleep(grace)  # in-flight starts finish; group managers re-join us
         self._resumable = True
         try:
@@ -447,6 +490,9 @@ class Submissions:
                     raise
                 except CoordinationError as exc:
                     log.warning("could not resume virtual cluster %s: %s", task_id, exc)
+                except Exception as exc:  # this task only: the others are resumed all the same
+                    log.exception("resuming virtual cluster %s failed", task_id)
+                    await self._fail_task(task_id, exc)
                 finally:
                     self._dispatching.discard(task_id)
         except (CoordinationError, StaleEpoch) as exc:
@@ -454,8 +500,8 @@ class Submissions:
 
     async def sweep(self) -> None:
         """Settle recordings a dead leader left, and forget what outlived the retention."""
-        coord = self.leader.gm.coord
-        if coord is None or not coord.connected or not self.leader.running:
+        coord = self.scope.coord
+        if coord is None or not coord.connected or self.scope.closed:
             return
         try:
             async with self._alloc:
@@ -469,17 +515,93 @@ class Submissions:
         if gone["tasks"] or gone["vms"]:
             log.info("retention: forgot %d finished tasks and %d VM records", gone["tasks"], gone["vms"])
 
+    async def _own_records(self, task: dict[str, Any], specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The records of ``task``'s VMs, each usable: a record another task owns is left out,
+        one that cannot be read is replaced by an ERROR record that says why (in memory: the
+        caller writes it back)."""
+        task_id = str(task["taskId"])
+        vm_ids = [v for v in task.get("vmIds") or [] if isinstance(v, str)]
+        records = await self.store.get_vms(vm_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for vm_id in vm_ids:
+            rec: Any = records.get(vm_id)
+            if rec is None:
+                # Absent, or not a JSON object: only the second is a record to report.
+                try:
+                    rec = await self.store.get_vm(vm_id)
+                except ValueError as exc:
+                    rec = None
+                    problem: str | None = f"not JSON: {exc}"
+                else:
+                    if rec is None:
+                        continue
+                    problem = _unreadable(vm_id, rec)
+            elif rec.get("taskId") not in (None, task_id):
+                continue  # the name belongs to a later submission now
+            else:
+                problem = _unreadable(vm_id, rec)
+                if rec.get("taskId") is None:
+                    rec["taskId"] = task_id  # an older version's record without one: this task lists it
+            if problem is not None:
+                log.warning("virtual cluster %s: the record of %s cannot be read (%s); it is marked %s",
+                            task_id, vm_id, problem, UNREADABLE_RECORD)
+                rec = self._error_record(vm_id, task_id, rec, specs.get(vm_id), problem)
+            out[vm_id] = rec
+        return out
+
+    @staticmethod
+    def _error_record(vm_id: str, task_id: str, old: Any, spec: Any, problem: str) -> dict[str, Any]:
+        """A readable ERROR record in place of an unreadable one. The address it held is kept
+        (from the old record, else from its spec, written with the allocation), so that the
+        dispatch's end gives it back to the pool."""
+        old_rec = old if isinstance(old, dict) else {}
+        ip = old_rec.get("ipAddress")
+        if not isinstance(ip, str):
+            ip = spec.get("ip") if isinstance(spec, dict) and isinstance(spec.get("ip"), str) else None
+        requested = spec.get("requested") if isinstance(spec, dict) else None
+        return {"virtualMachineId": vm_id, "taskId": task_id, "status": "ERROR", "errorCode": UNREADABLE_RECORD,
+                "message": f"its record in ZooKeeper cannot be read ({problem}); it was not started",
+                "requestedCapacity": requested if isinstance(requested, list) else None, "ipAddress": ip,
+                "macAddress": None, "localControllerId": None, "groupManagerId": None, "submittedAt": time.time()}
+
+    async def _fail_task(self, task_id: str, exc: BaseException) -> None:
+        """The dispatch of ``task_id`` failed on something unexpected: its VMs not yet started
+        become ERROR with the reason, the addresses of those never sent anywhere go back to the
+        pool, and the task is DONE (answered; no leader tries the same thing again). If
+        ZooKeeper cannot take this now, the task stays PENDING for the next leader."""
+        try:
+            task = await self.store.get_task(task_id)
+            if not isinstance(task, dict) or task.get("state") != PENDING:
+                return
+            reason = f"the group leader failed dispatching it: {type(exc).__name__}: {exc}"
+            records = await self._own_records(task, await self.store.get_specs(task.get("vmIds") or []))
+            dispatched: set[str] = set()
+            for vm_id, rec in records.items():
+                if rec.get("status") in (PENDING, DISPATCHED):
+                    if rec.get("status") == DISPATCHED:
+                        dispatched.add(vm_id)  # it may yet start: its address stays with it
+                    rec.update(status="ERROR", errorCode=DISPATCH_FAILED, message=reason)
+            failed = [r for r in records.values() if r.get("status") == "ERROR"]
+            release = [r for r in failed if r.get("ipAddress") and r["virtualMachineId"] not in dispatched]
+            released = {r["virtualMachineId"] for r in release}
+            await self.store.update_vms([r for r in failed if r["virtualMachineId"] not in released], self.epoch)
+            await self.store.release_addresses(release, self.subnet, self.epoch)
+            task.update(state=DONE, finishedAt=time.time(), error=reason)
+            await self.store.set_task(task, self.epoch)
+            log.error("virtual cluster %s failed: %s", task_id, reason)
+        except CoordinationError as err:
+            log.warning("could not record the failure of virtual cluster %s (the next leader resumes it): %s",
+                        task_id, err)
+
     async def _resume_task(self, task: dict[str, Any]) -> None:
-        records = {k: r for k, r in (await self.store.get_vms(task["vmIds"])).items() if r.get("taskId") == task["taskId"]}
         specs_json = await self.store.get_specs(task["vmIds"])
+        records = await self._own_records(task, specs_json)
         running = await self._running_domains() if any(r["status"] == DISPATCHED for r in records.values()) else {}
         specs: list[VMSpec] = []
         for vm_id in task["vmIds"]:
             rec = records.get(vm_id)
-            if rec is None or vm_id not in specs_json:
+            if rec is None:
                 continue
-            spec = VMSpec.from_json(specs_json[vm_id])
-            specs.append(spec)
             if rec["status"] == DISPATCHED:
                 where = running.get(vm_id)
                 if where is not None:
@@ -487,6 +609,20 @@ class Submissions:
                     rec.update(status=state, localControllerId=lc_id, localControllerControlDataAddress=addr, errorCode=None)
                 else:
                     rec.update(status=PENDING, groupManagerId=None)
+            if vm_id not in specs_json:
+                if rec["status"] == PENDING:
+                    rec.update(status="ERROR", errorCode=UNREADABLE_RECORD,
+                               message="its spec is missing from ZooKeeper; it was not started")
+                continue
+            try:
+                spec = VMSpec.from_json(specs_json[vm_id])
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                if rec["status"] == PENDING:
+                    rec.update(status="ERROR", errorCode=UNREADABLE_RECORD,
+                               message=f"its spec in ZooKeeper cannot be read ({type(exc).__name__}: {exc}); "
+                                       "it was not started")
+                continue
+            specs.append(spec)
         log.info("resuming virtual cluster %s (%d VMs not yet started)", task["taskId"],
                  sum(1 for r in records.values() if r["status"] == PENDING))
         await self.store.update_vms(records.values(), self.epoch)
@@ -494,7 +630,7 @@ class Submissions:
 
     async def _running_domains(self) -> dict[str, tuple[str, dict[str, Any], str]]:
         """vm id -> (lc id, lc address, state), asked of every local controller directly."""
-        coord = self.leader.gm.coord
+        coord = self.scope.coord
         assert coord is not None
         lcs = await coord.children_json(coord.path("localcontrollers"))
         out: dict[str, tuple[str, dict[str, Any], str]] = {}
@@ -502,7 +638,7 @@ class Submissions:
         async def ask(lc_id: str, data: dict[str, Any]) -> None:
             try:
                 addr = NetworkAddress.from_json(data["controlDataAddress"])
-                reply = await self.leader.gm.rpc.call(addr, "lc.describe", None, epoch=self.epoch, timeout=5)
+                reply = await self.scope.rpc.call(addr, "lc.describe", None, epoch=self.epoch, timeout=5)
             except (RpcError, KeyError, TypeError, ValueError):
                 return
             for d in reply.get("domains", []):

@@ -18,39 +18,41 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from groupmanager.manager.hosts import Hosts, LocalControllerRecord
 from groupmanager.power import WakeupError, make_wakeup_driver
 from snooze.coordination import CoordinationError
-from snooze.coordination.store import Store
 from snooze.models import Status
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
-
-if TYPE_CHECKING:
-    from groupmanager.manager.role import ManagerRole
+from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
 
 
 class EnergySaver:
-    def __init__(self, role: ManagerRole) -> None:
-        self.role = role
-        self.settings = role.gm.settings.groupmanager
+    """Wiring: ``start()`` once its role's scope is open (the ``gm.energySaver`` message and the
+    idle check); the scope closes both."""
+
+    def __init__(self, scope: Scope, hosts: Hosts) -> None:
+        self.scope = scope
+        self.hosts = hosts
+        self.settings = scope.settings.groupmanager
         self.enabled = self.settings.energy_management
         self.idle_since: dict[str, float] = {}
         self.rejoined: dict[str, asyncio.Event] = {}
         self.wakeups = 0
         self.power_downs = 0
 
-    def start(self) -> None:
-        self.role.gm.internal.on("gm.energySaver", self._on_switch)
-        interval = self.role.gm.settings.heartbeat.interval
-        self.role.gm.every("manager.energy", lambda: interval, self.tick)
+    @property
+    def lcs(self) -> dict[str, LocalControllerRecord]:
+        return self.hosts.lcs
 
-    def stop(self) -> None:
-        self.role.gm.cancel("manager.energy")
-        self.role.gm.internal.handlers.pop("gm.energySaver", None)
+    def start(self) -> None:
+        self.scope.on("gm.energySaver", self._on_switch)
+        interval = self.scope.settings.heartbeat.interval
+        self.scope.every("manager.energy", lambda: interval, self.tick)
 
     async def _on_switch(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}
@@ -61,17 +63,15 @@ class EnergySaver:
         return {"enabled": self.enabled, "wakeups": self.wakeups, "powerDowns": self.power_downs}
 
     def _busy(self, lc_id: str) -> bool:
-        rec = self.role.lcs[lc_id]
-        vms = self.role.vms
-        return bool(vms.reserved.get(lc_id)) or any(d.get("state") in ("RUNNING", "PAUSED") for d in rec.domains)
+        return self.hosts.busy(lc_id)
 
     async def tick(self) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
         chosen: list[str] = []
-        async with self.role.vms._lock:
-            active = sorted(k for k, r in self.role.lcs.items() if r.description.status == Status.ACTIVE)
+        async with self.hosts.reservations.lock:
+            active = sorted(k for k, r in self.lcs.items() if r.description.status == Status.ACTIVE)
             for lc_id in active:
                 if self._busy(lc_id):
                     self.idle_since.pop(lc_id, None)
@@ -91,8 +91,8 @@ class EnergySaver:
         if not self.enabled or not lc_ids:
             return []
         chosen: list[str] = []
-        async with self.role.vms._lock:
-            active = [k for k, r in self.role.lcs.items() if r.description.status == Status.ACTIVE]
+        async with self.hosts.reservations.lock:
+            active = [k for k, r in self.lcs.items() if r.description.status == Status.ACTIVE]
             room = len(active) - self.settings.reserved_nodes
             for lc_id in lc_ids:
                 if room <= 0:
@@ -107,7 +107,7 @@ class EnergySaver:
     def _mark_passive(self, lc_ids: list[str]) -> None:
         # Called under the placement lock: from here on no plan can choose these hosts.
         for lc_id in lc_ids:
-            self.role.lcs[lc_id].description.status = Status.PASSIVE
+            self.lcs[lc_id].description.status = Status.PASSIVE
             self.idle_since.pop(lc_id, None)
 
     async def _power_down_all(self, lc_ids: list[str]) -> None:
@@ -115,13 +115,13 @@ class EnergySaver:
             await self._power_down(lc_id)
 
     async def _power_down(self, lc_id: str) -> None:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is None:
             return
         try:
-            reply = await self.role.gm.rpc.call(
+            reply = await self.scope.rpc.call(
                 rec.description.control_data_address, "lc.powerSave", {"state": self.settings.power_saving_action},
-                epoch=self.role.gm.known_epoch, timeout=10,
+                epoch=self.scope.epoch, timeout=10,
             )
         except RpcError as exc:
             reply = {"ok": False, "message": str(exc)}
@@ -144,7 +144,7 @@ class EnergySaver:
         return dict(zip(lc_ids, results, strict=True))
 
     async def _wake_one(self, lc_id: str) -> str | None:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is None:
             return "unknown local controller"
         if rec.description.status == Status.ACTIVE:
@@ -172,7 +172,7 @@ class EnergySaver:
         except (WakeupError, TimeoutError) as exc:
             reason = str(exc) or f"did not re-join within {self.settings.wakeup_time:g}s"
             log.warning("waking %s failed: %s", lc_id, reason)
-            current = self.role.lcs.get(lc_id)
+            current = self.lcs.get(lc_id)
             if current is not None and current.description.status == Status.WAKING:
                 current.description.status = Status.PASSIVE
             return reason
@@ -184,12 +184,14 @@ class EnergySaver:
 
     async def _mark_wakeup(self, lc_id: str) -> None:
         """Tell the leader where this host belongs when it asks for a group manager."""
-        if self.role.gm.coord is not None:
+        store = self.scope.store
+        if store is not None:
             with contextlib.suppress(CoordinationError):
-                await Store(self.role.gm.coord).mark_wakeup(lc_id, self.role.gm.id)
+                await store.mark_wakeup(lc_id, self.scope.id)
 
     async def clear_wakeup(self, lc_id: str) -> None:
-        if self.role.gm.coord is not None:
+        store = self.scope.store
+        if store is not None:
             with contextlib.suppress(CoordinationError):
-                await Store(self.role.gm.coord).clear_wakeup(lc_id)
+                await store.clear_wakeup(lc_id)
 

@@ -25,15 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import Any, Protocol
 
+from groupmanager.manager.hosts import Hosts
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError
 from snooze.ids import is_valid_id
-
-if TYPE_CHECKING:
-    from groupmanager.manager.role import ManagerRole
+from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,29 @@ BATCH_DELAY = 0.2  # seconds: joins of the same moment (a failover) are checked 
 RETRY_DELAY = 1.0  # seconds before a check that could not run (ZooKeeper, the host) is retried
 
 
+class Starter(Protocol):
+    """What the check needs of ``VirtualMachines``: a host's listing, and starting VMs again."""
+
+    async def refresh(self, lc_id: str) -> list[dict[str, Any]]: ...
+
+    async def start(self, vms: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+
+class Moving(Protocol):
+    """What the check needs of ``Migrations``: the VMs being moved right now."""
+
+    @property
+    def moving(self) -> Collection[str]: ...
+
+
 class Inventory:
-    def __init__(self, role: ManagerRole) -> None:
-        self.role = role
+    """Wiring: ``start()`` once its role's scope is open (the check's task); the scope ends it."""
+
+    def __init__(self, scope: Scope, hosts: Hosts, vms: Starter, migrations: Moving) -> None:
+        self.scope = scope
+        self.hosts = hosts
+        self.vms = vms
+        self.migrations = migrations
         self.orphans: dict[str, list[str]] = {}  # lc id -> domains no record accounts for
         self.lost = 0  # VMs marked lost since this role started
         self.restarted = 0  # VMs started again from their spec since this role started
@@ -58,12 +78,7 @@ class Inventory:
 
     # -- wiring (ManagerRole) ------------------------------------------------------------
     def start(self) -> None:
-        self.role.gm.spawn(TASK, self._loop())
-
-    def stop(self) -> None:
-        self.role.gm.cancel(TASK)
-        self._pending.clear()
-        self.orphans.clear()
+        self.scope.spawn(TASK, self._loop())
 
     def joined(self, lc_id: str) -> None:
         """``lc_id`` (re)joined: check it against the records soon."""
@@ -100,7 +115,7 @@ class Inventory:
             except Exception:  # a bug here must not end the group manager: log it, try again later
                 log.exception("inventory check of %s failed", ", ".join(sorted(batch)))
                 retry = batch
-            retry = {lc_id for lc_id in retry if lc_id in self.role.lcs}
+            retry = {lc_id for lc_id in retry if lc_id in self.hosts.lcs}
             if retry:
                 await asyncio.sleep(RETRY_DELAY)
                 self._pending |= retry
@@ -108,10 +123,9 @@ class Inventory:
 
     async def check(self, lc_ids: set[str]) -> set[str]:
         """Check each of ``lc_ids`` against the records; the ones to try again later."""
-        coord = self.role.gm.coord
-        if coord is None or not coord.connected:
+        coord, store = self.scope.coord, self.scope.store
+        if coord is None or store is None or not coord.connected:
             return set(lc_ids)
-        store = Store(coord)
         try:
             records = await store.get_vms(await store.vm_ids())
         except CoordinationError as exc:
@@ -119,12 +133,12 @@ class Inventory:
             return set(lc_ids)
         retry: set[str] = set()
         for lc_id in sorted(lc_ids):
-            if lc_id not in self.role.lcs:
+            if lc_id not in self.hosts.lcs:
                 continue
             try:
                 # The host's listing now (its join may be a while ago), and this group
                 # manager's view of it refreshed on the way.
-                domains = await self.role.vms.refresh(lc_id)
+                domains = await self.vms.refresh(lc_id)
                 await self._reconcile(store, lc_id, domains, records)
             except (ApiError, CoordinationError) as exc:
                 log.info("inventory check of %s postponed: %s", lc_id, getattr(exc, "message", exc))
@@ -132,7 +146,7 @@ class Inventory:
         return retry
 
     def _in_flight(self, vm_id: str) -> bool:
-        return vm_id in self.role.migrations.moving or any(vm_id in held for held in self.role.vms.reserved.values())
+        return vm_id in self.migrations.moving or self.hosts.in_flight(vm_id)
 
     async def _reconcile(self, store: Store, lc_id: str, domains: list[dict[str, Any]],
                          records: dict[str, dict[str, Any]]) -> None:
@@ -174,14 +188,14 @@ class Inventory:
 
     # -- lost VMs ------------------------------------------------------------------------
     async def _settle_lost(self, store: Store, lc_id: str, lost: list[dict[str, Any]]) -> None:
-        gm = self.role.gm
+        settings = self.scope.settings.groupmanager
         for rec in lost:
-            host = self.role.lcs.get(lc_id)
+            host = self.hosts.lcs.get(lc_id)
             if host is not None:
                 host.remove_vm(rec["virtualMachineId"])
-            self.role.vms.release_vm(rec["virtualMachineId"])
+            self.hosts.reservations.release_vm(rec["virtualMachineId"])
         why = {rec["virtualMachineId"]: "" for rec in lost}
-        if gm.settings.groupmanager.restart_lost_vms:
+        if settings.restart_lost_vms:
             lost, why = await self._restart(store, lc_id, lost)
         if not lost:
             return
@@ -193,7 +207,7 @@ class Inventory:
                                f"or lost it); its capacity and address were released{why.get(vm_id, '')}")
         held = [r for r in lost if r.get("ipAddress")]
         if held:
-            await store.release_addresses(held, gm.settings.groupmanager.virtual_machine_subnet, None)
+            await store.release_addresses(held, settings.virtual_machine_subnet, None)
         rest = [r for r in lost if not r.get("ipAddress")]
         if rest:
             await store.update_vms(rest, None)
@@ -205,11 +219,10 @@ class Inventory:
     async def _restart(self, store: Store, lc_id: str,
                        lost: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Start lost VMs again from their stored specs; (the ones still lost, why per VM)."""
-        gm = self.role.gm
         by_id = {r["virtualMachineId"]: r for r in lost}
         specs = await store.get_specs(by_id)
         why = {v: "; it has no stored spec to restart from" for v in by_id if v not in specs}
-        results = await self.role.vms.start([dict(specs[v]) for v in by_id if v in specs]) if specs else []
+        results = await self.vms.start([dict(specs[v]) for v in by_id if v in specs]) if specs else []
         restarted: list[dict[str, Any]] = []
         now = time.time()
         for res in results:
@@ -223,7 +236,7 @@ class Inventory:
                                    "re-joined without it",
                            localControllerId=res.get("localControllerId"),
                            localControllerControlDataAddress=res.get("localControllerAddress"),
-                           groupManagerId=gm.id, groupManagerControlDataAddress=gm.address.to_json(),
+                           groupManagerId=self.scope.id, groupManagerControlDataAddress=self.scope.address.to_json(),
                            adaptations=res.get("adaptations") or rec.get("adaptations") or [])
                 restarted.append(rec)
             else:

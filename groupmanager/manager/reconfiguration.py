@@ -12,9 +12,12 @@ local controllers of this group manager, and is the only place that does so peri
 Plans are computed on a snapshot (no await while one is built, so it is consistent) and
 then applied one migration at a time through ``Migrations.migrate``, which reserves the
 destination, moves the VM and updates the records. Time passes between the plan and each
-step, so every step is re-checked against fresh state first and skipped, with the reason
-in the report, when it no longer holds. At most one reconfiguration runs at a time.
-See docs/reconfiguration.md.
+step, so every step is re-checked against fresh state first (``Hosts.fits``: the one capacity
+rule) and skipped, with the reason in the report, when it no longer holds. At most one
+reconfiguration runs at a time. See docs/reconfiguration.md.
+
+It depends on its role's scope, the shared ``Hosts`` and two narrow interfaces: a ``Mover``
+(``Migrations``) and a ``PowerDown`` (``EnergySaver``), never on the role itself.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from groupmanager.manager.hosts import HOLDING, Hosts, LocalControllerRecord
 from groupmanager.placement import (
     DEFAULT_CONSOLIDATION,
     HostView,
@@ -46,13 +50,11 @@ from snooze.http import ApiError
 from snooze.models import ZERO, Capacity, Status
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
-
-if TYPE_CHECKING:
-    from groupmanager.manager.role import LocalControllerRecord, ManagerRole
+from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
 
-#: Every periodic task of this module is named with this prefix (``Service.every``/``cancel``).
+#: Every task of this module is named with this prefix (``Scope.every``/``spawn``).
 TASK_PREFIX = "manager.reconf."
 #: The internal message that runs one reconfiguration now (tests, operators, the API).
 RECONFIGURE_KIND = "gm.reconfigure"
@@ -62,8 +64,20 @@ DEFAULT_CONSOLIDATION_INTERVAL = 0.0
 DEFAULT_ESTIMATOR = "average"
 DEFAULT_ESTIMATOR_WINDOW = 10
 
-# Domains in these states hold capacity on their host, so they are what a host must shed.
-_HOLDING = ("RUNNING", "PAUSED")
+
+class Mover(Protocol):
+    """What the applier needs of ``Migrations``: which VMs are moving, and moving one."""
+
+    @property
+    def moving(self) -> Collection[str]: ...
+
+    async def migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class PowerDown(Protocol):
+    """What a run needs of ``EnergySaver``: powering down the hosts it emptied."""
+
+    async def release(self, lc_ids: list[str]) -> list[str]: ...
 
 
 @dataclass
@@ -98,17 +112,21 @@ def _load(host: HostView) -> float:
 
 
 class Reconfiguration:
-    """Relocation and consolidation for one ``ManagerRole``.
+    """Relocation and consolidation for one manager role.
 
-    Wiring: ``Reconfiguration(role)`` once, ``start()`` when the role starts (periodic tasks
-    and the ``gm.reconfigure`` internal message), ``stop()`` when it stops.
+    Wiring: ``start()`` once its role's scope is open (periodic tasks and the
+    ``gm.reconfigure`` internal message). Closing the scope stops it: runs stop between steps,
+    and a run under way is given the scope's grace to finish the migration it is applying.
     """
 
-    def __init__(self, role: ManagerRole) -> None:
-        self.role = role
+    def __init__(self, scope: Scope, hosts: Hosts, mover: Mover, power: PowerDown) -> None:
+        self.scope = scope
+        self.hosts = hosts
+        self.mover = mover
+        self.power = power
         # getattr: these options may not exist in GroupManagerSettings yet; the defaults keep
         # the module inert (both intervals 0) until they are configured.
-        gm = role.gm.settings.groupmanager
+        gm = scope.settings.groupmanager
         self.relocation_interval = float(getattr(gm, "relocation_interval", DEFAULT_RELOCATION_INTERVAL) or 0.0)
         self.consolidation_interval = float(
             getattr(gm, "consolidation_interval", DEFAULT_CONSOLIDATION_INTERVAL) or 0.0
@@ -121,9 +139,6 @@ class Reconfiguration:
         options: dict[str, Any] = {"window": self.window} if self.estimator_name == "average" else {}
         self.estimator = make_estimator(self.estimator_name, **options)
         self._lock = asyncio.Lock()
-        self._stopped = False
-        self._tasks: list[str] = []
-        self._runs: set[asyncio.Future[dict[str, Any]]] = set()  # periodic runs, kept referenced
         # lc id -> the last monitoring sample it had when a migration touched it. Samples up
         # to that one describe the host before the move, so they must not feed the estimate:
         # an average over them would call a just-relieved host overloaded for a whole window.
@@ -133,55 +148,34 @@ class Reconfiguration:
 
     @property
     def thresholds(self) -> Thresholds:
-        return self.role.vms.thresholds
+        return self.hosts.thresholds
+
+    @property
+    def lcs(self) -> dict[str, LocalControllerRecord]:
+        return self.hosts.lcs
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        self._stopped = False
-        self.role.gm.internal.on(RECONFIGURE_KIND, self._on_reconfigure, order=True)
+        self.scope.on(RECONFIGURE_KIND, self._on_reconfigure, order=True)
         if self.relocation_interval > 0:
             self._every("relocation", self.relocation_interval, self.relocate_once)
         if self.consolidation_interval > 0:
             self._every("consolidation", self.consolidation_interval, self.consolidate_once)
 
-    def stop(self) -> None:
-        # Runs stop between steps on this flag; the periodic tasks are cancelled, but the run
-        # they started is shielded (see _every), so a migration under way still commits its
-        # records instead of leaving a reservation and a stale location behind.
-        self._stopped = True
-        for name in self._tasks:
-            self.role.gm.cancel(name)
-        self._tasks.clear()
-        self.role.gm.internal.handlers.pop(RECONFIGURE_KIND, None)
-
-    def _every(self, what: str, interval: float, once: Callable[..., Awaitable[dict[str, Any]]]) -> None:
-        name = TASK_PREFIX + what
-        first = True
-
+    def _every(self, what: str, interval: float, once: Callable[..., Coroutine[Any, Any, dict[str, Any]]]) -> None:
         async def tick() -> None:
-            nonlocal first
-            # Service.every runs a first tick at once, when local controllers are still
-            # joining and no monitoring has arrived: the first real run waits one interval.
-            if first:
-                first = False
-                return
-            run = asyncio.ensure_future(once(wait=False))
-            self._runs.add(run)
-            run.add_done_callback(self._run_done)
-            report = await asyncio.shield(run)
-            if report["applied"] or report["failed"]:
+            # The run is a task of its own that the scope drains when it closes: the periodic
+            # loop is cancelled at once, but a migration under way still commits its records
+            # instead of leaving a reservation and a stale location behind.
+            run = self.scope.spawn(TASK_PREFIX + what + ".run", once(wait=False), drain=True)
+            report = await asyncio.shield(run) if run is not None else None
+            if report and (report["applied"] or report["failed"]):
                 log.info("%s: %d migration(s) applied, %d not; power-down candidates %s", what,
                          len(report["applied"]), len(report["failed"]), report["powered_down_candidates"])
 
-        self.role.gm.every(name, lambda: interval, tick)
-        self._tasks.append(name)
-
-    def _run_done(self, run: asyncio.Future[dict[str, Any]]) -> None:
-        self._runs.discard(run)
-        # While its tick awaits it, Service.every logs the error; after stop() cancelled the
-        # tick, nobody else would.
-        if self._stopped and not run.cancelled() and run.exception() is not None:
-            log.error("reconfiguration run failed", exc_info=run.exception())
+        # The first run waits one interval: at start-up local controllers are still joining
+        # and no monitoring has arrived.
+        self.scope.every(TASK_PREFIX + what, lambda: interval, tick, wait_first=True)
 
     async def _on_reconfigure(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}
@@ -214,7 +208,7 @@ class Reconfiguration:
             plan, outcome = Plan(), _Outcome()
             candidates = await run(plan, outcome)
             # Hosts this run emptied are powered down now (when the energy saver is on).
-            released = await self.role.energy.release(candidates)
+            released = await self.power.release(candidates)
             report = self._report(what, plan, outcome, candidates, time.monotonic() - t0)
             report["powered_down"] = released
         self.last_report = report
@@ -288,7 +282,7 @@ class Reconfiguration:
     def _cooling(self) -> set[str]:
         """Hosts that received VMs within two consolidation intervals: emptying them now would
         undo the last run's work (VMs ping-ponging between half-empty hosts)."""
-        interval = float(getattr(self.role.gm.settings.groupmanager, "consolidation_interval", 0.0) or 0.0)
+        interval = float(getattr(self.scope.settings.groupmanager, "consolidation_interval", 0.0) or 0.0)
         now = time.monotonic()
         return {lc for lc, t in self._received_at.items() if now - t < 2 * interval}
 
@@ -307,7 +301,7 @@ class Reconfiguration:
 
     # -- views -----------------------------------------------------------------------------
     def _active(self) -> dict[str, LocalControllerRecord]:
-        return {lc: r for lc, r in self.role.lcs.items() if r.description.status == Status.ACTIVE}
+        return {lc: r for lc, r in self.lcs.items() if r.description.status == Status.ACTIVE}
 
     def _requested(self, rec: LocalControllerRecord, domain: dict[str, Any]) -> Capacity:
         # Domains adopted at join have no request on record: their libvirt size stands for it.
@@ -319,7 +313,7 @@ class Reconfiguration:
     def _vms(self, rec: LocalControllerRecord, usage: bool) -> tuple[VMView, ...]:
         out = []
         for d in rec.domains:
-            if d.get("state") not in _HOLDING or "name" not in d:
+            if d.get("state") not in HOLDING or "name" not in d:
                 continue
             used = _vec(rec.vm_usage.get(d["name"])) if usage else None
             out.append(VMView(str(d["name"]), self._requested(rec, d), used))
@@ -346,15 +340,14 @@ class Reconfiguration:
 
     def _estimate(self, lc_id: str, rec: LocalControllerRecord) -> Vector:
         """The host's estimated demand; with no (fresh) history, its requested capacity."""
-        requested = self.role.vms.requested_on(lc_id)
-        return self.estimator.estimate(self._samples(lc_id, rec), requested)
+        return self.estimator.estimate(self._samples(lc_id, rec), rec.requested())
 
     def _judged(self, *, usage: bool) -> dict[str, HostView]:
         """Active hosts as seen when deciding whether they are over- or underloaded."""
         views = {}
         for lc_id, rec in sorted(self._active().items()):
             views[lc_id] = HostView(lc_id, rec.description.total_capacity, self._estimate(lc_id, rec),
-                                    self.role.vms.reserved_on(lc_id), PowerState.ACTIVE, True,
+                                    self.hosts.reserved_on(lc_id), PowerState.ACTIVE, True,
                                     self._vms(rec, usage))
         return views
 
@@ -370,52 +363,52 @@ class Reconfiguration:
             if lc_id in exclude:
                 continue
             est = self._estimate(lc_id, rec)
-            req = self.role.vms.requested_on(lc_id)
+            req = rec.requested()
             used = (max(est[0], req[0]), max(est[1], req[1]), max(est[2], req[2]), max(est[3], req[3]))
-            views.append(HostView(lc_id, rec.description.total_capacity, used, self.role.vms.reserved_on(lc_id),
+            views.append(HostView(lc_id, rec.description.total_capacity, used, self.hosts.reserved_on(lc_id),
                                   PowerState.ACTIVE, True, self._vms(rec, usage=False)))
         return views
 
     def _is_empty(self, lc_id: str) -> bool:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is None or rec.description.status != Status.ACTIVE:
             return False
-        if any(d.get("state") in _HOLDING for d in rec.domains):
+        if rec.holds():
             return False
-        return self.role.vms.reserved_on(lc_id) == ZERO
+        return self.hosts.reserved_on(lc_id) == ZERO
 
     # -- the applier -------------------------------------------------------------------------
     def _halted(self) -> bool:
-        return self._stopped or not getattr(self.role, "running", True)
+        return self.scope.closed
 
     def recheck(self, m: Migration) -> tuple[str | None, Capacity]:
         """None if ``m`` still holds on the current state, else why not; and the VM's request."""
-        src = self.role.lcs.get(m.source)
+        src = self.lcs.get(m.source)
         if src is None:
             return f"source {m.source} left this group manager", ZERO
         domain = next((d for d in src.domains if d.get("name") == m.vm_id), None)
-        if domain is None or domain.get("state") not in _HOLDING:
+        if domain is None or domain.get("state") not in HOLDING:
             return f"{m.vm_id} no longer runs on {m.source}", ZERO
         requested = self._requested(src, domain)
-        if m.vm_id in self.role.migrations.moving or any(m.vm_id in held for held in self.role.vms.reserved.values()):
+        if m.vm_id in self.mover.moving or self.hosts.in_flight(m.vm_id):
             return f"{m.vm_id} is already being moved", requested
-        dest = self.role.lcs.get(m.destination)
+        dest = self.lcs.get(m.destination)
         if dest is None:
             return f"destination {m.destination} left this group manager", requested
         if dest.description.status != Status.ACTIVE:
             return f"destination {m.destination} is {dest.description.status.value}", requested
-        why = self.role.migrations.fits(m.destination, requested)
+        why = self.hosts.fits(m.destination, requested)
         if why is not None:
             return f"no longer fits: {why}", requested
         return None, requested
 
     def _destination(self, lc_id: str) -> dict[str, Any]:
-        d = self.role.lcs[lc_id].description
+        d = self.lcs[lc_id].description
         return {"id": lc_id, "address": d.control_data_address.to_json(),
                 "hypervisorSettings": dict(d.hypervisor_settings), "status": d.status.value}
 
     def _mark(self, lc_id: str) -> None:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is not None and rec.history:
             self._touched[lc_id] = rec.history[-1]
 
@@ -443,7 +436,7 @@ class Reconfiguration:
                 continue
             t0 = time.monotonic()
             try:
-                await self.role.migrations.migrate(m.vm_id, m.source, self._destination(m.destination))
+                await self.mover.migrate(m.vm_id, m.source, self._destination(m.destination))
             except (ApiError, RpcError) as exc:
                 reason = f"{exc.code}: {exc.message}"
                 log.warning("reconfiguration: %s %s -> %s failed: %s", m.vm_id, m.source, m.destination, reason)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from groupmanager.manager.energy import EnergySaver
+from groupmanager.manager.hosts import Hosts, LocalControllerRecord
 from groupmanager.manager.inventory import Inventory
 from groupmanager.manager.reconfiguration import Reconfiguration
 from groupmanager.manager.vms import Migrations, VirtualMachines
+from groupmanager.thresholds import thresholds_from
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
 from snooze.models import (
     ZERO,
-    Capacity,
     GroupManagerDescription,
     LocalControllerDescription,
     Status,
@@ -31,89 +31,74 @@ from snooze.models import (
 )
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
+from snooze.scope import Scope
 
-if TYPE_CHECKING:
-    from groupmanager.service import GroupManager
+__all__ = ["LocalControllerRecord", "ManagerNode", "ManagerRole"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class LocalControllerRecord:
-    description: LocalControllerDescription
-    domains: list[dict[str, Any]] = field(default_factory=list)
-    usage: Capacity = ZERO
-    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
-    vm_usage: dict[str, list[float]] = field(default_factory=dict)
-    vm_requested: dict[str, Capacity] = field(default_factory=dict)
+class ManagerNode(Protocol):
+    """What the manager role needs of its group manager process besides its scope."""
 
-    def add_vm(self, vm_id: str, requested: Capacity, state: str = "RUNNING", *, uuid: str | None = None) -> None:
-        """Record a VM that now runs here (started, or migrated in), before monitoring shows it."""
-        self.vm_requested[vm_id] = requested
-        self.domains = [d for d in self.domains if d.get("name") != vm_id] + [
-            {"name": vm_id, "uuid": uuid, "state": state, "vcpus": requested[0], "memory": requested[1]}]
-        if vm_id not in self.description.assigned_virtual_machines:
-            self.description.assigned_virtual_machines.append(vm_id)
+    def description(self) -> GroupManagerDescription: ...
 
-    def remove_vm(self, vm_id: str) -> Capacity | None:
-        """Forget a VM that left (destroyed, or migrated away); its requested capacity, if known."""
-        self.domains = [d for d in self.domains if d.get("name") != vm_id]
-        if vm_id in self.description.assigned_virtual_machines:
-            self.description.assigned_virtual_machines.remove(vm_id)
-        return self.vm_requested.pop(vm_id, None)
+    def see_epoch(self, epoch: int) -> bool: ...
 
 
 class ManagerRole:
-    def __init__(self, gm: GroupManager) -> None:
-        self.gm = gm
-        self.lcs: dict[str, LocalControllerRecord] = {}
-        self.detector = FailureDetector(gm.settings.heartbeat.timeout)
+    """Wiring: ``start()`` registers everything through ``scope`` (a child of the process
+    scope); ``stop()`` closes that scope, so no handler of the role answers afterwards."""
+
+    def __init__(self, scope: Scope, node: ManagerNode) -> None:
+        self.scope = scope
+        self.node = node
+        settings = scope.settings
+        self.hosts = Hosts(thresholds_from(settings.groupmanager))
+        self.lcs = self.hosts.lcs
+        self.detector = FailureDetector(settings.heartbeat.timeout)
         self.leader: GroupManagerDescription | None = None
         self.joined_epoch = 0
-        self.running = False
         self._leader_changed = asyncio.Event()
-        self.vms = VirtualMachines(self)
-        self.migrations = Migrations(self.vms)
-        self.energy = EnergySaver(self)
-        self.reconfiguration = Reconfiguration(self)
-        self.inventory = Inventory(self)
+        self.energy = EnergySaver(scope, self.hosts)
+        self.vms = VirtualMachines(scope, self.hosts, self.energy, self.summary)
+        self.migrations = Migrations(scope, self.hosts, self.vms)
+        self.reconfiguration = Reconfiguration(scope, self.hosts, self.migrations, self.energy)
+        self.inventory = Inventory(scope, self.hosts, self.vms, self.migrations)
+
+    @property
+    def running(self) -> bool:
+        return not self.scope.closed
+
+    @property
+    def id(self) -> str:
+        return self.scope.id
 
     # -- lifecycle (called by GroupManager) ----------------------------------------------
     async def start(self) -> None:
-        self.running = True
-        gm = self.gm
-        gm.heartbeat.on("lc.heartbeat", self._on_lc_heartbeat)
-        gm.internal.on("lc.join", self._on_lc_join)
-        gm.internal.on("lc.monitoring", self._on_monitoring)
-        gm.internal.on("gm.describe", self._on_describe)
+        scope = self.scope
+        scope.heartbeat_on("lc.heartbeat", self._on_lc_heartbeat)
+        scope.on("lc.join", self._on_lc_join)
+        scope.on("lc.monitoring", self._on_monitoring)
+        scope.on("gm.describe", self._on_describe)
         self.vms.register()
         self.migrations.register()
         self.energy.start()
         self.reconfiguration.start()
         self.inventory.start()
-        hb = gm.settings.heartbeat
-        gm.spawn("manager.join", self._join_loop())
-        gm.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
-        gm.every("manager.failures", lambda: hb.interval / 2, self._check_failures)
-        gm.every("manager.summary", lambda: gm.settings.monitoring.summary_interval, self._send_summary)
+        hb = scope.settings.heartbeat
+        scope.spawn("manager.join", self._join_loop())
+        scope.every("manager.heartbeat", lambda: hb.interval, self._heartbeat)
+        scope.every("manager.failures", lambda: hb.interval / 2, self._check_failures)
+        scope.every("manager.summary", lambda: scope.settings.monitoring.summary_interval, self._send_summary)
 
     async def stop(self, *, handover_epoch: int | None = None, leader: dict[str, Any] | None = None) -> None:
         """Stop managing; with ``handover_epoch``, order the local controllers to re-join."""
-        self.running = False
-        for name in ("manager.join", "manager.heartbeat", "manager.failures", "manager.summary"):
-            self.gm.cancel(name)
-        for kind in ("lc.join", "lc.monitoring", "gm.describe"):
-            self.gm.internal.handlers.pop(kind, None)
-        self.gm.heartbeat.handlers.pop("lc.heartbeat", None)
-        self.vms.unregister()
-        self.migrations.unregister()
-        self.energy.stop()
-        self.reconfiguration.stop()
-        self.inventory.stop()
+        await self.scope.close()
         if handover_epoch is not None and self.lcs:
             await asyncio.gather(
                 *(
-                    self.gm.rpc.call(
+                    self.scope.rpc.call(
                         r.description.control_data_address, "lc.rejoin", {"exclude": True, "leader": leader},
                         epoch=handover_epoch, timeout=2,
                     )
@@ -126,7 +111,7 @@ class ManagerRole:
     # -- the leader ----------------------------------------------------------------------
     def leader_seen(self, leader: GroupManagerDescription) -> None:
         if self.leader is None or self.leader.id != leader.id or leader.epoch > self.joined_epoch:
-            if leader.id == self.gm.id:
+            if leader.id == self.id:
                 return
             self.leader = leader
             self._leader_changed.set()
@@ -139,16 +124,17 @@ class ManagerRole:
             if leader is None:
                 continue
             try:
-                reply = await self.gm.rpc.call(
-                    leader.address, "gm.join", {"groupManager": self.gm.description().to_json()},
-                    epoch=self.gm.known_epoch, timeout=3,
+                reply = await self.scope.rpc.call(
+                    leader.address, "gm.join", {"groupManager": self.node.description().to_json()},
+                    epoch=self.scope.epoch, timeout=3,
                 )
                 self.joined_epoch = int(reply.get("epoch", leader.epoch))
-                self.gm.see_epoch(self.joined_epoch)
+                self.node.see_epoch(self.joined_epoch)
                 log.info("joined group leader %s (epoch %d)", leader.id, self.joined_epoch)
                 await self._send_summary()
-            except RpcError as exc:
-                log.info("could not join group leader %s: %s; retrying", leader.id, exc)
+            except Exception as exc:  # refused, unreachable, or a reply this version cannot read
+                log.info("could not join group leader %s: %s; retrying", leader.id, exc,
+                         exc_info=not isinstance(exc, RpcError))
                 await asyncio.sleep(0.5)
                 self._leader_changed.set()
 
@@ -163,18 +149,18 @@ class ManagerRole:
             domains = list(env.body.get("domains") or [])
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(400, "BAD_JOIN", f"bad join request: {exc}") from exc
-        desc.group_manager_id = self.gm.id
+        desc.group_manager_id = self.id
         desc.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in ("RUNNING", "PAUSED")]
         self.lcs[desc.id] = LocalControllerRecord(
-            desc, domains, history=deque(maxlen=self.gm.settings.monitoring.history)
+            desc, domains, history=deque(maxlen=self.scope.settings.monitoring.history)
         )
         self.detector.heard(desc.id)
         self.energy.on_joined(desc.id)
-        self.gm.spawn(f"manager.clear-wakeup-{desc.id}", self.energy.clear_wakeup(desc.id))
+        self.scope.spawn(f"manager.clear-wakeup-{desc.id}", self.energy.clear_wakeup(desc.id))
         # What its hypervisor has is the truth: records that disagree are settled (inventory.py).
         self.inventory.joined(desc.id)
         log.info("local controller %s joined with %d domains", desc.id, len(domains))
-        return {"groupManagerId": self.gm.id, "epoch": self.gm.known_epoch}
+        return {"groupManagerId": self.id, "epoch": self.scope.epoch}
 
     async def _on_monitoring(self, env: Envelope) -> Any:
         body = env.body if isinstance(env.body, dict) else {}
@@ -198,7 +184,7 @@ class ManagerRole:
         if self.leader is not None and self.joined_epoch:
             peers.append(self.leader.address)
         if peers:
-            self.gm.heartbeat.send("gm.heartbeat", self.gm.known_epoch, {"id": self.gm.id}, peers)
+            self.scope.heartbeat.send("gm.heartbeat", self.scope.epoch, {"id": self.id}, peers)
 
     async def _check_failures(self) -> None:
         for lc_id in self.detector.expired():
@@ -217,11 +203,13 @@ class ManagerRole:
             if r.description.status == Status.ACTIVE:
                 active = add(active, r.description.total_capacity)
                 used = add(used, r.usage)
-                taken = add(self.vms.requested_on(lc_id), self.vms.reserved_on(lc_id))
+                taken = self.hosts.taken_on(lc_id)
                 requested = add(requested, taken)
-                free = tuple(max(0.0, t - u) for t, u in zip(r.description.total_capacity, taken, strict=True))
+                total = r.description.total_capacity
+                free = (max(0.0, total[0] - taken[0]), max(0.0, total[1] - taken[1]),
+                        max(0.0, total[2] - taken[2]), max(0.0, total[3] - taken[3]))
                 if free[0] * 1e12 + free[1] > largest[0] * 1e12 + largest[1]:
-                    largest = free  # type: ignore[assignment]
+                    largest = free
             elif r.description.status in (Status.PASSIVE, Status.WAKING):
                 passive = add(passive, r.description.total_capacity)
         return {
@@ -230,7 +218,7 @@ class ManagerRole:
             "usedCapacity": list(used),
             "requestedCapacity": list(requested),
             "largestFreeCapacity": list(largest),
-            "reservedCapacity": list(self.vms.reserved_total()),
+            "reservedCapacity": list(self.hosts.reservations.total()),
             "orphanVirtualMachines": self.inventory.report(),
             "numberOfLocalControllers": len(self.lcs),
         }
@@ -240,9 +228,9 @@ class ManagerRole:
         if leader is None:
             return
         try:
-            await self.gm.rpc.call(
-                leader.address, "gm.summary", {"id": self.gm.id, "summary": self.summary()},
-                epoch=self.gm.known_epoch, timeout=3,
+            await self.scope.rpc.call(
+                leader.address, "gm.summary", {"id": self.id, "summary": self.summary()},
+                epoch=self.scope.epoch, timeout=3,
             )
         except RpcError as exc:
             if exc.code == "NOT_JOINED":
@@ -251,7 +239,7 @@ class ManagerRole:
                 log.debug("summary failed: %s", exc)
 
     async def _on_describe(self, env: Envelope) -> Any:
-        desc = self.gm.description()
+        desc = self.node.description()
         desc.summary = self.summary()
         desc.local_controllers = {}
         for k, r in self.lcs.items():

@@ -20,22 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from groupmanager.manager.hosts import Hosts, LocalControllerRecord, Reservations
 from groupmanager.placement import HostView, PowerState, VMRequest, make_placement_policy
-from groupmanager.thresholds import thresholds_from
 from snooze.coordination import CoordinationError
-from snooze.coordination.store import Store
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
-from snooze.models import ZERO, Capacity, NetworkAddress, Status, add
+from snooze.models import ZERO, Capacity, NetworkAddress, Status
 from snooze.protocol import Envelope
 from snooze.rpc import RpcError
-
-if TYPE_CHECKING:
-    from groupmanager.manager.role import ManagerRole
+from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +77,11 @@ def _number(value: Any, field: str, low: float, high: float) -> float:
         raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{field}: expected a number from {low:g} to {high:g}, got {value!r}",
                        field=field)
     return float(value)
+
+
+def _vector(value: Any) -> Capacity:
+    """A capacity vector already checked by ``capacity_of`` (a list of four floats), as a tuple."""
+    return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
 
 
 def capacity_of(value: Any, field: str) -> Capacity:
@@ -160,117 +162,71 @@ def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[s
     return out
 
 
+class Waker(Protocol):
+    """What starting VMs needs of the energy saver: waking sleeping hosts."""
+
+    async def wake(self, lc_ids: list[str]) -> dict[str, str | None]: ...
+
+
 class VirtualMachines:
-    def __init__(self, role: ManagerRole) -> None:
-        self.role = role
-        gm_settings = role.gm.settings.groupmanager
-        self.thresholds = thresholds_from(gm_settings)
-        self.policy = make_placement_policy(gm_settings.placement_policy, thresholds=self.thresholds)
-        # lc id -> vm id -> capacity held for a VM on its way there (starting, or migrating in).
-        self.reserved: dict[str, dict[str, Capacity]] = defaultdict(dict)
-        # (lc id, vm id) -> monotonic deadline, for reservations a peer holds (see Migrations).
-        self._expires: dict[tuple[str, str], float] = {}
-        self._lock = asyncio.Lock()
+    """Placing and starting batches of VMs on this group manager's local controllers, and the
+    lifecycle orders for them. Wiring: ``register()`` once its role's scope is open; the scope
+    closes the handlers."""
+
+    def __init__(self, scope: Scope, hosts: Hosts, waker: Waker,
+                 summary: Callable[[], dict[str, Any]] = dict) -> None:
+        self.scope = scope
+        self.hosts = hosts
+        self.waker = waker
+        self.summary = summary  # sent back with each batch's results, so the leader's view is fresh
+        gm_settings = scope.settings.groupmanager
+        self.policy = make_placement_policy(gm_settings.placement_policy, thresholds=hosts.thresholds)
 
     def register(self) -> None:
-        internal = self.role.gm.internal
-        internal.on("gm.startVirtualMachines", self._on_start, order=True)
-        internal.on("gm.vmAction", self._on_action)
-        internal.on("gm.vmInfo", self._on_info)
+        self.scope.on("gm.startVirtualMachines", self._on_start, order=True)
+        self.scope.on("gm.vmAction", self._on_action)
+        self.scope.on("gm.vmInfo", self._on_info)
 
-    def unregister(self) -> None:
-        for kind in ("gm.startVirtualMachines", "gm.vmAction", "gm.vmInfo"):
-            self.role.gm.internal.handlers.pop(kind, None)
+    @property
+    def lcs(self) -> dict[str, LocalControllerRecord]:
+        return self.hosts.lcs
+
+    @property
+    def reservations(self) -> Reservations:
+        return self.hosts.reservations
 
     # -- capacity ------------------------------------------------------------------------
-    def requested_on(self, lc_id: str) -> Capacity:
-        rec = self.role.lcs.get(lc_id)
-        total = ZERO
-        if rec is not None:
-            for d in rec.domains:
-                if d.get("state") in ("RUNNING", "PAUSED"):
-                    total = add(total, rec.vm_requested.get(d["name"], (float(d.get("vcpus", 0)), float(d.get("memory", 0)), 0.0, 0.0)))
-        return total
-
-    def reserve(self, lc_id: str, vm_id: str, requested: Capacity, ttl: float | None = None) -> None:
-        """Hold ``requested`` on ``lc_id`` for ``vm_id``; with ``ttl``, only for that many seconds."""
-        self.reserved[lc_id][vm_id] = requested
-        if ttl is None:
-            self._expires.pop((lc_id, vm_id), None)
-        else:
-            self._expires[(lc_id, vm_id)] = time.monotonic() + ttl
-
-    def release(self, lc_id: str, vm_id: str) -> bool:
-        """Give back what ``reserve`` held (True if something was held)."""
-        self._expires.pop((lc_id, vm_id), None)
-        held = self.reserved.get(lc_id)
-        if held is None:
-            return False
-        found = held.pop(vm_id, None) is not None
-        if not held:
-            del self.reserved[lc_id]
-        return found
-
-    def release_vm(self, vm_id: str) -> None:
-        for lc_id in [k for k, held in self.reserved.items() if vm_id in held]:
-            self.release(lc_id, vm_id)
-
-    def _expire(self) -> None:
-        if not self._expires:
-            return
-        now = time.monotonic()
-        for (lc_id, vm_id), deadline in list(self._expires.items()):
-            if deadline <= now:
-                log.warning("the reservation for %s on %s expired: the migration that asked for it never finished",
-                            vm_id, lc_id)
-                self.release(lc_id, vm_id)
-
-    def reserved_on(self, lc_id: str) -> Capacity:
-        self._expire()
-        total = ZERO
-        for c in self.reserved.get(lc_id, {}).values():
-            total = add(total, c)
-        return total
-
-    def reserved_total(self) -> Capacity:
-        self._expire()
-        total = ZERO
-        for held in self.reserved.values():
-            for c in held.values():
-                total = add(total, c)
-        return total
-
     def host_views(self, exclude: set[str] | None = None) -> list[HostView]:
         views = []
-        for lc_id, rec in self.role.lcs.items():
+        for lc_id, rec in self.lcs.items():
             if exclude and lc_id in exclude:
                 continue
             status = rec.description.status
             power = {Status.ACTIVE: PowerState.ACTIVE, Status.PASSIVE: PowerState.PASSIVE,
                      Status.WAKING: PowerState.WAKING}.get(status, PowerState.ACTIVE)
-            views.append(HostView(lc_id, rec.description.total_capacity, self.requested_on(lc_id),
-                                  self.reserved_on(lc_id), power, status != Status.OFFLINE))
+            views.append(HostView(lc_id, rec.description.total_capacity, rec.requested(),
+                                  self.hosts.reserved_on(lc_id), power, status != Status.OFFLINE))
         return views
 
     # -- which domain ----------------------------------------------------------------------
     def domain_of(self, lc_id: str, vm_id: str) -> dict[str, Any] | None:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is None:
             return None
         return next((d for d in rec.domains if d.get("name") == vm_id), None)
 
     async def refresh(self, lc_id: str) -> list[dict[str, Any]]:
         """Ask ``lc_id`` which domains its hypervisor has now; updates this group manager's view."""
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is None:
             raise ApiError(404, "LOCAL_CONTROLLER_GONE", f"{lc_id} is not managed here", field="localControllerId")
         try:
-            reply = await self.role.gm.rpc.call(rec.description.control_data_address, "lc.describe", None,
-                                                epoch=self.role.gm.known_epoch, timeout=10)
+            reply = await self.scope.rpc.call(rec.description.control_data_address, "lc.describe", None,
+                                              epoch=self.scope.epoch, timeout=10)
             domains = [d for d in reply["domains"] if isinstance(d, dict) and isinstance(d.get("name"), str)]
         except (RpcError, KeyError, TypeError) as exc:
             raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", f"{lc_id}: {exc}") from exc
-        if self.role.lcs.get(lc_id) is rec:
+        if self.lcs.get(lc_id) is rec:
             rec.domains = domains
             rec.description.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in ("RUNNING", "PAUSED")]
         return domains
@@ -289,7 +245,7 @@ class VirtualMachines:
         body = _body(env)
         vms = [v for v in body.get("vms") or [] if isinstance(v, dict) and v.get("id")]
         results = await self.start(vms)
-        return {"results": results, "summary": self.role.summary()}
+        return {"results": results, "summary": self.summary()}
 
     async def start(self, vms: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {}
@@ -312,7 +268,7 @@ class VirtualMachines:
                 # Whatever happened in the round (even an exception or a cancellation),
                 # nothing it reserved outlives it.
                 for lc_id, vm_id in made:
-                    self.release(lc_id, vm_id)
+                    self.reservations.release(lc_id, vm_id)
         for vm in pending:
             code = "LOCAL_CONTROLLER_WAKEUP_FAILED" if vm["id"] in wake_failures else "NOT_ENOUGH_CAPACITY"
             results.setdefault(vm["id"], {"id": vm["id"], "status": "ERROR", "errorCode": code,
@@ -323,10 +279,10 @@ class VirtualMachines:
                            wake_failures: dict[str, str], results: dict[str, dict[str, Any]],
                            made: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """One placement round; returns the VMs to try again. Reservations go into ``made``."""
-        async with self._lock:
+        async with self.reservations.lock:
             # Decide and reserve atomically, so two batches never count the same free capacity.
             requests = [
-                VMRequest(v["id"], tuple(v["requested"]), pinned_host=v.get("hostId"),  # type: ignore[arg-type]
+                VMRequest(v["id"], _vector(v["requested"]), pinned_host=v.get("hostId"),
                           affinity_group=(v.get("extra") or {}).get("affinityGroup"),
                           anti_affinity_group=(v.get("extra") or {}).get("antiAffinityGroup"),
                           excluded_hosts=frozenset(tried[v["id"]]))
@@ -337,7 +293,7 @@ class VirtualMachines:
             batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for p in plan.placements:
                 vm = by_id[p.vm_id]
-                self.reserve(p.host_id, p.vm_id, tuple(vm["requested"]))  # type: ignore[arg-type]
+                self.reservations.reserve(p.host_id, p.vm_id, _vector(vm["requested"]))
                 made.append((p.host_id, p.vm_id))
                 batches[p.host_id].append(vm)
             for vm_id, rejection in plan.unplaced.items():
@@ -350,12 +306,12 @@ class VirtualMachines:
         again: list[dict[str, Any]] = []
         if plan.wake_up:
             # Capacity is asleep: wake it (outside the lock; its reservations keep it ours).
-            woken = await self.role.energy.wake(list(plan.wake_up))
+            woken = await self.waker.wake(list(plan.wake_up))
             for lc_id, failure in woken.items():
                 if failure is None:
                     continue
                 for vm in batches.pop(lc_id, []):
-                    self.release(lc_id, vm["id"])
+                    self.reservations.release(lc_id, vm["id"])
                     tried[vm["id"]].add(lc_id)
                     before = wake_failures.get(vm["id"])
                     wake_failures[vm["id"]] = (before + "; " if before else "") + f"waking {lc_id} failed: {failure}"
@@ -363,7 +319,7 @@ class VirtualMachines:
         replies = await asyncio.gather(*(self._start_on(lc_id, batch) for lc_id, batch in batches.items()))
         for lc_id, batch, reply in zip(batches, batches.values(), replies, strict=True):
             for vm, res in zip(batch, reply, strict=True):
-                self.release(lc_id, vm["id"])
+                self.reservations.release(lc_id, vm["id"])
                 if res.get("errorCode") == "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY" and round_ < 2:
                     tried[vm["id"]].add(lc_id)
                     again.append(vm)
@@ -372,13 +328,13 @@ class VirtualMachines:
         return again
 
     async def _start_on(self, lc_id: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is None:
             return [{"id": v["id"], "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_GONE", "message": lc_id} for v in batch]
         addr = rec.description.control_data_address
         try:
-            reply = await self.role.gm.rpc.call(addr, "lc.startVirtualMachines", {"vms": batch},
-                                                epoch=self.role.gm.known_epoch, timeout=30 + len(batch) * 0.2)
+            reply = await self.scope.rpc.call(addr, "lc.startVirtualMachines", {"vms": batch},
+                                              epoch=self.scope.epoch, timeout=30 + len(batch) * 0.2)
             results = [r if isinstance(r, dict) else {} for r in reply["results"]]
             if len(results) != len(batch):
                 raise TypeError(f"{len(results)} results for {len(batch)} VMs")
@@ -389,14 +345,16 @@ class VirtualMachines:
             res["localControllerId"] = lc_id
             res["localControllerAddress"] = addr.to_json()
             if res.get("status") in ("RUNNING", "PAUSED"):
-                rec.add_vm(vm["id"], tuple(vm["requested"]), res["status"], uuid=res.get("uuid"))  # type: ignore[arg-type]
+                rec.add_vm(vm["id"], _vector(vm["requested"]), res["status"], uuid=res.get("uuid"))
         return results
 
     # -- lifecycle -----------------------------------------------------------------------
-    def _find(self, vm_id: str, lc_id: str | None) -> str:
-        if lc_id and lc_id in self.role.lcs:
+    def find(self, vm_id: str, lc_id: str | None) -> str:
+        """The local controller of this group manager that runs ``vm_id`` (``lc_id`` if it is
+        one of them); 404 if none does."""
+        if lc_id and lc_id in self.lcs:
             return lc_id
-        for other, rec in self.role.lcs.items():
+        for other, rec in self.lcs.items():
             if any(d.get("name") == vm_id for d in rec.domains):
                 return other
         raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no local controller of this group manager runs {vm_id}",
@@ -409,7 +367,7 @@ class VirtualMachines:
         if action not in ACTIONS:
             raise ApiError(400, "UNKNOWN_ACTION", f"action must be one of {', '.join(ACTIONS)}", field="action")
         hint = body.get("localControllerId")
-        lc_id = self._find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
+        lc_id = self.find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
         expected = body.get("uuid")  # the caller's own idea of which domain it means, if it has one
         if expected is not None and not isinstance(expected, str):
             raise ApiError(400, "BAD_REQUEST", "uuid must be a string", field="uuid")
@@ -417,7 +375,7 @@ class VirtualMachines:
 
     async def act(self, vm_id: str, lc_id: str, action: str, expected_uuid: str | None = None) -> dict[str, Any]:
         """Order ``action`` on ``vm_id`` at ``lc_id``; a refusal is an ApiError with its reason."""
-        rec = self.role.lcs[lc_id]
+        rec = self.lcs[lc_id]
         uuid = await self.uuid_for(lc_id, vm_id)
         if uuid is None:
             if action == "destroy":
@@ -429,9 +387,9 @@ class VirtualMachines:
                            f"{vm_id} on {lc_id} is domain {uuid}, not {expected_uuid}: the order was meant for another VM",
                            field="uuid")
         try:
-            reply = await self.role.gm.rpc.call(rec.description.control_data_address, "lc.vmAction",
-                                                {"vmId": vm_id, "uuid": uuid, "action": action},
-                                                epoch=self.role.gm.known_epoch, timeout=30)
+            reply = await self.scope.rpc.call(rec.description.control_data_address, "lc.vmAction",
+                                              {"vmId": vm_id, "uuid": uuid, "action": action},
+                                              epoch=self.scope.epoch, timeout=30)
         except RpcError as exc:
             if 400 <= exc.status < 500:
                 raise ApiError(exc.status, exc.code, f"{lc_id}: {exc.message}", field=exc.field) from exc
@@ -451,19 +409,19 @@ class VirtualMachines:
         return reply
 
     async def _gone(self, lc_id: str, vm_id: str) -> dict[str, Any]:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is not None:
             rec.remove_vm(vm_id)
-        self.release_vm(vm_id)
+        self.reservations.release_vm(vm_id)
         await self.forget(vm_id)
         return {"ok": True, "domain": None}
 
     async def forget(self, vm_id: str) -> None:
-        coord = self.role.gm.coord
-        if coord is None:
+        store = self.scope.store
+        if store is None:
             return
         try:
-            await Store(coord).delete_vm(vm_id, self.role.gm.settings.groupmanager.virtual_machine_subnet)
+            await store.delete_vm(vm_id, self.scope.settings.groupmanager.virtual_machine_subnet)
         except CoordinationError as exc:
             log.warning("could not forget %s in ZooKeeper: %s", vm_id, exc)
 
@@ -471,8 +429,8 @@ class VirtualMachines:
         body = _body(env)
         vm_id = _id(body.get("vmId"), "virtualMachineId")
         hint = body.get("localControllerId")
-        lc_id = self._find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
-        rec = self.role.lcs[lc_id]
+        lc_id = self.find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
+        rec = self.lcs[lc_id]
         domain = next((d for d in rec.domains if d.get("name") == vm_id), None)
         return {
             "localControllerId": lc_id,
@@ -481,6 +439,14 @@ class VirtualMachines:
             "usedCapacity": rec.vm_usage.get(vm_id),
             "history": [h for h in rec.history][-5:],
         }
+
+
+class Domains(Protocol):
+    """What moving a VM needs to know of the domains on this group manager's hosts."""
+
+    def find(self, vm_id: str, lc_id: str | None) -> str: ...
+
+    async def uuid_for(self, lc_id: str, vm_id: str) -> str | None: ...
 
 
 class Migrations:
@@ -493,34 +459,28 @@ class Migrations:
     ZooKeeper (or its join here), never from a client.
     """
 
-    def __init__(self, vms: VirtualMachines) -> None:
-        self.vms = vms
-        self.role = vms.role
+    def __init__(self, scope: Scope, hosts: Hosts, domains: Domains) -> None:
+        self.scope = scope
+        self.hosts = hosts
+        self.domains = domains
         self.moving: set[str] = set()  # VMs this group manager is migrating right now
 
     def register(self) -> None:
-        internal = self.role.gm.internal
-        internal.on("gm.migrate", self._on_migrate, order=True)
-        internal.on("gm.reservation", self._on_reservation, order=True)
+        self.scope.on("gm.migrate", self._on_migrate, order=True)
+        self.scope.on("gm.reservation", self._on_reservation, order=True)
 
-    def unregister(self) -> None:
-        for kind in ("gm.migrate", "gm.reservation"):
-            self.role.gm.internal.handlers.pop(kind, None)
+    @property
+    def lcs(self) -> dict[str, LocalControllerRecord]:
+        return self.hosts.lcs
+
+    @property
+    def reservations(self) -> Reservations:
+        return self.hosts.reservations
 
     def fits(self, lc_id: str, requested: Capacity) -> str | None:
-        """None if ``requested`` fits on ``lc_id`` now; else why not."""
-        rec = self.role.lcs.get(lc_id)
-        if rec is None:
-            return f"{lc_id} is not managed here"
-        if rec.description.status != Status.ACTIVE:
-            return f"{lc_id} is {rec.description.status.value}"
-        taken = add(self.vms.requested_on(lc_id), self.vms.reserved_on(lc_id))
-        mid = self.vms.thresholds.mid
-        for i, name in enumerate(("cpu", "memory", "rx", "tx")):
-            total = rec.description.total_capacity[i]
-            if total > 0 and taken[i] + requested[i] > total * mid[i] + 1e-9:
-                return f"{name}: {requested[i]:g} needed, {max(0.0, total * mid[i] - taken[i]):g} free on {lc_id}"
-        return None
+        """None if ``requested`` fits on ``lc_id`` now; else why not (``Hosts.fits``: the one
+        capacity rule, up to the MID threshold)."""
+        return self.hosts.fits(lc_id, requested)
 
     async def _on_reservation(self, env: Envelope) -> Any:
         body = _body(env)
@@ -529,31 +489,31 @@ class Migrations:
             raise ApiError(400, "BAD_RESERVATION", "op must be reserve, commit or release", field="op")
         lc_id, vm_id = _id(body.get("lcId"), "lcId"), _id(body.get("vmId"), "vmId")
         if op == "release":
-            self.vms.release(lc_id, vm_id)
+            self.reservations.release(lc_id, vm_id)
             return {"ok": True}
         requested = capacity_of(body.get("requested"), "requested")
         if op == "reserve":
             # Held for the asking group manager at most ``ttl`` seconds: if it dies mid-way,
             # nobody would ever release it.
             ttl = _number(body.get("ttl", 3 * DEFAULT_MIGRATION_TIMEOUT + 60), "ttl", 1.0, 4 * MAX_MIGRATION_TIMEOUT)
-            async with self.vms._lock:
+            async with self.reservations.lock:
                 why = self.fits(lc_id, requested)
                 if why is not None:
                     raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
-                self.vms.reserve(lc_id, vm_id, requested, ttl)
+                self.reservations.reserve(lc_id, vm_id, requested, ttl)
         else:
             uuid = body.get("uuid")
-            self.vms.release(lc_id, vm_id)
+            self.reservations.release(lc_id, vm_id)
             self._adopt(lc_id, vm_id, requested, uuid if isinstance(uuid, str) else None)
         return {"ok": True}
 
     def _adopt(self, lc_id: str, vm_id: str, requested: Capacity, uuid: str | None = None) -> None:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         if rec is not None:
             rec.add_vm(vm_id, requested, uuid=uuid)
 
     def _drop(self, lc_id: str, vm_id: str) -> Capacity | None:
-        rec = self.role.lcs.get(lc_id)
+        rec = self.lcs.get(lc_id)
         return rec.remove_vm(vm_id) if rec is not None else None
 
     async def _on_migrate(self, env: Envelope) -> Any:
@@ -565,11 +525,11 @@ class Migrations:
         if not isinstance(dest, dict):
             raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination must be an object", field="destination")
         dest_id = _id(dest.get("id"), "localControllerId")
-        coord = self.role.gm.coord
-        if coord is not None:
+        store = self.scope.store
+        if store is not None:
             # The destination as it registered itself: its settings never come from the message.
             try:
-                fresh = await Store(coord).destination(dest_id)
+                fresh = await store.destination(dest_id)
             except CoordinationError as exc:
                 raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
             if fresh is None:
@@ -597,7 +557,7 @@ class Migrations:
                 dest_gm = None
         return dest_id, address, settings, dest_gm
 
-    def _requested(self, rec: Any, vm_id: str, hint: Any) -> Capacity:
+    def _requested(self, rec: LocalControllerRecord, vm_id: str, hint: Any) -> Capacity:
         requested: Capacity | None = rec.vm_requested.get(vm_id)
         if not requested and hint is not None:
             with contextlib.suppress(ApiError):
@@ -615,18 +575,18 @@ class Migrations:
         # Everything that can refuse the request is checked before anything is reserved.
         dest_id, dest_addr, settings, dest_gm = self._destination(dest)
         timeout = migration_timeout(settings)
-        source_lc = self.vms._find(vm_id, source_lc)
-        rec = self.role.lcs[source_lc]
+        source_lc = self.domains.find(vm_id, source_lc)
+        rec = self.lcs[source_lc]
         if dest_id == source_lc:
             raise ApiError(400, "SAME_LOCAL_CONTROLLER", f"{vm_id} already runs on {dest_id}", field="localControllerId")
         if vm_id in self.moving:
             raise ApiError(409, "MIGRATION_IN_PROGRESS", f"{vm_id} is already being migrated", field="virtualMachineId")
-        local = dest_id in self.role.lcs
+        local = dest_id in self.lcs
         if not local and dest_gm is None:
             raise ApiError(409, "LOCAL_CONTROLLER_UNAVAILABLE", f"{dest_id} has no group manager right now", field="localControllerId")
         self.moving.add(vm_id)
         try:
-            uuid = await self.vms.uuid_for(source_lc, vm_id)
+            uuid = await self.domains.uuid_for(source_lc, vm_id)
             if uuid is None:
                 raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"{vm_id} is not on {source_lc}", field="virtualMachineId")
             if expected_uuid is not None and expected_uuid != uuid:
@@ -640,14 +600,14 @@ class Migrations:
                 reply = await self._order(source_lc, vm_id, uuid, dest_id, dest_addr, settings, timeout)
                 self._drop(source_lc, vm_id)
                 if local:
-                    self.vms.release(dest_id, vm_id)
+                    self.reservations.release(dest_id, vm_id)
                     self._adopt(dest_id, vm_id, requested, uuid)
                 else:
                     assert dest_gm is not None
                     settled = True  # from here the destination holds the VM itself
                     with contextlib.suppress(RpcError):
-                        await self.role.gm.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation},
-                                                    epoch=self.role.gm.known_epoch, timeout=10)
+                        await self.scope.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation},
+                                                  epoch=self.scope.epoch, timeout=10)
                 settled = True
             finally:
                 if not settled:
@@ -661,19 +621,19 @@ class Migrations:
 
     async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any], timeout: float) -> None:
         dest_id, vm_id = reservation["lcId"], reservation["vmId"]
-        requested: Capacity = tuple(reservation["requested"])  # type: ignore[assignment]
+        requested = _vector(reservation["requested"])
         if local:
-            async with self.vms._lock:
+            async with self.reservations.lock:
                 why = self.fits(dest_id, requested)
                 if why is not None:
                     raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
-                self.vms.reserve(dest_id, vm_id, requested)
+                self.reservations.reserve(dest_id, vm_id, requested)
             return
         assert dest_gm is not None
-        gm = self.role.gm
         try:
-            await gm.rpc.call(dest_gm, "gm.reservation", {"op": "reserve", "ttl": self._rpc_timeout(timeout) + 60, **reservation},
-                              epoch=gm.known_epoch, timeout=10)
+            await self.scope.rpc.call(dest_gm, "gm.reservation",
+                                      {"op": "reserve", "ttl": self._rpc_timeout(timeout) + 60, **reservation},
+                                      epoch=self.scope.epoch, timeout=10)
         except RpcError as exc:
             if exc.code == "timeout":
                 # It may have been made after all: release it (it would expire anyway).
@@ -688,14 +648,13 @@ class Migrations:
     async def _order(self, source_lc: str, vm_id: str, uuid: str, dest_id: str, dest_addr: NetworkAddress,
                      settings: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Order the source to migrate; its reply if the VM moved, else an ApiError saying why."""
-        gm = self.role.gm
-        source_addr = self.role.lcs[source_lc].description.control_data_address
+        source_addr = self.lcs[source_lc].description.control_data_address
         try:
-            reply = await gm.rpc.call(
+            reply = await self.scope.rpc.call(
                 source_addr, "lc.migrate",
                 {"vmId": vm_id, "uuid": uuid,
                  "destination": {"id": dest_id, "address": dest_addr.to_json(), "hypervisorSettings": settings}},
-                epoch=gm.known_epoch, timeout=self._rpc_timeout(timeout),
+                epoch=self.scope.epoch, timeout=self._rpc_timeout(timeout),
             )
         except RpcError as exc:
             if exc.code == "timeout":
@@ -713,7 +672,7 @@ class Migrations:
         """The source did not answer in time: find out where the domain is before deciding."""
         for where, addr in ((source_lc, source_addr), (dest_id, dest_addr)):
             try:
-                reply = await self.role.gm.rpc.call(addr, "lc.describe", None, epoch=self.role.gm.known_epoch, timeout=5)
+                reply = await self.scope.rpc.call(addr, "lc.describe", None, epoch=self.scope.epoch, timeout=5)
                 present = any(isinstance(d, dict) and d.get("uuid") == uuid for d in reply.get("domains") or [])
             except (RpcError, AttributeError, TypeError):
                 continue
@@ -727,30 +686,29 @@ class Migrations:
 
     async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any]) -> None:
         if local:
-            self.vms.release(reservation["lcId"], reservation["vmId"])
+            self.reservations.release(reservation["lcId"], reservation["vmId"])
         elif dest_gm is not None:
             try:
-                await self.role.gm.rpc.call(dest_gm, "gm.reservation", {"op": "release", **reservation},
-                                            epoch=self.role.gm.known_epoch, timeout=10)
+                await self.scope.rpc.call(dest_gm, "gm.reservation", {"op": "release", **reservation},
+                                          epoch=self.scope.epoch, timeout=10)
             except RpcError as exc:
                 log.warning("could not release the reservation for %s on %s (it expires on its own): %s",
                             reservation["vmId"], reservation["lcId"], exc)
 
     async def _move_record(self, vm_id: str, uuid: str, dest: dict[str, Any], local: bool, details: dict[str, Any]) -> None:
-        coord = self.role.gm.coord
-        if coord is None:
+        store = self.scope.store
+        if store is None:
             return
-        store = Store(coord)
         try:
             rec = await store.get_vm(vm_id)
-            if rec is None:
+            if not isinstance(rec, dict):
                 return
             rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"], lastMigration=details,
                        uuid=uuid)
             if local:
-                rec.update(groupManagerId=self.role.gm.id, groupManagerControlDataAddress=self.role.gm.address.to_json())
+                rec.update(groupManagerId=self.scope.id, groupManagerControlDataAddress=self.scope.address.to_json())
             else:
                 rec.update(groupManagerId=dest.get("groupManagerId"), groupManagerControlDataAddress=dest.get("groupManagerAddress"))
             await store.update_vms([rec], None)
-        except CoordinationError as exc:
+        except (CoordinationError, ValueError) as exc:  # ValueError: a record that is not JSON
             log.warning("could not record the move of %s: %s", vm_id, exc)

@@ -147,6 +147,8 @@ class Coordinator:
         self._ephemerals: dict[str, bytes] = {}
         self._session_id: int | None = None
         self._connected = asyncio.Event()
+        # Re-creating the ephemeral znodes after a new session: one task at a time, tracked so
+        # that stop() ends it and a failure is logged, never lost with an unreferenced future.
         self._reregister_task: asyncio.Task[None] | None = None
         self._check_now = asyncio.Event()
         self.restarts: list[float] = []  # monotonic times the connection thread was restarted
@@ -181,8 +183,11 @@ class Coordinator:
         self.state = SessionState.CLOSED
         self._connected.clear()
         self._check_now.set()
-        if self._reregister_task:
-            self._reregister_task.cancel()
+        task, self._reregister_task = self._reregister_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
 
         def _close() -> None:
             with contextlib.suppress(Exception):
@@ -269,7 +274,7 @@ class Coordinator:
             self.state = SessionState.CONNECTED
             self._connected.set()
             if new_session and self._ephemerals:
-                self._reregister_task = asyncio.ensure_future(self._reregister())
+                self._start_reregister()
         elif kstate == KazooState.SUSPENDED:
             self.state = SessionState.SUSPENDED
             self._connected.clear()
@@ -283,6 +288,20 @@ class Coordinator:
                 listener(self.state, new_session)
             except Exception:
                 log.exception("session listener failed")
+
+    def _start_reregister(self) -> None:
+        old = self._reregister_task
+        if old is not None and not old.done():
+            old.cancel()  # a newer session: its own pass re-creates everything
+        task = asyncio.get_running_loop().create_task(self._reregister(), name="zookeeper.reregister")
+        task.add_done_callback(self._reregister_done)
+        self._reregister_task = task
+
+    def _reregister_done(self, task: asyncio.Task[None]) -> None:
+        if self._reregister_task is task:
+            self._reregister_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("re-registering the ephemeral znodes failed", exc_info=task.exception())
 
     async def _reregister(self) -> None:
         for path, data in list(self._ephemerals.items()):

@@ -17,89 +17,40 @@ from typing import Any
 
 import pytest
 
-from groupmanager.manager import vms as vms_module
-from groupmanager.manager.role import LocalControllerRecord
+from groupmanager.manager.energy import EnergySaver
+from groupmanager.manager.hosts import Hosts, LocalControllerRecord, Reservations
 from groupmanager.manager.vms import (
     MIGRATION_METHODS,
     Migrations,
     VirtualMachines,
     client_hypervisor_settings,
 )
-from snooze import config as cfg
+from groupmanager.thresholds import thresholds_from
 from snooze.http import ApiError
 from snooze.models import ZERO, LocalControllerDescription, NetworkAddress
-from snooze.protocol import Envelope
 from snooze.rpc import RpcError
+from tests.peers import Network, PeerHandler, node
 
 GIB = 1024 * 1024  # KiB
 UUID = "6b3f6a36-0d6f-4a57-9d0c-2f6f1f9c0a01"
 
-Handler = Callable[[dict[str, Any]], Any]
+Handler = PeerHandler
 
 
-class FakeInternal:
-    def __init__(self) -> None:
-        self.handlers: dict[str, tuple[Any, bool]] = {}
+class Manager:
+    """One group manager's real ``VirtualMachines``/``Migrations`` on its own scope, reachable
+    by the others through the fake network."""
 
-    def on(self, kind: str, handler: Any, *, order: bool = False) -> None:
-        self.handlers[kind] = (handler, order)
-
-
-class FakeNetwork:
-    """Peers by port: each a dict kind -> handler(body) (sync or async; may raise RpcError)."""
-
-    def __init__(self) -> None:
-        self.peers: dict[int, dict[str, Handler]] = {}
-        self.calls: list[tuple[int, str]] = []
-
-    def client(self) -> FakeRpc:
-        return FakeRpc(self)
-
-
-class FakeRpc:
-    def __init__(self, net: FakeNetwork) -> None:
-        self.net = net
-
-    async def call(self, peer: NetworkAddress, kind: str, body: Any = None, *, epoch: int = 0, timeout: float = 5.0) -> Any:
-        self.net.calls.append((peer.port, kind))
-        handler = self.net.peers.get(peer.port, {}).get(kind)
-        if handler is None:
-            raise RpcError("unreachable", f"{kind} to port {peer.port}: connection refused")
-        result = handler(body)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result
-
-
-class FakeGM:
-    def __init__(self, gm_id: str, port: int, net: FakeNetwork) -> None:
-        self.id = gm_id
-        self.settings = cfg.Settings()
-        self.internal = FakeInternal()
-        self.rpc = net.client()
-        self.known_epoch = 1
-        self.coord = None
-        self.address = NetworkAddress("127.0.0.1", port)
-
-
-class FakeRole:
-    def __init__(self, gm_id: str, port: int, net: FakeNetwork) -> None:
-        self.gm = FakeGM(gm_id, port, net)
-        self.lcs: dict[str, LocalControllerRecord] = {}
-        self.vms = VirtualMachines(self)  # type: ignore[arg-type]
-        self.migrations = Migrations(self.vms)
+    def __init__(self, gm_id: str, port: int, net: Network, reservations: Reservations | None = None) -> None:
+        self.node = node(gm_id, port, net)
+        scope = self.node.scope
+        self.hosts = Hosts(thresholds_from(scope.settings.groupmanager), reservations)
+        self.lcs = self.hosts.lcs
+        self.vms = VirtualMachines(scope, self.hosts, EnergySaver(scope, self.hosts))
+        self.migrations = Migrations(scope, self.hosts, self.vms)
         self.migrations.register()
-        net.peers[port] = {kind: self._handler(kind) for kind in ("gm.reservation", "gm.migrate")}
-
-    def _handler(self, kind: str) -> Handler:
-        async def handle(body: dict[str, Any]) -> Any:
-            handler, _order = self.gm.internal.handlers[kind]
-            try:
-                return await handler(Envelope(kind, "peer", 1, body))
-            except ApiError as exc:
-                raise RpcError(exc.code, exc.message, exc.status, exc.field) from exc
-
-        return handle
+        for kind in ("gm.reservation", "gm.migrate"):
+            net.serve(port, kind, self.node.peer(kind))
 
     def add_lc(self, lc_id: str, port: int, domains: dict[str, str] | None = None, cpus: float = 4) -> LocalControllerRecord:
         desc = LocalControllerDescription(lc_id, NetworkAddress("127.0.0.1", port), (cpus, 4.0 * GIB, 0.0, 0.0),
@@ -111,17 +62,20 @@ class FakeRole:
         return rec
 
     def reserved(self) -> Any:
-        return self.vms.reserved_total()
+        return self.hosts.reservations.total()
+
+    def held(self) -> dict[str, dict[str, Any]]:
+        return self.hosts.reservations.snapshot()
 
 
 class World:
     """gm-1 manages lc-a (runs vm1) and lc-b; gm-2 manages lc-c. Fake local controllers
     answer lc.describe with what the test says they run."""
 
-    def __init__(self) -> None:
-        self.net = FakeNetwork()
-        self.gm1 = FakeRole("gm-1", 7001, self.net)
-        self.gm2 = FakeRole("gm-2", 7002, self.net)
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.net = Network()
+        self.gm1 = Manager("gm-1", 7001, self.net)
+        self.gm2 = Manager("gm-2", 7002, self.net, Reservations(clock) if clock is not None else None)
         self.gm1.add_lc("lc-a", 7101, {"vm1": UUID})
         self.gm1.add_lc("lc-b", 7102)
         self.gm2.add_lc("lc-c", 7103)
@@ -150,8 +104,8 @@ class World:
                 "groupManagerAddress": {"address": "127.0.0.1", "port": 7002 if remote else 7001}}
 
     def assert_nothing_reserved(self) -> None:
-        assert self.gm1.reserved() == ZERO, self.gm1.vms.reserved
-        assert self.gm2.reserved() == ZERO, self.gm2.vms.reserved
+        assert self.gm1.reserved() == ZERO, self.gm1.held()
+        assert self.gm2.reserved() == ZERO, self.gm2.held()
         assert not self.gm1.migrations.moving
 
     def assert_still_at_source(self) -> None:
@@ -295,7 +249,7 @@ def test_bad_destination_settings_are_a_400_before_anything_is_reserved(settings
     w.on_migrate(lambda body: {"ok": True, "duration": 0.1})
     err = failing(w, "lc-b", settings)
     assert err.status == 400 and err.field is not None and err.field.startswith("destinationHypervisorSettings.migration")
-    assert w.orders == [] and w.gm1.vms.reserved == {}
+    assert w.orders == [] and w.gm1.held() == {}
     w.assert_still_at_source()
 
 
@@ -341,17 +295,16 @@ def test_a_second_move_of_the_same_vm_while_one_runs_is_refused() -> None:
     w.assert_nothing_reserved()
 
 
-def test_a_reservation_held_for_another_group_manager_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    w = World()
+def test_a_reservation_held_for_another_group_manager_expires() -> None:
     now = [1000.0]
-    monkeypatch.setattr(vms_module.time, "monotonic", lambda: now[0])
+    w = World(clock=lambda: now[0])
     body = {"op": "reserve", "lcId": "lc-c", "vmId": "vm9", "requested": [1, GIB, 0, 0], "ttl": 30}
-    asyncio.run(w.gm2.gm.internal.handlers["gm.reservation"][0](Envelope("gm.reservation", "gm-1", 1, body)))
-    assert w.gm2.vms.reserved_on("lc-c") == (1.0, float(GIB), 0.0, 0.0)
+    asyncio.run(w.gm2.node.ask("gm.reservation", body))
+    assert w.gm2.hosts.reserved_on("lc-c") == (1.0, float(GIB), 0.0, 0.0)
     now[0] += 29
-    assert w.gm2.vms.reserved_on("lc-c") != ZERO
+    assert w.gm2.hosts.reserved_on("lc-c") != ZERO
     now[0] += 2  # the asking group manager died mid-migration: nobody will release it
-    assert w.gm2.vms.reserved_on("lc-c") == ZERO and w.gm2.vms.reserved == {}
+    assert w.gm2.hosts.reserved_on("lc-c") == ZERO and w.gm2.held() == {}
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -367,17 +320,12 @@ def test_a_reservation_held_for_another_group_manager_expires(monkeypatch: pytes
 def test_a_malformed_reservation_is_a_400_and_reserves_nothing(body: dict[str, Any], field: str) -> None:
     w = World()
     with pytest.raises(ApiError) as err:
-        asyncio.run(w.gm2.gm.internal.handlers["gm.reservation"][0](Envelope("gm.reservation", "gm-1", 1, body)))
+        asyncio.run(w.gm2.node.ask("gm.reservation", body))
     assert err.value.status == 400 and err.value.field == field
     w.assert_nothing_reserved()
 
 
 # -- starting VMs: the same rule --------------------------------------------------------------
-
-
-class FakeEnergy:
-    async def wake(self, lc_ids: list[str]) -> dict[str, str | None]:
-        return dict.fromkeys(lc_ids)
 
 
 @pytest.mark.parametrize("answer", [
@@ -387,19 +335,18 @@ class FakeEnergy:
 ])
 def test_a_start_that_goes_wrong_holds_nothing_afterwards(answer: Handler) -> None:
     w = World()
-    w.gm1.energy = FakeEnergy()  # type: ignore[attr-defined]
     for port in (7101, 7102):
         w.net.peers[port]["lc.startVirtualMachines"] = answer
     results = asyncio.run(w.gm1.vms.start([{"id": "new-1", "requested": [1, GIB, 0, 0], "xml": "<domain/>"}]))
     assert [r["status"] for r in results] == ["ERROR"]
-    assert w.gm1.reserved() == ZERO and w.gm1.vms.reserved == {}
+    assert w.gm1.reserved() == ZERO and w.gm1.held() == {}
 
 
 def test_a_start_with_a_malformed_request_is_an_error_result_not_a_crash() -> None:
     w = World()
     results = asyncio.run(w.gm1.vms.start([{"id": "bad", "requested": [1, "lots", 0, 0]}]))
     assert results[0]["errorCode"] == "BAD_SPECIFICATION"
-    assert w.gm1.vms.reserved == {}
+    assert w.gm1.held() == {}
 
 
 # -- what a client may say about the destination's hypervisor --------------------------------
