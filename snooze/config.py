@@ -7,6 +7,7 @@ Unknown sections or keys, and values of the wrong type, are configuration errors
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import socket
@@ -14,7 +15,7 @@ import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -23,7 +24,7 @@ class ConfigError(ValueError):
 
 def opt(default: Any, doc: str) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})  # type: ignore[call-arg]
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
 
 
@@ -48,7 +49,7 @@ class ClusterSettings:
     zk_root: str = opt("/snooze", "ZooKeeper path under which this cluster keeps its state.")
     session_timeout: float = opt(10.0, "ZooKeeper session timeout in seconds (the server clamps it to 2..20 tickTime).")
     discovery: str = opt("static", "'static' uses the zookeeper option; 'zeroconf' also advertises/browses the cluster on zeroconf_interfaces.")
-    zeroconf_interfaces: list = opt(["127.0.0.1"], "Interfaces zeroconf may use. Never all interfaces by default.")
+    zeroconf_interfaces: list[str] = opt(["127.0.0.1"], "Interfaces zeroconf may use. Never all interfaces by default.")
     replay_window: float = opt(30.0, "Seconds an internal message stays valid: receivers refuse one whose timestamp is further than this from their clock, or whose nonce they already accepted within it (replays). The cluster's clocks must agree within it.")
 
 
@@ -83,9 +84,9 @@ class GroupManagerSettings:
     consolidation_policy: str = opt("cost-aware", "Consolidation policy: 'cost-aware' or 'sercon' (the original's).")
     estimator: str = opt("average", "How a host's demand is estimated from its monitoring history: 'average', 'ewma' or 'static'.")
     estimator_window: int = opt(10, "How many of the latest monitoring samples the estimator reads (at most [monitoring] history).")
-    cpu_thresholds: list = opt([0.0, 1.0, 1.0], "CPU utilisation [MIN, MID, MAX] (original: 0, 1, 1): underloaded below MIN, a host accepts VMs up to MID, overloaded above MAX.")
-    memory_thresholds: list = opt([0.0, 1.0, 1.0], "Memory utilisation [MIN, MID, MAX] (original: 0, 1, 1).")
-    network_thresholds: list = opt([0.0, 1.0, 1.0], "Network utilisation [MIN, MID, MAX] for rx and tx (original: 0, 1, 1).")
+    cpu_thresholds: list[float] = opt([0.0, 1.0, 1.0], "CPU utilisation [MIN, MID, MAX] (original: 0, 1, 1): underloaded below MIN, a host accepts VMs up to MID, overloaded above MAX.")
+    memory_thresholds: list[float] = opt([0.0, 1.0, 1.0], "Memory utilisation [MIN, MID, MAX] (original: 0, 1, 1).")
+    network_thresholds: list[float] = opt([0.0, 1.0, 1.0], "Network utilisation [MIN, MID, MAX] for rx and tx (original: 0, 1, 1).")
     task_retention: float = opt(3600.0, "Seconds a finished submission (its getVirtualClusterResponse) and a failed VM's record are kept in ZooKeeper before the leader forgets them (at least 1; swept every tenth of it, 1-60 s).")
     transaction_bytes: int = opt(900000, "Largest ZooKeeper transaction the leader writes (keep it under the server's jute.maxbuffer, 1 MiB by default); a bigger submission is recorded as an intent record, then chunks of half this size.")
     restart_lost_vms: bool = opt(False, "When a local controller (re)joins without VMs its records place there (host restarted, domains lost), start them again from their stored spec instead of marking them ERROR (VIRTUAL_MACHINE_LOST).")
@@ -94,7 +95,7 @@ class GroupManagerSettings:
 @dataclass
 class LocalControllerSettings:
     hypervisor_uri: str = opt("qemu:///system", "libvirt URI of this host's hypervisor; test:///PATH/host.xml for libvirt's test driver.")
-    network_capacity: list = opt([131072.0, 131072.0], "[rx, tx] network capacity in KiB/s reported in totalCapacity.")
+    network_capacity: list[float] = opt([131072.0, 131072.0], "[rx, tx] network capacity in KiB/s reported in totalCapacity.")
     hypervisor_driver: str = opt("qemu", "hypervisorSettings.driver reported to peers (used for migration URIs).")
     hypervisor_transport: str = opt("tcp", "hypervisorSettings.transport (migration URI transport).")
     hypervisor_port: int = opt(16509, "hypervisorSettings.port (libvirtd port peers migrate to).")
@@ -107,20 +108,20 @@ class LocalControllerSettings:
     wakeup_driver: str = opt("NONE", "wakeupSettings.driver: IPMI, WOL, COMMAND, TEST or NONE.")
     wakeup_options: str = opt("", "wakeupSettings.options, e.g. '-I lanplus -H BMC_IP -U user -P password' for IPMI.")
     power_test_mode: bool = opt(False, "For local clusters: a power-saving order stops this process instead of running a host command.")
-    power_commands: dict = opt({}, "Commands per power-saving state, e.g. {SUSPEND_TO_RAM = ['pm-suspend']}; defaults: shutdown -h now, systemctl suspend/hibernate/hybrid-sleep.")
+    power_commands: dict[str, list[str]] = opt({}, "Commands per power-saving state, e.g. {SUSPEND_TO_RAM = ['pm-suspend']}; defaults: shutdown -h now, systemctl suspend/hibernate/hybrid-sleep.")
 
 
 @dataclass
 class TemplateSettings:
     image_directory: str = opt("/var/lib/snooze/images", "The image store: imageId names a file in it, and every disk, kernel, initrd and loader path of a libVirtTemplate must lie inside it (relative paths are taken inside it; '..' and, on the host, symlinks are resolved first).")
-    domain_types: list = opt(["kvm", "qemu", "test"], "Domain types (<domain type=...>) a libVirtTemplate may ask for; 'test' is libvirt's test driver, which runs nothing.")
-    devices: list = opt(["disk", "controller", "interface", "serial", "console", "channel", "input", "graphics", "video", "sound", "memballoon", "rng", "watchdog"], "Device kinds a libVirtTemplate's <devices> may hold (each with its own allow-list of attributes). hostdev, filesystem, smartcard, redirdev, tpm, shmem and the like are never allowed.")
-    emulators: list = opt(["/usr/bin/kvm", "/usr/bin/qemu-kvm", "/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm"], "Binaries a libVirtTemplate's <emulator> may name; any other (e.g. /bin/sh) is refused. Without <emulator> libvirt uses the host's default.")
-    bridges: list = opt(["virbr0"], "Host bridges an <interface type='bridge'> may join.")
-    networks: list = opt(["default"], "libvirt networks an <interface type='network'> may join.")
-    block_devices: list = opt([], "Directories of host block devices (e.g. /dev/vg-guests) a <disk type='block'> may use; empty = no block disks.")
+    domain_types: list[str] = opt(["kvm", "qemu", "test"], "Domain types (<domain type=...>) a libVirtTemplate may ask for; 'test' is libvirt's test driver, which runs nothing.")
+    devices: list[str] = opt(["disk", "controller", "interface", "serial", "console", "channel", "input", "graphics", "video", "sound", "memballoon", "rng", "watchdog"], "Device kinds a libVirtTemplate's <devices> may hold (each with its own allow-list of attributes). hostdev, filesystem, smartcard, redirdev, tpm, shmem and the like are never allowed.")
+    emulators: list[str] = opt(["/usr/bin/kvm", "/usr/bin/qemu-kvm", "/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm"], "Binaries a libVirtTemplate's <emulator> may name; any other (e.g. /bin/sh) is refused. Without <emulator> libvirt uses the host's default.")
+    bridges: list[str] = opt(["virbr0"], "Host bridges an <interface type='bridge'> may join.")
+    networks: list[str] = opt(["default"], "libvirt networks an <interface type='network'> may join.")
+    block_devices: list[str] = opt([], "Directories of host block devices (e.g. /dev/vg-guests) a <disk type='block'> may use; empty = no block disks.")
     network_disks: bool = opt(False, "Allow <disk type='network'> (rbd, iscsi, nbd...): the client then chooses hosts the hypervisor connects to.")
-    firmware_directories: list = opt([], "Directories besides the image store an <os><loader> or <nvram template=...> may come from, e.g. /usr/share/OVMF.")
+    firmware_directories: list[str] = opt([], "Directories besides the image store an <os><loader> or <nvram template=...> may come from, e.g. /usr/share/OVMF.")
 
 
 @dataclass
@@ -158,9 +159,10 @@ def _coerce(section: str, key: str, value: Any, typ: Any) -> Any:
     where = f"[{section}] {key}"
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    expected = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}[typ.__name__]
+    base = get_origin(typ) or typ  # list[str] -> list: elements are checked where they are used
+    expected = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}[base.__name__]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {base.__name__}, got {value!r}")
     return value
 
 

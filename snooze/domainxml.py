@@ -192,7 +192,7 @@ def parse_xml(text: Any) -> ET.Element:
     except UnicodeEncodeError as exc:
         raise PolicyViolation("domain XML is not valid Unicode (lone surrogate)") from exc
     try:
-        root = DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+        root: ET.Element = DET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except defusedxml.DTDForbidden as exc:
         raise PolicyViolation("a DOCTYPE (and so any entity, external or expanding) is not allowed in domain XML") from exc
     except defusedxml.EntitiesForbidden as exc:

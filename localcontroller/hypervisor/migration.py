@@ -90,7 +90,7 @@ class MigrationResult:
 
 def migration_flags(settings: MigrationSettings) -> int:
     """The ``virDomainMigrate*`` flags for these settings."""
-    flags = (
+    flags: int = (
         libvirt.VIR_MIGRATE_LIVE
         | libvirt.VIR_MIGRATE_PEER2PEER
         | libvirt.VIR_MIGRATE_PERSIST_DEST

@@ -106,8 +106,9 @@ class SnoozeNodeDriver(NodeDriver):
             url = host.rstrip("/")
         else:
             url = f"{'https' if secure else 'http'}://{host}:{int(port)}"
-        super().__init__(key=host, secret=str(port), secure=secure, host=host, port=int(port) if port else None,
-                         **kwargs)
+        super().__init__(  # type: ignore[no-untyped-call]  # libcloud is untyped
+            key=host, secret=str(port), secure=secure, host=host, port=int(port) if port else None, **kwargs
+        )
         self.bootstrap_url = url
         self.client = SyncSnoozeClient(url, timeout=timeout)
 

@@ -440,7 +440,7 @@ class Store:
     async def get_task(self, task_id: str) -> dict[str, Any] | None:
         if not is_valid_id(task_id):
             return None
-        return await self.coord.get_json(self._p("tasks", task_id))  # type: ignore[no-any-return]
+        return await self.coord.get_json(self._p("tasks", task_id))
 
     async def task_ids(self) -> list[str]:
         return await self.coord.call(self._children, "tasks")
@@ -491,7 +491,7 @@ class Store:
     async def get_vm(self, vm_id: str) -> dict[str, Any] | None:
         if not is_valid_id(vm_id):
             return None
-        return await self.coord.get_json(self._p("vms", vm_id))  # type: ignore[no-any-return]
+        return await self.coord.get_json(self._p("vms", vm_id))
 
     async def _get_many(self, folder: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         wanted = list(ids)
@@ -507,7 +507,7 @@ class Store:
     async def get_spec(self, vm_id: str) -> dict[str, Any] | None:
         if not is_valid_id(vm_id):
             return None
-        return await self.coord.get_json(self._p("vmspecs", vm_id))  # type: ignore[no-any-return]
+        return await self.coord.get_json(self._p("vmspecs", vm_id))
 
     async def get_specs(self, vm_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return await self._get_many("vmspecs", vm_ids)

@@ -225,7 +225,7 @@ class Coordinator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), interval)
             self._check_now.clear()
-            if self.state == SessionState.CLOSED:
+            if self.closed:  # stop() may have run while we waited
                 return
             now = time.monotonic()
             lost_since = (lost_since or now) if self.state == SessionState.LOST else None
@@ -249,6 +249,10 @@ class Coordinator:
 
     def add_listener(self, listener: StateListener) -> None:
         self._listeners.append(listener)
+
+    @property
+    def closed(self) -> bool:
+        return self.state == SessionState.CLOSED
 
     @property
     def connected(self) -> bool:

@@ -367,7 +367,8 @@ class LocalCluster:
 
     def hierarchy(self, timeout: float = 5.0) -> dict[str, Any] | None:
         try:
-            return _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=timeout)
+            hierarchy: dict[str, Any] | None = _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=timeout)
+            return hierarchy
         except (OSError, ValueError, urllib.error.URLError):
             return None
 

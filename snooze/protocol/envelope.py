@@ -110,7 +110,7 @@ def encode(
         nonce = new_nonce()
     if len(nonce) != NONCE_BYTES or len(reply_to) not in (0, NONCE_BYTES):
         raise ValueError(f"nonce and reply_to must be {NONCE_BYTES} bytes")
-    payload = msgpack.packb(
+    payload: bytes = msgpack.packb(
         [
             PROTOCOL_VERSION,
             kind,
