@@ -15,10 +15,11 @@ from aiohttp import web
 
 from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
+from snooze.codes import ErrorCode
 from snooze.http import ApiError, read_identifier
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
-from snooze.rpc import RpcError
+from snooze.rpc import RpcError, api_error
 from snooze.service import Service
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Bootstrap(Service):
 
     def require_leader(self) -> GroupManagerDescription:
         if self.leader is None:
-            raise ApiError(503, "NO_GROUP_LEADER", "no group leader is known yet; retry shortly")
+            raise ApiError(ErrorCode.NO_GROUP_LEADER, "no group leader is known yet; retry shortly")
         return self.leader
 
     async def leader_rpc(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
@@ -72,8 +73,7 @@ class Bootstrap(Service):
         try:
             return await self.leader_rpc(kind, body, timeout)
         except RpcError as exc:
-            status = exc.status if 400 <= exc.status < 500 else 503
-            raise ApiError(status, exc.code.upper(), f"group leader: {exc.message}", field=exc.field) from exc
+            raise api_error(exc, "group leader") from exc
 
     def _energy_saver(self, enabled: bool) -> Any:
         """Suspend or resume the energy saver of every group manager (or of the one whose id
@@ -86,7 +86,7 @@ class Bootstrap(Service):
             hierarchy = await self.leader_call("gl.hierarchy")
             gms = [gm for gm in hierarchy["groupManagerDescriptions"] if not raw or gm["id"] == raw]
             if raw and not gms:
-                raise ApiError(404, "GROUP_MANAGER_NOT_FOUND", f"no group manager {raw!r}", field="groupManagerId")
+                raise ApiError(ErrorCode.GROUP_MANAGER_NOT_FOUND, f"no group manager {raw!r}", field="groupManagerId")
             done = True
             for gm in gms:
                 addr = NetworkAddress.from_json(gm["listenSettings"]["controlDataAddress"])

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from snooze.codes import ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError, bad_request, parse_json, read_body, read_identifier, read_json
 from snooze.ids import InvalidId, check_id
-from snooze.models import NetworkAddress
-from snooze.rpc import RpcError
-from snooze.virtualcluster import vm_metadata
+from snooze.models import NetworkAddress, Status
+from snooze.records import RecordError, VMRecord
+from snooze.rpc import RpcError, api_error
 
 if TYPE_CHECKING:
     from bootstrap.service import Bootstrap
@@ -36,12 +37,7 @@ def _id(value: Any, field: str) -> str:
     try:
         return check_id(value, field)
     except InvalidId as exc:
-        raise bad_request(str(exc), field=field, code="INVALID_ID") from exc
-
-
-def _rpc_to_api(exc: RpcError, who: str) -> ApiError:
-    status = exc.status if 400 <= exc.status < 500 else 503
-    return ApiError(status, exc.code.upper() if exc.code.islower() else exc.code, f"{who}: {exc.message}", field=exc.field)
+        raise bad_request(str(exc), field=field, code=ErrorCode.INVALID_ID) from exc
 
 
 def _zookeeper_errors(handler: Callable[[web.Request], Awaitable[Any]]) -> Callable[[web.Request], Awaitable[Any]]:
@@ -51,7 +47,7 @@ def _zookeeper_errors(handler: Callable[[web.Request], Awaitable[Any]]) -> Calla
         try:
             return await handler(request)
         except CoordinationError as exc:
-            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", f"ZooKeeper: {exc}") from exc
+            raise api_error(exc, "ZooKeeper") from exc
 
     return handle
 
@@ -74,7 +70,7 @@ class VirtualMachineVerbs:
     @property
     def store(self) -> Store:
         if self.b.coord is None:
-            raise ApiError(503, "NOT_READY", "the bootstrap is starting")
+            raise ApiError(ErrorCode.NOT_READY, "the bootstrap is starting")
         return Store(self.b.coord)
 
     # -- submissions (forwarded to the leader) -------------------------------------------
@@ -83,7 +79,7 @@ class VirtualMachineVerbs:
         try:
             reply = await self.b.leader_rpc("gl.startVirtualCluster", body, timeout=60)
         except RpcError as exc:
-            raise _rpc_to_api(exc, "group leader") from exc
+            raise api_error(exc, "group leader") from exc
         return web.Response(text=str(reply["taskId"]), content_type="text/plain")
 
     async def get_virtual_cluster_response(self, request: web.Request) -> Any:
@@ -91,30 +87,33 @@ class VirtualMachineVerbs:
         try:
             reply = await self.b.leader_rpc("gl.virtualClusterResponse", {"taskId": task_id}, timeout=30)
         except RpcError as exc:
-            raise _rpc_to_api(exc, "group leader") from exc
+            raise api_error(exc, "group leader") from exc
         if reply.get("response") is None:
             return web.Response(text="", content_type="application/json")
         return reply["response"]
 
     # -- finding a VM --------------------------------------------------------------------
-    async def _locate(self, vm_id: str) -> tuple[dict[str, Any], NetworkAddress, str]:
-        """(record, its group manager's address, its local controller id) or a 404/503."""
+    async def _locate(self, vm_id: str) -> tuple[VMRecord, NetworkAddress, str]:
+        """(record, its group manager's address, its local controller id) or a 404/409/503."""
         try:
             rec = await self.store.get_vm(vm_id)
             if rec is None:
-                raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no virtual machine {vm_id!r}", field="virtualMachineId")
-            lc_id = rec.get("localControllerId")
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no virtual machine {vm_id!r}", field="virtualMachineId")
+            lc_id = rec.lc_id
             if not lc_id:
-                raise ApiError(409, "VIRTUAL_MACHINE_NOT_PLACED", f"{vm_id} is {rec.get('status')}, not on a host", field="virtualMachineId")
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_PLACED, f"{vm_id} is {rec.status}, not on a host", field="virtualMachineId")
             coord = self.b.coord
             assert coord is not None
             lc = await coord.get_json(coord.path("localcontrollers", lc_id))
             gm_id = (lc or {}).get("groupManagerId")
             gm = await coord.get_json(coord.path("groupmanagers", gm_id)) if gm_id else None
+        except RecordError as exc:
+            # Where it runs, if anywhere, cannot be known from it: no order can be sent.
+            raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_PLACED, str(exc), field="virtualMachineId") from exc
         except CoordinationError as exc:
-            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+            raise api_error(exc) from exc
         if not gm:
-            raise ApiError(503, "LOCAL_CONTROLLER_UNAVAILABLE", f"{vm_id}'s host {lc_id} has no group manager right now; retry")
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_UNAVAILABLE, f"{vm_id}'s host {lc_id} has no group manager right now; retry")
         return rec, NetworkAddress.from_json(gm["listenSettings"]["controlDataAddress"]), lc_id
 
     def _action_handler(self, action: str) -> Any:
@@ -125,7 +124,7 @@ class VirtualMachineVerbs:
                 reply = await self.b.rpc.call(gm_addr, "gm.vmAction", {"vmId": vm_id, "action": action, "localControllerId": lc_id},
                                               epoch=self.b.known_epoch, timeout=60)
             except RpcError as exc:
-                raise _rpc_to_api(exc, "group manager") from exc
+                raise api_error(exc, "group manager") from exc
             return bool(reply.get("ok"))
 
         return handle
@@ -141,17 +140,18 @@ class VirtualMachineVerbs:
         rec, gm_addr, source_lc = await self._locate(vm_id)
         dest = await self.store.destination(dest_id)
         if dest is None:
-            raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_id!r}", field="localControllerId")
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_FOUND, f"no local controller {dest_id!r}", field="localControllerId")
         if dest_id == source_lc:
-            raise ApiError(400, "SAME_LOCAL_CONTROLLER", f"{vm_id} already runs on {dest_id}", field="localControllerId")
-        if dest.get("status") not in (None, "ACTIVE"):
-            raise ApiError(409, "LOCAL_CONTROLLER_NOT_ACTIVE", f"{dest_id} is {dest['status']}", field="localControllerId")
+            raise ApiError(ErrorCode.SAME_LOCAL_CONTROLLER, f"{vm_id} already runs on {dest_id}", field="localControllerId")
+        if dest.get("status") not in (None, Status.ACTIVE):
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_ACTIVE, f"{dest_id} is {dest['status']}", field="localControllerId")
         try:
+            requested = list(rec.requested) if rec.requested is not None else None
             await self.b.rpc.call(gm_addr, "gm.migrate", {"vmId": vm_id, "sourceLcId": source_lc, "destination": dest,
-                                                          "requested": rec.get("requestedCapacity")},
+                                                          "requested": requested},
                                   epoch=self.b.known_epoch, timeout=300)
         except RpcError as exc:
-            raise _rpc_to_api(exc, "group manager") from exc
+            raise api_error(exc, "group manager") from exc
         return True
 
     async def get_virtual_machine_metadata(self, request: web.Request) -> Any:
@@ -162,25 +162,30 @@ class VirtualMachineVerbs:
             vm_id = _id(vm_id, "virtualMachineId")
         else:
             vm_id = await read_identifier(request, "virtualMachineId")
-        rec = await self.store.get_vm(vm_id)
+        readable = True
+        try:
+            rec = await self.store.get_vm(vm_id)
+        except RecordError as exc:
+            # Shown as the group leader reports it: ERROR, with why (and nowhere to ask about it).
+            rec, readable = VMRecord.unreadable(exc), False
         if rec is None:
-            raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no virtual machine {vm_id!r}", field="virtualMachineId")
+            raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no virtual machine {vm_id!r}", field="virtualMachineId")
         spec = await self.store.get_spec(vm_id)
         live: dict[str, Any] | None = None
-        if rec.get("localControllerId"):
+        if rec.lc_id and readable:
             try:
                 _rec, gm_addr, lc_id = await self._locate(vm_id)
                 live = await self.b.rpc.call(gm_addr, "gm.vmInfo", {"vmId": vm_id, "localControllerId": lc_id},
                                              epoch=self.b.known_epoch, timeout=10)
             except (ApiError, RpcError):
                 live = None
-        meta = vm_metadata(rec, spec, live=live)
+        meta = rec.metadata(spec, live=live)
         if live is not None:
             domain = live.get("domain")
             if domain is not None:
                 meta["status"] = domain.get("state")
-            elif rec.get("status") in ("RUNNING", "PAUSED"):
-                meta["status"] = "DESTROYED"  # gone from its host behind our back
+            elif rec.status.started:
+                meta["status"] = VMStatus.DESTROYED  # gone from its host behind our back
             meta["history"] = live.get("history")
         return meta
 
@@ -233,7 +238,7 @@ class VirtualMachineVerbs:
             rec = records.get(vm_id)
             if rec is None:
                 continue
-            meta = vm_metadata(rec, None)
+            meta = rec.metadata()
             if vm_id in live:
                 lc_id, gm_id, info = live[vm_id]
                 meta["status"] = info.get("status")

@@ -17,6 +17,7 @@ from groupmanager.manager.vms import client_hypervisor_settings
 from groupmanager.placement import make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze import config as cfg
+from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError, LeaderElection
 from snooze.coordination.store import Store
 from snooze.discovery import Advertiser
@@ -24,6 +25,7 @@ from snooze.http import ApiError, read_identifier, read_json
 from snooze.ids import InvalidId, check_id
 from snooze.models import GroupManagerDescription, ListenSettings
 from snooze.protocol import Envelope
+from snooze.rpc import api_error
 from snooze.service import Service
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,8 @@ class GroupManager(Service):
             hint = ""
             if self.manager_role is not None and self.manager_role.leader is not None:
                 hint = f"; the group leader is at {self.manager_role.leader.address.url}"
-            raise ApiError(409, "NOT_GROUP_LEADER", f"this group manager is not the group leader{hint}")
+            # 409, not the code's 503: the caller asked the wrong process (it is no leader at all).
+            raise ApiError(ErrorCode.NOT_GROUP_LEADER, f"this group manager is not the group leader{hint}", status=409)
         return self.leader_role
 
     async def _http_start_vc(self, request: web.Request) -> Any:
@@ -170,12 +173,12 @@ class GroupManager(Service):
         ``client_hypervisor_settings``), never a URI."""
         body = await read_json(request)
         if not isinstance(body, dict):
-            raise ApiError(400, "BAD_MIGRATION_REQUEST", "the body must be a MigrationRequest object", field="body")
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "the body must be a MigrationRequest object", field="body")
         locations = {}
         for name in ("sourceVirtualMachineLocation", "destinationVirtualMachineLocation"):
             loc = body.get(name)
             if not isinstance(loc, dict):
-                raise ApiError(400, "BAD_MIGRATION_REQUEST", f"{name} must be an object", field=name)
+                raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, f"{name} must be an object", field=name)
             locations[name] = loc
         src, dst = locations["sourceVirtualMachineLocation"], locations["destinationVirtualMachineLocation"]
         try:
@@ -183,20 +186,20 @@ class GroupManager(Service):
             source_lc = check_id(src.get("localControllerId"), "sourceVirtualMachineLocation.localControllerId")
             dest_lc = check_id(dst.get("localControllerId"), "destinationVirtualMachineLocation.localControllerId")
         except InvalidId as exc:
-            raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+            raise ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field) from exc
         client_settings = body.get("destinationHypervisorSettings")
         if client_settings is not None and not isinstance(client_settings, dict):
-            raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+            raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS,
                            f"destinationHypervisorSettings: expected an object, got {type(client_settings).__name__}",
                            field="destinationHypervisorSettings")
         if self.manager_role is None or self.coord is None:
-            raise ApiError(409, "NOT_A_GROUP_MANAGER", "the group leader manages no local controller; ask the VM's group manager")
+            raise ApiError(ErrorCode.NOT_A_GROUP_MANAGER, "the group leader manages no local controller; ask the VM's group manager")
         try:
             dest = await Store(self.coord).destination(dest_lc)
         except CoordinationError as exc:
-            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+            raise api_error(exc) from exc
         if dest is None:
-            raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_lc!r}",
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_FOUND, f"no local controller {dest_lc!r}",
                            field="destinationVirtualMachineLocation.localControllerId")
         dest["hypervisorSettings"] = client_hypervisor_settings(client_settings, dest["hypervisorSettings"])
         await self.manager_role.migrations.migrate(vm_id, source_lc, dest)

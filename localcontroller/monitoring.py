@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from localcontroller.hypervisor import LibvirtHypervisor
+from snooze.codes import VMStatus
 
 
 class HostMonitor:
@@ -27,10 +28,10 @@ class HostMonitor:
         domains = await self.hypervisor.domains()
         vms: dict[str, list[float]] = {}
         for d in domains:
-            if d.state not in ("RUNNING", "PAUSED"):
+            if not d.state.started:
                 continue
             if self.hypervisor.is_test_driver:
-                cpu = float(d.vcpus) if d.state == "RUNNING" else 0.0
+                cpu = float(d.vcpus) if d.state is VMStatus.RUNNING else 0.0
             else:
                 prev = self._cpu_prev.get(d.name)
                 cpu = 0.0

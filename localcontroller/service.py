@@ -24,9 +24,10 @@ from localcontroller.hypervisor import (
 from localcontroller.hypervisor.adapt import adapt_domain_xml
 from localcontroller.hypervisor.libvirt import DomainInfo
 from localcontroller.monitoring import HostMonitor
-from localcontroller.power import PowerActionError, PowerSaver
+from localcontroller.power import DEFAULT_STATE, PowerActionError, PowerSaver
 from snooze import capacity
 from snooze import config as cfg
+from snooze.codes import ErrorCode, VMStatus
 from snooze.domainxml import DomainPolicy
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
@@ -39,14 +40,15 @@ from snooze.models import (
     Status,
 )
 from snooze.protocol import Envelope
-from snooze.rpc import RpcError
+from snooze.rpc import RpcError, api_error
 from snooze.service import Service
 
 log = logging.getLogger(__name__)
 
 # The states each lifecycle order applies to; for any other, the order is refused with the
 # domain's state and what it needs (libvirt's own refusal says only "not running").
-APPLIES_TO = {"suspend": ("RUNNING",), "resume": ("PAUSED",), "shutdown": ("RUNNING",), "reboot": ("RUNNING",)}
+APPLIES_TO = {"suspend": (VMStatus.RUNNING,), "resume": (VMStatus.PAUSED,), "shutdown": (VMStatus.RUNNING,),
+              "reboot": (VMStatus.RUNNING,)}
 ACTIONS = (*APPLIES_TO, "destroy")
 
 
@@ -55,10 +57,10 @@ def _target(body: dict[str, Any]) -> tuple[str, str | None]:
     try:
         vm_id = check_id(body.get("vmId"), "vmId")
     except InvalidId as exc:
-        raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+        raise ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field) from exc
     uuid = body.get("uuid")
     if uuid is not None and (not isinstance(uuid, str) or not 0 < len(uuid) <= 64):
-        raise ApiError(400, "BAD_REQUEST", "uuid must be a domain UUID string", field="uuid")
+        raise ApiError(ErrorCode.BAD_REQUEST, "uuid must be a domain UUID string", field="uuid")
     return vm_id, uuid
 
 
@@ -72,7 +74,7 @@ def _demand(value: Any) -> Capacity:
 
 def _check_uuid(domain: DomainInfo, uuid: str | None, host: str) -> None:
     if uuid is not None and domain.uuid != uuid:
-        raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
+        raise ApiError(ErrorCode.VIRTUAL_MACHINE_MISMATCH,
                        f"{domain.name} on {host} is domain {domain.uuid}, not {uuid}: this order was meant for another VM "
                        "of that name, and is refused", field="uuid")
 
@@ -245,7 +247,7 @@ class LocalController(Service):
         try:
             await self.rpc.call(gm.address, "lc.monitoring", {"id": self.id, **sample}, epoch=self.known_epoch, timeout=3)
         except RpcError as exc:
-            if exc.code == "NOT_JOINED":
+            if exc.code is ErrorCode.NOT_JOINED:
                 log.info("group manager %s does not know us; re-joining", gm.id)
                 self._rejoin.set()
             else:
@@ -258,7 +260,7 @@ class LocalController(Service):
         used = [0.0, 0.0, 0.0, 0.0]
         running = set()
         for d in await self.hypervisor.domains():
-            if d.state in ("RUNNING", "PAUSED"):
+            if d.state.started:
                 running.add(d.name)
                 used[0] += d.vcpus
                 used[1] += d.memory_kib
@@ -292,18 +294,19 @@ class LocalController(Service):
     async def _start_vm(self, vm: dict[str, Any]) -> dict[str, Any]:
         vm_id = vm.get("id")
         if not is_valid_id(vm_id):
-            return {"id": str(vm_id), "status": "ERROR", "errorCode": "INVALID_ID", "message": "not a valid VM id"}
+            return {"id": str(vm_id), "status": VMStatus.ERROR, "errorCode": ErrorCode.INVALID_ID, "message": "not a valid VM id"}
         assert isinstance(vm_id, str)
         try:
             existing = {d.name: d for d in await self.hypervisor.domains()}
-            if vm_id in existing and existing[vm_id].state in ("RUNNING", "PAUSED"):
+            if vm_id in existing and existing[vm_id].state.started:
                 # Already started (a retried order after a failover): never start twice.
                 return {"id": vm_id, "status": existing[vm_id].state, "uuid": existing[vm_id].uuid,
                         "xml": await self.hypervisor.xml(vm_id), "adaptations": []}
             try:
                 requested = _demand(vm.get("requested"))
             except (TypeError, ValueError) as exc:
-                return {"id": vm_id, "status": "ERROR", "errorCode": "BAD_SPECIFICATION", "message": f"requested: {exc}"}
+                return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.BAD_SPECIFICATION,
+                        "message": f"requested: {exc}"}
             await self._check_room(requested)
             self._starting[vm_id] = requested
             try:
@@ -316,7 +319,7 @@ class LocalController(Service):
             finally:
                 self._starting.pop(vm_id, None)
         except HypervisorError as exc:
-            return {"id": vm_id, "status": "ERROR", "errorCode": exc.code, "message": str(exc)}
+            return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": exc.code, "message": str(exc)}
         log.info("started %s (%s)", vm_id, "; ".join(changes) or "template as given")
         return {"id": vm_id, "status": info.state, "uuid": info.uuid, "xml": xml, "adaptations": changes}
 
@@ -330,20 +333,20 @@ class LocalController(Service):
         vm_id, uuid = _target(body)
         action = body.get("action")
         if action not in ACTIONS:
-            raise ApiError(400, "UNKNOWN_ACTION", f"action must be one of {', '.join(ACTIONS)}", field="action")
+            raise ApiError(ErrorCode.UNKNOWN_ACTION, f"action must be one of {', '.join(ACTIONS)}", field="action")
         try:
             domain = await self._domain(vm_id)
             if domain is None:
-                return {"ok": False, "errorCode": "VIRTUAL_MACHINE_NOT_FOUND", "message": f"no domain {vm_id} on {self.id}"}
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no domain {vm_id} on {self.id}", field="virtualMachineId")
             _check_uuid(domain, uuid, self.id)
             allowed = APPLIES_TO.get(action)
             if allowed and domain.state not in allowed:
-                raise ApiError(409, "INVALID_STATE", f"{vm_id} is {domain.state}; {action} applies to {' or '.join(allowed)}",
+                raise ApiError(ErrorCode.INVALID_STATE, f"{vm_id} is {domain.state}; {action} applies to {' or '.join(allowed)}",
                                field="virtualMachineId")
             # By UUID too: should the domain be replaced since it was looked at, nothing happens.
             info = await self.hypervisor.lifecycle(vm_id, action, uuid=domain.uuid)
         except HypervisorError as exc:
-            return {"ok": False, "errorCode": exc.code, "message": str(exc)}
+            raise api_error(exc) from exc
         return {"ok": True, "domain": info.to_json() if info else None}
 
     async def _on_migrate(self, env: Envelope) -> Any:
@@ -355,29 +358,29 @@ class LocalController(Service):
         vm_id, uuid = _target(body)
         dest = body.get("destination")
         if not isinstance(dest, dict):
-            raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination must be an object", field="destination")
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "destination must be an object", field="destination")
         try:
             dest_id = check_id(dest.get("id"), "destination.id")
             dest_addr = NetworkAddress.from_json(dest["address"])
         except InvalidId as exc:
-            raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+            raise ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field) from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise ApiError(400, "BAD_MIGRATION_REQUEST", f"destination.address: {exc}", field="destination.address") from exc
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, f"destination.address: {exc}", field="destination.address") from exc
         settings = dest.get("hypervisorSettings") or {}
         if not isinstance(settings, dict):
-            raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination.hypervisorSettings must be an object",
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "destination.hypervisorSettings must be an object",
                            field="destination.hypervisorSettings")
         try:
             domain = await self._domain(vm_id)
             if domain is None:
-                return {"ok": False, "errorCode": "VIRTUAL_MACHINE_NOT_FOUND", "message": f"no domain {vm_id} on {self.id}"}
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no domain {vm_id} on {self.id}", field="virtualMachineId")
             _check_uuid(domain, uuid, self.id)
             if self.hypervisor.is_test_driver or settings.get("testDriver"):
                 result = await self._move_non_live(vm_id, domain.uuid, dest_addr, env.epoch)
             else:
                 result = await self.hypervisor.migrate(vm_id, settings, uuid=domain.uuid)
         except HypervisorError as exc:
-            return {"ok": False, "errorCode": exc.code, "message": str(exc)}
+            raise api_error(exc) from exc
         log.info("moved %s to %s in %.2fs (%s)", vm_id, dest_id, result["duration"],
                  "non-live fallback" if result.get("nonLive") else "live")
         return {"ok": True, **result}
@@ -386,13 +389,13 @@ class LocalController(Service):
         t0 = time.monotonic()
         xml = await self.hypervisor.xml(vm_id)
         if self._xml_uuid(xml) != uuid:
-            raise MigrationFailed(f"{vm_id} is no longer domain {uuid}", code="VIRTUAL_MACHINE_MISMATCH")
+            raise MigrationFailed(f"{vm_id} is no longer domain {uuid}", code=ErrorCode.VIRTUAL_MACHINE_MISMATCH)
         try:
             reply = await self.rpc.call(dest, "lc.receiveDomain", {"vmId": vm_id, "xml": xml}, epoch=epoch, timeout=60)
         except RpcError as exc:
             raise MigrationFailed(f"destination did not take {vm_id}: {exc}") from exc
         if not isinstance(reply, dict) or not reply.get("ok"):
-            raise MigrationFailed(f"destination refused {vm_id}: {reply.get('message') if isinstance(reply, dict) else reply}")
+            raise MigrationFailed(f"destination did not take {vm_id}: it answered {reply!r}")
         await self.hypervisor.lifecycle(vm_id, "destroy", uuid=uuid)
         return {"duration": time.monotonic() - t0, "nonLive": True, "libvirtSeconds": 0.0}
 
@@ -408,15 +411,15 @@ class LocalController(Service):
         vm_id, _uuid = _target(body)
         xml = body.get("xml")
         if not isinstance(xml, str):
-            raise ApiError(400, "BAD_REQUEST", "xml must be the domain's XML", field="xml")
+            raise ApiError(ErrorCode.BAD_REQUEST, "xml must be the domain's XML", field="xml")
         if any(d.name == vm_id for d in await self.hypervisor.domains()):
             # Defining over it would replace that domain, and a failed start would undefine it.
-            return {"ok": False, "errorCode": "MIGRATION_FAILED", "message": f"a domain named {vm_id} already exists on {self.id}"}
+            raise ApiError(ErrorCode.MIGRATION_FAILED, f"a domain named {vm_id} already exists on {self.id}")
         try:
             await self._check_room(self._xml_capacity(xml))
             await self.hypervisor.start(xml)
         except HypervisorError as exc:
-            return {"ok": False, "errorCode": exc.code, "message": str(exc)}
+            raise api_error(exc) from exc
         return {"ok": True}
 
     @staticmethod
@@ -431,16 +434,16 @@ class LocalController(Service):
     async def _on_power_save(self, env: Envelope) -> Any:
         """Put this host into a power-saving state on its group manager's order."""
         body = env.body if isinstance(env.body, dict) else {}
-        state = str(body.get("state", "SHUTDOWN"))
-        if any(d.state in ("RUNNING", "PAUSED") for d in await self.hypervisor.domains()):
-            return {"ok": False, "errorCode": "HOST_NOT_IDLE", "message": f"{self.id} still runs VMs"}
+        state = str(body.get("state", DEFAULT_STATE))
+        if any(d.state.started for d in await self.hypervisor.domains()):
+            raise ApiError(ErrorCode.HOST_NOT_IDLE, f"{self.id} still runs VMs")
         self.status = Status.PASSIVE
         log.warning("entering power-saving state %s on order of %s", state, env.sender)
         try:
             await self.power.apply(state)
         except PowerActionError as exc:
             self.status = Status.ACTIVE
-            return {"ok": False, "errorCode": "POWER_ACTION_FAILED", "message": str(exc)}
+            raise ApiError(ErrorCode.POWER_ACTION_FAILED, str(exc)) from exc
         return {"ok": True}
 
     async def _on_describe(self, env: Envelope) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from snooze.codes import CodedError, ErrorCode
 from snooze.ids import InvalidId, check_id
 from snooze.protocol import (
     DEFAULT_WINDOW,
@@ -49,15 +50,19 @@ INTERNAL_PATH = "/snooze/internal"
 MSGPACK = "application/x-snooze-msgpack"
 
 
-class ApiError(Exception):
-    """A request that cannot be served; becomes a JSON error response."""
+class ApiError(CodedError):
+    """A request that cannot be served; becomes a JSON error response
+    ``{"error": {"code", "message", "field"}}`` with ``status``: its code's own
+    (``ErrorCode.http_status``) unless one is given. Internal errors become ApiErrors through
+    one mapping, ``snooze.rpc.api_error``."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
+    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, code=code, field=field)
+        self.status = code.http_status if status is None else status
+
+    @property
+    def api_status(self) -> int:
+        return self.status
 
     def to_json(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -66,12 +71,12 @@ class ApiError(Exception):
         return {"error": err}
 
 
-def bad_request(message: str, *, field: str | None = None, code: str = "BAD_REQUEST") -> ApiError:
-    return ApiError(400, code, message, field=field)
+def bad_request(message: str, *, field: str | None = None, code: ErrorCode = ErrorCode.BAD_REQUEST) -> ApiError:
+    return ApiError(code, message, field=field, status=400)
 
 
-def not_found(message: str, *, field: str | None = None, code: str = "NOT_FOUND") -> ApiError:
-    return ApiError(404, code, message, field=field)
+def not_found(message: str, *, field: str | None = None, code: ErrorCode = ErrorCode.NOT_FOUND) -> ApiError:
+    return ApiError(code, message, field=field, status=404)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -141,7 +146,7 @@ class ConnectionGuard:
             self.count("too_many_connections")
             self.report("too_many_connections", "refused a connection from %s: it already has %d open (limit %d)",
                         address, self.per_address[address], limit)
-            body = json.dumps(ApiError(429, "TOO_MANY_CONNECTIONS", f"at most {limit} connections per client address").to_json()).encode()
+            body = json.dumps(ApiError(ErrorCode.TOO_MANY_CONNECTIONS, f"at most {limit} connections per client address").to_json()).encode()
             transport.write(self.REFUSAL % (len(body), body))
             # Closed on the next turn of the loop, once aiohttp has finished setting the
             # connection up (closing inside this callback would race its start-up).
@@ -202,7 +207,7 @@ class _JsonErrorsHandler(web.RequestHandler):
         lines = [line.strip() for line in (message or str(exc or "")).splitlines()]
         text = " ".join(line for line in lines if line and set(line) != {"^"})[:200] or "malformed request"
         guard.malformed(request, status, text)
-        resp = json_response(ApiError(status, "MALFORMED_HTTP", f"malformed HTTP request: {text}", field="request").to_json(), status)
+        resp = json_response(ApiError(ErrorCode.MALFORMED_HTTP, f"malformed HTTP request: {text}", field="request", status=status).to_json(), status)
         resp.force_close()
         return resp
 
@@ -237,7 +242,7 @@ def _client_gone(guard: ConnectionGuard | None, request: web.Request, exc: BaseE
     if guard is not None:
         guard.count("client_gone")
         guard.report("client_gone", "client %s went away before sending its whole body: %r", request.remote, exc)
-    resp = json_response(ApiError(400, "BODY_INCOMPLETE", "the request body was cut short", field="body").to_json(), 400)
+    resp = json_response(ApiError(ErrorCode.BODY_INCOMPLETE, "the request body was cut short", field="body").to_json(), 400)
     resp.force_close()
     return resp
 
@@ -260,7 +265,7 @@ async def error_middleware(
                     guard.count("slow_body")
                     guard.report("slow_body", "closed a connection from %s: request body not complete within %.0fs",
                                  request.remote, limits.body_timeout)
-                err = ApiError(408, "REQUEST_TIMEOUT", f"the request body did not arrive within {limits.body_timeout:.0f}s", field="body")
+                err = ApiError(ErrorCode.REQUEST_TIMEOUT, f"the request body did not arrive within {limits.body_timeout:.0f}s", field="body")
                 resp = json_response(err.to_json(), 408)
                 resp.force_close()
                 return resp
@@ -270,22 +275,22 @@ async def error_middleware(
     except ApiError as exc:
         return json_response(exc.to_json(), exc.status)
     except InvalidId as exc:
-        return json_response(ApiError(400, "INVALID_ID", str(exc), field=exc.field).to_json(), 400)
+        return json_response(ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field).to_json(), 400)
     except web.HTTPRequestEntityTooLarge:
-        err = ApiError(413, "BODY_TOO_LARGE", f"request body over {MAX_BODY_BYTES} bytes", field="body")
+        err = ApiError(ErrorCode.BODY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes", field="body")
         resp = json_response(err.to_json(), 413)
         resp.force_close()  # the rest of the body is not worth reading
         return resp
     except web.HTTPException as exc:
         if exc.status >= 400:
-            err = ApiError(exc.status, exc.reason.upper().replace(" ", "_"), exc.reason)
+            err = ApiError(ErrorCode.for_status(exc.status), exc.reason, status=exc.status)
             return json_response(err.to_json(), exc.status)
         raise
     except (ConnectionError, web.RequestPayloadError) as exc:
         return _client_gone(guard, request, exc)
     except Exception:
         log.exception("unhandled error serving %s %s", request.method, request.path_qs)
-        err = ApiError(500, "INTERNAL_ERROR", "internal error (a bug: see the server's log)")
+        err = ApiError(ErrorCode.INTERNAL_ERROR, "internal error (a bug: see the server's log)")
         return json_response(err.to_json(), 500)
 
 
@@ -317,7 +322,7 @@ async def start_server(app: web.Application, host: str, port: int, limits: HttpL
 
 async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise ApiError(413, "BODY_TOO_LARGE", f"request body over {MAX_BODY_BYTES} bytes", field="body")
+        raise ApiError(ErrorCode.BODY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes", field="body")
     return await request.read()
 
 
@@ -337,13 +342,13 @@ def check_json_value(value: Any, field: str = "") -> Any:
         name = where or "body"
         if isinstance(item, (dict, list)):
             if depth > MAX_JSON_DEPTH:
-                raise bad_request(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", field=name, code="TOO_DEEP")
+                raise bad_request(f"{name}: nested deeper than {MAX_JSON_DEPTH} levels", field=name, code=ErrorCode.TOO_DEEP)
             if isinstance(item, dict):
                 for key, sub in item.items():
                     if not isinstance(key, str):
                         raise bad_request(f"{name}: keys must be text", field=name)
                     if not _encodable(key):
-                        raise bad_request(f"{name}: a key is not valid Unicode (lone surrogate)", field=name, code="INVALID_TEXT")
+                        raise bad_request(f"{name}: a key is not valid Unicode (lone surrogate)", field=name, code=ErrorCode.INVALID_TEXT)
                     stack.append((sub, _join(where, key), depth + 1))
             else:
                 stack.extend((sub, _join(where, i), depth + 1) for i, sub in enumerate(item))
@@ -351,14 +356,14 @@ def check_json_value(value: Any, field: str = "") -> Any:
             continue
         elif isinstance(item, int):
             if not MIN_INT <= item <= MAX_INT:
-                raise bad_request(f"{name}: integer out of range ({MIN_INT}..{MAX_INT})", field=name, code="NUMBER_OUT_OF_RANGE")
+                raise bad_request(f"{name}: integer out of range ({MIN_INT}..{MAX_INT})", field=name, code=ErrorCode.NUMBER_OUT_OF_RANGE)
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise bad_request(f"{name}: numbers must be finite (no NaN, Infinity or overflow such as 1e400)",
-                                  field=name, code="NUMBER_OUT_OF_RANGE")
+                                  field=name, code=ErrorCode.NUMBER_OUT_OF_RANGE)
         elif isinstance(item, str):
             if not _encodable(item):
-                raise bad_request(f"{name}: text is not valid Unicode (lone surrogate)", field=name, code="INVALID_TEXT")
+                raise bad_request(f"{name}: text is not valid Unicode (lone surrogate)", field=name, code=ErrorCode.INVALID_TEXT)
     return value
 
 
@@ -375,16 +380,16 @@ def parse_json(raw: bytes | str, field: str = "body") -> Any:
     try:
         value = json.loads(raw)
     except RecursionError as exc:
-        raise bad_request(f"{field}: nested too deeply (at most {MAX_JSON_DEPTH} levels)", field=field, code="TOO_DEEP") from exc
+        raise bad_request(f"{field}: nested too deeply (at most {MAX_JSON_DEPTH} levels)", field=field, code=ErrorCode.TOO_DEEP) from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"{field} is not valid JSON: {exc}", field=field, code="MALFORMED_JSON") from exc
+        raise bad_request(f"{field} is not valid JSON: {exc}", field=field, code=ErrorCode.MALFORMED_JSON) from exc
     return check_json_value(value, "" if field == "body" else field)
 
 
 async def read_json(request: web.Request) -> Any:
     raw = await read_body(request)
     if not raw.strip():
-        raise bad_request("request body is empty; expected JSON", field="body", code="EMPTY_BODY")
+        raise bad_request("request body is empty; expected JSON", field="body", code=ErrorCode.EMPTY_BODY)
     return parse_json(raw)
 
 
@@ -405,7 +410,7 @@ async def read_identifier(request: web.Request, what: str) -> str:
     try:
         return check_id(value, what)
     except InvalidId as exc:
-        raise bad_request(str(exc), field=what, code="INVALID_ID") from exc
+        raise bad_request(str(exc), field=what, code=ErrorCode.INVALID_ID) from exc
 
 
 VerbHandler = Callable[[web.Request], Awaitable[Any]]
@@ -437,12 +442,10 @@ class VerbRouter:
             if entry is None:
                 known = ", ".join(sorted(self.verbs[prefix]))
                 raise not_found(
-                    f"unknown method {verb!r} on /{prefix}; known: {known}", field="method", code="UNKNOWN_METHOD"
+                    f"unknown method {verb!r} on /{prefix}; known: {known}", field="method", code=ErrorCode.UNKNOWN_METHOD
                 )
             if request.method not in entry.methods:
-                raise ApiError(
-                    405, "METHOD_NOT_ALLOWED", f"{verb} needs {' or '.join(entry.methods)}", field="method"
-                )
+                raise ApiError(ErrorCode.METHOD_NOT_ALLOWED, f"{verb} needs {' or '.join(entry.methods)}", field="method")
             result = await entry.handler(request)
             if isinstance(result, web.StreamResponse):
                 return result
@@ -484,16 +487,17 @@ class InternalEndpoint:
         data = encode(self.key, kind, self.sender, self.epoch(), body, reply_to=request.nonce)
         return web.Response(body=data, status=status, content_type=MSGPACK)
 
-    def _reject(self, request: Envelope, reason: str, status: int, message: str) -> web.Response:
+    def _reject(self, request: Envelope, code: ErrorCode, message: str) -> web.Response:
+        reason = code.lower()  # the counter's name, like a ProtocolError's reason
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        return self._reply(request, "error", {"code": reason, "message": message}, status)
+        return self._reply(request, "error", {"code": code, "message": message}, code.http_status)
 
     def _refuse(self, exc: ProtocolError, source: str) -> web.Response:
         # Unauthenticated, or authentic but not to be obeyed (replayed, stale): answer plainly,
         # never with a signed envelope that could pass for an answer to a live request.
         self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
         self._log_refusal(exc, source)
-        return json_response(ApiError(exc.status, exc.reason.upper(), str(exc)).to_json(), exc.status)
+        return json_response(ApiError(exc.code, str(exc), status=exc.status).to_json(), exc.status)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -506,10 +510,10 @@ class InternalEndpoint:
             return self._refuse(exc, f"{env.sender} at {request.remote} ({env.kind})")
         entry = self.handlers.get(env.kind)
         if entry is None:
-            return self._reject(env, "unknown_kind", 404, f"no handler for {env.kind}")
+            return self._reject(env, ErrorCode.UNKNOWN_KIND, f"no handler for {env.kind}")
         handler, order = entry
         if order and env.epoch < self.epoch():
-            return self._reject(env, "stale_epoch", 409, f"epoch {env.epoch} is older than {self.epoch()}")
+            return self._reject(env, ErrorCode.STALE_EPOCH, f"epoch {env.epoch} is older than {self.epoch()}")
         try:
             result = await handler(env)
         except ApiError as exc:

@@ -1,10 +1,18 @@
-"""Client side of internal messages: one authenticated request/response over HTTP.
+"""Client side of internal messages: one authenticated request/response over HTTP, and the one
+mapping from internal errors to the API's (``api_error``).
 
 Errors of the transport (refused, timed out, garbage) and refusals by the peer all become
-``RpcError`` with a ``code``; callers decide whether it is temporary (retry) or permanent.
+``RpcError`` with an ``ErrorCode``; whether to retry is the code's (``code.retryable``).
 A reply is accepted only if it is signed and names this request's nonce (``reply_to``): a
-captured reply to another request, however authentic, is refused as ``bad_reply``. Every call
+captured reply to another request, however authentic, is refused as ``BAD_REPLY``. Every call
 encodes a fresh envelope, so a retry is never mistaken for a replay by the peer.
+
+Errors travel one way: a call that fails is answered with the envelope's ``error`` kind
+(``{"code", "message", "field"}``, the HTTP status of its code), and arrives here as an
+RpcError. Per-item outcomes inside a successful reply (each VM of a batch) are values with an
+``errorCode``. Local controllers before this version answered a refused order with
+``{"ok": false, "errorCode", "message"}``; ``legacy_refusal`` reads that as the RpcError it
+means, so a group manager (upgraded first, os-vif's rule) understands either.
 """
 
 from __future__ import annotations
@@ -15,18 +23,73 @@ from typing import Any
 
 import aiohttp
 
-from snooze.http import INTERNAL_PATH, MSGPACK
+from snooze.codes import CodedError, ErrorCode
+from snooze.http import INTERNAL_PATH, MSGPACK, ApiError
 from snooze.models import NetworkAddress
 from snooze.protocol import ProtocolError, decode, encode, new_nonce
 
 
-class RpcError(Exception):
-    def __init__(self, code: str, message: str, status: int = 0, field: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+class RpcError(CodedError):
+    """An internal call that failed: ``code`` says why, ``status`` is the HTTP status of the
+    peer's answer (0 when none arrived)."""
+
+    def __init__(self, code: ErrorCode | str, message: str, status: int = 0, field: str | None = None) -> None:
+        code = ErrorCode.parse(code)
+        super().__init__(message, code=code, field=field)
         self.status = status
-        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    @property
+    def answered(self) -> bool:
+        """The peer answered, naming what went wrong (not: no answer, a garbled one, its bug)."""
+        return self.status != 0 and self.code not in (ErrorCode.BAD_REPLY, ErrorCode.INTERNAL_ERROR)
+
+    @property
+    def api_status(self) -> int:
+        return self.status if self.answered and 400 <= self.status < 500 else 503
+
+
+def legacy_refusal(reply: Any) -> RpcError | None:
+    """The error an older local controller's ``{"ok": false, "errorCode", "message"}`` reply
+    means (None for any other reply)."""
+    if not isinstance(reply, dict) or reply.get("ok") is not False or "errorCode" not in reply:
+        return None
+    raw = reply.get("errorCode")
+    code = ErrorCode.parse(raw) if raw else ErrorCode.ACTION_FAILED
+    return RpcError(code, str(reply.get("message") or ""), code.http_status)
+
+
+def api_error(exc: CodedError, who: str = "", *, unreachable: ErrorCode | None = None,
+              failure_status: int | None = 503, field: str | None = None) -> ApiError:
+    """The API's answer for an internal error: the one mapping, used wherever one is turned
+    into the other.
+
+    * An ApiError is itself.
+    * A peer's refusal (an RpcError it answered with a 4xx) keeps its status, code and field.
+    * A failure the peer answered and named (a 5xx other than its internal error) keeps its
+      code, with ``failure_status`` (503 by default: the request may be retried later; None
+      keeps the peer's status).
+    * No usable answer (unreachable, timed out, a reply that is none, the peer's own internal
+      error): 503, with ``unreachable`` as its code when given (``LOCAL_CONTROLLER_UNREACHABLE``
+      …), else the transport's code (``TIMEOUT``, ``UNREACHABLE`` …).
+    * A local error (ZooKeeper's, the hypervisor's): its code, with the code's status.
+
+    ``who`` prefixes the message (``"group leader: ..."``); ``field`` is used when the error
+    names none.
+    """
+    if isinstance(exc, ApiError):
+        return exc
+    message = f"{who}: {exc.message}" if who else exc.message
+    if isinstance(exc, RpcError):
+        if exc.answered and 400 <= exc.status < 500:
+            return ApiError(exc.code, message, field=exc.field or field, status=exc.status)
+        if exc.answered:
+            return ApiError(exc.code, message, field=exc.field or field,
+                            status=exc.status if failure_status is None else failure_status)
+        return ApiError(unreachable or exc.code, f"{who}: {exc}" if who else str(exc), field=field, status=503)
+    return ApiError(exc.code, message, field=exc.field or field, status=exc.api_status)
 
 
 class RpcClient:
@@ -61,11 +124,11 @@ class RpcClient:
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
-            raise RpcError("timeout", f"{kind} to {peer.url} timed out after {timeout}s") from exc
+            raise RpcError(ErrorCode.TIMEOUT, f"{kind} to {peer.url} timed out after {timeout}s") from exc
         except (aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise RpcError("unreachable", f"{kind} to {peer.url}: {exc}") from exc
+            raise RpcError(ErrorCode.UNREACHABLE, f"{kind} to {peer.url}: {exc}") from exc
         try:
             env = decode(self.key, raw)
         except ProtocolError as exc:
@@ -75,16 +138,21 @@ class RpcClient:
                 # answers in plain JSON, since it will not sign an answer to what it refused.
                 code, message, field = refusal
                 raise RpcError(code, f"{kind} to {peer.url}: {message}", status, field) from exc
-            raise RpcError("bad_reply", f"{kind} to {peer.url}: HTTP {status}, {exc}", status) from exc
+            raise RpcError(ErrorCode.BAD_REPLY, f"{kind} to {peer.url}: HTTP {status}, {exc}", status) from exc
         if env.reply_to != nonce:
-            raise RpcError("bad_reply", f"{kind} to {peer.url}: the reply answers another request", status)
+            raise RpcError(ErrorCode.BAD_REPLY, f"{kind} to {peer.url}: the reply answers another request", status)
         if env.kind == "error":
-            body = env.body or {}
-            raise RpcError(str(body.get("code", "error")), str(body.get("message", "")), status, body.get("field"))
+            body = env.body if isinstance(env.body, dict) else {}
+            field = body.get("field")
+            raise RpcError(ErrorCode.parse(body.get("code")), str(body.get("message", "")), status,
+                           field if isinstance(field, str) else None)
+        legacy = legacy_refusal(env.body)
+        if legacy is not None:
+            raise legacy
         return env.body
 
 
-def _plain_refusal(raw: bytes) -> tuple[str, str, str | None] | None:
+def _plain_refusal(raw: bytes) -> tuple[ErrorCode, str, str | None] | None:
     """``(code, message, field)`` of a JSON error body, or None if it is not one."""
     try:
         err = json.loads(raw)["error"]
@@ -93,4 +161,4 @@ def _plain_refusal(raw: bytes) -> tuple[str, str, str | None] | None:
         return None
     if not isinstance(code, str):
         return None
-    return code.lower(), str(message), field if isinstance(field, str) else None
+    return ErrorCode.parse(code), str(message), field if isinstance(field, str) else None

@@ -11,7 +11,7 @@ the settings, the node's id and known epoch) and records what the role starts th
 
 ``close()`` closes all of them together, so nothing is unregistered from a hand-copied list: a
 handler registered by a role no longer answers once the role stops (the internal endpoint says
-``unknown_kind``), and no task of it outlives it by more than a bounded grace.
+``UNKNOWN_KIND``), and no task of it outlives it by more than a bounded grace.
 
 Tasks are *critical* or not. A critical task is one the process cannot do its job without (the
 ZooKeeper supervisor, the election, a join loop): when it fails the process stops with code 1,

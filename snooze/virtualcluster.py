@@ -45,7 +45,6 @@ __all__ = [
     "parse_template",
     "set_mac",
     "subnet_hosts",
-    "vm_metadata",
 ]
 
 
@@ -219,32 +218,3 @@ def set_mac(xml: str, mac: str) -> str:
         iface.insert(0, mac_el)
     mac_el.set("address", mac)
     return '<?xml version="1.0" encoding="UTF-8" standalone="no"?>' + ET.tostring(root, encoding="unicode")
-
-
-def vm_metadata(rec: dict[str, Any], spec: dict[str, Any] | None, *, live: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A VM's metadata in the seed's shape (getVirtualClusterResponse, getVirtualMachineMetaData)."""
-    location = {
-        "virtualMachineId": rec["virtualMachineId"],
-        "localControllerId": rec.get("localControllerId"),
-        "groupManagerId": rec.get("groupManagerId"),
-        "groupManagerControlDataAddress": rec.get("groupManagerControlDataAddress"),
-        "localControllerControlDataAddress": rec.get("localControllerControlDataAddress"),
-    }
-    return {
-        "virtualMachineId": rec["virtualMachineId"],
-        "status": rec.get("status"),
-        "errorCode": rec.get("errorCode"),
-        "message": rec.get("message"),
-        "virtualMachineLocation": location,
-        "usedCapacity": (live or {}).get("usedCapacity") or {},
-        "requestedCapacity": rec.get("requestedCapacity"),
-        "ipAddress": rec.get("ipAddress"),
-        "macAddress": rec.get("macAddress"),
-        "groupManagerControlDataAddress": rec.get("groupManagerControlDataAddress"),
-        "xmlRepresentation": (spec or {}).get("xml"),
-        "imageId": (spec or {}).get("imageId"),
-        "adaptations": rec.get("adaptations") or [],
-        "rejections": rec.get("rejections") or {},
-        "taskId": rec.get("taskId"),
-        "lastMigration": rec.get("lastMigration"),
-    }

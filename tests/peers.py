@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snooze import config as cfg
+from snooze.codes import ErrorCode
 from snooze.coordination import Coordinator
 from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import ApiError, InternalEndpoint, new_app
 from snooze.models import NetworkAddress
 from snooze.protocol import Envelope
-from snooze.rpc import RpcError
+from snooze.rpc import RpcError, legacy_refusal
 from snooze.scope import Scope
 
 KEY = b"unit-test-key"
@@ -53,10 +54,13 @@ class FakeRpc:
         self.net.calls.append((peer.port, kind, body))
         handler = self.net.peers.get(peer.port, {}).get(kind)
         if handler is None:
-            raise RpcError("unreachable", f"{kind} to port {peer.port}: connection refused")
+            raise RpcError(ErrorCode.UNREACHABLE, f"{kind} to port {peer.port}: connection refused")
         result = handler(body)
         if asyncio.iscoroutine(result):
             result = await result
+        refusal = legacy_refusal(result)  # as the real client reads an older peer's refusal
+        if refusal is not None:
+            raise refusal
         return result
 
 
@@ -72,7 +76,7 @@ class Node:
         """Deliver an internal message as the endpoint would (ApiError as its refusal)."""
         entry = self.internal.handlers.get(kind)
         if entry is None:
-            raise RpcError("unknown_kind", f"no handler for {kind}", 404)
+            raise RpcError(ErrorCode.UNKNOWN_KIND, f"no handler for {kind}", 404)
         handler, _order = entry
         return await handler(Envelope(kind, "peer", epoch, body))
 

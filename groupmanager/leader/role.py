@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from groupmanager.leader.assignment import choose_group_manager
 from groupmanager.leader.members import GroupManagerRecord, GroupManagers
 from groupmanager.leader.submissions import Submissions, sweep_interval
+from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
@@ -138,7 +139,7 @@ class LeaderRole:
         try:
             desc = GroupManagerDescription.from_json(env.body["groupManager"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ApiError(400, "BAD_JOIN", f"bad join: {exc}") from exc
+            raise ApiError(ErrorCode.BAD_JOIN, f"bad join: {exc}") from exc
         rec = self.gms.get(desc.id)
         if rec is None:
             self.gms[desc.id] = GroupManagerRecord(desc)
@@ -152,7 +153,7 @@ class LeaderRole:
         body = env.body if isinstance(env.body, dict) else {}
         rec = self.gms.get(str(body.get("id")))
         if rec is None:
-            raise ApiError(404, "NOT_JOINED", "join the group leader first")
+            raise ApiError(ErrorCode.NOT_JOINED, "join the group leader first")
         rec.summary = dict(body.get("summary") or {})
         rec.last_seen = time.monotonic()
         rec.assigned_since_summary = 0
@@ -161,16 +162,16 @@ class LeaderRole:
     async def _on_assign(self, env: Envelope) -> Any:
         coord = self.scope.coord
         if coord is None or not coord.connected:
-            raise ApiError(503, "LEADER_SUSPENDED", "the group leader has lost ZooKeeper; retry")
+            raise ApiError(ErrorCode.LEADER_SUSPENDED, "the group leader has lost ZooKeeper; retry")
         settle = min(1.0, 2 * self.scope.settings.heartbeat.interval)
         if time.monotonic() - self.started_at < settle and len(self.gms) < 2:
             # Just elected: let the group managers join before spreading local controllers.
-            raise ApiError(503, "LEADER_SETTLING", "the group leader was just elected; retry")
+            raise ApiError(ErrorCode.LEADER_SETTLING, "the group leader was just elected; retry")
         body = env.body if isinstance(env.body, dict) else {}
         exclude = set(body.get("exclude") or [])
         candidates = [r for r in self.alive_gms() if r.description.id not in exclude] or self.alive_gms()
         if not candidates:
-            raise ApiError(503, "NO_GROUP_MANAGER", "no group manager available; retry")
+            raise ApiError(ErrorCode.NO_GROUP_MANAGER, "no group manager available; retry")
         lc_id = str((body.get("localController") or {}).get("id", ""))
         home = await self._woken_by(lc_id)
         preferred = [r for r in candidates if r.description.id == home]

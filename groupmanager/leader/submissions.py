@@ -25,9 +25,15 @@ A submission's dispatch is a task of the leader role's scope, not of the process
 fail on something no code path expected (a bug, a record in a shape this version cannot read),
 its VMs not yet started become ERROR with the reason (``DISPATCH_FAILED``) and the task is
 answered, but the leader goes on. A VM record that cannot be read at all (not JSON, not an
-object, no status: what an older version may have left) is reported ERROR
+object, no status: what an older version may have left; ``snooze.records``) is reported ERROR
 (``VIRTUAL_MACHINE_RECORD_UNREADABLE``) and the rest of its submission proceeds, so no record
 can take one leader after another down.
+
+VM records are ``VMRecord``s, changed through their methods and written version-checked
+(``Store.update_vms``): a group manager changing a record meanwhile (a migration, a host that
+lost its VMs) is never overwritten. A VM a group manager refused with a temporary code
+(``ErrorCode.retryable``: no capacity there, its host left, the group manager unreachable) is
+offered to another group manager.
 """
 
 from __future__ import annotations
@@ -45,21 +51,15 @@ from typing import Any
 from groupmanager.leader.members import GroupManagers
 from groupmanager.placement import HostView, VMRequest, make_placement_policy
 from groupmanager.thresholds import thresholds_from
+from snooze.codes import STARTED, ErrorCode, TaskState, VMStatus
 from snooze.coordination import CoordinationError
-from snooze.coordination.store import (
-    DONE,
-    PENDING,
-    RECORDING,
-    AlreadyExists,
-    StaleEpoch,
-    Store,
-    TooLarge,
-)
+from snooze.coordination.store import AlreadyExists, StaleEpoch, Store, TooLarge
 from snooze.domainxml import DomainPolicy
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, add
-from snooze.rpc import RpcError
+from snooze.records import RecordError, VMRecord
+from snooze.rpc import RpcError, api_error
 from snooze.scope import Scope
 from snooze.virtualcluster import (
     InvalidSubmission,
@@ -68,22 +68,11 @@ from snooze.virtualcluster import (
     parse_submission,
     set_mac,
     subnet_hosts,
-    vm_metadata,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "DISPATCHED", "DISPATCH_FAILED", "DONE", "PENDING", "RECORDING", "STARTED", "UNREADABLE_RECORD", "Submissions",
-    "fingerprint", "sweep_interval",
-]
-
-DISPATCHED = "DISPATCHED"
-STARTED = ("RUNNING", "PAUSED")
-#: Error code of a VM whose submission's dispatch failed on something unexpected.
-DISPATCH_FAILED = "DISPATCH_FAILED"
-#: Error code of a VM whose record in ZooKeeper could not be read.
-UNREADABLE_RECORD = "VIRTUAL_MACHINE_RECORD_UNREADABLE"
+__all__ = ["Submissions", "fingerprint", "sweep_interval"]
 
 
 def _vec(values: Any) -> Capacity:
@@ -103,17 +92,20 @@ def sweep_interval(retention: float) -> float:
     return max(1.0, min(60.0, retention / 10))
 
 
-def _unreadable(vm_id: str, rec: Any) -> str | None:
-    """Why ``rec`` cannot be used as the record of ``vm_id`` (None when it can)."""
-    if not isinstance(rec, dict):
-        return f"not a JSON object but {type(rec).__name__}"
-    if rec.get("virtualMachineId") != vm_id:
-        return f"virtualMachineId is {rec.get('virtualMachineId')!r}"
-    if not isinstance(rec.get("status"), str):
-        return "it has no status"
-    if not isinstance(rec.get("taskId"), (str, type(None))):
-        return "its taskId is not text"
-    return None
+def _address(value: Any) -> NetworkAddress | None:
+    """An address from a peer's answer (None if it has none, or not one)."""
+    try:
+        return NetworkAddress.from_json(value) if isinstance(value, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _task_id(entry: VMRecord | RecordError) -> str | None:
+    """The task a record names, readable or not (an unreadable one may still say)."""
+    if isinstance(entry, VMRecord):
+        return entry.task_id
+    task = entry.raw.get("taskId") if isinstance(entry.raw, dict) else None
+    return task if isinstance(task, str) else None
 
 
 class Submissions:
@@ -143,24 +135,24 @@ class Submissions:
     def _require_agreement(self) -> None:
         coord = self.scope.coord
         if coord is None or not coord.connected or self.scope.closed:
-            raise ApiError(503, "LEADER_SUSPENDED", "the group leader cannot reach ZooKeeper; retry")
+            raise ApiError(ErrorCode.LEADER_SUSPENDED, "the group leader cannot reach ZooKeeper; retry")
 
     # -- submit --------------------------------------------------------------------------
     async def submit(self, body: Any) -> str:
         try:
             specs = parse_submission(body, self.domain_policy)
         except InvalidSubmission as exc:
-            raise ApiError(400, "INVALID_TEMPLATE", str(exc), field=exc.field) from exc
+            raise ApiError(ErrorCode.INVALID_TEMPLATE, str(exc), field=exc.field) from exc
         request_id = body.get("requestId")
         if request_id is not None:
             try:
                 request_id = check_id(request_id, "requestId")
             except InvalidId as exc:
-                raise ApiError(400, "INVALID_REQUEST_ID", str(exc), field=exc.field) from exc
+                raise ApiError(ErrorCode.INVALID_REQUEST_ID, str(exc), field=exc.field) from exc
         try:
             signature = fingerprint(body["virtualMachineTemplates"])
         except (RecursionError, TypeError, ValueError) as exc:
-            raise ApiError(400, "INVALID_TEMPLATE", f"virtualMachineTemplates cannot be read back: {exc}",
+            raise ApiError(ErrorCode.INVALID_TEMPLATE, f"virtualMachineTemplates cannot be read back: {exc}",
                            field="virtualMachineTemplates") from exc
         self._require_agreement()
         async with self._alloc:
@@ -170,14 +162,12 @@ class Submissions:
                     log.info("virtual cluster %s submitted again: answering the same task", known)
                     return known
                 await self._free_names(specs)
-            except StaleEpoch as exc:
-                raise ApiError(503, "NOT_GROUP_LEADER", "this group leader has been replaced; retry") from exc
-            except CoordinationError as exc:
-                raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+            except CoordinationError as exc:  # StaleEpoch too: NOT_GROUP_LEADER
+                raise api_error(exc) from exc
             task_id = str(uuid.uuid4())
             for attempt in range(3):
                 records = await self._allocate(specs, task_id)
-                task: dict[str, Any] = {"taskId": task_id, "state": PENDING, "vmIds": [s.id for s in specs],
+                task: dict[str, Any] = {"taskId": task_id, "state": TaskState.PENDING, "vmIds": [s.id for s in specs],
                                         "requestId": request_id, "fingerprint": signature,
                                         "submittedAt": time.time(), "epoch": self.epoch}
                 try:
@@ -185,15 +175,13 @@ class Submissions:
                                                               self.subnet, self.epoch)
                     break
                 except TooLarge as exc:
-                    raise ApiError(400, "TEMPLATE_TOO_LARGE", str(exc), field=f"virtualMachineTemplates[{exc.index}]") from exc
+                    raise ApiError(ErrorCode.TEMPLATE_TOO_LARGE, str(exc), field=f"virtualMachineTemplates[{exc.index}]") from exc
                 except AlreadyExists as exc:
                     # Another writer took an address or a name in between: look again.
                     if attempt == 2:
-                        raise ApiError(409, "CONFLICT", "virtual machine names or addresses were taken concurrently; retry") from exc
-                except StaleEpoch as exc:
-                    raise ApiError(503, "NOT_GROUP_LEADER", "this group leader has been replaced; retry") from exc
-                except CoordinationError as exc:
-                    raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+                        raise ApiError(ErrorCode.CONFLICT, "virtual machine names or addresses were taken concurrently; retry") from exc
+                except CoordinationError as exc:  # StaleEpoch too: NOT_GROUP_LEADER
+                    raise api_error(exc) from exc
         self._start(task_id, self.dispatch(task, specs, records))
         log.info("accepted virtual cluster %s with %d VMs", task_id, len(specs))
         return task_id
@@ -201,7 +189,7 @@ class Submissions:
     async def _settled(self, task_id: str) -> dict[str, Any] | None:
         """The task, after settling it if a leader died recording it (call with the lock held)."""
         task = await self.store.get_task(task_id)
-        if task is not None and task.get("state") == RECORDING:
+        if task is not None and task.get("state") == TaskState.RECORDING:
             task = await self.store.settle_recording(task_id, self.epoch)
             log.info("settled the interrupted recording of %s: %s", task_id, "completed" if task else "rolled back")
             if task is not None:
@@ -218,12 +206,13 @@ class Submissions:
                 await self.store.drop_request(request_id, task_id)  # a key left by a lost task
         else:
             existing = await self.store.get_vms(names)
-            owners = {str(r.get("taskId")) for r in existing.values()}
+            owners = {str(r.task_id) for r in existing.values()}
             candidates = sorted(owners) if len(owners) == 1 else []
-            if all(r.get("status") == "ERROR" and r.get("ipAddress") is None for r in existing.values()):
+            if all(r.status is VMStatus.ERROR and r.ip is None for r in existing.values()):
                 # Nothing of it started and nothing is held: the same request again, without a
                 # key, is a new attempt (it may fit now), not a retry to answer with old errors.
-                candidates = [t for t in candidates if (await self.store.get_task(t) or {}).get("state") != DONE]
+                candidates = [t for t in candidates
+                              if (await self.store.get_task(t) or {}).get("state") != TaskState.DONE]
         for task_id in candidates:
             task = await self._settled(task_id)
             if task is None:
@@ -232,7 +221,7 @@ class Submissions:
                 self._ensure_progress(task)
                 return task_id
             if request_id is not None:
-                raise ApiError(409, "REQUEST_ID_REUSED",
+                raise ApiError(ErrorCode.REQUEST_ID_REUSED,
                                f"requestId {request_id!r} was already used for another submission ({task_id})", field="requestId")
         return None
 
@@ -242,23 +231,23 @@ class Submissions:
         existing = await self.store.get_vms(s.id for s in specs)
         tasks: dict[str, dict[str, Any] | None] = {}
         for rec in existing.values():
-            owner = str(rec.get("taskId"))
+            owner = str(rec.task_id)
             if owner not in tasks:
                 tasks[owner] = await self._settled(owner)
         if tasks:
             existing = await self.store.get_vms(s.id for s in specs)  # settling may have rolled some back
         for vm_id, rec in list(existing.items()):
-            its_task = tasks.get(str(rec.get("taskId")))
+            its_task = tasks.get(str(rec.task_id))
             # Only once its submission is over: a task still dispatching writes its records.
-            over = its_task is None or its_task.get("state") != PENDING
-            never_started = rec.get("status") == "ERROR" and rec.get("ipAddress") is None and over
-            ghost = rec.get("status") == PENDING and its_task is None
+            over = its_task is None or its_task.get("state") != TaskState.PENDING
+            never_started = rec.status is VMStatus.ERROR and rec.ip is None and over
+            ghost = rec.status is VMStatus.PENDING and its_task is None
             if never_started or ghost:
                 await self.store.delete_vm(vm_id, self.subnet)
                 del existing[vm_id]
         if existing:
             first = next(i for i, s in enumerate(specs) if s.id in existing)
-            raise ApiError(409, "VIRTUAL_MACHINE_EXISTS", f"a virtual machine named {specs[first].id!r} already exists",
+            raise ApiError(ErrorCode.VIRTUAL_MACHINE_EXISTS, f"a virtual machine named {specs[first].id!r} already exists",
                            field=f"virtualMachineTemplates[{first}].name")
 
     def _start(self, task_id: str, coro: Coroutine[Any, Any, None]) -> None:
@@ -286,27 +275,20 @@ class Submissions:
         """A PENDING task nobody dispatches (its leader died, or its recording was just
         completed) is resumed; during the failover grace ``resume`` will do it."""
         task_id = str(task["taskId"])
-        if task.get("state") == PENDING and self._resumable and task_id not in self._dispatching:
+        if task.get("state") == TaskState.PENDING and self._resumable and task_id not in self._dispatching:
             self._start(task_id, self._resume_task(task))
 
-    async def _allocate(self, specs: list[VMSpec], task_id: str) -> dict[str, dict[str, Any]]:
+    async def _allocate(self, specs: list[VMSpec], task_id: str) -> dict[str, VMRecord]:
         taken = await self.store.allocated_ips(self.subnet)
         free = iter(ip for ip in self.addresses if ip not in taken)
-        records: dict[str, dict[str, Any]] = {}
+        records: dict[str, VMRecord] = {}
         for spec in specs:
             ip = next(free, None)
-            rec: dict[str, Any] = {
-                "virtualMachineId": spec.id, "taskId": task_id, "status": PENDING, "errorCode": None,
-                "requestedCapacity": list(spec.requested), "ipAddress": ip, "macAddress": None,
-                "localControllerId": None, "groupManagerId": None, "submittedAt": time.time(),
-            }
-            if ip is None:
-                rec.update(status="ERROR", errorCode="NO_FREE_IP_ADDRESS", message=f"subnet {self.subnet} is full")
-            else:
+            if ip is not None:
                 spec.ip, spec.mac = ip, mac_for_ip(ip)
                 spec.xml = set_mac(spec.xml, spec.mac)
-                rec["macAddress"] = spec.mac
-            records[spec.id] = rec
+            records[spec.id] = VMRecord.pending(spec.id, task_id, spec.requested, ip, spec.mac if ip else None,
+                                                self.subnet)
         return records
 
     # -- dispatch ------------------------------------------------------------------------
@@ -322,19 +304,19 @@ class Submissions:
             views.append(HostView(rec.description.id, total, _vec(s.get("requestedCapacity")), reserved))
         return views
 
-    async def dispatch(self, task: dict[str, Any], specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:
+    async def dispatch(self, task: dict[str, Any], specs: list[VMSpec], records: dict[str, VMRecord]) -> None:
         """Place and start the task's PENDING VMs, then mark it DONE. ZooKeeper errors propagate:
         the next leader resumes the task from ZooKeeper."""
         task_id = task["taskId"]
         await self._wait_ready()
         await self._dispatch(specs, records)
-        failed = [r for r in records.values() if r["status"] == "ERROR" and r.get("ipAddress")]
-        if failed:
-            await self.store.release_addresses(failed, self.subnet, self.epoch)
-        task["state"] = DONE
+        for rec in records.values():
+            rec.release_address()  # the failed ones': nothing holds them
+        await self.store.update_vms(records.values(), self.epoch, subnet=self.subnet)
+        task["state"] = TaskState.DONE
         task["finishedAt"] = time.time()
         await self.store.set_task(task, self.epoch)
-        ok = sum(1 for r in records.values() if r["status"] in STARTED)
+        ok = sum(1 for r in records.values() if r.status.started)
         log.info("virtual cluster %s done: %d/%d VMs started", task_id, ok, len(records))
 
     async def _wait_ready(self) -> None:
@@ -363,8 +345,8 @@ class Submissions:
             return False  # a local controller is between group managers
         return all(int(r.summary.get("numberOfLocalControllers", -1)) == per_gm.get(gm_id, 0) for gm_id, r in gms.items())
 
-    async def _dispatch(self, specs: list[VMSpec], records: dict[str, dict[str, Any]]) -> None:
-        pending = [s for s in specs if records[s.id]["status"] == PENDING]
+    async def _dispatch(self, specs: list[VMSpec], records: dict[str, VMRecord]) -> None:
+        pending = [s for s in specs if records[s.id].status is VMStatus.PENDING]
         excluded: dict[str, set[str]] = defaultdict(set)
         for _round in range(4):
             if not pending:
@@ -373,60 +355,57 @@ class Submissions:
             by_id = {s.id: s for s in pending}
             requests = [VMRequest(s.id, s.requested, excluded_hosts=frozenset(excluded[s.id])) for s in pending]
             plan = self.policy.place(requests, views)
-            changed: list[dict[str, Any]] = []
             for vm_id, rejection in plan.unplaced.items():
-                rec = records[vm_id]
-                rec.update(status="ERROR", errorCode="NOT_ENOUGH_CAPACITY",
-                           message=f"no group manager can host it: {rejection.reason}", rejections=dict(rejection.filtered))
-                changed.append(rec)
+                records[vm_id].fail(ErrorCode.NOT_ENOUGH_CAPACITY, f"no group manager can host it: {rejection.reason}",
+                                    rejections=dict(rejection.filtered))
             batches: dict[str, list[VMSpec]] = defaultdict(list)
             for p in plan.placements:
                 batches[p.host_id].append(by_id[p.vm_id])
-                rec = records[p.vm_id]
-                rec.update(status=DISPATCHED, groupManagerId=p.host_id)
-                changed.append(rec)
+                records[p.vm_id].dispatch_to(p.host_id)
                 self.reserved[p.host_id][p.vm_id] = by_id[p.vm_id].requested
-            await self.store.update_vms(changed, self.epoch)
+            await self.store.update_vms(records.values(), self.epoch)
             replies = await asyncio.gather(*(self._send(gm_id, batch) for gm_id, batch in batches.items()))
             pending = []
-            done: list[dict[str, Any]] = []
             for gm_id, batch, results in zip(batches, batches.values(), replies, strict=True):
                 for spec in batch:
                     self.reserved[gm_id].pop(spec.id, None)
-                    res = results.get(spec.id) or {"status": "ERROR", "errorCode": "NO_ANSWER"}
+                    res = results.get(spec.id) or {"status": VMStatus.ERROR, "errorCode": ErrorCode.NO_ANSWER}
                     rec = records[spec.id]
-                    if res.get("errorCode") in ("NOT_ENOUGH_CAPACITY", "LOCAL_CONTROLLER_GONE", "GROUP_MANAGER_UNREACHABLE"):
+                    code = ErrorCode.parse(res["errorCode"]) if res.get("errorCode") else None
+                    if code is not None and code.retryable:
+                        # Nothing was started, and another group manager may have what this one lacked.
                         excluded[spec.id].add(gm_id)
-                        rec.update(status=PENDING, groupManagerId=None, message=res.get("message"),
-                                   rejections=res.get("rejections"))
+                        rejections = res.get("rejections")
+                        message = res.get("message")
+                        rec.bounce(str(message) if message is not None else None,
+                                   rejections if isinstance(rejections, dict) else None)
                         pending.append(spec)
                         continue
-                    self._record_result(rec, gm_id, res)
-                    done.append(rec)
-            await self.store.update_vms(done, self.epoch)
+                    self._record_result(rec, gm_id, res, code)
+            await self.store.update_vms(records.values(), self.epoch)
         for spec in pending:
             rec = records[spec.id]
-            rec.update(status="ERROR", errorCode="NOT_ENOUGH_CAPACITY",
-                       message=rec.get("message") or "no group manager could host it")
-        await self.store.update_vms([records[s.id] for s in pending], self.epoch)
+            rec.fail(ErrorCode.NOT_ENOUGH_CAPACITY, rec.message or "no group manager could host it")
+        await self.store.update_vms(records.values(), self.epoch)
 
-    def _record_result(self, rec: dict[str, Any], gm_id: str, res: dict[str, Any]) -> None:
+    def _record_result(self, rec: VMRecord, gm_id: str, res: dict[str, Any], code: ErrorCode | None) -> None:
         gm = self.members.get(gm_id)
-        rec.update(
-            status=res.get("status", "ERROR"),
-            errorCode=res.get("errorCode"),
-            message=res.get("message"),
-            groupManagerId=gm_id,
-            groupManagerControlDataAddress=gm.description.address.to_json() if gm else None,
-            localControllerId=res.get("localControllerId"),
-            localControllerControlDataAddress=res.get("localControllerAddress"),
-            adaptations=res.get("adaptations") or [],
-        )
+        try:
+            status = VMStatus(res.get("status", VMStatus.ERROR))
+        except ValueError:
+            status, code = VMStatus.ERROR, code or ErrorCode.BAD_REPLY
+        adaptations = res.get("adaptations")
+        message = res.get("message")
+        lc_id = res.get("localControllerId")
+        rec.record_result(status, code, str(message) if message is not None else None, gm_id,
+                          gm.description.address if gm else None, str(lc_id) if lc_id is not None else None,
+                          _address(res.get("localControllerAddress")),
+                          [str(a) for a in adaptations] if isinstance(adaptations, list) else [])
 
     async def _send(self, gm_id: str, batch: list[VMSpec]) -> dict[str, dict[str, Any]]:
         rec = self.members.get(gm_id)
         if rec is None:
-            return {s.id: {"status": "ERROR", "errorCode": "GROUP_MANAGER_UNREACHABLE"} for s in batch}
+            return {s.id: {"status": VMStatus.ERROR, "errorCode": ErrorCode.GROUP_MANAGER_UNREACHABLE} for s in batch}
         try:
             reply = await self.scope.rpc.call(
                 rec.description.address, "gm.startVirtualMachines", {"vms": [s.to_json() for s in batch]},
@@ -434,7 +413,8 @@ class Submissions:
             )
         except RpcError as exc:
             log.warning("group manager %s did not take its batch: %s", gm_id, exc)
-            return {s.id: {"status": "ERROR", "errorCode": "GROUP_MANAGER_UNREACHABLE", "message": str(exc)} for s in batch}
+            return {s.id: {"status": VMStatus.ERROR, "errorCode": ErrorCode.GROUP_MANAGER_UNREACHABLE, "message": str(exc)}
+                    for s in batch}
         if isinstance(reply.get("summary"), dict):
             rec.summary = reply["summary"]
         return {r["id"]: r for r in reply.get("results", []) if isinstance(r, dict) and "id" in r}
@@ -444,25 +424,25 @@ class Submissions:
         try:
             task = await self.store.get_task(task_id)
         except CoordinationError as exc:
-            raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+            raise api_error(exc) from exc
         if task is None:
-            raise ApiError(404, "UNKNOWN_TASK", f"no virtual cluster submission {task_id!r}", field="taskId")
-        if task.get("state") != DONE:
+            raise ApiError(ErrorCode.UNKNOWN_TASK, f"no virtual cluster submission {task_id!r}", field="taskId")
+        if task.get("state") != TaskState.DONE:
             return None
-        records = await self.store.get_vms(task["vmIds"])
+        records = await self.store.read_vms(task["vmIds"])
         specs = await self.store.get_specs(task["vmIds"])
         meta = []
         for vm_id in task["vmIds"]:
-            rec = records.get(vm_id)
+            entry = records.get(vm_id)
             # A name may since belong to a VM of a later submission: answer only for this one's.
-            if rec is None or rec.get("taskId") != task_id:
+            if entry is None or _task_id(entry) != task_id:
                 continue
-            problem = _unreadable(vm_id, rec)
-            if problem is not None:
-                rec = self._error_record(vm_id, task_id, rec, None, problem)
-            meta.append(vm_metadata(rec, specs.get(vm_id)))
+            rec = entry if isinstance(entry, VMRecord) else VMRecord.unreadable(entry, task_id)
+            meta.append(rec.metadata(specs.get(vm_id)))
         started = sum(1 for m in meta if m["status"] in STARTED)
-        error = None if started == len(task["vmIds"]) else ("NO_VIRTUAL_MACHINE_STARTED" if started == 0 else "SOME_VIRTUAL_MACHINES_NOT_STARTED")
+        error = None
+        if started < len(task["vmIds"]):
+            error = ErrorCode.NO_VIRTUAL_MACHINE_STARTED if started == 0 else ErrorCode.SOME_VIRTUAL_MACHINES_NOT_STARTED
         return {"taskId": task_id, "errorCode": error, "virtualMachineMetaData": meta}
 
     # -- failover ------------------------------------------------------------------------
@@ -475,16 +455,16 @@ class Submissions:
             async with self._alloc:
                 tasks = await self.store.tasks()
                 for task_id, task in sorted(tasks.items()):
-                    if task.get("state") == RECORDING:
+                    if task.get("state") == TaskState.RECORDING:
                         tasks[task_id] = await self._settled(task_id) or {}
             for task_id, task in sorted(tasks.items(), key=lambda kv: kv[1].get("submittedAt") or 0):
-                if task.get("state") != PENDING or task_id in self._dispatching:
+                if task.get("state") != TaskState.PENDING or task_id in self._dispatching:
                     continue
                 self._dispatching.add(task_id)
                 try:
                     # Read again: a retry may have resumed and finished it meanwhile.
                     fresh = await self.store.get_task(task_id)
-                    if fresh is not None and fresh.get("state") == PENDING:
+                    if fresh is not None and fresh.get("state") == TaskState.PENDING:
                         await self._resume_task(fresh)
                 except StaleEpoch:
                     raise
@@ -506,7 +486,7 @@ class Submissions:
         try:
             async with self._alloc:
                 for task_id, task in (await self.store.tasks()).items():
-                    if task.get("state") == RECORDING:  # not ours in progress: we hold the lock
+                    if task.get("state") == TaskState.RECORDING:  # not ours in progress: we hold the lock
                         await self._settled(task_id)
                 gone = await self.store.expire(self.retention, time.time(), self.epoch, self.subnet)
         except CoordinationError as exc:  # StaleEpoch too: the next leader sweeps
@@ -515,54 +495,24 @@ class Submissions:
         if gone["tasks"] or gone["vms"]:
             log.info("retention: forgot %d finished tasks and %d VM records", gone["tasks"], gone["vms"])
 
-    async def _own_records(self, task: dict[str, Any], specs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    async def _own_records(self, task: dict[str, Any], specs: dict[str, dict[str, Any]]) -> dict[str, VMRecord]:
         """The records of ``task``'s VMs, each usable: a record another task owns is left out,
         one that cannot be read is replaced by an ERROR record that says why (in memory: the
-        caller writes it back)."""
+        caller writes it back, version-checked against the unreadable one)."""
         task_id = str(task["taskId"])
         vm_ids = [v for v in task.get("vmIds") or [] if isinstance(v, str)]
-        records = await self.store.get_vms(vm_ids)
-        out: dict[str, dict[str, Any]] = {}
-        for vm_id in vm_ids:
-            rec: Any = records.get(vm_id)
-            if rec is None:
-                # Absent, or not a JSON object: only the second is a record to report.
-                try:
-                    rec = await self.store.get_vm(vm_id)
-                except ValueError as exc:
-                    rec = None
-                    problem: str | None = f"not JSON: {exc}"
-                else:
-                    if rec is None:
-                        continue
-                    problem = _unreadable(vm_id, rec)
-            elif rec.get("taskId") not in (None, task_id):
+        out: dict[str, VMRecord] = {}
+        for vm_id, entry in (await self.store.read_vms(vm_ids)).items():
+            if _task_id(entry) not in (None, task_id):
                 continue  # the name belongs to a later submission now
+            if isinstance(entry, RecordError):
+                log.warning("virtual cluster %s: %s; it is marked %s", task_id, entry,
+                            ErrorCode.VIRTUAL_MACHINE_RECORD_UNREADABLE)
+                out[vm_id] = VMRecord.unreadable(entry, task_id, specs.get(vm_id))
             else:
-                problem = _unreadable(vm_id, rec)
-                if rec.get("taskId") is None:
-                    rec["taskId"] = task_id  # an older version's record without one: this task lists it
-            if problem is not None:
-                log.warning("virtual cluster %s: the record of %s cannot be read (%s); it is marked %s",
-                            task_id, vm_id, problem, UNREADABLE_RECORD)
-                rec = self._error_record(vm_id, task_id, rec, specs.get(vm_id), problem)
-            out[vm_id] = rec
+                entry.claim(task_id)  # an older version's record without a task: this one lists it
+                out[vm_id] = entry
         return out
-
-    @staticmethod
-    def _error_record(vm_id: str, task_id: str, old: Any, spec: Any, problem: str) -> dict[str, Any]:
-        """A readable ERROR record in place of an unreadable one. The address it held is kept
-        (from the old record, else from its spec, written with the allocation), so that the
-        dispatch's end gives it back to the pool."""
-        old_rec = old if isinstance(old, dict) else {}
-        ip = old_rec.get("ipAddress")
-        if not isinstance(ip, str):
-            ip = spec.get("ip") if isinstance(spec, dict) and isinstance(spec.get("ip"), str) else None
-        requested = spec.get("requested") if isinstance(spec, dict) else None
-        return {"virtualMachineId": vm_id, "taskId": task_id, "status": "ERROR", "errorCode": UNREADABLE_RECORD,
-                "message": f"its record in ZooKeeper cannot be read ({problem}); it was not started",
-                "requestedCapacity": requested if isinstance(requested, list) else None, "ipAddress": ip,
-                "macAddress": None, "localControllerId": None, "groupManagerId": None, "submittedAt": time.time()}
 
     async def _fail_task(self, task_id: str, exc: BaseException) -> None:
         """The dispatch of ``task_id`` failed on something unexpected: its VMs not yet started
@@ -571,22 +521,14 @@ class Submissions:
         ZooKeeper cannot take this now, the task stays PENDING for the next leader."""
         try:
             task = await self.store.get_task(task_id)
-            if not isinstance(task, dict) or task.get("state") != PENDING:
+            if not isinstance(task, dict) or task.get("state") != TaskState.PENDING:
                 return
             reason = f"the group leader failed dispatching it: {type(exc).__name__}: {exc}"
             records = await self._own_records(task, await self.store.get_specs(task.get("vmIds") or []))
-            dispatched: set[str] = set()
-            for vm_id, rec in records.items():
-                if rec.get("status") in (PENDING, DISPATCHED):
-                    if rec.get("status") == DISPATCHED:
-                        dispatched.add(vm_id)  # it may yet start: its address stays with it
-                    rec.update(status="ERROR", errorCode=DISPATCH_FAILED, message=reason)
-            failed = [r for r in records.values() if r.get("status") == "ERROR"]
-            release = [r for r in failed if r.get("ipAddress") and r["virtualMachineId"] not in dispatched]
-            released = {r["virtualMachineId"] for r in release}
-            await self.store.update_vms([r for r in failed if r["virtualMachineId"] not in released], self.epoch)
-            await self.store.release_addresses(release, self.subnet, self.epoch)
-            task.update(state=DONE, finishedAt=time.time(), error=reason)
+            for rec in records.values():
+                rec.abandon(ErrorCode.DISPATCH_FAILED, reason)
+            await self.store.update_vms(records.values(), self.epoch, subnet=self.subnet)
+            task.update(state=TaskState.DONE, finishedAt=time.time(), error=reason)
             await self.store.set_task(task, self.epoch)
             log.error("virtual cluster %s failed: %s", task_id, reason)
         except CoordinationError as err:
@@ -596,44 +538,43 @@ class Submissions:
     async def _resume_task(self, task: dict[str, Any]) -> None:
         specs_json = await self.store.get_specs(task["vmIds"])
         records = await self._own_records(task, specs_json)
-        running = await self._running_domains() if any(r["status"] == DISPATCHED for r in records.values()) else {}
+        dispatched = any(r.status is VMStatus.DISPATCHED for r in records.values())
+        running = await self._running_domains() if dispatched else {}
         specs: list[VMSpec] = []
+        only_pending = (VMStatus.PENDING,)
         for vm_id in task["vmIds"]:
             rec = records.get(vm_id)
             if rec is None:
                 continue
-            if rec["status"] == DISPATCHED:
+            if rec.status is VMStatus.DISPATCHED:
                 where = running.get(vm_id)
                 if where is not None:
-                    lc_id, addr, state = where
-                    rec.update(status=state, localControllerId=lc_id, localControllerControlDataAddress=addr, errorCode=None)
+                    rec.adopt(where[2], where[0], where[1])
                 else:
-                    rec.update(status=PENDING, groupManagerId=None)
+                    rec.requeue()
             if vm_id not in specs_json:
-                if rec["status"] == PENDING:
-                    rec.update(status="ERROR", errorCode=UNREADABLE_RECORD,
-                               message="its spec is missing from ZooKeeper; it was not started")
+                rec.fail(ErrorCode.VIRTUAL_MACHINE_RECORD_UNREADABLE, "its spec is missing from ZooKeeper; it was not started",
+                         only=only_pending)
                 continue
             try:
                 spec = VMSpec.from_json(specs_json[vm_id])
             except (KeyError, TypeError, ValueError, IndexError) as exc:
-                if rec["status"] == PENDING:
-                    rec.update(status="ERROR", errorCode=UNREADABLE_RECORD,
-                               message=f"its spec in ZooKeeper cannot be read ({type(exc).__name__}: {exc}); "
-                                       "it was not started")
+                rec.fail(ErrorCode.VIRTUAL_MACHINE_RECORD_UNREADABLE,
+                         f"its spec in ZooKeeper cannot be read ({type(exc).__name__}: {exc}); it was not started",
+                         only=only_pending)
                 continue
             specs.append(spec)
         log.info("resuming virtual cluster %s (%d VMs not yet started)", task["taskId"],
-                 sum(1 for r in records.values() if r["status"] == PENDING))
+                 sum(1 for r in records.values() if r.status is VMStatus.PENDING))
         await self.store.update_vms(records.values(), self.epoch)
         await self.dispatch(task, specs, records)
 
-    async def _running_domains(self) -> dict[str, tuple[str, dict[str, Any], str]]:
+    async def _running_domains(self) -> dict[str, tuple[str, NetworkAddress, VMStatus]]:
         """vm id -> (lc id, lc address, state), asked of every local controller directly."""
         coord = self.scope.coord
         assert coord is not None
         lcs = await coord.children_json(coord.path("localcontrollers"))
-        out: dict[str, tuple[str, dict[str, Any], str]] = {}
+        out: dict[str, tuple[str, NetworkAddress, VMStatus]] = {}
 
         async def ask(lc_id: str, data: dict[str, Any]) -> None:
             try:
@@ -643,7 +584,7 @@ class Submissions:
                 return
             for d in reply.get("domains", []):
                 if d.get("state") in STARTED:
-                    out[d["name"]] = (lc_id, addr.to_json(), d["state"])
+                    out[d["name"]] = (lc_id, addr, VMStatus(d["state"]))
 
         await asyncio.gather(*(ask(k, v) for k, v in lcs.items()))
         return out

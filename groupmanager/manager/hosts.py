@@ -18,12 +18,13 @@ from typing import Any
 
 from groupmanager.placement import Thresholds
 from snooze import capacity
+from snooze.codes import STARTED, VMStatus
 from snooze.models import ZERO, Capacity, LocalControllerDescription, Status, add
 
 log = logging.getLogger(__name__)
 
 #: Domain states that hold capacity on their host.
-HOLDING = ("RUNNING", "PAUSED")
+HOLDING = STARTED
 
 
 @dataclass
@@ -35,7 +36,7 @@ class LocalControllerRecord:
     vm_usage: dict[str, list[float]] = field(default_factory=dict)
     vm_requested: dict[str, Capacity] = field(default_factory=dict)
 
-    def add_vm(self, vm_id: str, requested: Capacity, state: str = "RUNNING", *, uuid: str | None = None) -> None:
+    def add_vm(self, vm_id: str, requested: Capacity, state: VMStatus = VMStatus.RUNNING, *, uuid: str | None = None) -> None:
         """Record a VM that now runs here (started, or migrated in), before monitoring shows it."""
         self.vm_requested[vm_id] = requested
         self.domains = [d for d in self.domains if d.get("name") != vm_id] + [

@@ -16,8 +16,10 @@ hypervisor reports is the truth, and the VM records are brought in line with it.
 The check runs after every join (a restart, a re-assignment after a failover), on a fresh
 listing asked of the host, not on the one it joined with. Joins that arrive together are
 checked together, with one read of the records. Records are re-read just before anything is
-written, and a VM this group manager is migrating is left alone, so that a VM in flight is
-never taken for lost or orphaned.
+written (and written version-checked: a record the leader or another group manager changed
+meanwhile is read again, and marked lost only if it still places the VM on that host), and a VM
+this group manager is migrating is left alone, so that a VM in flight is never taken for lost
+or orphaned.
 """
 
 from __future__ import annotations
@@ -29,20 +31,19 @@ from collections.abc import Collection
 from typing import Any, Protocol
 
 from groupmanager.manager.hosts import Hosts
+from snooze.codes import IN_FLIGHT, STARTED, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError
 from snooze.ids import is_valid_id
+from snooze.models import NetworkAddress
+from snooze.records import VMRecord
 from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
 
-LOST = "VIRTUAL_MACHINE_LOST"
+LOST = ErrorCode.VIRTUAL_MACHINE_LOST
 TASK = "manager.inventory"
-#: Record statuses meaning "runs on its local controller".
-PLACED = ("RUNNING", "PAUSED")
-#: Record statuses of a VM on its way to a host (no host in its record yet).
-STARTING = ("PENDING", "DISPATCHED")
 BATCH_DELAY = 0.2  # seconds: joins of the same moment (a failover) are checked together
 RETRY_DELAY = 1.0  # seconds before a check that could not run (ZooKeeper, the host) is retried
 
@@ -149,17 +150,15 @@ class Inventory:
         return vm_id in self.migrations.moving or self.hosts.in_flight(vm_id)
 
     async def _reconcile(self, store: Store, lc_id: str, domains: list[dict[str, Any]],
-                         records: dict[str, dict[str, Any]]) -> None:
+                         records: dict[str, VMRecord]) -> None:
         present = {str(d["name"]) for d in domains}
         missing = [vm_id for vm_id, rec in records.items()
-                   if rec.get("localControllerId") == lc_id and rec.get("status") in PLACED
-                   and vm_id not in present and not self._in_flight(vm_id)]
+                   if rec.lc_id == lc_id and rec.status.started and vm_id not in present and not self._in_flight(vm_id)]
         if missing:
             # Read again: a VM may have been moved or destroyed since the records were read.
             fresh = await store.get_vms(missing)
             lost = [fresh[v] for v in missing
-                    if v in fresh and fresh[v].get("localControllerId") == lc_id and fresh[v].get("status") in PLACED
-                    and not self._in_flight(v)]
+                    if v in fresh and fresh[v].lc_id == lc_id and fresh[v].status.started and not self._in_flight(v)]
             if lost:
                 await self._settle_lost(store, lc_id, lost)
         candidates = [n for n in sorted(present) if not self._accounted(n, lc_id, records) and not self._in_flight(n)]
@@ -169,12 +168,11 @@ class Inventory:
         self._set_orphans(lc_id, candidates)
 
     @staticmethod
-    def _accounted(name: str, lc_id: str, records: dict[str, dict[str, Any]]) -> bool:
+    def _accounted(name: str, lc_id: str, records: dict[str, VMRecord]) -> bool:
         rec = records.get(name)
         if rec is None:
             return False
-        where, status = rec.get("localControllerId"), rec.get("status")
-        return (where == lc_id and status in PLACED) or (where is None and status in STARTING)
+        return (rec.lc_id == lc_id and rec.status.started) or (rec.lc_id is None and rec.status in IN_FLIGHT)
 
     def _set_orphans(self, lc_id: str, names: list[str]) -> None:
         new = sorted(set(names) - set(self.orphans.get(lc_id, [])))
@@ -187,64 +185,59 @@ class Inventory:
             self.orphans.pop(lc_id, None)
 
     # -- lost VMs ------------------------------------------------------------------------
-    async def _settle_lost(self, store: Store, lc_id: str, lost: list[dict[str, Any]]) -> None:
+    async def _settle_lost(self, store: Store, lc_id: str, lost: list[VMRecord]) -> None:
         settings = self.scope.settings.groupmanager
         for rec in lost:
             host = self.hosts.lcs.get(lc_id)
             if host is not None:
-                host.remove_vm(rec["virtualMachineId"])
-            self.hosts.reservations.release_vm(rec["virtualMachineId"])
-        why = {rec["virtualMachineId"]: "" for rec in lost}
+                host.remove_vm(rec.vm_id)
+            self.hosts.reservations.release_vm(rec.vm_id)
+        why = {rec.vm_id: "" for rec in lost}
         if settings.restart_lost_vms:
             lost, why = await self._restart(store, lc_id, lost)
         if not lost:
             return
         now = time.time()
         for rec in lost:
-            vm_id = rec["virtualMachineId"]
-            rec.update(status="ERROR", errorCode=LOST, lostAt=now, lostOn=lc_id,
-                       message=f"{lc_id} re-joined without it: its hypervisor has no domain {vm_id} (the host restarted "
-                               f"or lost it); its capacity and address were released{why.get(vm_id, '')}")
-        held = [r for r in lost if r.get("ipAddress")]
-        if held:
-            await store.release_addresses(held, settings.virtual_machine_subnet, None)
-        rest = [r for r in lost if not r.get("ipAddress")]
-        if rest:
-            await store.update_vms(rest, None)
-        self.lost += len(lost)
-        names = [r["virtualMachineId"] for r in lost]
+            rec.lose(lc_id, f"{lc_id} re-joined without it: its hypervisor has no domain {rec.vm_id} (the host restarted "
+                            f"or lost it); its capacity and address were released{why.get(rec.vm_id, '')}", now)
+        await store.update_vms(lost, None, subnet=settings.virtual_machine_subnet)
+        marked = [r.vm_id for r in lost if r.error_code is LOST and r.lost_on == lc_id]
+        self.lost += len(marked)
         log.warning("%s re-joined without %d VM(s) its records place there; marked %s: %s",
-                    lc_id, len(names), LOST, ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+                    lc_id, len(marked), LOST, ", ".join(marked[:20]) + (" ..." if len(marked) > 20 else ""))
 
-    async def _restart(self, store: Store, lc_id: str,
-                       lost: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    async def _restart(self, store: Store, lc_id: str, lost: list[VMRecord]) -> tuple[list[VMRecord], dict[str, str]]:
         """Start lost VMs again from their stored specs; (the ones still lost, why per VM)."""
-        by_id = {r["virtualMachineId"]: r for r in lost}
+        by_id = {r.vm_id: r for r in lost}
         specs = await store.get_specs(by_id)
         why = {v: "; it has no stored spec to restart from" for v in by_id if v not in specs}
         results = await self.vms.start([dict(specs[v]) for v in by_id if v in specs]) if specs else []
-        restarted: list[dict[str, Any]] = []
+        restarted: list[VMRecord] = []
         now = time.time()
         for res in results:
             rec = by_id.get(str(res.get("id")))
             if rec is None:
                 continue
-            if res.get("status") in PLACED:
-                rec.update(status=res["status"], errorCode=None, uuid=res.get("uuid"), restartedAt=now,
-                           restarts=int(rec.get("restarts") or 0) + 1,
-                           message=f"restarted from its stored spec on {res.get('localControllerId')} after {lc_id} "
-                                   "re-joined without it",
-                           localControllerId=res.get("localControllerId"),
-                           localControllerControlDataAddress=res.get("localControllerAddress"),
-                           groupManagerId=self.scope.id, groupManagerControlDataAddress=self.scope.address.to_json(),
-                           adaptations=res.get("adaptations") or rec.get("adaptations") or [])
+            status = res.get("status")
+            if status in STARTED:
+                where = res.get("localControllerId")
+                try:
+                    address = NetworkAddress.from_json(res["localControllerAddress"])
+                except (KeyError, TypeError, ValueError):
+                    address = None
+                adaptations = res.get("adaptations")
+                rec.restart(lc_id, VMStatus(status), res.get("uuid"), str(where) if where else None, address,
+                            self.scope.id, self.scope.address,
+                            [str(a) for a in adaptations] if isinstance(adaptations, list) else [],
+                            f"restarted from its stored spec on {where} after {lc_id} re-joined without it", now)
                 restarted.append(rec)
             else:
-                why[rec["virtualMachineId"]] = f"; restarting it failed: {res.get('errorCode')}: {res.get('message')}"
+                why[rec.vm_id] = f"; restarting it failed: {res.get('errorCode')}: {res.get('message')}"
         if restarted:
             await store.update_vms(restarted, None)
             self.restarted += len(restarted)
             log.warning("%s re-joined without %d VM(s); started again from their specs: %s", lc_id, len(restarted),
-                        ", ".join(r["virtualMachineId"] for r in restarted[:20]))
-        done = {r["virtualMachineId"] for r in restarted}
-        return [r for r in lost if r["virtualMachineId"] not in done], why
+                        ", ".join(r.vm_id for r in restarted[:20]))
+        done = {r.vm_id for r in restarted}
+        return [r for r in lost if r.vm_id not in done], why

@@ -46,6 +46,7 @@ from groupmanager.placement import (
     relocate_overloaded,
     relocate_underloaded,
 )
+from snooze.codes import ErrorCode
 from snooze.http import ApiError
 from snooze.models import ZERO, Capacity, Status
 from snooze.protocol import Envelope
@@ -184,7 +185,7 @@ class Reconfiguration:
             return await self.consolidate_once()
         if what == "relocate":
             return await self.relocate_once()
-        raise ApiError(400, "BAD_RECONFIGURATION", f"'what' must be 'consolidate' or 'relocate', not {what!r}",
+        raise ApiError(ErrorCode.BAD_RECONFIGURATION, f"'what' must be 'consolidate' or 'relocate', not {what!r}",
                        field="what")
 
     # -- entry points ----------------------------------------------------------------------

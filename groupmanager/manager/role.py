@@ -20,6 +20,7 @@ from groupmanager.manager.inventory import Inventory
 from groupmanager.manager.reconfiguration import Reconfiguration
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from groupmanager.thresholds import thresholds_from
+from snooze.codes import STARTED, ErrorCode
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
 from snooze.models import (
@@ -148,9 +149,9 @@ class ManagerRole:
             desc = LocalControllerDescription.from_json(env.body["localController"])
             domains = list(env.body.get("domains") or [])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ApiError(400, "BAD_JOIN", f"bad join request: {exc}") from exc
+            raise ApiError(ErrorCode.BAD_JOIN, f"bad join request: {exc}") from exc
         desc.group_manager_id = self.id
-        desc.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in ("RUNNING", "PAUSED")]
+        desc.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in STARTED]
         self.lcs[desc.id] = LocalControllerRecord(
             desc, domains, history=deque(maxlen=self.scope.settings.monitoring.history)
         )
@@ -166,14 +167,14 @@ class ManagerRole:
         body = env.body if isinstance(env.body, dict) else {}
         rec = self.lcs.get(str(body.get("id")))
         if rec is None:
-            raise ApiError(404, "NOT_JOINED", "this group manager does not manage you")
+            raise ApiError(ErrorCode.NOT_JOINED, "this group manager does not manage you")
         self.detector.heard(rec.description.id)
         usage = body.get("hostUsage") or [0, 0, 0, 0]
         rec.usage = (float(usage[0]), float(usage[1]), float(usage[2]), float(usage[3]))
         rec.domains = list(body.get("domains") or [])
         rec.vm_usage = dict(body.get("virtualMachines") or {})
         rec.description.assigned_virtual_machines = [
-            d["name"] for d in rec.domains if d.get("state") in ("RUNNING", "PAUSED")
+            d["name"] for d in rec.domains if d.get("state") in STARTED
         ]
         self.inventory.seen(rec.description.id, {str(d.get("name")) for d in rec.domains})
         rec.history.append({"timestamp": body.get("timestamp"), "hostUsage": list(rec.usage)})
@@ -233,7 +234,7 @@ class ManagerRole:
                 epoch=self.scope.epoch, timeout=3,
             )
         except RpcError as exc:
-            if exc.code == "NOT_JOINED":
+            if exc.code is ErrorCode.NOT_JOINED:
                 self._leader_changed.set()
             else:
                 log.debug("summary failed: %s", exc)

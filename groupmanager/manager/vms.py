@@ -26,12 +26,14 @@ from typing import Any, Protocol
 
 from groupmanager.manager.hosts import Hosts, LocalControllerRecord, Reservations
 from groupmanager.placement import HostView, PowerState, VMRequest, make_placement_policy
+from snooze.codes import STARTED, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, Status
 from snooze.protocol import Envelope
-from snooze.rpc import RpcError
+from snooze.records import RecordError
+from snooze.rpc import RpcError, api_error
 from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
@@ -48,18 +50,6 @@ DEFAULT_MIGRATION_TIMEOUT = 60.0
 #: destination's settings (its URIs above all) comes only from its own registration.
 CLIENT_MIGRATION_OPTIONS = ("method", "timeout", "autoConverge", "postCopy")
 
-# HTTP status of a local controller's refusal, by its error code; other codes are failures of
-# the hypervisor (502: the client did nothing wrong, and may retry).
-_REFUSAL_STATUS = {
-    "VIRTUAL_MACHINE_NOT_FOUND": 404,
-    "INVALID_STATE": 409,
-    "VIRTUAL_MACHINE_MISMATCH": 409,
-    "OPERATION_NOT_SUPPORTED": 409,
-    "MIGRATION_FAILED": 409,
-    "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY": 409,
-}
-
-
 def _body(env: Envelope) -> dict[str, Any]:
     return env.body if isinstance(env.body, dict) else {}
 
@@ -68,13 +58,13 @@ def _id(value: Any, field: str) -> str:
     try:
         return check_id(value, field)
     except InvalidId as exc:
-        raise ApiError(400, "INVALID_ID", str(exc), field=exc.field) from exc
+        raise ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field) from exc
 
 
 def _number(value: Any, field: str, low: float, high: float) -> float:
     # Bounds first: an int too large for a float compares fine, and NaN or infinity fail them.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{field}: expected a number from {low:g} to {high:g}, got {value!r}",
+        raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{field}: expected a number from {low:g} to {high:g}, got {value!r}",
                        field=field)
     return float(value)
 
@@ -89,7 +79,7 @@ def capacity_of(value: Any, field: str) -> Capacity:
     if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(
         not isinstance(x, bool) and isinstance(x, (int, float)) and 0 <= x <= MAX_CAPACITY for x in value
     ):
-        raise ApiError(400, "BAD_CAPACITY", f"{field}: expected [cpu, memory, rx, tx] as 4 non-negative numbers", field=field)
+        raise ApiError(ErrorCode.BAD_CAPACITY, f"{field}: expected [cpu, memory, rx, tx] as 4 non-negative numbers", field=field)
     return (float(value[0]), float(value[1]), float(value[2]), float(value[3]))
 
 
@@ -99,7 +89,7 @@ def migration_timeout(settings: dict[str, Any], field: str = "destinationHypervi
     if mig is None:
         return DEFAULT_MIGRATION_TIMEOUT
     if not isinstance(mig, dict):
-        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{field}.migration: expected an object", field=f"{field}.migration")
+        raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{field}.migration: expected an object", field=f"{field}.migration")
     return _number(mig.get("timeout", DEFAULT_MIGRATION_TIMEOUT), f"{field}.migration.timeout", 0.0, MAX_MIGRATION_TIMEOUT)
 
 
@@ -116,7 +106,7 @@ def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[s
     if value is None:
         return dict(registered)
     if not isinstance(value, dict):
-        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{top}: expected an object, got {type(value).__name__}", field=top)
+        raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{top}: expected an object, got {type(value).__name__}", field=top)
     out = dict(registered)
     for key, given in value.items():
         where = f"{top}.{key}"
@@ -124,22 +114,22 @@ def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[s
             if given is None:
                 continue
             if not isinstance(given, dict):
-                raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{where}: expected an object, got {type(given).__name__}",
+                raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{where}: expected an object, got {type(given).__name__}",
                                field=where)
             mig = dict(registered.get("migration") or {})
             for opt, x in given.items():
                 at = f"{where}.{opt}"
                 if opt == "method":
                     if x not in MIGRATION_METHODS:
-                        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{at}: expected one of {', '.join(MIGRATION_METHODS)}",
+                        raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{at}: expected one of {', '.join(MIGRATION_METHODS)}",
                                        field=at)
                 elif opt == "timeout":
                     x = _number(x, at, 0.0, MAX_MIGRATION_TIMEOUT)
                 elif opt in ("autoConverge", "postCopy"):
                     if not isinstance(x, bool):
-                        raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", f"{at}: expected true or false", field=at)
+                        raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{at}: expected true or false", field=at)
                 else:
-                    raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+                    raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS,
                                    f"{at}: unknown migration option; a request may set {', '.join(CLIENT_MIGRATION_OPTIONS)}",
                                    field=at)
                 mig[opt] = x
@@ -147,16 +137,16 @@ def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[s
         elif not isinstance(key, str) or key.lower().endswith("uri") or (isinstance(given, str) and "://" in given):
             if key in registered and given == registered[key]:
                 continue  # the registered value echoed back: harmless
-            raise ApiError(400, "CLIENT_URI_REFUSED",
+            raise ApiError(ErrorCode.CLIENT_URI_REFUSED,
                            f"{where}: hypervisor URIs come only from the destination's own registration, never from a request",
                            field=where)
         elif key in registered:
             if given != registered[key]:
-                raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+                raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS,
                                f"{where}: the destination registered {registered[key]!r}; a request cannot change it",
                                field=where)
         else:
-            raise ApiError(400, "BAD_HYPERVISOR_SETTINGS",
+            raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS,
                            f"{where}: unknown setting; a request may only set migration options "
                            f"({', '.join(CLIENT_MIGRATION_OPTIONS)})", field=where)
     return out
@@ -219,16 +209,16 @@ class VirtualMachines:
         """Ask ``lc_id`` which domains its hypervisor has now; updates this group manager's view."""
         rec = self.lcs.get(lc_id)
         if rec is None:
-            raise ApiError(404, "LOCAL_CONTROLLER_GONE", f"{lc_id} is not managed here", field="localControllerId")
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_GONE, f"{lc_id} is not managed here", field="localControllerId")
         try:
             reply = await self.scope.rpc.call(rec.description.control_data_address, "lc.describe", None,
                                               epoch=self.scope.epoch, timeout=10)
             domains = [d for d in reply["domains"] if isinstance(d, dict) and isinstance(d.get("name"), str)]
         except (RpcError, KeyError, TypeError) as exc:
-            raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", f"{lc_id}: {exc}") from exc
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_UNREACHABLE, f"{lc_id}: {exc}") from exc
         if self.lcs.get(lc_id) is rec:
             rec.domains = domains
-            rec.description.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in ("RUNNING", "PAUSED")]
+            rec.description.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in STARTED]
         return domains
 
     async def uuid_for(self, lc_id: str, vm_id: str) -> str | None:
@@ -255,7 +245,8 @@ class VirtualMachines:
                 vm["requested"] = list(capacity_of(vm.get("requested"), "requested"))
                 pending.append(vm)
             except ApiError as exc:
-                results[vm["id"]] = {"id": vm["id"], "status": "ERROR", "errorCode": "BAD_SPECIFICATION", "message": exc.message}
+                results[vm["id"]] = {"id": vm["id"], "status": VMStatus.ERROR, "errorCode": ErrorCode.BAD_SPECIFICATION,
+                                     "message": exc.message}
         tried: dict[str, set[str]] = defaultdict(set)
         wake_failures: dict[str, str] = {}
         for _round in range(3):
@@ -270,8 +261,8 @@ class VirtualMachines:
                 for lc_id, vm_id in made:
                     self.reservations.release(lc_id, vm_id)
         for vm in pending:
-            code = "LOCAL_CONTROLLER_WAKEUP_FAILED" if vm["id"] in wake_failures else "NOT_ENOUGH_CAPACITY"
-            results.setdefault(vm["id"], {"id": vm["id"], "status": "ERROR", "errorCode": code,
+            code = ErrorCode.LOCAL_CONTROLLER_WAKEUP_FAILED if vm["id"] in wake_failures else ErrorCode.NOT_ENOUGH_CAPACITY
+            results.setdefault(vm["id"], {"id": vm["id"], "status": VMStatus.ERROR, "errorCode": code,
                                           "message": wake_failures.get(vm["id"], "no local controller could host it")})
         return [results[v["id"]] for v in vms if v["id"] in results]
 
@@ -298,10 +289,10 @@ class VirtualMachines:
                 batches[p.host_id].append(vm)
             for vm_id, rejection in plan.unplaced.items():
                 if vm_id in wake_failures:
-                    results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_WAKEUP_FAILED",
+                    results[vm_id] = {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.LOCAL_CONTROLLER_WAKEUP_FAILED,
                                       "message": wake_failures[vm_id]}
                     continue
-                results[vm_id] = {"id": vm_id, "status": "ERROR", "errorCode": "NOT_ENOUGH_CAPACITY",
+                results[vm_id] = {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.NOT_ENOUGH_CAPACITY,
                                   "message": rejection.reason, "rejections": dict(rejection.filtered)}
         again: list[dict[str, Any]] = []
         if plan.wake_up:
@@ -320,7 +311,9 @@ class VirtualMachines:
         for lc_id, batch, reply in zip(batches, batches.values(), replies, strict=True):
             for vm, res in zip(batch, reply, strict=True):
                 self.reservations.release(lc_id, vm["id"])
-                if res.get("errorCode") == "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY" and round_ < 2:
+                # Refused for a reason that leaves nothing started (its host was full, or left):
+                # another host may take it.
+                if res.get("errorCode") and ErrorCode.parse(res["errorCode"]).retryable and round_ < 2:
                     tried[vm["id"]].add(lc_id)
                     again.append(vm)
                     continue
@@ -330,7 +323,8 @@ class VirtualMachines:
     async def _start_on(self, lc_id: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec = self.lcs.get(lc_id)
         if rec is None:
-            return [{"id": v["id"], "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_GONE", "message": lc_id} for v in batch]
+            return [{"id": v["id"], "status": VMStatus.ERROR, "errorCode": ErrorCode.LOCAL_CONTROLLER_GONE, "message": lc_id}
+                    for v in batch]
         addr = rec.description.control_data_address
         try:
             reply = await self.scope.rpc.call(addr, "lc.startVirtualMachines", {"vms": batch},
@@ -339,12 +333,13 @@ class VirtualMachines:
             if len(results) != len(batch):
                 raise TypeError(f"{len(results)} results for {len(batch)} VMs")
         except (RpcError, KeyError, TypeError) as exc:
-            return [{"id": v["id"], "status": "ERROR", "errorCode": "LOCAL_CONTROLLER_UNREACHABLE", "message": str(exc)} for v in batch]
+            return [{"id": v["id"], "status": VMStatus.ERROR, "errorCode": ErrorCode.LOCAL_CONTROLLER_UNREACHABLE,
+                     "message": str(exc)} for v in batch]
         for vm, res in zip(batch, results, strict=True):
             res["id"] = vm["id"]
             res["localControllerId"] = lc_id
             res["localControllerAddress"] = addr.to_json()
-            if res.get("status") in ("RUNNING", "PAUSED"):
+            if res.get("status") in STARTED:
                 rec.add_vm(vm["id"], _vector(vm["requested"]), res["status"], uuid=res.get("uuid"))
         return results
 
@@ -357,7 +352,7 @@ class VirtualMachines:
         for other, rec in self.lcs.items():
             if any(d.get("name") == vm_id for d in rec.domains):
                 return other
-        raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"no local controller of this group manager runs {vm_id}",
+        raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no local controller of this group manager runs {vm_id}",
                        field="virtualMachineId")
 
     async def _on_action(self, env: Envelope) -> Any:
@@ -365,12 +360,12 @@ class VirtualMachines:
         vm_id = _id(body.get("vmId"), "virtualMachineId")
         action = body.get("action")
         if action not in ACTIONS:
-            raise ApiError(400, "UNKNOWN_ACTION", f"action must be one of {', '.join(ACTIONS)}", field="action")
+            raise ApiError(ErrorCode.UNKNOWN_ACTION, f"action must be one of {', '.join(ACTIONS)}", field="action")
         hint = body.get("localControllerId")
         lc_id = self.find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
         expected = body.get("uuid")  # the caller's own idea of which domain it means, if it has one
         if expected is not None and not isinstance(expected, str):
-            raise ApiError(400, "BAD_REQUEST", "uuid must be a string", field="uuid")
+            raise ApiError(ErrorCode.BAD_REQUEST, "uuid must be a string", field="uuid")
         return await self.act(vm_id, lc_id, action, expected)
 
     async def act(self, vm_id: str, lc_id: str, action: str, expected_uuid: str | None = None) -> dict[str, Any]:
@@ -381,9 +376,9 @@ class VirtualMachines:
             if action == "destroy":
                 # Already gone (destroyed behind our back, or lost with its host): forgetting it is the destroy.
                 return await self._gone(lc_id, vm_id)
-            raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"{vm_id} is not on {lc_id}", field="virtualMachineId")
+            raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"{vm_id} is not on {lc_id}", field="virtualMachineId")
         if expected_uuid is not None and expected_uuid != uuid:
-            raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
+            raise ApiError(ErrorCode.VIRTUAL_MACHINE_MISMATCH,
                            f"{vm_id} on {lc_id} is domain {uuid}, not {expected_uuid}: the order was meant for another VM",
                            field="uuid")
         try:
@@ -391,16 +386,16 @@ class VirtualMachines:
                                               {"vmId": vm_id, "uuid": uuid, "action": action},
                                               epoch=self.scope.epoch, timeout=30)
         except RpcError as exc:
-            if 400 <= exc.status < 500:
-                raise ApiError(exc.status, exc.code, f"{lc_id}: {exc.message}", field=exc.field) from exc
-            raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", str(exc)) from exc
-        if not isinstance(reply, dict):
-            raise ApiError(502, "BAD_REPLY", f"{lc_id} answered {type(reply).__name__} to {action}")
-        if not reply.get("ok"):
-            code = str(reply.get("errorCode") or "ACTION_FAILED")
-            if action == "destroy" and code == "VIRTUAL_MACHINE_NOT_FOUND":
+            if action == "destroy" and exc.code is ErrorCode.VIRTUAL_MACHINE_NOT_FOUND:
                 return await self._gone(lc_id, vm_id)
-            raise ApiError(_REFUSAL_STATUS.get(code, 502), code, f"{action} {vm_id} on {lc_id}: {reply.get('message')}",
+            # Its refusal or its hypervisor's failure as it named them (INVALID_STATE 409,
+            # HYPERVISOR_ERROR 502 …); no answer at all: LOCAL_CONTROLLER_UNREACHABLE.
+            raise api_error(exc, f"{action} {vm_id} on {lc_id}", unreachable=ErrorCode.LOCAL_CONTROLLER_UNREACHABLE,
+                            failure_status=None, field="virtualMachineId") from exc
+        if not isinstance(reply, dict):
+            raise ApiError(ErrorCode.BAD_REPLY, f"{lc_id} answered {type(reply).__name__} to {action}")
+        if not reply.get("ok"):
+            raise ApiError(ErrorCode.ACTION_FAILED, f"{action} {vm_id} on {lc_id}: {reply.get('message')}",
                            field="virtualMachineId")
         if action == "destroy":
             return await self._gone(lc_id, vm_id)
@@ -486,7 +481,7 @@ class Migrations:
         body = _body(env)
         op = body.get("op")
         if op not in ("reserve", "commit", "release"):
-            raise ApiError(400, "BAD_RESERVATION", "op must be reserve, commit or release", field="op")
+            raise ApiError(ErrorCode.BAD_RESERVATION, "op must be reserve, commit or release", field="op")
         lc_id, vm_id = _id(body.get("lcId"), "lcId"), _id(body.get("vmId"), "vmId")
         if op == "release":
             self.reservations.release(lc_id, vm_id)
@@ -499,7 +494,7 @@ class Migrations:
             async with self.reservations.lock:
                 why = self.fits(lc_id, requested)
                 if why is not None:
-                    raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
+                    raise ApiError(ErrorCode.NOT_ENOUGH_CAPACITY, why, field="localControllerId")
                 self.reservations.reserve(lc_id, vm_id, requested, ttl)
         else:
             uuid = body.get("uuid")
@@ -523,7 +518,7 @@ class Migrations:
         source_lc = _id(source, "sourceLcId") if source is not None else None
         dest = body.get("destination")
         if not isinstance(dest, dict):
-            raise ApiError(400, "BAD_MIGRATION_REQUEST", "destination must be an object", field="destination")
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "destination must be an object", field="destination")
         dest_id = _id(dest.get("id"), "localControllerId")
         store = self.scope.store
         if store is not None:
@@ -531,9 +526,9 @@ class Migrations:
             try:
                 fresh = await store.destination(dest_id)
             except CoordinationError as exc:
-                raise ApiError(503, "ZOOKEEPER_UNAVAILABLE", str(exc)) from exc
+                raise api_error(exc) from exc
             if fresh is None:
-                raise ApiError(404, "LOCAL_CONTROLLER_NOT_FOUND", f"no local controller {dest_id!r}", field="localControllerId")
+                raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_FOUND, f"no local controller {dest_id!r}", field="localControllerId")
             dest = fresh
         expected = body.get("uuid")
         return await self.migrate(vm_id, source_lc or "", dest, body.get("requested"),
@@ -545,10 +540,11 @@ class Migrations:
         try:
             address = NetworkAddress.from_json(dest["address"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ApiError(409, "LOCAL_CONTROLLER_UNAVAILABLE", f"{dest_id} has no usable address", field="localControllerId") from exc
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_UNAVAILABLE, f"{dest_id} has no usable address", field="localControllerId",
+                           status=409) from exc
         settings = dest.get("hypervisorSettings") or {}
         if not isinstance(settings, dict):
-            raise ApiError(400, "BAD_HYPERVISOR_SETTINGS", "hypervisorSettings must be an object", field="destinationHypervisorSettings")
+            raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, "hypervisorSettings must be an object", field="destinationHypervisorSettings")
         dest_gm = None
         if dest.get("groupManagerAddress"):
             try:
@@ -578,19 +574,20 @@ class Migrations:
         source_lc = self.domains.find(vm_id, source_lc)
         rec = self.lcs[source_lc]
         if dest_id == source_lc:
-            raise ApiError(400, "SAME_LOCAL_CONTROLLER", f"{vm_id} already runs on {dest_id}", field="localControllerId")
+            raise ApiError(ErrorCode.SAME_LOCAL_CONTROLLER, f"{vm_id} already runs on {dest_id}", field="localControllerId")
         if vm_id in self.moving:
-            raise ApiError(409, "MIGRATION_IN_PROGRESS", f"{vm_id} is already being migrated", field="virtualMachineId")
+            raise ApiError(ErrorCode.MIGRATION_IN_PROGRESS, f"{vm_id} is already being migrated", field="virtualMachineId")
         local = dest_id in self.lcs
         if not local and dest_gm is None:
-            raise ApiError(409, "LOCAL_CONTROLLER_UNAVAILABLE", f"{dest_id} has no group manager right now", field="localControllerId")
+            raise ApiError(ErrorCode.LOCAL_CONTROLLER_UNAVAILABLE, f"{dest_id} has no group manager right now", field="localControllerId",
+                           status=409)
         self.moving.add(vm_id)
         try:
             uuid = await self.domains.uuid_for(source_lc, vm_id)
             if uuid is None:
-                raise ApiError(404, "VIRTUAL_MACHINE_NOT_FOUND", f"{vm_id} is not on {source_lc}", field="virtualMachineId")
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"{vm_id} is not on {source_lc}", field="virtualMachineId")
             if expected_uuid is not None and expected_uuid != uuid:
-                raise ApiError(409, "VIRTUAL_MACHINE_MISMATCH",
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_MISMATCH,
                                f"{vm_id} on {source_lc} is domain {uuid}, not {expected_uuid}", field="uuid")
             requested = self._requested(rec, vm_id, requested_hint)
             reservation = {"lcId": dest_id, "vmId": vm_id, "requested": list(requested), "uuid": uuid}
@@ -626,7 +623,7 @@ class Migrations:
             async with self.reservations.lock:
                 why = self.fits(dest_id, requested)
                 if why is not None:
-                    raise ApiError(409, "NOT_ENOUGH_CAPACITY", why, field="localControllerId")
+                    raise ApiError(ErrorCode.NOT_ENOUGH_CAPACITY, why, field="localControllerId")
                 self.reservations.reserve(dest_id, vm_id, requested)
             return
         assert dest_gm is not None
@@ -635,10 +632,10 @@ class Migrations:
                                       {"op": "reserve", "ttl": self._rpc_timeout(timeout) + 60, **reservation},
                                       epoch=self.scope.epoch, timeout=10)
         except RpcError as exc:
-            if exc.code == "timeout":
+            if exc.code is ErrorCode.TIMEOUT:
                 # It may have been made after all: release it (it would expire anyway).
                 await asyncio.shield(self._release(False, dest_gm, reservation))
-            raise ApiError(409 if exc.status == 409 else 503, exc.code, exc.message, field="localControllerId") from exc
+            raise api_error(exc, field="localControllerId") from exc
 
     @staticmethod
     def _rpc_timeout(migration_timeout: float) -> float:
@@ -657,14 +654,14 @@ class Migrations:
                 epoch=self.scope.epoch, timeout=self._rpc_timeout(timeout),
             )
         except RpcError as exc:
-            if exc.code == "timeout":
+            if exc.code is ErrorCode.TIMEOUT:
                 return await self._after_timeout(source_lc, source_addr, vm_id, uuid, dest_id, dest_addr, exc)
-            if 400 <= exc.status < 500:
-                raise ApiError(exc.status, exc.code, f"{vm_id} stays on {source_lc}: {exc.message}", field=exc.field) from exc
-            raise ApiError(503, "LOCAL_CONTROLLER_UNREACHABLE", f"{vm_id} stays on {source_lc}: {exc}") from exc
+            # A migration the source could not carry out is a 409 whatever failed (the VM stays
+            # where it was); no answer at all: LOCAL_CONTROLLER_UNREACHABLE.
+            raise api_error(exc, f"{vm_id} stays on {source_lc}", unreachable=ErrorCode.LOCAL_CONTROLLER_UNREACHABLE,
+                            failure_status=409) from exc
         if not isinstance(reply, dict) or not reply.get("ok"):
-            why = reply if isinstance(reply, dict) else {}
-            raise ApiError(409, str(why.get("errorCode") or "MIGRATION_FAILED"), f"{vm_id} stays on {source_lc}: {why.get('message')}")
+            raise ApiError(ErrorCode.MIGRATION_FAILED, f"{vm_id} stays on {source_lc}: it answered {reply!r}")
         return reply
 
     async def _after_timeout(self, source_lc: str, source_addr: NetworkAddress, vm_id: str, uuid: str, dest_id: str,
@@ -680,8 +677,8 @@ class Migrations:
                 log.warning("migration of %s timed out but the domain runs at %s: taken as done", vm_id, dest_id)
                 return {"ok": True, "timedOut": True}
             if present:
-                raise ApiError(504, "MIGRATION_TIMEOUT", f"{vm_id} stays on {source_lc}: {exc.message}") from exc
-        raise ApiError(504, "MIGRATION_TIMEOUT",
+                raise ApiError(ErrorCode.MIGRATION_TIMEOUT, f"{vm_id} stays on {source_lc}: {exc.message}") from exc
+        raise ApiError(ErrorCode.MIGRATION_TIMEOUT,
                        f"{exc.message}; {vm_id} was found on neither {source_lc} nor {dest_id}: monitoring will show where it is") from exc
 
     async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any]) -> None:
@@ -699,16 +696,24 @@ class Migrations:
         store = self.scope.store
         if store is None:
             return
+        gm_id: str | None
+        gm_address: NetworkAddress | None
+        if local:
+            gm_id, gm_address = self.scope.id, self.scope.address
+        else:
+            gm_id, gm_address = dest.get("groupManagerId"), _address(dest.get("groupManagerAddress"))
         try:
             rec = await store.get_vm(vm_id)
-            if not isinstance(rec, dict):
+            if rec is None:
                 return
-            rec.update(localControllerId=dest["id"], localControllerControlDataAddress=dest["address"], lastMigration=details,
-                       uuid=uuid)
-            if local:
-                rec.update(groupManagerId=self.scope.id, groupManagerControlDataAddress=self.scope.address.to_json())
-            else:
-                rec.update(groupManagerId=dest.get("groupManagerId"), groupManagerControlDataAddress=dest.get("groupManagerAddress"))
+            rec.move(dest["id"], _address(dest.get("address")), gm_id, gm_address, uuid, details)
             await store.update_vms([rec], None)
-        except (CoordinationError, ValueError) as exc:  # ValueError: a record that is not JSON
+        except (CoordinationError, RecordError) as exc:
             log.warning("could not record the move of %s: %s", vm_id, exc)
+
+
+def _address(value: Any) -> NetworkAddress | None:
+    try:
+        return NetworkAddress.from_json(value) if isinstance(value, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -16,12 +16,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from localcontroller.hypervisor.errors import HypervisorError, InvalidDomainXML
+from snooze.codes import ErrorCode
 from snooze.domainxml import DomainPolicy, PolicyViolation, RebuiltDomain, rebuild_domain
 from snooze.ids import is_valid_id
 
 
 class ImageNotFound(HypervisorError):
-    code = "IMAGE_NOT_FOUND"
+    code = ErrorCode.IMAGE_NOT_FOUND
 
 
 def check_on_host(xml: str, policy: DomainPolicy, *, test_driver: bool) -> RebuiltDomain:

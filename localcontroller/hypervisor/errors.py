@@ -1,38 +1,38 @@
 """The hypervisor layer's own errors: the rest of the local controller never sees a libvirtError.
 
-Each error carries a short machine-readable ``code`` (what the HTTP layer and the group manager
-report to users) and a human message.
+Each error carries its ``ErrorCode`` (what the local controller answers, and the group manager
+reports to users: ``snooze.rpc.api_error`` maps it) and a human message.
 """
 
 from __future__ import annotations
 
+from snooze.codes import CodedError, ErrorCode
 
-class HypervisorError(Exception):
+
+class HypervisorError(CodedError):
     """Something the hypervisor refused or failed to do."""
 
-    code = "HYPERVISOR_ERROR"
+    code = ErrorCode.HYPERVISOR_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code=code)
 
 
 class DomainNotFound(HypervisorError):
-    code = "VIRTUAL_MACHINE_NOT_FOUND"
+    code = ErrorCode.VIRTUAL_MACHINE_NOT_FOUND
 
 
 class InvalidDomainXML(HypervisorError):
-    code = "INVALID_LIBVIRT_TEMPLATE"
+    code = ErrorCode.INVALID_LIBVIRT_TEMPLATE
 
 
 class NotEnoughCapacity(HypervisorError):
-    code = "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY"
+    code = ErrorCode.NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY
 
 
 class MigrationFailed(HypervisorError):
-    code = "MIGRATION_FAILED"
+    code = ErrorCode.MIGRATION_FAILED
 
 
 class UnsupportedOperation(HypervisorError):
-    code = "OPERATION_NOT_SUPPORTED"
+    code = ErrorCode.OPERATION_NOT_SUPPORTED

@@ -26,20 +26,21 @@ from localcontroller.hypervisor.errors import (
     InvalidDomainXML,
     UnsupportedOperation,
 )
+from snooze.codes import ErrorCode, VMStatus
 from snooze.domainxml import DomainPolicy
 
 T = TypeVar("T")
 
 # virDomainState -> the original's VM status names
 _STATES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "UNKNOWN",
-    libvirt.VIR_DOMAIN_RUNNING: "RUNNING",
-    libvirt.VIR_DOMAIN_BLOCKED: "RUNNING",
-    libvirt.VIR_DOMAIN_PAUSED: "PAUSED",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "SHUTDOWN",
-    libvirt.VIR_DOMAIN_SHUTOFF: "SHUTOFF",
-    libvirt.VIR_DOMAIN_CRASHED: "ERROR",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "PAUSED",
+    libvirt.VIR_DOMAIN_NOSTATE: VMStatus.UNKNOWN,
+    libvirt.VIR_DOMAIN_RUNNING: VMStatus.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VMStatus.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: VMStatus.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VMStatus.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: VMStatus.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: VMStatus.ERROR,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: VMStatus.PAUSED,
 }
 
 
@@ -55,7 +56,7 @@ libvirt.registerErrorHandler(_silence, None)
 class DomainInfo:
     name: str
     uuid: str
-    state: str
+    state: VMStatus
     vcpus: int
     memory_kib: int
     cpu_time_ns: int = 0
@@ -137,7 +138,7 @@ class LibvirtHypervisor:
     @staticmethod
     def _info(dom: libvirt.virDomain) -> DomainInfo:
         state, _max_mem, mem, vcpus, cpu_time = dom.info()
-        return DomainInfo(dom.name(), dom.UUIDString(), _STATES.get(state, "UNKNOWN"), int(vcpus), int(mem), int(cpu_time))
+        return DomainInfo(dom.name(), dom.UUIDString(), _STATES.get(state, VMStatus.UNKNOWN), int(vcpus), int(mem), int(cpu_time))
 
     async def domains(self) -> list[DomainInfo]:
         """Every domain libvirt knows, running or defined."""
@@ -188,7 +189,7 @@ class LibvirtHypervisor:
         def do() -> DomainInfo | None:
             dom = self._lookup(name)
             if uuid is not None and dom.UUIDString() != uuid:
-                raise HypervisorError(f"{name} is domain {dom.UUIDString()}, not {uuid}", code="VIRTUAL_MACHINE_MISMATCH")
+                raise HypervisorError(f"{name} is domain {dom.UUIDString()}, not {uuid}", code=ErrorCode.VIRTUAL_MACHINE_MISMATCH)
             if action == "suspend":
                 dom.suspend()
             elif action == "resume":

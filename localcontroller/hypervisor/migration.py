@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import libvirt
 
 from localcontroller.hypervisor.errors import MigrationFailed, UnsupportedOperation
+from snooze.codes import ErrorCode
 
 __all__ = [
     "MIGRATION_METHODS",
@@ -266,7 +267,7 @@ def migrate_domain(
     except libvirt.libvirtError as exc:
         raise MigrationFailed(f"cannot inspect the domain to migrate: {_message(exc)}") from exc
     if expected_uuid is not None and uuid != expected_uuid:
-        raise MigrationFailed(f"{name} is domain {uuid}, not {expected_uuid}", code="VIRTUAL_MACHINE_MISMATCH")
+        raise MigrationFailed(f"{name} is domain {uuid}, not {expected_uuid}", code=ErrorCode.VIRTUAL_MACHINE_MISMATCH)
     if driver.lower() == "test":
         raise UnsupportedOperation(f"{name}: libvirt's test driver cannot migrate")
     if not active:

@@ -3,6 +3,12 @@
 See `localcontroller.power.saver` and docs/power.md.
 """
 
-from localcontroller.power.saver import DEFAULT_COMMANDS, STATES, PowerActionError, PowerSaver
+from localcontroller.power.saver import (
+    DEFAULT_COMMANDS,
+    DEFAULT_STATE,
+    STATES,
+    PowerActionError,
+    PowerSaver,
+)
 
-__all__ = ["DEFAULT_COMMANDS", "STATES", "PowerActionError", "PowerSaver"]
+__all__ = ["DEFAULT_COMMANDS", "DEFAULT_STATE", "STATES", "PowerActionError", "PowerSaver"]

@@ -26,11 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 from snooze.command import CommandError, run_command
 
-__all__ = ["DEFAULT_COMMANDS", "STATES", "PowerActionError", "PowerSaver"]
+__all__ = ["DEFAULT_COMMANDS", "DEFAULT_STATE", "STATES", "PowerActionError", "PowerSaver"]
 
 log = logging.getLogger(__name__)
 
 STATES = ("SHUTDOWN", "SUSPEND_TO_RAM", "SUSPEND_TO_DISK", "SUSPEND_TO_BOTH")
+#: The original's default power-saving action.
+DEFAULT_STATE = STATES[0]
 
 DEFAULT_COMMANDS: Mapping[str, Sequence[str]] = {
     "SHUTDOWN": ("shutdown", "-h", "now"),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from snooze.cli.errors import CliError
 from snooze.client.sync import SyncSnoozeClient
+from snooze.codes import ErrorCode
 from snooze.procs import running
 
 __all__ = [
@@ -46,7 +47,7 @@ __all__ = [
 
 # Where ``snooze cluster up`` (and so ``./scripts/run``) keeps a cluster when not told otherwise.
 DEFAULT_STATE_DIR = ".state/cluster"
-NO_CLUSTER = "NO_CLUSTER"
+NO_CLUSTER = ErrorCode.NO_CLUSTER
 
 _HOW_TO_CHOOSE = ("give --url URL or --state-dir DIR (or set SNOOZE_URL / SNOOZE_STATE_DIR), "
                   "or start one with ./scripts/run")

@@ -24,6 +24,7 @@ from snooze.client.templates import (
     sized_template,
 )
 from snooze.client.types import FAILED_STATUSES, Progress, VirtualMachineMetaDataJson
+from snooze.codes import ErrorCode, TaskState, VMStatus
 
 __all__ = ["ProgressPrinter", "register", "vm_details", "vm_table"]
 
@@ -85,7 +86,7 @@ class ProgressPrinter:
         self.tty = stream.isatty() if tty is None else tty
 
     def __call__(self, p: Progress) -> None:
-        if p.state == "PENDING":
+        if p.state == TaskState.PENDING:
             if self.tty:
                 self._draw(f"{self.SPIN[p.polls % len(self.SPIN)]} placing {_vms(self.total)}", 0, p.elapsed)
             elif p.changed:
@@ -96,7 +97,7 @@ class ProgressPrinter:
             counts[status] = counts.get(status, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no VMs"
         if self.tty:
-            self._draw(summary, counts.get("RUNNING", 0), p.elapsed)
+            self._draw(summary, counts.get(VMStatus.RUNNING, 0), p.elapsed)
             self.stream.write("\n")
             self.stream.flush()
         else:
@@ -117,7 +118,7 @@ class ProgressPrinter:
 
 def _templates(args: argparse.Namespace) -> list[Any]:
     if args.count < 1:
-        raise CliError(f"--count must be >= 1, got {args.count}", "BAD_TEMPLATE")
+        raise CliError(f"--count must be >= 1, got {args.count}", ErrorCode.BAD_TEMPLATE)
     templates: list[Any] = [libvirt_template_file(path, rx=args.rx, tx=args.tx) for path in args.template or []]
     sized = args.vcpus is not None or args.memory is not None or args.memory_mib is not None or args.image
     if sized or not templates:
@@ -153,7 +154,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     failed = [vm for vm in vms if str(vm.get("status", "")).upper() in FAILED_STATUSES]
     for vm in failed:
         why = f": {vm['message']}" if vm.get("message") else ""
-        print(f"snooze: {vm.get('errorCode') or 'VM_FAILED'}: virtual machine {_vm_id(vm)} did not start{why}",
+        print(f"snooze: {vm.get('errorCode') or ErrorCode.VM_FAILED}: virtual machine {_vm_id(vm)} did not start{why}",
               file=sys.stderr)
     if response.get("errorCode") and not failed:
         print(f"snooze: {response['errorCode']}: virtual cluster {task_id} failed", file=sys.stderr)

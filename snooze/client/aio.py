@@ -33,6 +33,7 @@ from snooze.client.types import (
     VirtualClusterResponseJson,
     VirtualMachineMetaDataJson,
 )
+from snooze.codes import TaskState
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 BOOTSTRAP = "bootstrap"
@@ -198,7 +199,7 @@ class SnoozeClient:
                 if exc.code not in (UNREACHABLE, TIMEOUT) and not (exc.status or 0) >= 500:
                     raise
                 response, last_error = None, exc
-            state = "PENDING" if response is None else "DONE"
+            state = TaskState.PENDING if response is None else TaskState.DONE
             if progress is not None:
                 statuses = {} if response is None else statuses_of(response)
                 progress(Progress(task_id, state, time.monotonic() - start, polls, state != last_state, statuses))

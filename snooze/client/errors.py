@@ -7,12 +7,14 @@ their own so that callers (the CLI, the libcloud driver) handle a single type.
 
 from __future__ import annotations
 
+from snooze.codes import ErrorCode
+
 # Codes the client itself assigns, when there is no server answer to take one from.
-UNREACHABLE = "UNREACHABLE"  # connection refused, DNS failure, reset …
-TIMEOUT = "TIMEOUT"  # one HTTP request took longer than the client's timeout
-TASK_TIMEOUT = "TASK_TIMEOUT"  # a virtual cluster was not done within the wait's timeout
-BAD_RESPONSE = "BAD_RESPONSE"  # a 2xx whose body is not what the API promises
-REFUSED = "REFUSED"  # a control call answered ``false``
+UNREACHABLE = ErrorCode.UNREACHABLE  # connection refused, DNS failure, reset …
+TIMEOUT = ErrorCode.TIMEOUT  # one HTTP request took longer than the client's timeout
+TASK_TIMEOUT = ErrorCode.TASK_TIMEOUT  # a virtual cluster was not done within the wait's timeout
+BAD_RESPONSE = ErrorCode.BAD_RESPONSE  # a 2xx whose body is not what the API promises
+REFUSED = ErrorCode.REFUSED  # a control call answered ``false``
 
 
 class SnoozeClientError(Exception):

@@ -34,31 +34,33 @@ from snooze.client.templates import (
     sized_template,
 )
 from snooze.client.types import FAILED_STATUSES, VirtualMachineMetaDataJson
+from snooze.codes import ErrorCode, VMStatus
 
 __all__ = ["PROVIDER", "SnoozeLibcloudError", "SnoozeNodeDriver", "node_state", "register"]
 
 PROVIDER = "snooze"
 
-# Snooze's virtual-machine statuses (the original's names) as libcloud node states.
+# Snooze's virtual-machine statuses as libcloud node states; the words beside ours are the
+# original's and other servers' (a driver reads what it is given).
 STATES: dict[str, NodeState] = {
-    "RUNNING": NodeState.RUNNING,
+    VMStatus.RUNNING: NodeState.RUNNING,
     "BOOTING": NodeState.STARTING,
     "STARTING": NodeState.STARTING,
-    "PENDING": NodeState.PENDING,
-    "PAUSED": NodeState.SUSPENDED,
+    VMStatus.PENDING: NodeState.PENDING,
+    VMStatus.PAUSED: NodeState.SUSPENDED,
     "SUSPENDED": NodeState.SUSPENDED,
-    "SHUTOFF": NodeState.STOPPED,
-    "SHUTDOWN": NodeState.STOPPED,
+    VMStatus.SHUTOFF: NodeState.STOPPED,
+    VMStatus.SHUTDOWN: NodeState.STOPPED,
     "STOPPED": NodeState.STOPPED,
     "SHUTTING_DOWN": NodeState.STOPPING,
     "REBOOTING": NodeState.REBOOTING,
     "MIGRATING": NodeState.MIGRATING,
     "ONMIGRATION": NodeState.MIGRATING,
     "ONRELOCATION": NodeState.MIGRATING,
-    "DESTROYED": NodeState.TERMINATED,
+    VMStatus.DESTROYED: NodeState.TERMINATED,
     "TERMINATED": NodeState.TERMINATED,
-    "DISPATCHED": NodeState.PENDING,
-    "ERROR": NodeState.ERROR,
+    VMStatus.DISPATCHED: NodeState.PENDING,
+    VMStatus.ERROR: NodeState.ERROR,
     "FAILED": NodeState.ERROR,
 }
 
@@ -175,7 +177,7 @@ class SnoozeNodeDriver(NodeDriver):
                         vcpus=vcpus or 1, memory=memory or 0, image_id=image_id or "",
                         name=prefix if count == 1 else f"{prefix}-{i + 1}", rx=rx, tx=tx))
             if not templates:
-                raise SnoozeClientError("BAD_TEMPLATE", "create_node needs libvirt_templates, or vcpus and memory "
+                raise SnoozeClientError(ErrorCode.BAD_TEMPLATE, "create_node needs libvirt_templates, or vcpus and memory "
                                         "(or a size) with image_id and name", "libvirt_templates")
             response = self.client.submit_virtual_cluster(templates, timeout=ex_timeout,
                                                           poll_interval=ex_poll_interval)
@@ -186,9 +188,9 @@ class SnoozeNodeDriver(NodeDriver):
             raise SnoozeLibcloudError(str(response["errorCode"]),
                                       f"virtual cluster {response.get('taskId', '')} failed", self)
         if failed and not ex_allow_partial:
-            what = "; ".join(f"{vm.get('virtualMachineId')}: {vm.get('errorCode') or 'UNKNOWN'}"
+            what = "; ".join(f"{vm.get('virtualMachineId')}: {vm.get('errorCode') or ErrorCode.UNKNOWN}"
                              + (f" ({vm['message']})" if vm.get("message") else "") for vm in failed)
-            code = str(failed[0].get("errorCode") or response.get("errorCode") or "VM_FAILED")
+            code = str(failed[0].get("errorCode") or response.get("errorCode") or ErrorCode.VM_FAILED)
             raise SnoozeLibcloudError(code, f"{len(failed)} of {len(vms)} virtual machines failed: {what}", self,
                                       nodes=[n for n in nodes if n.state != NodeState.ERROR])
         return nodes
@@ -237,7 +239,7 @@ class SnoozeNodeDriver(NodeDriver):
             target = target.extra.get("virtualMachineLocation") or {}
         lc_id = target if isinstance(target, str) else (target or {}).get("localControllerId")
         if not lc_id:
-            raise SnoozeLibcloudError("BAD_LOCATION", "the destination names no localControllerId", self)
+            raise SnoozeLibcloudError(ErrorCode.BAD_LOCATION, "the destination names no localControllerId", self)
         with self._errors():
             return self.client.migrate_virtual_machine(str(node.id), str(lc_id))
 

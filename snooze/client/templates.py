@@ -16,11 +16,12 @@ from typing import Any
 
 from snooze.client.errors import SnoozeClientError
 from snooze.client.types import NetworkDemandJson, VirtualMachineTemplateJson
+from snooze.codes import ErrorCode
 
 # The seed's examples ask for 12800 bytes/s each way; it is also the original driver's default.
 DEFAULT_NETWORK_DEMAND = 12800.0
 
-BAD_TEMPLATE = "BAD_TEMPLATE"
+BAD_TEMPLATE = ErrorCode.BAD_TEMPLATE
 
 
 def network_demand(rx: float = DEFAULT_NETWORK_DEMAND, tx: float = DEFAULT_NETWORK_DEMAND) -> NetworkDemandJson:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from snooze.codes import VMStatus
+
 VirtualMachineId = str
 TaskId = str
 LocalControllerId = str
@@ -63,7 +65,7 @@ class VirtualClusterResponseJson(TypedDict, total=False):
 
 
 # A status the server gives a virtual machine that failed to start.
-FAILED_STATUSES = frozenset({"ERROR", "FAILED"})
+FAILED_STATUSES = frozenset({VMStatus.ERROR, "FAILED"})  # FAILED: another server's word
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,26 @@ Layout under the cluster root::
     tasks/<taskId>         a submission: its VM ids, state (RECORDING, PENDING, DONE), the client's
                            request id, a fingerprint of its templates, timestamps
     requests/<requestId>   a client's idempotency key; its data is the task id
-    vms/<vmId>             a VM's small, often-updated state: status, errorCode, location, ip, mac,
-                           taskId, updatedAt
+    vms/<vmId>             a VM's small, often-updated state (``snooze.records.VMRecord``): status,
+                           errorCode, location, ip, mac, taskId, updatedAt
     vmspecs/<vmId>         a VM's spec (domain XML, requested capacity): written once
     ipam/<subnet>/<ip>     an address allocation; its data is the VM id
 
 Addresses are allocated by *creating* their znode, inside the same multi-op transaction as the
 VM's records, so an address can never be handed out twice, even by two leaders. Writes made by a
 leader also ``check`` the epoch znode's version, so a deposed leader's writes fail (fencing).
+
+Every write of a VM record is version-checked
+----------------------------------------------
+A record is read with its znode's version (``VMRecord.version``) and written back with
+``set_data(..., version=)`` in the transaction (``update_vms``): if another writer changed it in
+between (the leader recording a start while a group manager moves the VM, or marks it lost),
+the write fails instead of overwriting that change. The store then reads the record again,
+applies the caller's changes again to the fresh copy (``VMRecord.rebase``: the changes are
+methods that check the state they apply to) and writes again, a few times at most. So no
+writer's update is lost, and a record someone deleted meanwhile stays deleted. An address a
+change gives back (``VMRecord.release_address``) is deleted in the same transaction, only if its
+allocation still names that VM. The leader's writes stay fenced by its epoch as well.
 
 Recording a submission: all of it or none of it
 -----------------------------------------------
@@ -44,7 +56,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,31 +69,38 @@ from kazoo.exceptions import (
     RuntimeInconsistency,
 )
 
+from snooze.codes import FINISHED, ErrorCode, TaskState, VMStatus
 from snooze.coordination.zk import CoordinationError, Coordinator
 from snooze.ids import is_valid_id
+from snooze.records import RecordError, VMRecord
 
 SINGLE_TX_BYTES = 900_000
 CHUNK_BYTES = 400_000
 
-# Task states.
-RECORDING = "RECORDING"
-PENDING = "PENDING"
-DONE = "DONE"
-
-# VM states whose records expire after the retention (nothing runs, nothing to answer but history).
-FINISHED_VM_STATUSES = frozenset({"ERROR", "DESTROYED"})
+# Task states (re-exported: the store is where tasks live).
+RECORDING = TaskState.RECORDING
+PENDING = TaskState.PENDING
+DONE = TaskState.DONE
+#: Read-modify-write attempts of ``update_vms`` before a conflict is given up (``Changed``).
+WRITE_ATTEMPTS = 8
 
 
 class StaleEpoch(CoordinationError):
-    """A write carried an epoch that is no longer the current one."""
+    """A write carried an epoch that is no longer the current one: this leader was replaced."""
+
+    code = ErrorCode.NOT_GROUP_LEADER
 
 
 class AlreadyExists(CoordinationError):
     """A VM id or an address is already taken."""
 
+    code = ErrorCode.CONFLICT
+
 
 class Changed(CoordinationError):
     """A znode changed or vanished between reading it and writing it."""
+
+    code = ErrorCode.CONFLICT
 
 
 class TooLarge(ValueError):
@@ -161,10 +180,11 @@ class Store:
         return self.coord.path(*parts)
 
     # -- transactions (run on a worker thread) ---------------------------------------------
-    def _tx(self, ops: list[Op], epoch: int | None) -> None:
-        """Run ``ops`` as one multi-op transaction, fenced by ``epoch`` when given."""
+    def _tx(self, ops: list[Op], epoch: int | None) -> list[Any]:
+        """Run ``ops`` as one multi-op transaction, fenced by ``epoch`` when given; the result of
+        each op (a set's is the znode's new stat)."""
         if not ops:
-            return
+            return []
         tx = self.coord.client.transaction()
         if epoch is not None:
             tx.check(self._p("epoch"), epoch)
@@ -178,9 +198,9 @@ class Store:
         results = tx.commit()
         failures = [r for r in results if isinstance(r, Exception) and not isinstance(r, (RolledBackError, RuntimeInconsistency))]
         if not failures:
-            return
+            return list(results[1:] if epoch is not None else results)
         if epoch is not None and isinstance(results[0], BadVersionError):
-            raise StaleEpoch(f"epoch {epoch} is no longer current")
+            raise StaleEpoch(f"this group leader has been replaced (epoch {epoch} is no longer current); retry")
         if any(isinstance(r, NodeExistsError) for r in failures):
             raise AlreadyExists("a VM id or address is already taken")
         if any(isinstance(r, (BadVersionError, NoNodeError, NotEmptyError)) for r in failures):
@@ -220,6 +240,22 @@ class Store:
                 out[i] = (value, hit[1])
         return out
 
+    def _read_records(self, ids: Iterable[str]) -> dict[str, VMRecord | RecordError]:
+        """The VM records of ``ids`` that exist (pipelined reads), each parsed with its version,
+        or the RecordError saying why it cannot be read."""
+        wanted = [i for i in ids if is_valid_id(i)]
+        got = self._fetch(self._p("vms", i) for i in wanted)
+        out: dict[str, VMRecord | RecordError] = {}
+        for i in wanted:
+            hit = got.get(self._p("vms", i))
+            if hit is None:
+                continue
+            try:
+                out[i] = VMRecord.from_json(hit[0], i, version=hit[1])
+            except RecordError as exc:
+                out[i] = exc
+        return out
+
     def _children(self, *parts: str) -> list[str]:
         try:
             return list(self.coord.client.get_children(self._p(*parts)))
@@ -234,7 +270,7 @@ class Store:
 
     # -- submissions ---------------------------------------------------------------------
     def plan_submission(
-        self, task: dict[str, Any], vms: list[dict[str, Any]], specs: list[dict[str, Any]], subnet: str
+        self, task: dict[str, Any], vms: Sequence[VMRecord], specs: list[dict[str, Any]], subnet: str
     ) -> SubmissionPlan:
         """The znodes of a submission, and whether they fit one transaction.
 
@@ -244,11 +280,11 @@ class Store:
         key = subnet_key(subnet)
         groups: list[list[Op]] = []
         for index, (vm, spec) in enumerate(zip(vms, specs, strict=True)):
-            vm_id = vm["virtualMachineId"]
+            vm_id = vm.vm_id
             group: list[Op] = []
-            if vm.get("ipAddress"):
-                group.append(Op("create", self._p("ipam", key, vm["ipAddress"]), vm_id.encode()))
-            group.append(Op("create", self._p("vms", vm_id), _dump(vm)))
+            if vm.ip:
+                group.append(Op("create", self._p("ipam", key, vm.ip), vm_id.encode()))
+            group.append(Op("create", self._p("vms", vm_id), _dump(vm.to_json())))
             group.append(Op("create", self._p("vmspecs", vm_id), _dump(spec)))
             if sum(op.weight for op in group) > self.single_tx_bytes:
                 raise TooLarge(f"the records of {vm_id!r} are over {self.single_tx_bytes} bytes", index)
@@ -263,28 +299,36 @@ class Store:
         task_ops = [Op("create", self._p("tasks", task["taskId"]), _dump(task)), *request_ops]
         if len(_dump(task)) + 64 > self.single_tx_bytes:
             raise TooLarge("the task record is too large", 0)
-        return SubmissionPlan(task, task_ops, groups, single, size, [vm["virtualMachineId"] for vm in vms])
+        return SubmissionPlan(task, task_ops, groups, single, size, [vm.vm_id for vm in vms])
 
     async def create_submission(
-        self, task: dict[str, Any], vms: list[dict[str, Any]], specs: list[dict[str, Any]], subnet: str, epoch: int
+        self, task: dict[str, Any], vms: Sequence[VMRecord], specs: list[dict[str, Any]], subnet: str, epoch: int
     ) -> dict[str, Any]:
-        """Record a submission wholly or not at all; returns the task as written (PENDING).
+        """Record a submission wholly or not at all; returns the task as written (PENDING), and
+        the VM records know their znodes' versions from then on.
 
         On a failure the leader still leads (AlreadyExists, Changed, CoordinationError) what was
         written is rolled back before the error is raised; on StaleEpoch it is left to the new
         leader, which settles the intent record."""
         plan = self.plan_submission(task, vms, specs, subnet)
 
+        def created() -> None:
+            for vm in vms:
+                vm.saved(0)  # a znode's version is 0 when it is created
+
         def do() -> dict[str, Any]:
             self._ensure_parents(subnet)
             if plan.single:
                 self._tx(plan.task_ops + [op for g in plan.groups for op in g], epoch)
+                created()
                 return plan.task
             self._begin_recording(plan, epoch)
             try:
                 for chunk in plan.chunks(self.chunk_bytes):
                     self._tx(chunk, epoch)
-                return self._finish_recording(plan.task_id, epoch)
+                done = self._finish_recording(plan.task_id, epoch)
+                created()
+                return done
             except StaleEpoch:
                 raise
             except CoordinationError:
@@ -340,13 +384,14 @@ class Store:
         if task.get("state") != RECORDING:
             return task
         vm_ids = [v for v in task.get("vmIds") or [] if is_valid_id(v)]
-        records = self._read_many("vms", vm_ids)
-        mine = {v: r for v, r in records.items() if r[0].get("taskId") == task_id}
+        records = self._read_records(vm_ids)
+        mine = {v: r for v, r in records.items() if _task_of(r) == task_id}
         specs = self._fetch(self._p("vmspecs", v) for v in mine)
         if complete and len(mine) == len(task.get("vmIds") or []) and len(specs) == len(mine):
             return self._finish_recording(task_id, epoch)
-        ips = {v: r[0]["ipAddress"] for v, r in mine.items() if r[0].get("ipAddress")}
-        groups = self._vm_deletions(mine, specs, self._ipam_owners(ips, task.get("subnet")))
+        ips = {v: ip for v, r in mine.items() if (ip := _ip_of(r))}
+        groups = self._vm_deletions({v: r.version for v, r in mine.items()}, specs,
+                                    self._ipam_owners(ips, task.get("subnet")))
         self._tx_chunks(groups, epoch)
         self._tx_chunks(self._task_deletions({task_id: (task, stat.version)}), epoch)
         return None
@@ -366,11 +411,12 @@ class Store:
         return out
 
     def _vm_deletions(
-        self, records: dict[str, tuple[dict[str, Any], int]], specs: dict[str, tuple[bytes, int]],
-        owned: dict[str, tuple[str, int]],
+        self, records: dict[str, int], specs: dict[str, tuple[bytes, int]], owned: dict[str, tuple[str, int]],
     ) -> list[list[Op]]:
+        """Per VM (id -> its record's version): delete its record at that version, its spec, and
+        the address it owns (``owned``: at the version read)."""
         groups: list[list[Op]] = []
-        for vm_id, (_rec, version) in records.items():
+        for vm_id, version in records.items():
             group: list[Op] = []
             if vm_id in owned:
                 group.append(Op("delete", owned[vm_id][0], version=owned[vm_id][1]))
@@ -425,14 +471,59 @@ class Store:
 
         await self.coord.call(do)
 
-    async def update_vms(self, vms: Iterable[dict[str, Any]], epoch: int | None) -> None:
-        stamp = time.time()
-        records = list(vms)
-        for vm in records:
-            vm["updatedAt"] = stamp
-        groups = [[Op("set", self._p("vms", vm["virtualMachineId"]), _dump(vm))] for vm in records]
-        if groups:
-            await self.coord.call(self._tx_chunks, groups, epoch, timeout=30)
+    async def update_vms(self, records: Iterable[VMRecord], epoch: int | None, *, subnet: str | None = None) -> None:
+        """Write the changes made to ``records`` (those with none are skipped), each
+        version-checked against the version it was read at; an address a change gave back is
+        deleted with it, from ``subnet``'s pool. On a conflict the record is read again, its
+        changes are applied again to the fresh copy (``VMRecord.rebase``) and it is written
+        again, at most ``WRITE_ATTEMPTS`` times (then Changed); a record deleted meanwhile is
+        left deleted. Each record passed ends as written: the fresh state, its new version.
+        Fenced by ``epoch`` when given (StaleEpoch)."""
+        todo = [r for r in records if r.dirty]
+        if any(r.released for r in todo) and not subnet:
+            raise ValueError("update_vms: addresses were released but no subnet was given")
+        if todo:
+            await self.coord.call(self._write_vms, todo, epoch, subnet, timeout=60)
+
+    def _write_vms(self, todo: list[VMRecord], epoch: int | None, subnet: str | None) -> None:
+        for _attempt in range(WRITE_ATTEMPTS):
+            stamp = time.time()
+            released = {r.vm_id: ip for r in todo if (ip := r.released)}
+            owners = self._ipam_owners(released, subnet) if released else {}
+            groups: list[tuple[VMRecord, list[Op]]] = []
+            for rec in todo:
+                if rec.version < 0:
+                    raise ValueError(f"the record of {rec.vm_id} was not read from ZooKeeper: it cannot be updated")
+                rec.updated_at = stamp
+                group = [Op("set", self._p("vms", rec.vm_id), _dump(rec.to_json()), rec.version)]
+                if rec.vm_id in owners:
+                    path, version = owners[rec.vm_id]
+                    group.append(Op("delete", path, version=version))
+                groups.append((rec, group))
+            conflicted: list[VMRecord] = []
+            for chunk in _chunks_of(groups, self.chunk_bytes):
+                try:
+                    results = self._tx([op for _rec, group in chunk for op in group], epoch)
+                except Changed:
+                    conflicted.extend(rec for rec, _group in chunk)
+                    continue
+                at = 0
+                for rec, group in chunk:
+                    rec.saved(results[at].version)  # the set comes first in its group
+                    at += len(group)
+            if not conflicted:
+                return
+            fresh = self._read_records(rec.vm_id for rec in conflicted)
+            todo = []
+            for rec in conflicted:
+                now = fresh.get(rec.vm_id)
+                if now is None:
+                    rec.drop_changes()  # deleted meanwhile (destroyed, expired): it stays deleted
+                elif rec.rebase(now):
+                    todo.append(rec)
+            if not todo:
+                return
+        raise Changed(f"records kept changing while being written: {', '.join(r.vm_id for r in todo)}")
 
     async def set_task(self, task: dict[str, Any], epoch: int | None) -> None:
         await self.coord.call(self._tx, [Op("set", self._p("tasks", task["taskId"]), _dump(task))], epoch)
@@ -461,7 +552,7 @@ class Store:
     def _expire(self, retention: float, now: float, epoch: int, subnet: str) -> dict[str, int]:
         # VMs are read before tasks: a VM listed here had its task written before or with it,
         # so a task missing below is really gone (not yet to be written).
-        vms = self._read_many("vms", self._children("vms"))
+        vms = {k: v for k, v in self._read_records(self._children("vms")).items() if isinstance(v, VMRecord)}
         tasks = self._read_many("tasks", self._children("tasks"))
 
         def expired(task: dict[str, Any]) -> bool:
@@ -469,29 +560,43 @@ class Store:
                 return False
             return float(task.get("finishedAt") or task.get("submittedAt") or 0) + retention <= now
 
-        doomed: dict[str, tuple[dict[str, Any], int]] = {}
-        for vm_id, (rec, version) in vms.items():
-            entry = tasks.get(str(rec.get("taskId")))
+        doomed: dict[str, VMRecord] = {}
+        for vm_id, rec in vms.items():
+            entry = tasks.get(str(rec.task_id))
             task = entry[0] if entry else None
-            status = rec.get("status")
-            if status == PENDING and task is None:
-                doomed[vm_id] = (rec, version)  # a ghost: a VM no task will ever dispatch
-            elif status in FINISHED_VM_STATUSES and (task is None or expired(task)):
-                since = float(rec.get("updatedAt") or rec.get("submittedAt") or 0)
+            if rec.status is VMStatus.PENDING and task is None:
+                doomed[vm_id] = rec  # a ghost: a VM no task will ever dispatch
+            elif rec.status in FINISHED and (task is None or expired(task)):
+                since = float(rec.updated_at or rec.submitted_at or 0)
                 if since + retention <= now:
-                    doomed[vm_id] = (rec, version)
+                    doomed[vm_id] = rec
         specs = self._fetch(self._p("vmspecs", v) for v in doomed)
-        ips = {v: r[0]["ipAddress"] for v, r in doomed.items() if r[0].get("ipAddress")}
-        self._tx_chunks(self._vm_deletions(doomed, specs, self._ipam_owners(ips, subnet)), epoch)
+        ips = {v: r.ip for v, r in doomed.items() if r.ip}
+        self._tx_chunks(self._vm_deletions({v: r.version for v, r in doomed.items()}, specs,
+                                           self._ipam_owners(ips, subnet)), epoch)
         old = {t: entry for t, entry in tasks.items() if expired(entry[0])}
         self._tx_chunks(self._task_deletions(old), epoch)
         return {"tasks": len(old), "vms": len(doomed)}
 
     # -- VMs -----------------------------------------------------------------------------
-    async def get_vm(self, vm_id: str) -> dict[str, Any] | None:
+    async def get_vm(self, vm_id: str) -> VMRecord | None:
+        """The record of ``vm_id`` with its version (None if there is none); RecordError if it
+        cannot be read."""
         if not is_valid_id(vm_id):
             return None
-        return await self.coord.get_json(self._p("vms", vm_id))
+        entry = (await self.read_vms([vm_id])).get(vm_id)
+        if isinstance(entry, RecordError):
+            raise entry
+        return entry
+
+    async def read_vms(self, vm_ids: Iterable[str]) -> dict[str, VMRecord | RecordError]:
+        """Every record of ``vm_ids`` that exists: parsed, or why it cannot be."""
+        wanted = list(vm_ids)
+        return await self.coord.call(self._read_records, wanted, timeout=30)
+
+    async def get_vms(self, vm_ids: Iterable[str]) -> dict[str, VMRecord]:
+        """The readable records of ``vm_ids`` (one that cannot be read is left out)."""
+        return {k: v for k, v in (await self.read_vms(vm_ids)).items() if isinstance(v, VMRecord)}
 
     async def _get_many(self, folder: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         wanted = list(ids)
@@ -500,9 +605,6 @@ class Store:
             return {k: v for k, (v, _ver) in self._read_many(folder, wanted).items()}
 
         return await self.coord.call(do, timeout=30)
-
-    async def get_vms(self, vm_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return await self._get_many("vms", vm_ids)
 
     async def get_spec(self, vm_id: str) -> dict[str, Any] | None:
         if not is_valid_id(vm_id):
@@ -516,44 +618,28 @@ class Store:
         return sorted(await self.coord.call(self._children, "vms"))
 
     async def delete_vm(self, vm_id: str, subnet: str) -> None:
-        """Forget a destroyed VM and return its address to the pool."""
+        """Forget a destroyed VM and return its address to the pool: its record (readable or
+        not) is deleted at the version read, with its spec and the address it owns; should
+        either change in between, they are read again."""
         if not is_valid_id(vm_id):
             return
 
         def do() -> None:
-            client = self.coord.client
-            records = self._read_many("vms", [vm_id])
-            if vm_id not in records:
-                return
-            rec = records[vm_id][0]
-            ip = rec.get("ipAddress")
-            specs = self._fetch([self._p("vmspecs", vm_id)])
-            owned = self._ipam_owners({vm_id: ip} if ip else {}, subnet)
-            ops = self._vm_deletions({vm_id: (rec, -1)}, specs, {k: (p, -1) for k, (p, _v) in owned.items()})[0]
-            try:
-                self._tx(ops, None)
-            except Changed:
-                # Something went in between: delete what is still there, one by one.
-                for op in ops:
-                    try:
-                        client.delete(op.path)
-                    except NoNodeError:
-                        pass
+            for _attempt in range(WRITE_ATTEMPTS):
+                entry = self._read_records([vm_id]).get(vm_id)
+                if entry is None:
+                    return
+                ip = _ip_of(entry)
+                specs = self._fetch([self._p("vmspecs", vm_id)])
+                owned = self._ipam_owners({vm_id: ip} if ip else {}, subnet)
+                try:
+                    self._tx(self._vm_deletions({vm_id: entry.version}, specs, owned)[0], None)
+                    return
+                except Changed:
+                    continue  # changed in between: read again
+            raise Changed(f"the record of {vm_id} kept changing while being deleted")
 
         await self.coord.call(do)
-
-    async def release_addresses(self, vms: list[dict[str, Any]], subnet: str, epoch: int | None) -> None:
-        """Return the addresses of VMs that never started to the pool (their records stay)."""
-        key = subnet_key(subnet)
-        stamp = time.time()
-        groups: list[list[Op]] = []
-        for vm in vms:
-            ip = vm.get("ipAddress")
-            if ip:
-                vm.update(ipAddress=None, macAddress=None, updatedAt=stamp)
-                groups.append([Op("delete", self._p("ipam", key, ip)), Op("set", self._p("vms", vm["virtualMachineId"]), _dump(vm))])
-        if groups:
-            await self.coord.call(self._tx_chunks, groups, epoch, timeout=30)
 
     async def destination(self, lc_id: str) -> dict[str, Any] | None:
         """A local controller as a migration destination: id, address, hypervisorSettings,
@@ -616,3 +702,34 @@ class Store:
 
 def now() -> float:
     return time.time()
+
+
+def _task_of(entry: VMRecord | RecordError) -> str | None:
+    """The task a record names, readable or not (an unreadable one may still say)."""
+    if isinstance(entry, VMRecord):
+        return entry.task_id
+    task = entry.raw.get("taskId") if isinstance(entry.raw, dict) else None
+    return task if isinstance(task, str) else None
+
+
+def _ip_of(entry: VMRecord | RecordError) -> str | None:
+    """The address a record holds, readable or not."""
+    if isinstance(entry, VMRecord):
+        return entry.ip
+    ip = entry.raw.get("ipAddress") if isinstance(entry.raw, dict) else None
+    return ip if isinstance(ip, str) else None
+
+
+def _chunks_of(groups: list[tuple[VMRecord, list[Op]]], limit: int) -> Iterator[list[tuple[VMRecord, list[Op]]]]:
+    """``chunked`` for groups that belong to a record."""
+    chunk: list[tuple[VMRecord, list[Op]]] = []
+    size = 0
+    for rec, group in groups:
+        weight = sum(op.weight for op in group)
+        if chunk and size + weight > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((rec, group))
+        size += weight
+    if chunk:
+        yield chunk

@@ -39,12 +39,16 @@ from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, N
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from snooze.codes import CodedError, ErrorCode
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class CoordinationError(Exception):
+class CoordinationError(CodedError):
     """ZooKeeper could not do what was asked (unreachable, timed out, refused)."""
+
+    code = ErrorCode.ZOOKEEPER_UNAVAILABLE
 
 
 class InvalidPath(CoordinationError, ValueError):

@@ -8,9 +8,11 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
+
+from snooze.codes import CodedError, ErrorCode
 
 PROTOCOL_VERSION = 2
 # The oldest version this code still reads; see the package docstring for why 1 is not read.
@@ -21,54 +23,57 @@ NONCE_BYTES = 16
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
-class ProtocolError(Exception):
-    """A message that must be dropped; ``reason`` is the counter it is counted under and
-    ``status`` the HTTP status an internal endpoint answers it with."""
+class ProtocolError(CodedError):
+    """A message that must be dropped. ``code`` names why; ``reason`` (the code in lower case)
+    is the counter it is counted under and ``status`` the HTTP status an internal endpoint
+    answers it with (the code's)."""
 
-    reason = "malformed"
-    status = 400
+    code = ErrorCode.MALFORMED
+    reason: ClassVar[str] = "malformed"
+    status: ClassVar[int] = 400
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reason = cls.code.lower()
+        cls.status = cls.code.http_status
 
 
 class MalformedMessage(ProtocolError):
-    reason = "malformed"
+    code = ErrorCode.MALFORMED
 
 
 class BadSignature(ProtocolError):
-    reason = "bad_hmac"
-    status = 401
+    code = ErrorCode.BAD_HMAC
 
 
 class UnknownVersion(ProtocolError):
-    reason = "unknown_version"
+    code = ErrorCode.UNKNOWN_VERSION
 
 
 class ObsoleteVersion(ProtocolError):
     """Authentic, but of a version without replay protection (see the package docstring)."""
 
-    reason = "obsolete_version"
+    code = ErrorCode.OBSOLETE_VERSION
 
 
 class Replayed(ProtocolError):
     """Authentic and fresh, but its nonce was already accepted: a copy of an earlier message."""
 
-    reason = "replay"
-    status = 409
+    code = ErrorCode.REPLAY
 
 
 class StaleTimestamp(ProtocolError):
     """Authentic, but its timestamp is outside the receiver's window (too old, or from the
     future: a clock skew larger than the window looks the same)."""
 
-    reason = "stale_timestamp"
-    status = 401
+    code = ErrorCode.STALE_TIMESTAMP
 
 
 class OutOfOrder(ProtocolError):
     """A heartbeat older than one already accepted from the same sender (UDP reordering, or a
     replay the nonce cache could not tell apart)."""
 
-    reason = "out_of_order"
-    status = 409
+    code = ErrorCode.OUT_OF_ORDER
 
 
 @dataclass(frozen=True)

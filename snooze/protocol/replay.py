@@ -113,5 +113,5 @@ class RejectionLog:
 
     def __call__(self, exc: ProtocolError, source: str) -> bool:
         """Log ``exc`` from ``source`` unless one of its reason was logged lately; True if logged."""
-        what = "replayed" if exc.reason == Replayed.reason else exc.reason.replace("_", " ")
+        what = "replayed" if isinstance(exc, Replayed) else exc.reason.replace("_", " ")
         return self._log(exc.reason, "%s message from %s refused: %s", what, source, exc)

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from snooze.coordination import Coordinator
-from snooze.coordination.store import PENDING, Store
+from snooze.coordination.store import Store
 from snooze.dev.localcluster import LocalCluster
 from snooze.procs import running
+from snooze.records import VMRecord
 from tests.support import get, http, wait_for
 
 pytestmark = pytest.mark.integration
@@ -63,10 +64,7 @@ def plant(c: LocalCluster, tasks: dict[str, list[str]], corrupt: dict[str, bytes
                 for name in names:
                     addr = f"192.168.122.{ip}"
                     ip += 1
-                    vms.append({"virtualMachineId": name, "taskId": task_id, "status": PENDING, "errorCode": None,
-                                "requestedCapacity": [1.0, float(MEMORY), 0.0, 0.0], "ipAddress": addr,
-                                "macAddress": None, "localControllerId": None, "groupManagerId": None,
-                                "submittedAt": time.time()})
+                    vms.append(VMRecord.pending(name, task_id, (1.0, float(MEMORY), 0.0, 0.0), addr, None))
                     specs.append({"id": name, "requested": [1.0, float(MEMORY), 0.0, 0.0], "imageId": "debian.qcow2",
                                   "hostId": None, "ip": addr, "mac": None,
                                   "xml": f'<domain type="test"><name>{name}</name><memory>{MEMORY}</memory>'

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from snooze.codes import ErrorCode
 from snooze.dev.localcluster import LocalCluster, assigned_lcs
 from tests.support import get, http, wait_for
 
@@ -156,7 +157,7 @@ def test_orders_from_an_older_epoch_are_refused(cluster_factory: Any) -> None:
 
     with pytest.raises(RpcError) as refused:
         asyncio.run(order(old["epoch"]))
-    assert refused.value.code == "stale_epoch" and refused.value.status == 409
+    assert refused.value.code is ErrorCode.STALE_EPOCH and refused.value.status == 409
     assert asyncio.run(order(new["epoch"])) == {"ok": True}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from snooze.codes import ErrorCode
 from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient, RpcError
@@ -62,7 +63,7 @@ def reconfigure(c: LocalCluster, what: str) -> dict[str, Any]:
     try:
         report: dict[str, Any] = asyncio.run(call())
     except RpcError as exc:
-        if exc.code == "unknown_kind":
+        if exc.code is ErrorCode.UNKNOWN_KIND:
             pytest.fail("Reconfiguration is not wired into ManagerRole.start() (no gm.reconfigure handler)")
         raise
     return report

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from snooze.codes import ErrorCode
 from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient, RpcError
@@ -45,7 +46,7 @@ def ask(c: LocalCluster, node_id: str, kind: str, body: Any = None) -> Any:
 
 
 def unknown(answer: Any) -> bool:
-    return isinstance(answer, RpcError) and answer.code == "unknown_kind" and answer.status == 404
+    return isinstance(answer, RpcError) and answer.code is ErrorCode.UNKNOWN_KIND and answer.status == 404
 
 
 def test_a_deposed_leader_no_longer_answers_for_the_leader_role(cluster_factory: Any) -> None:

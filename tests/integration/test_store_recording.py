@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from snooze.codes import ErrorCode, VMStatus
 from snooze.coordination import Coordinator
 from snooze.coordination.store import (
     DONE,
@@ -29,6 +30,7 @@ from snooze.coordination.store import (
     subnet_key,
 )
 from snooze.dev.zookeeper import ZooKeeperServer
+from snooze.records import VMRecord
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +49,13 @@ async def coord(zookeeper: ZooKeeperServer) -> AsyncIterator[Coordinator]:
 
 
 def submission(task_id: str, names: list[str], request_id: str | None = None, first_ip: int = 2,
-               pad: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+               pad: int = 0) -> tuple[dict[str, Any], list[VMRecord], list[dict[str, Any]]]:
     task = {"taskId": task_id, "vmIds": names, "requestId": request_id, "fingerprint": "f", "submittedAt": 1.0, "epoch": 1}
     vms, specs = [], []
     for i, name in enumerate(names):
         ip = f"10.9.0.{first_ip + i}"
-        vms.append({"virtualMachineId": name, "taskId": task_id, "status": PENDING, "ipAddress": ip, "submittedAt": 1.0})
+        vms.append(VMRecord.from_json({"virtualMachineId": name, "taskId": task_id, "status": "PENDING", "ipAddress": ip,
+                                       "submittedAt": 1.0}))
         specs.append({"id": name, "requested": [1, 1024, 0, 0], "xml": f"<domain><name>{name}</name></domain>" + " " * pad,
                       "ip": ip})
     return task, vms, specs
@@ -191,13 +194,14 @@ async def test_retention_forgets_finished_tasks_failed_vms_and_ghosts_only(coord
     started = time.time()
     old, vms, specs = submission("t-old", ["ok", "failed"], request_id="req-old")
     await store.create_submission(old, vms, specs, SUBNET, epoch)
-    vms[0]["status"] = "RUNNING"
-    vms[1].update(status="ERROR", errorCode="NOT_ENOUGH_CAPACITY")
+    vms[0].dispatch_to("gm-1")
+    vms[0].record_result(VMStatus.RUNNING, None, None, "gm-1", None, "lc-1", None, [])
+    vms[1].fail(ErrorCode.NOT_ENOUGH_CAPACITY, "no room")
     await store.update_vms(vms, epoch)
     await store.set_task(dict(await store.get_task("t-old") or {}, state=DONE, finishedAt=started - 100), epoch)
     young, yvms, yspecs = submission("t-young", ["young-failed"], first_ip=50)
     await store.create_submission(young, yvms, yspecs, SUBNET, epoch)
-    yvms[0]["status"] = "ERROR"
+    yvms[0].fail(ErrorCode.NOT_ENOUGH_CAPACITY, "no room")
     await store.update_vms(yvms, epoch)
     await store.set_task(dict(await store.get_task("t-young") or {}, state=DONE, finishedAt=started + 30), epoch)
     rec, rvms, rspecs = submission("t-rec", ["in-flight", "in-flight-2"], first_ip=60)

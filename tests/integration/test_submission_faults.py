@@ -19,6 +19,7 @@ from kazoo.client import KazooClient
 from snooze.coordination import Coordinator
 from snooze.coordination.store import PENDING, RECORDING, Store
 from snooze.dev.localcluster import LocalCluster
+from snooze.records import VMRecord
 from tests.support import get, http, wait_for
 
 pytestmark = pytest.mark.integration
@@ -232,9 +233,7 @@ def _plant(c: LocalCluster, names: list[str], request_id: str, chunks: int | Non
             vms, specs = [], []
             for i, name in enumerate(names):
                 ip = f"192.168.122.{first_ip + i}"
-                vms.append({"virtualMachineId": name, "taskId": task_id, "status": PENDING, "errorCode": None,
-                            "requestedCapacity": [1.0, 131072.0, 0.0, 0.0], "ipAddress": ip, "macAddress": None,
-                            "localControllerId": None, "groupManagerId": None, "submittedAt": time.time()})
+                vms.append(VMRecord.pending(name, task_id, (1.0, 131072.0, 0.0, 0.0), ip, None))
                 specs.append({"id": name, "requested": [1.0, 131072.0, 0.0, 0.0], "imageId": "debian.qcow2", "hostId": None,
                               "ip": ip, "mac": None,
                               "xml": f'<domain type="test"><name>{name}</name><memory>131072</memory><vcpu>1</vcpu>'

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from snooze.codes import ErrorCode
 from snooze.http import (
     INTERNAL_PATH,
     MAX_BODY_BYTES,
@@ -82,7 +83,7 @@ async def test_internal_orders_from_older_epochs_are_refused() -> None:
         assert resp.status == 200 and env.body == {"done": 42}
         resp = await client.post(INTERNAL_PATH, data=encode(b"k", "do", "old-leader", 4, 42))
         env = decode(b"k", await resp.read())
-        assert resp.status == 409 and env.kind == "error" and env.body["code"] == "stale_epoch"
+        assert resp.status == 409 and env.kind == "error" and env.body["code"] == ErrorCode.STALE_EPOCH
         resp = await client.post(INTERNAL_PATH, data=encode(b"wrong", "do", "x", 9, 42))
         assert resp.status == 401
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from snooze.codes import ErrorCode
 from snooze.http import INTERNAL_PATH, MSGPACK, InternalEndpoint, new_app
 from snooze.models import NetworkAddress
 from snooze.protocol import Envelope, decode, encode
@@ -71,7 +72,7 @@ async def test_replies_and_refusals_name_the_request_they_answer() -> None:
         old_epoch = encode(KEY, "lc.vmAction", "gm-0", 2, "x")
         resp = await client.post(INTERNAL_PATH, data=old_epoch)
         reply = decode(KEY, await resp.read())
-        assert resp.status == 409 and reply.body["code"] == "stale_epoch"
+        assert resp.status == 409 and reply.body["code"] == ErrorCode.STALE_EPOCH
         assert reply.reply_to == decode(KEY, old_epoch).nonce
 
 
@@ -93,7 +94,7 @@ async def test_rpc_client_calls_and_maps_a_refusal_to_its_code() -> None:
                 await wrong.call(peer, "lc.vmAction", {}, epoch=3)
         finally:
             await wrong.close()
-        assert err.value.code == "bad_hmac" and err.value.status == 401
+        assert err.value.code is ErrorCode.BAD_HMAC and err.value.status == 401
 
 
 async def test_rpc_client_refuses_a_captured_reply_to_another_request() -> None:
@@ -118,4 +119,4 @@ async def test_rpc_client_refuses_a_captured_reply_to_another_request() -> None:
                 await rpc.call(peer, "lc.vmAction", {"action": "destroy"})
         finally:
             await rpc.close()
-    assert err.value.code == "bad_reply" and "another request" in err.value.message
+    assert err.value.code is ErrorCode.BAD_REPLY and "another request" in err.value.message

@@ -26,6 +26,7 @@ from groupmanager.manager.vms import (
     client_hypervisor_settings,
 )
 from groupmanager.thresholds import thresholds_from
+from snooze.codes import ErrorCode
 from snooze.http import ApiError
 from snooze.models import ZERO, LocalControllerDescription, NetworkAddress
 from snooze.rpc import RpcError
@@ -173,7 +174,7 @@ def test_a_source_refusing_the_order_itself_releases_the_reservation(dest: str) 
     w = World()
 
     def refuse(body: dict[str, Any]) -> Any:
-        raise RpcError("VIRTUAL_MACHINE_MISMATCH", "vm1 on lc-a is domain x, not y", 409, "uuid")
+        raise RpcError(ErrorCode.VIRTUAL_MACHINE_MISMATCH, "vm1 on lc-a is domain x, not y", 409, "uuid")
 
     w.on_migrate(refuse)
     err = failing(w, dest)
@@ -186,7 +187,7 @@ def test_a_timed_out_move_with_the_vm_still_at_the_source_releases_the_reservati
     w = World()
 
     def time_out(body: dict[str, Any]) -> Any:
-        raise RpcError("timeout", "lc.migrate to lc-a timed out after 45s")
+        raise RpcError(ErrorCode.TIMEOUT, "lc.migrate to lc-a timed out after 45s")
 
     w.on_migrate(time_out)
     err = failing(w, dest)
@@ -204,7 +205,7 @@ def test_a_timed_out_move_that_arrived_anyway_is_taken_as_done(dest: str) -> Non
     def time_out_after_moving(body: dict[str, Any]) -> Any:
         w.running[port] = w.running.pop(7101)
         w.running[7101] = []
-        raise RpcError("timeout", "lc.migrate timed out")
+        raise RpcError(ErrorCode.TIMEOUT, "lc.migrate timed out")
 
     w.on_migrate(time_out_after_moving)
     assert migrate(w, dest)["timedOut"] is True
@@ -331,7 +332,7 @@ def test_a_malformed_reservation_is_a_400_and_reserves_nothing(body: dict[str, A
 @pytest.mark.parametrize("answer", [
     lambda body: {"results": []},  # fewer results than VMs
     lambda body: {"nothing": True},
-    lambda body: (_ for _ in ()).throw(RpcError("timeout", "too slow")),
+    lambda body: (_ for _ in ()).throw(RpcError(ErrorCode.TIMEOUT, "too slow")),
 ])
 def test_a_start_that_goes_wrong_holds_nothing_afterwards(answer: Handler) -> None:
     w = World()
@@ -409,7 +410,7 @@ def test_a_lifecycle_order_carries_the_domains_uuid_and_a_refusal_keeps_its_reas
     def lc_action(body: dict[str, Any]) -> Any:
         sent.append(body)
         if body["action"] == "resume":
-            raise RpcError("INVALID_STATE", "vm1 is RUNNING; resume applies to PAUSED", 409, "virtualMachineId")
+            raise RpcError(ErrorCode.INVALID_STATE, "vm1 is RUNNING; resume applies to PAUSED", 409, "virtualMachineId")
         if body["action"] == "reboot":
             return {"ok": False, "errorCode": "HYPERVISOR_ERROR", "message": "libvirt: internal error"}
         return {"ok": True, "domain": {"name": "vm1", "uuid": UUID, "state": "PAUSED", "vcpus": 2, "memory": GIB}}

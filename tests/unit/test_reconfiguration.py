@@ -21,6 +21,7 @@ from groupmanager.manager.reconfiguration import RECONFIGURE_KIND, TASK_PREFIX, 
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from groupmanager.placement import Migration
 from groupmanager.thresholds import thresholds_from
+from snooze.codes import ErrorCode
 from snooze.http import ApiError
 from snooze.models import LocalControllerDescription, NetworkAddress, Status
 from snooze.rpc import RpcError
@@ -68,7 +69,7 @@ class Group:
         await asyncio.sleep(0)
         failure = self.fail.get(vm_id)
         if failure == "unreachable":
-            raise RpcError("unreachable", f"lc.migrate to {source}: connection refused")
+            raise RpcError(ErrorCode.UNREACHABLE, f"lc.migrate to {source}: connection refused")
         if failure is not None:
             return {"ok": False, "errorCode": failure, "message": f"{vm_id} refused"}
         self.moves.append((vm_id, source, dest["id"]))
@@ -313,7 +314,7 @@ async def test_start_registers_the_message_and_only_the_enabled_periodic_tasks()
     assert g.scope.task_names() == [] and RECONFIGURE_KIND not in g.node.internal.handlers
     with pytest.raises(RpcError) as gone:
         await g.node.ask(RECONFIGURE_KIND, {"what": "relocate"})
-    assert gone.value.code == "unknown_kind"
+    assert gone.value.code is ErrorCode.UNKNOWN_KIND
 
 
 async def test_both_intervals_default_to_disabled() -> None:

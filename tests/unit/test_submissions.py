@@ -15,13 +15,8 @@ from typing import Any
 import pytest
 
 from groupmanager.leader.members import GroupManagerRecord, GroupManagers
-from groupmanager.leader.submissions import (
-    DISPATCH_FAILED,
-    DONE,
-    PENDING,
-    UNREADABLE_RECORD,
-    Submissions,
-)
+from groupmanager.leader.submissions import Submissions
+from snooze.codes import ErrorCode, TaskState
 from snooze.coordination import Coordinator
 from snooze.coordination.store import Store, subnet_key
 from snooze.dev.zookeeper import ZooKeeperServer
@@ -116,12 +111,12 @@ async def test_a_dispatch_failing_unexpectedly_fails_its_vms_with_the_reason_not
     response = await leader.finished(task_id)
     assert response["errorCode"] == "NO_VIRTUAL_MACHINE_STARTED"
     for meta in by_id(response).values():
-        assert (meta["status"], meta["errorCode"]) == ("ERROR", DISPATCH_FAILED)
+        assert (meta["status"], meta["errorCode"]) == ("ERROR", ErrorCode.DISPATCH_FAILED)
         assert "ValueError" in meta["message"], meta["message"]
         assert meta["ipAddress"] is None, "never sent anywhere: its address went back to the pool"
     assert await addresses(coord) == {}
     task = await Store(coord).get_task(task_id)
-    assert task is not None and task["state"] == DONE and "ValueError" in task["error"]
+    assert task is not None and task["state"] == TaskState.DONE and "ValueError" in task["error"]
     assert leader.node.scope.failures == 1 and not leader.node.scope.closed
     # The leader goes on: the next submission, with a readable summary, starts.
     gm.summary = {"activeCapacity": [16, 16 * GIB, 0, 0], "numberOfLocalControllers": 0}
@@ -136,7 +131,7 @@ async def test_resume_reports_unreadable_records_and_starts_the_rest(coord: Coor
     await old.node.scope.close()  # the leader dies before dispatching anything
     store = Store(coord)
     task = await store.get_task(task_id)
-    assert task is not None and task["state"] == PENDING
+    assert task is not None and task["state"] == TaskState.PENDING
     await coord.call(coord.client.set, coord.path("vms", "garbage"), b"\x00{not json")
     older = {"virtualMachineId": "older", "taskId": task_id, "state": "PENDING", "requested": [1, 131072]}
     await coord.call(coord.client.set, coord.path("vms", "older"), json.dumps(older).encode())
@@ -148,7 +143,7 @@ async def test_resume_reports_unreadable_records_and_starts_the_rest(coord: Coor
     assert {k: m["status"] for k, m in metas.items()} == {
         "ok-1": "RUNNING", "ok-2": "RUNNING", "garbage": "ERROR", "older": "ERROR"}
     assert "not JSON" in metas["garbage"]["message"] and "no status" in metas["older"]["message"]
-    assert {metas[v]["errorCode"] for v in ("garbage", "older")} == {UNREADABLE_RECORD}
+    assert {metas[v]["errorCode"] for v in ("garbage", "older")} == {ErrorCode.VIRTUAL_MACHINE_RECORD_UNREADABLE}
     assert sorted(new.started) == ["ok-1", "ok-2"], "an unreadable VM is never started"
     assert sorted((await addresses(coord)).values()) == ["ok-1", "ok-2"], "their addresses went back to the pool"
     assert new.node.scope.failures == 0
