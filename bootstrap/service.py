@@ -19,6 +19,7 @@ from snooze.codes import ErrorCode
 from snooze.http import ApiError, read_identifier
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
+from snooze.protocol.messages import EnergySaverSwitch
 from snooze.rpc import RpcError, api_error
 from snooze.service import Service
 
@@ -91,7 +92,8 @@ class Bootstrap(Service):
             for gm in gms:
                 addr = NetworkAddress.from_json(gm["listenSettings"]["controlDataAddress"])
                 try:
-                    await self.rpc.call(addr, "gm.energySaver", {"enabled": enabled}, epoch=self.known_epoch, timeout=5)
+                    await self.rpc.call(addr, EnergySaverSwitch.KIND, EnergySaverSwitch(enabled).to_wire(), epoch=self.known_epoch,
+                                        timeout=5)
                 except RpcError:
                     done = False
             return done

@@ -40,6 +40,7 @@ from snooze.models import (
     Status,
 )
 from snooze.protocol import Envelope
+from snooze.protocol.messages import Monitoring, PowerSave, ReceiveDomain
 from snooze.rpc import RpcError, api_error
 from snooze.service import Service
 
@@ -103,8 +104,8 @@ class LocalController(Service):
         scope.on("lc.startVirtualMachines", self._on_start_vms, order=True)
         scope.on("lc.vmAction", self._on_vm_action, order=True)
         scope.on("lc.migrate", self._on_migrate, order=True)
-        scope.on("lc.receiveDomain", self._on_receive_domain, order=True)
-        scope.on("lc.powerSave", self._on_power_save, order=True)
+        scope.on_message(ReceiveDomain, self._on_receive_domain, order=True)
+        scope.on_message(PowerSave, self._on_power_save, order=True)
         self.power = PowerSaver(
             commands=settings.localcontroller.power_commands or None,
             test_mode=settings.localcontroller.power_test_mode,
@@ -245,7 +246,8 @@ class LocalController(Service):
         if gm is None:
             return
         try:
-            await self.rpc.call(gm.address, "lc.monitoring", {"id": self.id, **sample}, epoch=self.known_epoch, timeout=3)
+            await self.rpc.call(gm.address, Monitoring.KIND, Monitoring.from_wire({"id": self.id, **sample}).to_wire(),
+                                epoch=self.known_epoch, timeout=3)
         except RpcError as exc:
             if exc.code is ErrorCode.NOT_JOINED:
                 log.info("group manager %s does not know us; re-joining", gm.id)
@@ -391,7 +393,8 @@ class LocalController(Service):
         if self._xml_uuid(xml) != uuid:
             raise MigrationFailed(f"{vm_id} is no longer domain {uuid}", code=ErrorCode.VIRTUAL_MACHINE_MISMATCH)
         try:
-            reply = await self.rpc.call(dest, "lc.receiveDomain", {"vmId": vm_id, "xml": xml}, epoch=epoch, timeout=60)
+            reply = await self.rpc.call(dest, ReceiveDomain.KIND, ReceiveDomain(xml=xml, vm_id=vm_id).to_wire(), epoch=epoch,
+                                        timeout=60)
         except RpcError as exc:
             raise MigrationFailed(f"destination did not take {vm_id}: {exc}") from exc
         if not isinstance(reply, dict) or not reply.get("ok"):
@@ -406,12 +409,9 @@ class LocalController(Service):
         except ET.ParseError:
             return None
 
-    async def _on_receive_domain(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        vm_id, _uuid = _target(body)
-        xml = body.get("xml")
-        if not isinstance(xml, str):
-            raise ApiError(ErrorCode.BAD_REQUEST, "xml must be the domain's XML", field="xml")
+    async def _on_receive_domain(self, msg: ReceiveDomain, _env: Envelope) -> Any:
+        vm_id, _uuid = _target(msg.to_wire())  # the id checked as every order's
+        xml = msg.xml
         if any(d.name == vm_id for d in await self.hypervisor.domains()):
             # Defining over it would replace that domain, and a failed start would undefine it.
             raise ApiError(ErrorCode.MIGRATION_FAILED, f"a domain named {vm_id} already exists on {self.id}")
@@ -431,10 +431,9 @@ class LocalController(Service):
         except (ET.ParseError, ValueError):
             return 0.0, 0.0, 0.0, 0.0
 
-    async def _on_power_save(self, env: Envelope) -> Any:
+    async def _on_power_save(self, msg: PowerSave, env: Envelope) -> Any:
         """Put this host into a power-saving state on its group manager's order."""
-        body = env.body if isinstance(env.body, dict) else {}
-        state = str(body.get("state", DEFAULT_STATE))
+        state = msg.state or DEFAULT_STATE
         if any(d.state.started for d in await self.hypervisor.domains()):
             raise ApiError(ErrorCode.HOST_NOT_IDLE, f"{self.id} still runs VMs")
         self.status = Status.PASSIVE

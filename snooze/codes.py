@@ -104,6 +104,7 @@ class ErrorCode(StrEnum):
 
     # -- the request: input that is wrong, whatever the cluster's state (400) -------------------
     BAD_REQUEST = "BAD_REQUEST", 400
+    BAD_MESSAGE = "BAD_MESSAGE", 400  # an internal message body this version cannot read
     EMPTY_BODY = "EMPTY_BODY", 400
     BODY_INCOMPLETE = "BODY_INCOMPLETE", 400
     MALFORMED_JSON = "MALFORMED_JSON", 400

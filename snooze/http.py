@@ -516,6 +516,7 @@ class InternalEndpoint:
             return self._reject(env, ErrorCode.STALE_EPOCH, f"epoch {env.epoch} is older than {self.epoch()}")
         try:
             result = await handler(env)
-        except ApiError as exc:
-            return self._reply(env, "error", {"code": exc.code, "message": exc.message, "field": exc.field}, exc.status)
+        except (ApiError, ProtocolError) as exc:  # ProtocolError: a body it cannot read (BadMessage)
+            status = exc.status if isinstance(exc, ApiError) else exc.code.http_status
+            return self._reply(env, "error", {"code": exc.code, "message": exc.message, "field": exc.field}, status)
         return self._reply(env, env.kind + ".reply", result)

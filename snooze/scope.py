@@ -5,8 +5,9 @@ it runs (the group leader, a group manager's manager role) gets a ``child`` of i
 its role what it needs of the node (the RPC client, the heartbeat endpoint, the ZooKeeper store,
 the settings, the node's id and known epoch) and records what the role starts through it:
 
-* ``on(kind, handler)`` / ``heartbeat_on(kind, handler)`` register a message handler and return
-  a ``Registration``;
+* ``on(kind, handler)`` / ``on_message(MessageClass, handler)`` (the handler gets the typed
+  message, ``snooze.protocol.messages``) / ``heartbeat_on(kind, handler)`` register a message
+  handler and return a ``Registration``;
 * ``spawn(name, coro)`` / ``every(name, interval, fn)`` start a named task.
 
 ``close()`` closes all of them together, so nothing is unregistered from a hand-copied list: a
@@ -28,7 +29,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Collection, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from snooze import config as cfg
 from snooze.coordination import Coordinator
@@ -37,6 +38,10 @@ from snooze.heartbeat import Handler as HeartbeatHandler
 from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import InternalEndpoint, InternalHandler
 from snooze.models import NetworkAddress
+from snooze.protocol import Envelope
+from snooze.protocol.messages import Message
+
+M = TypeVar("M", bound=Message)
 
 __all__ = ["DEFAULT_GRACE", "OnError", "Registration", "Rpc", "Scope"]
 
@@ -167,6 +172,18 @@ class Scope:
                 del endpoint.handlers[kind]
 
         return self._keep(Registration(kind, remove))
+
+    def on_message(self, message: type[M], handler: Callable[[M, Envelope], Awaitable[Any]], *,
+                   order: bool = False) -> Registration:
+        """Answer internal messages of ``message.KIND``: each body is read with
+        ``message.from_wire`` and ``handler(msg, env)`` gets the typed message. A body it cannot
+        read is answered 400 ``BAD_MESSAGE`` naming the field (the endpoint answers the
+        ``BadMessage``); the handler never sees it."""
+
+        async def typed(env: Envelope) -> Any:
+            return await handler(message.from_wire(env.body), env)
+
+        return self.on(message.KIND, typed, order=order)
 
     def heartbeat_on(self, kind: str, handler: HeartbeatHandler) -> Registration:
         """Hand heartbeats of ``kind`` to ``handler`` until this scope closes."""

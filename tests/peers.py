@@ -15,7 +15,7 @@ from snooze.coordination import Coordinator
 from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import ApiError, InternalEndpoint, new_app
 from snooze.models import NetworkAddress
-from snooze.protocol import Envelope
+from snooze.protocol import Envelope, ProtocolError
 from snooze.rpc import RpcError, legacy_refusal
 from snooze.scope import Scope
 
@@ -78,7 +78,10 @@ class Node:
         if entry is None:
             raise RpcError(ErrorCode.UNKNOWN_KIND, f"no handler for {kind}", 404)
         handler, _order = entry
-        return await handler(Envelope(kind, "peer", epoch, body))
+        try:
+            return await handler(Envelope(kind, "peer", epoch, body))
+        except ProtocolError as exc:  # a body it cannot read (BadMessage): the endpoint's 400
+            raise ApiError(exc.code, exc.message, field=exc.field) from exc
 
     def peer(self, kind: str) -> PeerHandler:
         """This node's handler of ``kind`` as a fake peer of others (ApiError -> RpcError)."""

@@ -21,6 +21,7 @@ from snooze.coordination import CoordinationError
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
+from snooze.protocol.messages import GroupManagerJoin, Summary, VirtualClusterResponse
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -63,14 +64,14 @@ class LeaderRole:
         scope = self.scope
         coord = scope.coord
         assert coord is not None
-        scope.on("gm.join", self._on_gm_join)
-        scope.on("gm.summary", self._on_summary)
+        scope.on_message(GroupManagerJoin, self._on_gm_join)
+        scope.on_message(Summary, self._on_summary)
         scope.on("lc.assign", self._on_assign)
         scope.on("gl.hierarchy", self._on_hierarchy)
         scope.heartbeat_on("gm.heartbeat", self._on_gm_heartbeat)
         self.submissions = Submissions(scope, self.members, self.epoch)
         scope.on("gl.startVirtualCluster", self._on_start_vc)
-        scope.on("gl.virtualClusterResponse", self._on_vc_response)
+        scope.on_message(VirtualClusterResponse, self._on_vc_response)
         scope.spawn("leader.resume", self.submissions.resume())
         retention = self.submissions.retention
         scope.every("leader.sweep", lambda: sweep_interval(retention), self.submissions.sweep)
@@ -135,9 +136,9 @@ class LeaderRole:
         if rec is not None:
             rec.last_seen = time.monotonic()
 
-    async def _on_gm_join(self, env: Envelope) -> Any:
+    async def _on_gm_join(self, msg: GroupManagerJoin, _env: Envelope) -> Any:
         try:
-            desc = GroupManagerDescription.from_json(env.body["groupManager"])
+            desc = GroupManagerDescription.from_json(msg.group_manager)
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(ErrorCode.BAD_JOIN, f"bad join: {exc}") from exc
         rec = self.gms.get(desc.id)
@@ -149,12 +150,11 @@ class LeaderRole:
         log.info("group manager %s joined", desc.id)
         return {"epoch": self.epoch, "groupLeaderId": self.id}
 
-    async def _on_summary(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        rec = self.gms.get(str(body.get("id")))
+    async def _on_summary(self, msg: Summary, _env: Envelope) -> Any:
+        rec = self.gms.get(msg.id)
         if rec is None:
             raise ApiError(ErrorCode.NOT_JOINED, "join the group leader first")
-        rec.summary = dict(body.get("summary") or {})
+        rec.summary = dict(msg.summary)
         rec.last_seen = time.monotonic()
         rec.assigned_since_summary = 0
         return {"ok": True}
@@ -187,10 +187,9 @@ class LeaderRole:
         assert self.submissions is not None
         return {"taskId": await self.submissions.submit(env.body)}
 
-    async def _on_vc_response(self, env: Envelope) -> Any:
+    async def _on_vc_response(self, msg: VirtualClusterResponse, _env: Envelope) -> Any:
         assert self.submissions is not None
-        task_id = env.body.get("taskId") if isinstance(env.body, dict) else None
-        return {"response": await self.submissions.response(str(task_id))}
+        return {"response": await self.submissions.response(msg.task_id)}
 
     async def _woken_by(self, lc_id: str) -> str | None:
         store = self.scope.store

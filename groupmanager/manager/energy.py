@@ -25,6 +25,7 @@ from groupmanager.power import WakeupError, make_wakeup_driver
 from snooze.coordination import CoordinationError
 from snooze.models import Status
 from snooze.protocol import Envelope
+from snooze.protocol.messages import EnergySaverSwitch, PowerSave
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -50,14 +51,13 @@ class EnergySaver:
         return self.hosts.lcs
 
     def start(self) -> None:
-        self.scope.on("gm.energySaver", self._on_switch)
+        self.scope.on_message(EnergySaverSwitch, self._on_switch)
         interval = self.scope.settings.heartbeat.interval
         self.scope.every("manager.energy", lambda: interval, self.tick)
 
-    async def _on_switch(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        if "enabled" in body:
-            self.enabled = bool(body["enabled"])
+    async def _on_switch(self, msg: EnergySaverSwitch, _env: Envelope) -> Any:
+        if msg.enabled is not None:
+            self.enabled = msg.enabled
             self.idle_since.clear()
             log.info("energy saver %s", "resumed" if self.enabled else "suspended")
         return {"enabled": self.enabled, "wakeups": self.wakeups, "powerDowns": self.power_downs}
@@ -120,7 +120,7 @@ class EnergySaver:
             return
         try:
             reply = await self.scope.rpc.call(
-                rec.description.control_data_address, "lc.powerSave", {"state": self.settings.power_saving_action},
+                rec.description.control_data_address, PowerSave.KIND, PowerSave(self.settings.power_saving_action).to_wire(),
                 epoch=self.scope.epoch, timeout=10,
             )
         except RpcError as exc:

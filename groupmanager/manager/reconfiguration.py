@@ -50,6 +50,7 @@ from snooze.codes import ErrorCode
 from snooze.http import ApiError
 from snooze.models import ZERO, Capacity, Status
 from snooze.protocol import Envelope
+from snooze.protocol.messages import Reconfigure
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Every task of this module is named with this prefix (``Scope.every``/``spawn``).
 TASK_PREFIX = "manager.reconf."
 #: The internal message that runs one reconfiguration now (tests, operators, the API).
-RECONFIGURE_KIND = "gm.reconfigure"
+RECONFIGURE_KIND = Reconfigure.KIND
 
 DEFAULT_RELOCATION_INTERVAL = 0.0  # seconds; 0 = disabled, as consolidation
 DEFAULT_CONSOLIDATION_INTERVAL = 0.0
@@ -157,7 +158,7 @@ class Reconfiguration:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        self.scope.on(RECONFIGURE_KIND, self._on_reconfigure, order=True)
+        self.scope.on_message(Reconfigure, self._on_reconfigure, order=True)
         if self.relocation_interval > 0:
             self._every("relocation", self.relocation_interval, self.relocate_once)
         if self.consolidation_interval > 0:
@@ -178,9 +179,8 @@ class Reconfiguration:
         # and no monitoring has arrived.
         self.scope.every(TASK_PREFIX + what, lambda: interval, tick, wait_first=True)
 
-    async def _on_reconfigure(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        what = body.get("what")
+    async def _on_reconfigure(self, msg: Reconfigure, _env: Envelope) -> Any:
+        what = msg.what
         if what == "consolidate":
             return await self.consolidate_once()
         if what == "relocate":

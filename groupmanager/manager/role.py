@@ -31,6 +31,7 @@ from snooze.models import (
     add,
 )
 from snooze.protocol import Envelope
+from snooze.protocol.messages import GroupManagerJoin, Monitoring, Summary
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -80,7 +81,7 @@ class ManagerRole:
         scope = self.scope
         scope.heartbeat_on("lc.heartbeat", self._on_lc_heartbeat)
         scope.on("lc.join", self._on_lc_join)
-        scope.on("lc.monitoring", self._on_monitoring)
+        scope.on_message(Monitoring, self._on_monitoring)
         scope.on("gm.describe", self._on_describe)
         self.vms.register()
         self.migrations.register()
@@ -126,7 +127,7 @@ class ManagerRole:
                 continue
             try:
                 reply = await self.scope.rpc.call(
-                    leader.address, "gm.join", {"groupManager": self.node.description().to_json()},
+                    leader.address, GroupManagerJoin.KIND, GroupManagerJoin(self.node.description().to_json()).to_wire(),
                     epoch=self.scope.epoch, timeout=3,
                 )
                 self.joined_epoch = int(reply.get("epoch", leader.epoch))
@@ -163,21 +164,20 @@ class ManagerRole:
         log.info("local controller %s joined with %d domains", desc.id, len(domains))
         return {"groupManagerId": self.id, "epoch": self.scope.epoch}
 
-    async def _on_monitoring(self, env: Envelope) -> Any:
-        body = env.body if isinstance(env.body, dict) else {}
-        rec = self.lcs.get(str(body.get("id")))
+    async def _on_monitoring(self, msg: Monitoring, _env: Envelope) -> Any:
+        rec = self.lcs.get(msg.id)
         if rec is None:
             raise ApiError(ErrorCode.NOT_JOINED, "this group manager does not manage you")
         self.detector.heard(rec.description.id)
-        usage = body.get("hostUsage") or [0, 0, 0, 0]
+        usage = msg.host_usage or [0, 0, 0, 0]
         rec.usage = (float(usage[0]), float(usage[1]), float(usage[2]), float(usage[3]))
-        rec.domains = list(body.get("domains") or [])
-        rec.vm_usage = dict(body.get("virtualMachines") or {})
+        rec.domains = list(msg.domains)
+        rec.vm_usage = dict(msg.virtual_machines)
         rec.description.assigned_virtual_machines = [
             d["name"] for d in rec.domains if d.get("state") in STARTED
         ]
         self.inventory.seen(rec.description.id, {str(d.get("name")) for d in rec.domains})
-        rec.history.append({"timestamp": body.get("timestamp"), "hostUsage": list(rec.usage)})
+        rec.history.append({"timestamp": msg.timestamp, "hostUsage": list(rec.usage)})
         return {"ok": True}
 
     async def _heartbeat(self) -> None:
@@ -230,7 +230,7 @@ class ManagerRole:
             return
         try:
             await self.scope.rpc.call(
-                leader.address, "gm.summary", {"id": self.id, "summary": self.summary()},
+                leader.address, Summary.KIND, Summary(self.id, self.summary()).to_wire(),
                 epoch=self.scope.epoch, timeout=3,
             )
         except RpcError as exc:
