@@ -19,7 +19,7 @@ from snooze.codes import ErrorCode
 from snooze.http import ApiError, read_identifier
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
-from snooze.protocol.messages import EnergySaverSwitch
+from snooze.protocol.messages import EnergySaverSwitch, Hierarchy
 from snooze.rpc import RpcError, api_error
 from snooze.service import Service
 
@@ -84,7 +84,7 @@ class Bootstrap(Service):
             raw = ""
             if (await request.read()).strip():
                 raw = await read_identifier(request, "groupManagerId")
-            hierarchy = await self.leader_call("gl.hierarchy")
+            hierarchy = await self.leader_call(Hierarchy.KIND)
             gms = [gm for gm in hierarchy["groupManagerDescriptions"] if not raw or gm["id"] == raw]
             if raw and not gms:
                 raise ApiError(ErrorCode.GROUP_MANAGER_NOT_FOUND, f"no group manager {raw!r}", field="groupManagerId")
@@ -105,10 +105,10 @@ class Bootstrap(Service):
         return self.require_leader().to_json()
 
     async def get_complete_hierarchy(self, _request: web.Request) -> Any:
-        return await self.leader_call("gl.hierarchy")
+        return await self.leader_call(Hierarchy.KIND)
 
     async def get_local_controller_list(self, _request: web.Request) -> Any:
-        hierarchy = await self.leader_call("gl.hierarchy")
+        hierarchy = await self.leader_call(Hierarchy.KIND)
         lcs = [lc for gm in hierarchy["groupManagerDescriptions"] for lc in gm.get("localControllers", [])]
         return {"localControllers": lcs}
 

@@ -15,6 +15,7 @@ from snooze.coordination.store import Store
 from snooze.http import ApiError, bad_request, parse_json, read_body, read_identifier, read_json
 from snooze.ids import InvalidId, check_id
 from snooze.models import NetworkAddress, Status
+from snooze.protocol.messages import Hierarchy, Migrate, VirtualClusterResponse, VmAction, VmInfo
 from snooze.records import RecordError, VMRecord
 from snooze.rpc import RpcError, api_error
 
@@ -85,7 +86,7 @@ class VirtualMachineVerbs:
     async def get_virtual_cluster_response(self, request: web.Request) -> Any:
         task_id = await read_identifier(request, "taskId")
         try:
-            reply = await self.b.leader_rpc("gl.virtualClusterResponse", {"taskId": task_id}, timeout=30)
+            reply = await self.b.leader_rpc(VirtualClusterResponse.KIND, VirtualClusterResponse(task_id).to_wire(), timeout=30)
         except RpcError as exc:
             raise api_error(exc, "group leader") from exc
         if reply.get("response") is None:
@@ -121,7 +122,8 @@ class VirtualMachineVerbs:
             vm_id = await read_identifier(request, "virtualMachineId")
             _rec, gm_addr, lc_id = await self._locate(vm_id)
             try:
-                reply = await self.b.rpc.call(gm_addr, "gm.vmAction", {"vmId": vm_id, "action": action, "localControllerId": lc_id},
+                reply = await self.b.rpc.call(gm_addr, VmAction.KIND,
+                                              VmAction(action, vm_id=vm_id, local_controller_id=lc_id).to_wire(),
                                               epoch=self.b.known_epoch, timeout=60)
             except RpcError as exc:
                 raise api_error(exc, "group manager") from exc
@@ -147,8 +149,8 @@ class VirtualMachineVerbs:
             raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_ACTIVE, f"{dest_id} is {dest['status']}", field="localControllerId")
         try:
             requested = list(rec.requested) if rec.requested is not None else None
-            await self.b.rpc.call(gm_addr, "gm.migrate", {"vmId": vm_id, "sourceLcId": source_lc, "destination": dest,
-                                                          "requested": requested},
+            await self.b.rpc.call(gm_addr, Migrate.KIND,
+                                  Migrate(vm_id=vm_id, source_lc_id=source_lc, destination=dest, requested=requested).to_wire(),
                                   epoch=self.b.known_epoch, timeout=300)
         except RpcError as exc:
             raise api_error(exc, "group manager") from exc
@@ -175,7 +177,7 @@ class VirtualMachineVerbs:
         if rec.lc_id and readable:
             try:
                 _rec, gm_addr, lc_id = await self._locate(vm_id)
-                live = await self.b.rpc.call(gm_addr, "gm.vmInfo", {"vmId": vm_id, "localControllerId": lc_id},
+                live = await self.b.rpc.call(gm_addr, VmInfo.KIND, VmInfo(vm_id=vm_id, local_controller_id=lc_id).to_wire(),
                                              epoch=self.b.known_epoch, timeout=10)
             except (ApiError, RpcError):
                 live = None
@@ -216,7 +218,7 @@ class VirtualMachineVerbs:
 
     async def _live(self) -> tuple[dict[str, Any], dict[str, tuple[str, str, dict[str, Any]]]]:
         """The hierarchy, and vm id -> (lc id, gm id, live info) from it."""
-        h = await self.b.leader_call("gl.hierarchy")
+        h = await self.b.leader_call(Hierarchy.KIND)
         live: dict[str, tuple[str, str, dict[str, Any]]] = {}
         for gm in h.get("groupManagerDescriptions", []):
             for lc in gm.get("localControllers", []):
@@ -249,13 +251,13 @@ class VirtualMachineVerbs:
 
     async def get_group_manager_descriptions(self, request: web.Request) -> Any:
         start, limit = await self._page(request)
-        h = await self.b.leader_call("gl.hierarchy")
+        h = await self.b.leader_call(Hierarchy.KIND)
         gms = h.get("groupManagerDescriptions", [])
         return {"groupManagers": gms[start : start + limit], "start": start, "limit": limit, "total": len(gms)}
 
     async def get_local_controller_descriptions(self, request: web.Request) -> Any:
         start, limit = await self._page(request)
-        h = await self.b.leader_call("gl.hierarchy")
+        h = await self.b.leader_call(Hierarchy.KIND)
         lcs = [lc for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", [])]
         lcs.sort(key=lambda lc: lc["id"])
         return {"localControllers": lcs[start : start + limit], "start": start, "limit": limit, "total": len(lcs)}

@@ -40,7 +40,19 @@ from snooze.models import (
     Status,
 )
 from snooze.protocol import Envelope
-from snooze.protocol.messages import Monitoring, PowerSave, ReceiveDomain
+from snooze.protocol.messages import (
+    AssignLocalController,
+    DescribeLocalController,
+    LocalControllerHeartbeat,
+    LocalControllerJoin,
+    LocalControllerMigrate,
+    LocalControllerStartVirtualMachines,
+    LocalControllerVmAction,
+    Monitoring,
+    PowerSave,
+    ReceiveDomain,
+    Rejoin,
+)
 from snooze.rpc import RpcError, api_error
 from snooze.service import Service
 
@@ -53,14 +65,13 @@ APPLIES_TO = {"suspend": (VMStatus.RUNNING,), "resume": (VMStatus.PAUSED,), "shu
 ACTIONS = (*APPLIES_TO, "destroy")
 
 
-def _target(body: dict[str, Any]) -> tuple[str, str | None]:
-    """(name, UUID) of the domain an order is for; the UUID makes sure it is that very domain."""
+def _target(vm_id: str, uuid: str | None = None) -> tuple[str, str | None]:
+    """(name, UUID) of the domain an order is for, checked; the UUID makes sure it is that very domain."""
     try:
-        vm_id = check_id(body.get("vmId"), "vmId")
+        vm_id = check_id(vm_id, "vmId")
     except InvalidId as exc:
         raise ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field) from exc
-    uuid = body.get("uuid")
-    if uuid is not None and (not isinstance(uuid, str) or not 0 < len(uuid) <= 64):
+    if uuid is not None and not 0 < len(uuid) <= 64:
         raise ApiError(ErrorCode.BAD_REQUEST, "uuid must be a domain UUID string", field="uuid")
     return vm_id, uuid
 
@@ -99,11 +110,11 @@ class LocalController(Service):
         scope = self.scope
         scope.heartbeat_on("gm.heartbeat", self._on_gm_heartbeat)
         scope.heartbeat_on("gl.heartbeat", self._on_gl_heartbeat)
-        scope.on("lc.rejoin", self._on_rejoin_order, order=True)
-        scope.on("lc.describe", self._on_describe)
-        scope.on("lc.startVirtualMachines", self._on_start_vms, order=True)
-        scope.on("lc.vmAction", self._on_vm_action, order=True)
-        scope.on("lc.migrate", self._on_migrate, order=True)
+        scope.on_message(Rejoin, self._on_rejoin_order, order=True)
+        scope.on_message(DescribeLocalController, self._on_describe)
+        scope.on_message(LocalControllerStartVirtualMachines, self._on_start_vms, order=True)
+        scope.on_message(LocalControllerVmAction, self._on_vm_action, order=True)
+        scope.on_message(LocalControllerMigrate, self._on_migrate, order=True)
         scope.on_message(ReceiveDomain, self._on_receive_domain, order=True)
         scope.on_message(PowerSave, self._on_power_save, order=True)
         self.power = PowerSaver(
@@ -174,13 +185,12 @@ class LocalController(Service):
         if self.gm is not None and env.sender == self.gm.id:
             self.gm_detector.heard(env.sender)
 
-    async def _on_rejoin_order(self, env: Envelope) -> Any:
+    async def _on_rejoin_order(self, msg: Rejoin, env: Envelope) -> Any:
         self.see_epoch(env.epoch)
         log.info("ordered to re-join by %s (epoch %d)", env.sender, env.epoch)
-        body = env.body if isinstance(env.body, dict) else {}
-        if isinstance(body.get("leader"), dict):
-            self.leader = body["leader"]  # the new leader, so we need not wait for its heartbeat
-        if self.gm is not None and body.get("exclude"):
+        if msg.leader is not None:
+            self.leader = msg.leader  # the new leader, so we need not wait for its heartbeat
+        if self.gm is not None and msg.exclude:
             self._excluded.append(self.gm.id)
         self._rejoin.set()
         return {"ok": True}
@@ -214,14 +224,15 @@ class LocalController(Service):
         gl = GroupManagerDescription.from_json(leader)
         try:
             reply = await self.rpc.call(
-                gl.address, "lc.assign", {"localController": self.description().to_json(), "exclude": list(self._excluded)},
+                gl.address, AssignLocalController.KIND,
+                AssignLocalController(self.description().to_json(), list(self._excluded)).to_wire(),
                 epoch=self.known_epoch, timeout=3,
             )
             gm = GroupManagerDescription.from_json(reply["groupManager"])
             domains = [d.to_json() for d in await self.hypervisor.domains()]
             self.gm_detector.heard(gm.id)
             joined = await self.rpc.call(
-                gm.address, "lc.join", {"localController": self.description().to_json(), "domains": domains},
+                gm.address, LocalControllerJoin.KIND, LocalControllerJoin(self.description().to_json(), domains).to_wire(),
                 epoch=self.known_epoch, timeout=3,
             )
         except (RpcError, KeyError, TypeError, ValueError) as exc:
@@ -237,7 +248,8 @@ class LocalController(Service):
     # -- periodic ------------------------------------------------------------------------
     async def _send_heartbeat(self) -> None:
         if self.gm is not None:
-            self.heartbeat.send("lc.heartbeat", self.known_epoch, {"id": self.id}, [self.gm.address])
+            self.heartbeat.send(LocalControllerHeartbeat.KIND, self.known_epoch, LocalControllerHeartbeat(self.id).to_wire(),
+                                [self.gm.address])
 
     async def _report(self) -> None:
         assert self.monitor is not None
@@ -285,11 +297,10 @@ class LocalController(Service):
         if why is not None:
             raise NotEnoughCapacity(why)
 
-    async def _on_start_vms(self, env: Envelope) -> Any:
+    async def _on_start_vms(self, msg: LocalControllerStartVirtualMachines, _env: Envelope) -> Any:
         """Start a batch of VMs; each is re-checked against this host's free capacity first."""
-        body = env.body if isinstance(env.body, dict) else {}
         results = []
-        for vm in body.get("vms") or []:
+        for vm in msg.vms:
             results.append(await self._start_vm(vm))
         return {"results": results}
 
@@ -328,12 +339,11 @@ class LocalController(Service):
     async def _domain(self, vm_id: str) -> DomainInfo | None:
         return next((d for d in await self.hypervisor.domains() if d.name == vm_id), None)
 
-    async def _on_vm_action(self, env: Envelope) -> Any:
+    async def _on_vm_action(self, msg: LocalControllerVmAction, _env: Envelope) -> Any:
         """A lifecycle order for one domain, named by its name and UUID: refused (409) when the
         domain of that name is another one, or is in a state the order does not apply to."""
-        body = env.body if isinstance(env.body, dict) else {}
-        vm_id, uuid = _target(body)
-        action = body.get("action")
+        vm_id, uuid = _target(msg.vm_id, msg.uuid)
+        action = msg.action
         if action not in ACTIONS:
             raise ApiError(ErrorCode.UNKNOWN_ACTION, f"action must be one of {', '.join(ACTIONS)}", field="action")
         try:
@@ -351,14 +361,13 @@ class LocalController(Service):
             raise api_error(exc) from exc
         return {"ok": True, "domain": info.to_json() if info else None}
 
-    async def _on_migrate(self, env: Envelope) -> Any:
+    async def _on_migrate(self, msg: LocalControllerMigrate, env: Envelope) -> Any:
         """Move a domain (named by name and UUID) to another local controller: live over
         libvirt, or the named non-live fallback when either side is libvirt's test driver
         (which cannot migrate). The destination's settings are those its group manager read
         from the destination's own registration."""
-        body = env.body if isinstance(env.body, dict) else {}
-        vm_id, uuid = _target(body)
-        dest = body.get("destination")
+        vm_id, uuid = _target(msg.vm_id, msg.uuid)
+        dest = msg.destination
         if not isinstance(dest, dict):
             raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "destination must be an object", field="destination")
         try:
@@ -410,7 +419,7 @@ class LocalController(Service):
             return None
 
     async def _on_receive_domain(self, msg: ReceiveDomain, _env: Envelope) -> Any:
-        vm_id, _uuid = _target(msg.to_wire())  # the id checked as every order's
+        vm_id, _uuid = _target(msg.vm_id)
         xml = msg.xml
         if any(d.name == vm_id for d in await self.hypervisor.domains()):
             # Defining over it would replace that domain, and a failed start would undefine it.
@@ -445,7 +454,7 @@ class LocalController(Service):
             raise ApiError(ErrorCode.POWER_ACTION_FAILED, str(exc)) from exc
         return {"ok": True}
 
-    async def _on_describe(self, env: Envelope) -> Any:
+    async def _on_describe(self, _msg: DescribeLocalController, _env: Envelope) -> Any:
         return {"localController": self.description().to_json(), "domains": [d.to_json() for d in await self.hypervisor.domains()]}
 
     async def _http_describe(self, _request: Any) -> Any:

@@ -21,7 +21,14 @@ from snooze.coordination import CoordinationError
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
-from snooze.protocol.messages import GroupManagerJoin, Summary, VirtualClusterResponse
+from snooze.protocol.messages import (
+    AssignLocalController,
+    DescribeGroupManager,
+    GroupManagerJoin,
+    Hierarchy,
+    Summary,
+    VirtualClusterResponse,
+)
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -66,8 +73,8 @@ class LeaderRole:
         assert coord is not None
         scope.on_message(GroupManagerJoin, self._on_gm_join)
         scope.on_message(Summary, self._on_summary)
-        scope.on("lc.assign", self._on_assign)
-        scope.on("gl.hierarchy", self._on_hierarchy)
+        scope.on_message(AssignLocalController, self._on_assign)
+        scope.on_message(Hierarchy, self._on_hierarchy)
         scope.heartbeat_on("gm.heartbeat", self._on_gm_heartbeat)
         self.submissions = Submissions(scope, self.members, self.epoch)
         scope.on("gl.startVirtualCluster", self._on_start_vc)
@@ -159,7 +166,7 @@ class LeaderRole:
         rec.assigned_since_summary = 0
         return {"ok": True}
 
-    async def _on_assign(self, env: Envelope) -> Any:
+    async def _on_assign(self, msg: AssignLocalController, _env: Envelope) -> Any:
         coord = self.scope.coord
         if coord is None or not coord.connected:
             raise ApiError(ErrorCode.LEADER_SUSPENDED, "the group leader has lost ZooKeeper; retry")
@@ -167,12 +174,11 @@ class LeaderRole:
         if time.monotonic() - self.started_at < settle and len(self.gms) < 2:
             # Just elected: let the group managers join before spreading local controllers.
             raise ApiError(ErrorCode.LEADER_SETTLING, "the group leader was just elected; retry")
-        body = env.body if isinstance(env.body, dict) else {}
-        exclude = set(body.get("exclude") or [])
+        exclude = set(msg.exclude)
         candidates = [r for r in self.alive_gms() if r.description.id not in exclude] or self.alive_gms()
         if not candidates:
             raise ApiError(ErrorCode.NO_GROUP_MANAGER, "no group manager available; retry")
-        lc_id = str((body.get("localController") or {}).get("id", ""))
+        lc_id = str(msg.local_controller.get("id", ""))
         home = await self._woken_by(lc_id)
         preferred = [r for r in candidates if r.description.id == home]
         if preferred:
@@ -200,13 +206,14 @@ class LeaderRole:
         except CoordinationError:
             return None
 
-    async def _on_hierarchy(self, _env: Envelope) -> Any:
+    async def _on_hierarchy(self, _msg: Hierarchy, _env: Envelope) -> Any:
         return await self.hierarchy()
 
     async def hierarchy(self) -> dict[str, Any]:
         async def describe(rec: GroupManagerRecord) -> dict[str, Any]:
             try:
-                reply = await self.scope.rpc.call(rec.description.address, "gm.describe", None, epoch=self.epoch, timeout=3)
+                reply = await self.scope.rpc.call(rec.description.address, DescribeGroupManager.KIND,
+                                                  DescribeGroupManager().to_wire(), epoch=self.epoch, timeout=3)
                 return dict(reply["groupManager"])
             except (RpcError, KeyError, TypeError) as exc:
                 d = rec.description.to_json(with_lcs=True)

@@ -58,6 +58,7 @@ from snooze.domainxml import DomainPolicy
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, add
+from snooze.protocol.messages import DescribeLocalController, StartVirtualMachines
 from snooze.records import RecordError, VMRecord
 from snooze.rpc import RpcError, api_error
 from snooze.scope import Scope
@@ -408,7 +409,7 @@ class Submissions:
             return {s.id: {"status": VMStatus.ERROR, "errorCode": ErrorCode.GROUP_MANAGER_UNREACHABLE} for s in batch}
         try:
             reply = await self.scope.rpc.call(
-                rec.description.address, "gm.startVirtualMachines", {"vms": [s.to_json() for s in batch]},
+                rec.description.address, StartVirtualMachines.KIND, StartVirtualMachines([s.to_json() for s in batch]).to_wire(),
                 epoch=self.epoch, timeout=60 + len(batch) * 0.2,
             )
         except RpcError as exc:
@@ -579,7 +580,8 @@ class Submissions:
         async def ask(lc_id: str, data: dict[str, Any]) -> None:
             try:
                 addr = NetworkAddress.from_json(data["controlDataAddress"])
-                reply = await self.scope.rpc.call(addr, "lc.describe", None, epoch=self.epoch, timeout=5)
+                reply = await self.scope.rpc.call(addr, DescribeLocalController.KIND, DescribeLocalController().to_wire(),
+                                                  epoch=self.epoch, timeout=5)
             except (RpcError, KeyError, TypeError, ValueError):
                 return
             for d in reply.get("domains", []):

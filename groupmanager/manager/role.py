@@ -31,7 +31,15 @@ from snooze.models import (
     add,
 )
 from snooze.protocol import Envelope
-from snooze.protocol.messages import GroupManagerJoin, Monitoring, Summary
+from snooze.protocol.messages import (
+    DescribeGroupManager,
+    GroupManagerHeartbeat,
+    GroupManagerJoin,
+    LocalControllerJoin,
+    Monitoring,
+    Rejoin,
+    Summary,
+)
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -80,9 +88,9 @@ class ManagerRole:
     async def start(self) -> None:
         scope = self.scope
         scope.heartbeat_on("lc.heartbeat", self._on_lc_heartbeat)
-        scope.on("lc.join", self._on_lc_join)
+        scope.on_message(LocalControllerJoin, self._on_lc_join)
         scope.on_message(Monitoring, self._on_monitoring)
-        scope.on("gm.describe", self._on_describe)
+        scope.on_message(DescribeGroupManager, self._on_describe)
         self.vms.register()
         self.migrations.register()
         self.energy.start()
@@ -101,7 +109,7 @@ class ManagerRole:
             await asyncio.gather(
                 *(
                     self.scope.rpc.call(
-                        r.description.control_data_address, "lc.rejoin", {"exclude": True, "leader": leader},
+                        r.description.control_data_address, Rejoin.KIND, Rejoin(exclude=True, leader=leader).to_wire(),
                         epoch=handover_epoch, timeout=2,
                     )
                     for r in self.lcs.values()
@@ -145,10 +153,10 @@ class ManagerRole:
         if env.sender in self.lcs:
             self.detector.heard(env.sender)
 
-    async def _on_lc_join(self, env: Envelope) -> Any:
+    async def _on_lc_join(self, msg: LocalControllerJoin, _env: Envelope) -> Any:
         try:
-            desc = LocalControllerDescription.from_json(env.body["localController"])
-            domains = list(env.body.get("domains") or [])
+            desc = LocalControllerDescription.from_json(msg.local_controller)
+            domains = list(msg.domains)
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(ErrorCode.BAD_JOIN, f"bad join request: {exc}") from exc
         desc.group_manager_id = self.id
@@ -185,7 +193,7 @@ class ManagerRole:
         if self.leader is not None and self.joined_epoch:
             peers.append(self.leader.address)
         if peers:
-            self.scope.heartbeat.send("gm.heartbeat", self.scope.epoch, {"id": self.id}, peers)
+            self.scope.heartbeat.send(GroupManagerHeartbeat.KIND, self.scope.epoch, GroupManagerHeartbeat(self.id).to_wire(), peers)
 
     async def _check_failures(self) -> None:
         for lc_id in self.detector.expired():
@@ -239,7 +247,7 @@ class ManagerRole:
             else:
                 log.debug("summary failed: %s", exc)
 
-    async def _on_describe(self, env: Envelope) -> Any:
+    async def _on_describe(self, _msg: DescribeGroupManager, _env: Envelope) -> Any:
         desc = self.node.description()
         desc.summary = self.summary()
         desc.local_controllers = {}

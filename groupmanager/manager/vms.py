@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -32,6 +33,17 @@ from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, Status
 from snooze.protocol import Envelope
+from snooze.protocol.messages import (
+    DescribeLocalController,
+    LocalControllerMigrate,
+    LocalControllerStartVirtualMachines,
+    LocalControllerVmAction,
+    Migrate,
+    Reservation,
+    StartVirtualMachines,
+    VmAction,
+    VmInfo,
+)
 from snooze.records import RecordError
 from snooze.rpc import RpcError, api_error
 from snooze.scope import Scope
@@ -49,10 +61,6 @@ DEFAULT_MIGRATION_TIMEOUT = 60.0
 #: Hypervisor settings a request may choose for one migration; everything else in a
 #: destination's settings (its URIs above all) comes only from its own registration.
 CLIENT_MIGRATION_OPTIONS = ("method", "timeout", "autoConverge", "postCopy")
-
-def _body(env: Envelope) -> dict[str, Any]:
-    return env.body if isinstance(env.body, dict) else {}
-
 
 def _id(value: Any, field: str) -> str:
     try:
@@ -173,9 +181,9 @@ class VirtualMachines:
         self.policy = make_placement_policy(gm_settings.placement_policy, thresholds=hosts.thresholds)
 
     def register(self) -> None:
-        self.scope.on("gm.startVirtualMachines", self._on_start, order=True)
-        self.scope.on("gm.vmAction", self._on_action)
-        self.scope.on("gm.vmInfo", self._on_info)
+        self.scope.on_message(StartVirtualMachines, self._on_start, order=True)
+        self.scope.on_message(VmAction, self._on_action)
+        self.scope.on_message(VmInfo, self._on_info)
 
     @property
     def lcs(self) -> dict[str, LocalControllerRecord]:
@@ -211,7 +219,7 @@ class VirtualMachines:
         if rec is None:
             raise ApiError(ErrorCode.LOCAL_CONTROLLER_GONE, f"{lc_id} is not managed here", field="localControllerId")
         try:
-            reply = await self.scope.rpc.call(rec.description.control_data_address, "lc.describe", None,
+            reply = await self.scope.rpc.call(rec.description.control_data_address, DescribeLocalController.KIND, DescribeLocalController().to_wire(),
                                               epoch=self.scope.epoch, timeout=10)
             domains = [d for d in reply["domains"] if isinstance(d, dict) and isinstance(d.get("name"), str)]
         except (RpcError, KeyError, TypeError) as exc:
@@ -231,9 +239,8 @@ class VirtualMachines:
         return str(uuid) if uuid else None
 
     # -- starting VMs --------------------------------------------------------------------
-    async def _on_start(self, env: Envelope) -> Any:
-        body = _body(env)
-        vms = [v for v in body.get("vms") or [] if isinstance(v, dict) and v.get("id")]
+    async def _on_start(self, msg: StartVirtualMachines, _env: Envelope) -> Any:
+        vms = [v for v in msg.vms if isinstance(v, dict) and v.get("id")]
         results = await self.start(vms)
         return {"results": results, "summary": self.summary()}
 
@@ -327,7 +334,8 @@ class VirtualMachines:
                     for v in batch]
         addr = rec.description.control_data_address
         try:
-            reply = await self.scope.rpc.call(addr, "lc.startVirtualMachines", {"vms": batch},
+            reply = await self.scope.rpc.call(addr, LocalControllerStartVirtualMachines.KIND,
+                                              LocalControllerStartVirtualMachines(list(batch)).to_wire(),
                                               epoch=self.scope.epoch, timeout=30 + len(batch) * 0.2)
             results = [r if isinstance(r, dict) else {} for r in reply["results"]]
             if len(results) != len(batch):
@@ -355,18 +363,15 @@ class VirtualMachines:
         raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no local controller of this group manager runs {vm_id}",
                        field="virtualMachineId")
 
-    async def _on_action(self, env: Envelope) -> Any:
-        body = _body(env)
-        vm_id = _id(body.get("vmId"), "virtualMachineId")
-        action = body.get("action")
+    async def _on_action(self, msg: VmAction, _env: Envelope) -> Any:
+        vm_id = _id(msg.vm_id, "virtualMachineId")
+        action = msg.action
         if action not in ACTIONS:
             raise ApiError(ErrorCode.UNKNOWN_ACTION, f"action must be one of {', '.join(ACTIONS)}", field="action")
-        hint = body.get("localControllerId")
+        hint = msg.local_controller_id
         lc_id = self.find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
-        expected = body.get("uuid")  # the caller's own idea of which domain it means, if it has one
-        if expected is not None and not isinstance(expected, str):
-            raise ApiError(ErrorCode.BAD_REQUEST, "uuid must be a string", field="uuid")
-        return await self.act(vm_id, lc_id, action, expected)
+        # msg.uuid: the caller's own idea of which domain it means, if it has one
+        return await self.act(vm_id, lc_id, action, msg.uuid)
 
     async def act(self, vm_id: str, lc_id: str, action: str, expected_uuid: str | None = None) -> dict[str, Any]:
         """Order ``action`` on ``vm_id`` at ``lc_id``; a refusal is an ApiError with its reason."""
@@ -382,8 +387,8 @@ class VirtualMachines:
                            f"{vm_id} on {lc_id} is domain {uuid}, not {expected_uuid}: the order was meant for another VM",
                            field="uuid")
         try:
-            reply = await self.scope.rpc.call(rec.description.control_data_address, "lc.vmAction",
-                                              {"vmId": vm_id, "uuid": uuid, "action": action},
+            reply = await self.scope.rpc.call(rec.description.control_data_address, LocalControllerVmAction.KIND,
+                                              LocalControllerVmAction(action, vm_id=vm_id, uuid=uuid).to_wire(),
                                               epoch=self.scope.epoch, timeout=30)
         except RpcError as exc:
             if action == "destroy" and exc.code is ErrorCode.VIRTUAL_MACHINE_NOT_FOUND:
@@ -420,10 +425,9 @@ class VirtualMachines:
         except CoordinationError as exc:
             log.warning("could not forget %s in ZooKeeper: %s", vm_id, exc)
 
-    async def _on_info(self, env: Envelope) -> Any:
-        body = _body(env)
-        vm_id = _id(body.get("vmId"), "virtualMachineId")
-        hint = body.get("localControllerId")
+    async def _on_info(self, msg: VmInfo, _env: Envelope) -> Any:
+        vm_id = _id(msg.vm_id, "virtualMachineId")
+        hint = msg.local_controller_id
         lc_id = self.find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
         rec = self.lcs[lc_id]
         domain = next((d for d in rec.domains if d.get("name") == vm_id), None)
@@ -461,8 +465,8 @@ class Migrations:
         self.moving: set[str] = set()  # VMs this group manager is migrating right now
 
     def register(self) -> None:
-        self.scope.on("gm.migrate", self._on_migrate, order=True)
-        self.scope.on("gm.reservation", self._on_reservation, order=True)
+        self.scope.on_message(Migrate, self._on_migrate, order=True)
+        self.scope.on_message(Reservation, self._on_reservation, order=True)
 
     @property
     def lcs(self) -> dict[str, LocalControllerRecord]:
@@ -477,29 +481,28 @@ class Migrations:
         capacity rule, up to the MID threshold)."""
         return self.hosts.fits(lc_id, requested)
 
-    async def _on_reservation(self, env: Envelope) -> Any:
-        body = _body(env)
-        op = body.get("op")
+    async def _on_reservation(self, msg: Reservation, _env: Envelope) -> Any:
+        op = msg.op
         if op not in ("reserve", "commit", "release"):
             raise ApiError(ErrorCode.BAD_RESERVATION, "op must be reserve, commit or release", field="op")
-        lc_id, vm_id = _id(body.get("lcId"), "lcId"), _id(body.get("vmId"), "vmId")
+        lc_id, vm_id = _id(msg.lc_id, "lcId"), _id(msg.vm_id, "vmId")
         if op == "release":
             self.reservations.release(lc_id, vm_id)
             return {"ok": True}
-        requested = capacity_of(body.get("requested"), "requested")
+        requested = capacity_of(msg.requested, "requested")
         if op == "reserve":
             # Held for the asking group manager at most ``ttl`` seconds: if it dies mid-way,
             # nobody would ever release it.
-            ttl = _number(body.get("ttl", 3 * DEFAULT_MIGRATION_TIMEOUT + 60), "ttl", 1.0, 4 * MAX_MIGRATION_TIMEOUT)
+            ttl = _number(3 * DEFAULT_MIGRATION_TIMEOUT + 60 if msg.ttl is None else msg.ttl, "ttl", 1.0,
+                          4 * MAX_MIGRATION_TIMEOUT)
             async with self.reservations.lock:
                 why = self.fits(lc_id, requested)
                 if why is not None:
                     raise ApiError(ErrorCode.NOT_ENOUGH_CAPACITY, why, field="localControllerId")
                 self.reservations.reserve(lc_id, vm_id, requested, ttl)
         else:
-            uuid = body.get("uuid")
             self.reservations.release(lc_id, vm_id)
-            self._adopt(lc_id, vm_id, requested, uuid if isinstance(uuid, str) else None)
+            self._adopt(lc_id, vm_id, requested, msg.uuid)
         return {"ok": True}
 
     def _adopt(self, lc_id: str, vm_id: str, requested: Capacity, uuid: str | None = None) -> None:
@@ -511,12 +514,11 @@ class Migrations:
         rec = self.lcs.get(lc_id)
         return rec.remove_vm(vm_id) if rec is not None else None
 
-    async def _on_migrate(self, env: Envelope) -> Any:
-        body = _body(env)
-        vm_id = _id(body.get("vmId"), "virtualMachineId")
-        source = body.get("sourceLcId")
+    async def _on_migrate(self, msg: Migrate, _env: Envelope) -> Any:
+        vm_id = _id(msg.vm_id, "virtualMachineId")
+        source = msg.source_lc_id
         source_lc = _id(source, "sourceLcId") if source is not None else None
-        dest = body.get("destination")
+        dest = msg.destination
         if not isinstance(dest, dict):
             raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "destination must be an object", field="destination")
         dest_id = _id(dest.get("id"), "localControllerId")
@@ -530,9 +532,7 @@ class Migrations:
             if fresh is None:
                 raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_FOUND, f"no local controller {dest_id!r}", field="localControllerId")
             dest = fresh
-        expected = body.get("uuid")
-        return await self.migrate(vm_id, source_lc or "", dest, body.get("requested"),
-                                  expected_uuid=expected if isinstance(expected, str) else None)
+        return await self.migrate(vm_id, source_lc or "", dest, msg.requested, expected_uuid=msg.uuid)
 
     def _destination(self, dest: dict[str, Any]) -> tuple[str, NetworkAddress, dict[str, Any], NetworkAddress | None]:
         """(id, address, hypervisorSettings, its group manager's address) of a destination, checked."""
@@ -590,7 +590,7 @@ class Migrations:
                 raise ApiError(ErrorCode.VIRTUAL_MACHINE_MISMATCH,
                                f"{vm_id} on {source_lc} is domain {uuid}, not {expected_uuid}", field="uuid")
             requested = self._requested(rec, vm_id, requested_hint)
-            reservation = {"lcId": dest_id, "vmId": vm_id, "requested": list(requested), "uuid": uuid}
+            reservation = Reservation("reserve", lc_id=dest_id, vm_id=vm_id, requested=list(requested), uuid=uuid)
             await self._reserve(local, dest_gm, reservation, timeout)
             settled = False
             try:
@@ -603,7 +603,8 @@ class Migrations:
                     assert dest_gm is not None
                     settled = True  # from here the destination holds the VM itself
                     with contextlib.suppress(RpcError):
-                        await self.scope.rpc.call(dest_gm, "gm.reservation", {"op": "commit", **reservation},
+                        await self.scope.rpc.call(dest_gm, Reservation.KIND,
+                                                  dataclasses.replace(reservation, op="commit").to_wire(),
                                                   epoch=self.scope.epoch, timeout=10)
                 settled = True
             finally:
@@ -616,9 +617,9 @@ class Migrations:
             # Only once its record names the destination: until then the VM is in flight.
             self.moving.discard(vm_id)
 
-    async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any], timeout: float) -> None:
-        dest_id, vm_id = reservation["lcId"], reservation["vmId"]
-        requested = _vector(reservation["requested"])
+    async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: Reservation, timeout: float) -> None:
+        dest_id, vm_id = reservation.lc_id or "", reservation.vm_id or ""
+        requested = _vector(reservation.requested)
         if local:
             async with self.reservations.lock:
                 why = self.fits(dest_id, requested)
@@ -628,8 +629,8 @@ class Migrations:
             return
         assert dest_gm is not None
         try:
-            await self.scope.rpc.call(dest_gm, "gm.reservation",
-                                      {"op": "reserve", "ttl": self._rpc_timeout(timeout) + 60, **reservation},
+            await self.scope.rpc.call(dest_gm, Reservation.KIND,
+                                      dataclasses.replace(reservation, ttl=self._rpc_timeout(timeout) + 60).to_wire(),
                                       epoch=self.scope.epoch, timeout=10)
         except RpcError as exc:
             if exc.code is ErrorCode.TIMEOUT:
@@ -648,9 +649,11 @@ class Migrations:
         source_addr = self.lcs[source_lc].description.control_data_address
         try:
             reply = await self.scope.rpc.call(
-                source_addr, "lc.migrate",
-                {"vmId": vm_id, "uuid": uuid,
-                 "destination": {"id": dest_id, "address": dest_addr.to_json(), "hypervisorSettings": settings}},
+                source_addr, LocalControllerMigrate.KIND,
+                LocalControllerMigrate(
+                    vm_id=vm_id, uuid=uuid,
+                    destination={"id": dest_id, "address": dest_addr.to_json(), "hypervisorSettings": settings},
+                ).to_wire(),
                 epoch=self.scope.epoch, timeout=self._rpc_timeout(timeout),
             )
         except RpcError as exc:
@@ -669,7 +672,7 @@ class Migrations:
         """The source did not answer in time: find out where the domain is before deciding."""
         for where, addr in ((source_lc, source_addr), (dest_id, dest_addr)):
             try:
-                reply = await self.scope.rpc.call(addr, "lc.describe", None, epoch=self.scope.epoch, timeout=5)
+                reply = await self.scope.rpc.call(addr, DescribeLocalController.KIND, DescribeLocalController().to_wire(), epoch=self.scope.epoch, timeout=5)
                 present = any(isinstance(d, dict) and d.get("uuid") == uuid for d in reply.get("domains") or [])
             except (RpcError, AttributeError, TypeError):
                 continue
@@ -681,16 +684,16 @@ class Migrations:
         raise ApiError(ErrorCode.MIGRATION_TIMEOUT,
                        f"{exc.message}; {vm_id} was found on neither {source_lc} nor {dest_id}: monitoring will show where it is") from exc
 
-    async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: dict[str, Any]) -> None:
+    async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: Reservation) -> None:
         if local:
-            self.reservations.release(reservation["lcId"], reservation["vmId"])
+            self.reservations.release(reservation.lc_id or "", reservation.vm_id or "")
         elif dest_gm is not None:
             try:
-                await self.scope.rpc.call(dest_gm, "gm.reservation", {"op": "release", **reservation},
+                await self.scope.rpc.call(dest_gm, Reservation.KIND, dataclasses.replace(reservation, op="release").to_wire(),
                                           epoch=self.scope.epoch, timeout=10)
             except RpcError as exc:
                 log.warning("could not release the reservation for %s on %s (it expires on its own): %s",
-                            reservation["vmId"], reservation["lcId"], exc)
+                            reservation.vm_id, reservation.lc_id, exc)
 
     async def _move_record(self, vm_id: str, uuid: str, dest: dict[str, Any], local: bool, details: dict[str, Any]) -> None:
         store = self.scope.store

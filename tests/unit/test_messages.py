@@ -5,7 +5,9 @@ or a wrong type refused with the field named), also through the internal endpoin
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -189,3 +191,15 @@ def test_an_int_no_float_can_hold_is_a_wrong_type_not_a_crash() -> None:
         KINDS["gm.reservation"].from_wire({"op": "reserve", "ttl": 10**400})
     assert info.value.field == "ttl"
 
+
+def test_every_role_handler_of_an_internal_message_is_typed() -> None:
+    """Handlers register with ``scope.on_message(MessageClass, ...)``; the one exception is the
+    submission, whose body is the client's request (checked by snooze.virtualcluster)."""
+    root = Path(__file__).resolve().parents[2]
+    untyped = []
+    for package in ("bootstrap", "groupmanager", "localcontroller"):
+        for path in sorted((root / package).rglob("*.py")):
+            for kind in re.findall(r'scope\.on\(\s*"([^"]+)"', path.read_text()):
+                if kind != "gl.startVirtualCluster":
+                    untyped.append(f"{path.relative_to(root)}: {kind}")
+    assert untyped == []
