@@ -101,6 +101,16 @@ class ClusterOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # "section.option" -> value for every role
 
 
+def _tail(log: str, lines: int = 15) -> str:
+    """The last lines of a log, to quote in an error: a test's temporary directory (and the log
+    with it) may be gone by the time anyone reads the failure."""
+    try:
+        text = Path(log).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "; its last lines:\n" + "\n".join(text) if text else ""
+
+
 def _http_json(url: str, timeout: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
@@ -382,7 +392,7 @@ class LocalCluster:
                 raise Interrupted("interrupted while the hierarchy was forming")
             for spec in self.processes:
                 if not alive(spec["pid"]):
-                    raise ClusterError(f"{spec['id']} exited during start-up; see {spec['log']}")
+                    raise ClusterError(f"{spec['id']} exited during start-up; see {spec['log']}{_tail(spec['log'])}")
             # A short timeout: a stop request is seen within it.
             last = self.hierarchy(timeout=2.0)
             if last is not None and assigned_lcs(last) >= want:
