@@ -150,6 +150,11 @@ def test_a_port_clash_is_reported_before_anything_starts(tmp_path: Path, env: di
     assert not (tmp_path / "s" / "zookeeper").exists()
 
 
+def _default_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
 def test_a_signal_stops_everything_even_when_the_output_pipe_died_first(tmp_path: Path, env: dict[str, str],
                                                                         sig: signal.Signals) -> None:
@@ -162,7 +167,9 @@ def test_a_signal_stops_everything_even_when_the_output_pipe_died_first(tmp_path
                            "--base-port", str(base), "--no-demo", *FAST],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0, env=env, cwd=ROOT)
     assert up.stdout is not None
-    tee = subprocess.Popen(["tee", str(log)], stdin=up.stdout, stdout=subprocess.DEVNULL, process_group=up.pid)
+    # As in a terminal, whatever the test run inherited (a background job ignores SIGINT).
+    tee = subprocess.Popen(["tee", str(log)], stdin=up.stdout, stdout=subprocess.DEVNULL, process_group=up.pid,
+                           preexec_fn=_default_signals)
     up.stdout.close()  # tee holds the only reading end: once it dies, every write gets EPIPE
     pids: list[int] = []
     try:
