@@ -120,10 +120,13 @@ class VirtualMachineVerbs:
     def _action_handler(self, action: str) -> Any:
         async def handle(request: web.Request) -> Any:
             vm_id = await read_identifier(request, "virtualMachineId")
-            _rec, gm_addr, lc_id = await self._locate(vm_id)
+            rec, gm_addr, lc_id = await self._locate(vm_id)
             try:
+                # The record's domain UUID (when known): a delayed order never reaches a newer VM
+                # of the same name.
                 reply = await self.b.rpc.call(gm_addr, VmAction.KIND,
-                                              VmAction(action, vm_id=vm_id, local_controller_id=lc_id).to_wire(),
+                                              VmAction(action, vm_id=vm_id, local_controller_id=lc_id,
+                                                       uuid=rec.uuid).to_wire(),
                                               epoch=self.b.known_epoch, timeout=60)
             except RpcError as exc:
                 raise api_error(exc, "group manager") from exc

@@ -310,14 +310,16 @@ class VMRecord:
     @_change
     def record_result(self, status: VMStatus, code: ErrorCode | None, message: str | None, gm_id: str,
                       gm_address: NetworkAddress | None, lc_id: str | None, lc_address: NetworkAddress | None,
-                      adaptations: list[str]) -> None:
+                      adaptations: list[str], uuid: str | None = None) -> None:
         """What its group manager answered for it. A location written meanwhile (a group
-        manager moved the VM since it started) is newer than this answer's, and stays."""
+        manager moved the VM since it started) is newer than this answer's, and stays.
+        ``uuid``: the domain's, so that later orders name this VM and no other of its name."""
         if self.status not in IN_FLIGHT:
             return
         self.status, self.error_code, self.message, self.adaptations = status, code, message, list(adaptations)
         if self.lc_id is None:
             self.gm_id, self.gm_address, self.lc_id, self.lc_address = gm_id, gm_address, lc_id, lc_address
+            self.uuid = uuid or self.uuid
 
     @_change
     def adopt(self, status: VMStatus, lc_id: str, lc_address: NetworkAddress | None) -> None:

@@ -398,10 +398,12 @@ class Submissions:
         adaptations = res.get("adaptations")
         message = res.get("message")
         lc_id = res.get("localControllerId")
+        domain_uuid = res.get("uuid")
         rec.record_result(status, code, str(message) if message is not None else None, gm_id,
                           gm.description.address if gm else None, str(lc_id) if lc_id is not None else None,
                           _address(res.get("localControllerAddress")),
-                          [str(a) for a in adaptations] if isinstance(adaptations, list) else [])
+                          [str(a) for a in adaptations] if isinstance(adaptations, list) else [],
+                          domain_uuid if isinstance(domain_uuid, str) and domain_uuid else None)
 
     async def _send(self, gm_id: str, batch: list[VMSpec]) -> dict[str, dict[str, Any]]:
         rec = self.members.get(gm_id)

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
 
 from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
@@ -85,6 +86,19 @@ def test_an_order_for_an_earlier_vm_of_the_same_name_is_refused(cluster_factory:
     # The same order naming the current domain is obeyed.
     assert order(c, lc["port"], "lc.vmAction", {"vmId": "reborn", "uuid": new, "action": "suspend"})["ok"]
     wait_for(lambda: status(c, "reborn") == "PAUSED", 10, "the VM paused")
+
+    # The leader recorded the domain's UUID when the VM started, and the bootstrap's orders name
+    # it: the VM's own verbs go through, and the record says which domain they mean.
+    assert c.zk is not None
+    zk = KazooClient(hosts=c.zk.address)
+    zk.start(timeout=15)
+    try:
+        assert json.loads(zk.get("/snooze/vms/reborn")[0])["uuid"] == new
+    finally:
+        zk.stop()
+        zk.close()
+    assert http("POST", b + "?resumeVirtualMachine", "reborn") == (200, True)
+    assert http("POST", b + "?suspendVirtualMachine", "reborn") == (200, True)
 
     # The group manager refuses an order whose caller names another domain.
     gm = c.process(http("POST", b + "?getVirtualMachineMetaData", "reborn")[1]["virtualMachineLocation"]["groupManagerId"])
