@@ -22,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 def inside(pid: int, script: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in the mount namespace of ``pid``, under its root (``--root``: without it,
-    entering a mount namespace from inside a chroot would look at the machine's real root)."""
-    return subprocess.run(["nsenter", "--target", str(pid), "--mount", "--root", "--", "sh", "-c", script],
+    entering a mount namespace from inside a chroot would look at the machine's real root; ``--wd``:
+    nor would the working directory exist there)."""
+    return subprocess.run(["nsenter", "--target", str(pid), "--mount", "--root", "--wd", "--", "sh", "-c", script],
                           capture_output=True, text=True, timeout=30)
 
 
