@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -11,7 +12,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from snooze.dev.localcluster import ClusterOptions
+from snooze.dev.localcluster import ClusterOptions, LocalCluster
+from snooze.models import NetworkAddress
+from snooze.rpc import RpcClient
 
 T = TypeVar("T")
 
@@ -82,3 +85,18 @@ def get(url: str) -> Any:
     status, body = http("GET", url)
     assert status == 200, (status, body)
     return body
+
+
+def order(c: LocalCluster, port: int, kind: str, body: Any) -> Any:
+    """An internal message sent to the process on ``port`` as an operator would: signed with the
+    cluster's key, at the leader's current epoch."""
+
+    async def call() -> Any:
+        client = RpcClient(c.options.key.encode(), "operator")
+        try:
+            epoch = get(c.bootstrap_url + "/bootstrap?getGroupLeaderDescription")["epoch"]
+            return await client.call(NetworkAddress("127.0.0.1", port), kind, body, epoch=epoch, timeout=20)
+        finally:
+            await client.close()
+
+    return asyncio.run(call())

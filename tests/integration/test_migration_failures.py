@@ -8,16 +8,13 @@ the VM still runs where it was, and the next migration goes through.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import pytest
 
 from snooze.dev.localcluster import LocalCluster
-from snooze.models import NetworkAddress
-from snooze.rpc import RpcClient
-from tests.support import get, http, wait_for
+from tests.support import get, http, order, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -49,19 +46,6 @@ def nothing_reserved(c: LocalCluster) -> None:
     held = reserved(c)
     assert held and all(r == [0.0, 0.0, 0.0, 0.0] for r in held), held
 
-
-def order(c: LocalCluster, port: int, kind: str, body: Any) -> Any:
-    """An internal message sent as an operator would (with the cluster's key)."""
-
-    async def call() -> Any:
-        client = RpcClient(c.options.key.encode(), "operator")
-        try:
-            epoch = get(c.bootstrap_url + "/bootstrap?getGroupLeaderDescription")["epoch"]
-            return await client.call(NetworkAddress("127.0.0.1", port), kind, body, epoch=epoch, timeout=20)
-        finally:
-            await client.close()
-
-    return asyncio.run(call())
 
 
 def migrate(c: LocalCluster, name: str, target: str) -> tuple[int, Any]:

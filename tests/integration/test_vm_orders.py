@@ -8,7 +8,6 @@ state and what the verb needs, through the bootstrap as through the VM's group m
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -16,9 +15,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from snooze.dev.localcluster import LocalCluster
-from snooze.models import NetworkAddress
-from snooze.rpc import RpcClient, RpcError
-from tests.support import get, http, wait_for
+from snooze.rpc import RpcError
+from tests.support import http, order, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +31,6 @@ def start_vm(c: LocalCluster, name: str) -> dict[str, Any]:
     assert vm["status"] == "RUNNING", vm
     return vm  # type: ignore[no-any-return]
 
-
-def order(c: LocalCluster, port: int, kind: str, body: Any) -> Any:
-    async def call() -> Any:
-        client = RpcClient(c.options.key.encode(), "operator")
-        try:
-            epoch = get(c.bootstrap_url + "/bootstrap?getGroupLeaderDescription")["epoch"]
-            return await client.call(NetworkAddress("127.0.0.1", port), kind, body, epoch=epoch, timeout=20)
-        finally:
-            await client.close()
-
-    return asyncio.run(call())
 
 
 def uuid_of(c: LocalCluster, lc_port: int, name: str) -> str:
