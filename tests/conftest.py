@@ -3,12 +3,13 @@ that no test reads anything beside the repository (``tests/outside_reads.py``)."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from snooze.coordination import Coordinator
 from snooze.dev.localcluster import LocalCluster
 from snooze.dev.zookeeper import ZooKeeperServer
 from tests.outside_reads import install as install_outside_reads_check
@@ -50,3 +51,15 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     finally:
         for cluster in started:
             cluster.down()
+
+
+@pytest.fixture
+async def coord(zookeeper: ZooKeeperServer) -> AsyncIterator[Coordinator]:
+    """A connected ZooKeeper session on this test's own server."""
+    c = Coordinator(zookeeper.address, root="/snooze-test", session_timeout=4.0)
+    await c.start(wait=15)
+    assert c.connected
+    try:
+        yield c
+    finally:
+        await c.stop()

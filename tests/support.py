@@ -100,3 +100,20 @@ def order(c: LocalCluster, port: int, kind: str, body: Any) -> Any:
             await client.close()
 
     return asyncio.run(call())
+
+
+def leader_id(c: LocalCluster) -> str:
+    return str(get(c.bootstrap_url + "/bootstrap?getGroupLeaderDescription")["id"])
+
+
+def response(c: LocalCluster, task: str, timeout: float = 60) -> dict[str, Any]:
+    """The answer of getVirtualClusterResponse for ``task``, once the task is done."""
+
+    def done() -> dict[str, Any] | None:
+        status, body = http("POST", c.bootstrap_url + "/bootstrap?getVirtualClusterResponse", task)
+        assert status == 200, body
+        return body or None
+
+    got = wait_for(done, timeout, f"response of {task}")
+    assert got is not None
+    return got

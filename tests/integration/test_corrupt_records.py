@@ -20,7 +20,7 @@ from snooze.coordination.store import Store
 from snooze.dev.localcluster import LocalCluster
 from snooze.procs import running
 from snooze.records import VMRecord
-from tests.support import get, http, wait_for
+from tests.support import leader_id, response, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,19 +29,6 @@ SUBNET = "192.168.122.0/24"
 MEMORY = 131072
 
 
-def leader_id(c: LocalCluster) -> str:
-    return str(get(c.bootstrap_url + "/bootstrap?getGroupLeaderDescription")["id"])
-
-
-def response(c: LocalCluster, task: str, timeout: float = 60) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        status, body = http("POST", c.bootstrap_url + "/bootstrap?getVirtualClusterResponse", task)
-        assert status == 200, body
-        return body or None
-
-    got = wait_for(done, timeout, f"response of {task}")
-    assert got is not None
-    return got
 
 
 def plant(c: LocalCluster, tasks: dict[str, list[str]], corrupt: dict[str, bytes], first_ip: int) -> None:

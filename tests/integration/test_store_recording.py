@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,7 +28,6 @@ from snooze.coordination.store import (
     TooLarge,
     subnet_key,
 )
-from snooze.dev.zookeeper import ZooKeeperServer
 from snooze.records import VMRecord
 
 pytestmark = pytest.mark.integration
@@ -37,15 +35,6 @@ pytestmark = pytest.mark.integration
 SUBNET = "10.9.0.0/24"
 
 
-@pytest.fixture
-async def coord(zookeeper: ZooKeeperServer) -> AsyncIterator[Coordinator]:
-    c = Coordinator(zookeeper.address, root="/store-test", session_timeout=4.0)
-    await c.start(wait=15)
-    assert c.connected
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 def submission(task_id: str, names: list[str], request_id: str | None = None, first_ip: int = 2,

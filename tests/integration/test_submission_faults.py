@@ -20,7 +20,7 @@ from snooze.coordination import Coordinator
 from snooze.coordination.store import PENDING, RECORDING, Store
 from snooze.dev.localcluster import LocalCluster
 from snooze.records import VMRecord
-from tests.support import get, http, wait_for
+from tests.support import get, http, leader_id, response, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +32,6 @@ def small(name: str, vcpus: int = 1, memory: int = 131072) -> dict[str, Any]:
     return {"vcpus": vcpus, "memory": memory, "name": name, "imageId": "debian.qcow2"}
 
 
-def leader_id(c: LocalCluster) -> str:
-    return str(get(c.bootstrap_url + "/bootstrap?getGroupLeaderDescription")["id"])
-
-
-def response(c: LocalCluster, task: str, timeout: float = 60) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        status, body = http("POST", c.bootstrap_url + "/bootstrap?getVirtualClusterResponse", task)
-        assert status == 200, body
-        return body or None
-
-    return wait_for(done, timeout, f"response of {task}")
 
 
 def submit_until_accepted(c: LocalCluster, body: dict[str, Any], deadline: float = 90) -> tuple[str, list[Any]]:

@@ -9,7 +9,6 @@ its table of group managers and the store are the real ones."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from groupmanager.leader.submissions import Submissions
 from snooze.codes import ErrorCode, TaskState
 from snooze.coordination import Coordinator
 from snooze.coordination.store import Store, subnet_key
-from snooze.dev.zookeeper import ZooKeeperServer
 from snooze.models import GroupManagerDescription, ListenSettings, NetworkAddress
 from tests.peers import Network, Node, node, settings
 
@@ -29,15 +27,6 @@ SUBNET = "10.7.0.0/24"
 GIB = 1024 * 1024
 
 
-@pytest.fixture
-async def coord(zookeeper: ZooKeeperServer) -> AsyncIterator[Coordinator]:
-    c = Coordinator(zookeeper.address, root="/submissions-test", session_timeout=4.0)
-    await c.start(wait=15)
-    assert c.connected
-    try:
-        yield c
-    finally:
-        await c.stop()
 
 
 class Leader:
