@@ -3,27 +3,52 @@
 Stateless. It learns the current group leader from ZooKeeper (a watch on the leader znode)
 and from the leader's heartbeats, answers the original's bootstrap queries, and forwards the
 rest to the leader.
+
+The leader it knows may not be the leader any more: killed and restarted as a plain group
+manager (``UNKNOWN_KIND``), cut off from ZooKeeper (``LEADER_SUSPENDED``), no longer leading
+(``NOT_GROUP_LEADER``), or gone (``UNREACHABLE``; for a read, also ``TIMEOUT``). None of these
+did anything, so the bootstrap re-reads the leader znode, waits briefly for a newer term, and
+forwards once more to the new leader; failing that it answers 503 ``NO_GROUP_LEADER`` with a
+``Retry-After``, never the restarted process's ``UNKNOWN_KIND``. Every 503 it answers carries a
+``Retry-After``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from bootstrap.ec2 import Ec2Gateway, Ec2Options
+from bootstrap.images import ImagesApi
+from bootstrap.network import NetworkApi
 from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
 from snooze.codes import ErrorCode
-from snooze.http import ApiError, read_identifier
+from snooze.coordination import CoordinationError
+from snooze.http import ApiError, HttpLimits, json_response, read_identifier, start_server
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
-from snooze.protocol.messages import EnergySaverSwitch, Hierarchy
+from snooze.protocol.messages import EnergySaverSwitch, Hierarchy, VirtualClusterResponse
 from snooze.rpc import RpcError, api_error
-from snooze.service import Service
+from snooze.service import Service, StartupError
 
 log = logging.getLogger(__name__)
+
+#: A forwarded call refused or failed with one of these did nothing, and says the process asked
+#: does not (or no longer) lead: the leader is looked up again and the call sent once more.
+NOT_THE_LEADER = (ErrorCode.UNKNOWN_KIND, ErrorCode.NOT_GROUP_LEADER, ErrorCode.LEADER_SUSPENDED, ErrorCode.UNREACHABLE)
+#: Reads: a timed-out one did nothing either, so it is sent again to a newer leader too.
+READ_KINDS = (Hierarchy.KIND, VirtualClusterResponse.KIND)
+#: Codes that wait for a new group leader (a session timeout or so) rather than a heartbeat.
+LEADER_CHANGE = (ErrorCode.NO_GROUP_LEADER, ErrorCode.NOT_GROUP_LEADER, ErrorCode.LEADER_SUSPENDED,
+                 ErrorCode.LEADER_SETTLING)
 
 
 class Bootstrap(Service):
@@ -32,6 +57,10 @@ class Bootstrap(Service):
     def __init__(self, settings: cfg.Settings) -> None:
         super().__init__(settings)
         self.leader: GroupManagerDescription | None = None
+        self.leader_warnings: list[str] = []  # what the leader's heartbeats say is wrong (topology)
+        self._leader_changed = asyncio.Event()
+        self._ec2_runner: web.AppRunner | None = None
+        self.app.middlewares.append(self._retry_advice)
         self.heartbeat.on("gl.heartbeat", self._on_gl_heartbeat)
         r = self.routes
         r.add("bootstrap", "getGroupLeaderDescription", self.get_group_leader_description, ("GET",))
@@ -40,35 +69,149 @@ class Bootstrap(Service):
         self.vms = VirtualMachineVerbs(self)
         r.add("bootstrap", "suspendEnergySaver", self._energy_saver(False), ("POST", "GET"))
         r.add("bootstrap", "resumeEnergySaver", self._energy_saver(True), ("POST", "GET"))
+        # The image repository (/images), on this same port: see bootstrap/images.
+        self.images = ImagesApi(self) if settings.images.enabled else None
+        # The network model (/networks, /subnets, ... /hypervisors), in this bootstrap's own
+        # ZooKeeper session and root: see bootstrap/network. Always on; 503 without ZooKeeper.
+        self.network = NetworkApi(self)
 
     async def on_start(self) -> None:
         assert self.coord is not None
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
         self.keep_registered("bootstraps", lambda: {"id": self.id, "controlDataAddress": self.address.to_json()})
+        if self.images is not None:
+            await self.images.start()
+        await self._start_ec2()
 
-    def _set_leader(self, value: Any) -> None:
+    async def _start_ec2(self) -> None:
+        """The EC2-compatible API on ``[ec2] listen_port``, when set: a client of this bootstrap's own API."""
+        ec2 = self.settings.ec2
+        if not ec2.listen_port:
+            return
+        node = self.settings.node
+        own = node.listen_address if node.listen_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        gateway = Ec2Gateway(Ec2Options(f"http://{own}:{node.port}", region=ec2.region, keys=dict(ec2.access_keys),
+                                        instance_types={k: list(v) for k, v in ec2.instance_types.items()},
+                                        images=list(ec2.images)))
+        if not ec2.access_keys:
+            log.warning("[ec2] listen_port is set but [ec2] access_keys is empty: the EC2 API refuses every request")
+        try:
+            self._ec2_runner = await start_server(gateway.app, node.listen_address, ec2.listen_port, HttpLimits.from_settings(node))
+        except OSError as exc:
+            raise StartupError(f"[node] listen_address = {node.listen_address!r}, [ec2] listen_port = {ec2.listen_port}: "
+                               f"cannot listen there: {exc.strerror or exc}") from exc
+        log.info("EC2 API on %s:%d (region %s)", node.listen_address, ec2.listen_port, ec2.region)
+
+    async def on_stop(self) -> None:
+        if self.images is not None:
+            await self.images.stop()
+        if self._ec2_runner is not None:
+            await self._ec2_runner.cleanup()
+
+    def _set_leader(self, value: Any) -> bool:
         with contextlib.suppress(KeyError, TypeError, ValueError):
             leader = GroupManagerDescription.from_json(value)
             if self.see_epoch(leader.epoch):
                 self.leader = leader
+                self._leader_changed.set()
+                return True
+        return False
 
     def _on_leader(self, value: Any | None) -> None:
         if value:
             self._set_leader(value)
 
     def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
-        if env.epoch >= self.known_epoch:
-            self._set_leader(env.body)
+        if env.epoch >= self.known_epoch and self._set_leader(env.body) and isinstance(env.body, dict):
+            warnings = env.body.get("warnings")
+            self.leader_warnings = [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+    # -- finding the leader again --------------------------------------------------------
+    def retry_after(self, code: ErrorCode) -> int:
+        """Seconds a client should wait before retrying a 503 of ``code``: a new leader takes
+        about a session timeout, anything else about a heartbeat."""
+        wait = self.settings.cluster.session_timeout if code in LEADER_CHANGE else self.settings.heartbeat.interval
+        return max(1, min(30, math.ceil(wait)))
+
+    def resolve_wait(self) -> float:
+        """How long a forwarded call waits for a newer leader before answering 503."""
+        return min(5.0, max(1.0, 2 * self.settings.heartbeat.interval))
+
+    @web.middleware
+    async def _retry_advice(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            if exc.status not in (503, 429):
+                raise
+            resp = json_response(exc.to_json(), exc.status)
+            resp.headers["Retry-After"] = str(self.retry_after(exc.code))
+            return resp
+
+    async def _newer_leader(self, stale: GroupManagerDescription) -> GroupManagerDescription | None:
+        """A leader of a newer term than ``stale`` (or another process), from the leader znode
+        read again or learnt within ``resolve_wait()``; None if none turns up."""
+
+        def newer(gl: GroupManagerDescription | None) -> bool:
+            return gl is not None and (gl.epoch > stale.epoch or (gl.id, gl.address) != (stale.id, stale.address))
+
+        coord = self.coord
+        if coord is not None and coord.connected:
+            with contextlib.suppress(CoordinationError, TimeoutError):
+                value = await asyncio.wait_for(coord.get_json(coord.path("leader")), 1.0)
+                if value:
+                    self._set_leader(value)
+        deadline = time.monotonic() + self.resolve_wait()
+        while not newer(self.leader):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._leader_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leader_changed.wait(), min(left, 0.2))
+        return self.leader
+
+    def _no_leader(self, asked: GroupManagerDescription, exc: RpcError) -> ApiError:
+        if exc.code in (ErrorCode.UNKNOWN_KIND, ErrorCode.NOT_GROUP_LEADER):
+            why = "is no longer the group leader (restarted or deposed)"
+        elif exc.code is ErrorCode.LEADER_SUSPENDED:
+            why = "has lost ZooKeeper"
+        else:
+            why = f"did not answer ({exc.message})"
+        return ApiError(ErrorCode.NO_GROUP_LEADER,
+                        f"the group leader is changing: {asked.id} at {asked.address.url} {why}; "
+                        f"retry in {self.retry_after(ErrorCode.NO_GROUP_LEADER)}s", status=503)
 
     def require_leader(self) -> GroupManagerDescription:
         if self.leader is None:
             raise ApiError(ErrorCode.NO_GROUP_LEADER, "no group leader is known yet; retry shortly")
         return self.leader
 
-    async def leader_rpc(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
-        """Call the group leader; RpcError on failure (callers map it)."""
+    async def leader_rpc(self, kind: str, body: Any = None, timeout: float = 10.0, *, idempotent: bool = False) -> Any:
+        """Call the group leader; RpcError on failure (callers map it). When the process asked
+        turns out not to lead (``NOT_THE_LEADER``), once more to a newer leader, else 503
+        NO_GROUP_LEADER (an ApiError). A read, or a call the caller made ``idempotent`` (a
+        submission with its requestId), is sent again after a timeout too: a leader cut off
+        from the network never answers at all."""
         leader = self.require_leader()
-        return await self.rpc.call(leader.address, kind, body, epoch=self.known_epoch, timeout=timeout)
+        again = NOT_THE_LEADER + ((ErrorCode.TIMEOUT,) if kind in READ_KINDS or idempotent else ())
+        try:
+            return await self.rpc.call(leader.address, kind, body, epoch=self.known_epoch, timeout=timeout)
+        except RpcError as exc:
+            if exc.code not in again:
+                raise
+            log.info("%s to group leader %s: %s; looking the leader up again", kind, leader.id, exc)
+            first = exc
+        newer = await self._newer_leader(leader)
+        if newer is None:
+            raise self._no_leader(leader, first)
+        try:
+            return await self.rpc.call(newer.address, kind, body, epoch=self.known_epoch, timeout=timeout)
+        except RpcError as exc:
+            if exc.code in again:
+                raise self._no_leader(newer, exc) from exc
+            raise
 
     async def leader_call(self, kind: str, body: Any = None, timeout: float = 10.0) -> Any:
         try:
@@ -102,7 +245,10 @@ class Bootstrap(Service):
 
     # -- the original's bootstrap API ----------------------------------------------------
     async def get_group_leader_description(self, _request: web.Request) -> Any:
-        return self.require_leader().to_json()
+        d = self.require_leader().to_json()
+        if self.leader_warnings:
+            d["warnings"] = list(self.leader_warnings)  # e.g. too few group managers
+        return d
 
     async def get_complete_hierarchy(self, _request: web.Request) -> Any:
         return await self.leader_call(Hierarchy.KIND)

@@ -1,21 +1,35 @@
 """The bootstrap's virtual-machine verbs: submissions are forwarded to the group leader;
 lifecycle actions go to the group manager of the VM's local controller, found in ZooKeeper.
+
+A VM's status comes from its host when its host's group manager answers; when nobody can say
+(the host is managed by no group manager, or its group manager did not answer, or there is no
+live view at all) a VM whose record places it on a host is shown ``UNKNOWN`` with a ``reason``,
+never the record's last ``RUNNING``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from snooze.codes import ErrorCode, VMStatus
+from snooze.codes import FINISHED, IN_FLIGHT, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import ApiError, bad_request, parse_json, read_body, read_identifier, read_json
 from snooze.ids import InvalidId, check_id
 from snooze.models import NetworkAddress, Status
-from snooze.protocol.messages import Hierarchy, Migrate, VirtualClusterResponse, VmAction, VmInfo
+from snooze.protocol.messages import (
+    Hierarchy,
+    Migrate,
+    Reconfigure,
+    Resize,
+    VirtualClusterResponse,
+    VmAction,
+    VmInfo,
+)
 from snooze.records import RecordError, VMRecord
 from snooze.rpc import RpcError, api_error
 
@@ -53,6 +67,57 @@ def _zookeeper_errors(handler: Callable[[web.Request], Awaitable[Any]]) -> Calla
     return handle
 
 
+def _on_host(rec: VMRecord) -> bool:
+    """The record says what runs on a host (a status only that host's live view can confirm)."""
+    return bool(rec.lc_id) and rec.status not in IN_FLIGHT and rec.status not in FINISHED
+
+
+def _unknown(meta: dict[str, Any], reason: str) -> dict[str, Any]:
+    meta["recordedStatus"] = meta.get("status")
+    meta["status"] = VMStatus.UNKNOWN
+    meta["reason"] = reason
+    return meta
+
+
+def _orphaned(lc_id: str) -> str:
+    return f"local controller {lc_id} is not reachable (no group manager manages it)"
+
+
+@dataclass
+class LiveView:
+    """The hierarchy as the VM listing reads it."""
+
+    #: vm id -> (lc id, gm id, live info), from the group managers that answered.
+    vms: dict[str, tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+    #: Local controllers a group manager that answered manages.
+    managed: set[str] = field(default_factory=set)
+    #: lc id -> why its VMs' status is unknown (its group manager did not answer in time).
+    stale: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HostList:
+    """A listing request: the original's HostListRequest, or the paged ``?v=2`` form."""
+
+    offset: int
+    cursor: str | None  # the id of the first entry (the original's ``start``)
+    limit: int
+    group_manager: str | None
+    local_controller: str | None
+    paged: bool  # ?v=2: answer {KEY: [...], "start", "limit", "total"}, ``start`` an offset
+
+    def page(self, items: list[dict[str, Any]], key: str = "id") -> list[dict[str, Any]]:
+        """The entries of this page, from ``items`` sorted by ``key``."""
+        if self.cursor is not None:
+            items = [i for i in items if str(i.get(key, "")) >= self.cursor]
+        return items[self.offset : self.offset + self.limit]
+
+    def answer(self, name: str, items: list[dict[str, Any]], total: int, *, wrap: bool) -> Any:
+        if self.paged:
+            return {name: items, "start": self.offset, "limit": self.limit, "total": total}
+        return {name: items} if wrap else items
+
+
 class VirtualMachineVerbs:
     def __init__(self, bootstrap: Bootstrap) -> None:
         self.b = bootstrap
@@ -65,6 +130,8 @@ class VirtualMachineVerbs:
         r.add("bootstrap", "getGroupManagerDescriptions", self.get_group_manager_descriptions, ("GET", "POST"))
         r.add("bootstrap", "getLocalControllerDescriptions", self.get_local_controller_descriptions, ("GET", "POST"))
         r.add("bootstrap", "migrateVirtualMachine", z(self.migrate_virtual_machine), ("POST",))
+        r.add("bootstrap", "resizeVirtualMachine", z(self.resize_virtual_machine), ("POST",))
+        r.add("bootstrap", "startReconfiguration", z(self.start_reconfiguration), ("POST",))
         for verb, action in ACTIONS.items():
             r.add("bootstrap", verb, z(self._action_handler(action)), ("POST",))
 
@@ -77,11 +144,22 @@ class VirtualMachineVerbs:
     # -- submissions (forwarded to the leader) -------------------------------------------
     async def start_virtual_cluster(self, request: web.Request) -> Any:
         body = await read_json(request)
+        # Sent again to the next leader if this one does not answer (cut off from the network):
+        # a submission is idempotent (by its requestId, else by its VMs' names and templates),
+        # so the next leader answers the same task if the first had recorded it, and nothing
+        # is started twice.
         try:
-            reply = await self.b.leader_rpc("gl.startVirtualCluster", body, timeout=60)
+            reply = await self.b.leader_rpc("gl.startVirtualCluster", body, timeout=self.submission_timeout,
+                                            idempotent=True)
         except RpcError as exc:
             raise api_error(exc, "group leader") from exc
         return web.Response(text=str(reply["taskId"]), content_type="text/plain")
+
+    @property
+    def submission_timeout(self) -> float:
+        """How long a leader has to record a submission before it is sent to a newer one: a
+        few session timeouts (a cut-off leader is replaced within one), at least 10 s."""
+        return max(10.0, 3 * self.b.settings.cluster.session_timeout)
 
     async def get_virtual_cluster_response(self, request: web.Request) -> Any:
         task_id = await read_identifier(request, "taskId")
@@ -146,7 +224,8 @@ class VirtualMachineVerbs:
         dest = await self.store.destination(dest_id)
         if dest is None:
             raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_FOUND, f"no local controller {dest_id!r}", field="localControllerId")
-        if dest_id == source_lc:
+        # Stuck in post-copy on its way to (and recorded on) dest_id: its group manager resumes it.
+        if dest_id == source_lc and rec.error_code is not ErrorCode.MIGRATION_NEEDS_RECOVERY:
             raise ApiError(ErrorCode.SAME_LOCAL_CONTROLLER, f"{vm_id} already runs on {dest_id}", field="localControllerId")
         if dest.get("status") not in (None, Status.ACTIVE):
             raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_ACTIVE, f"{dest_id} is {dest['status']}", field="localControllerId")
@@ -159,6 +238,41 @@ class VirtualMachineVerbs:
             raise api_error(exc, "group manager") from exc
         return True
 
+    async def resize_virtual_machine(self, request: web.Request) -> Any:
+        """The original's ResizeRequest ``{virtualMachineLocation, resizedCapacity}``
+        (``[cpu, memory KiB, rx, tx]``, -1 keeps one) → the VM's new metadata."""
+        body = await read_json(request)
+        location = body.get("virtualMachineLocation") if isinstance(body, dict) else None
+        if not isinstance(location, dict):
+            raise bad_request("the body must be a ResizeRequest {\"virtualMachineLocation\", \"resizedCapacity\"}",
+                              field="virtualMachineLocation")
+        vm_id = _id(location.get("virtualMachineId"), "virtualMachineLocation.virtualMachineId")
+        _rec, gm_addr, lc_id = await self._locate(vm_id)
+        try:
+            await self.b.rpc.call(gm_addr, Resize.KIND,
+                                  Resize(vm_id=vm_id, capacity=body.get("resizedCapacity"), local_controller_id=lc_id).to_wire(),
+                                  epoch=self.b.known_epoch, timeout=90)
+        except RpcError as exc:
+            raise api_error(exc, "group manager") from exc
+        return await self.metadata_of(vm_id)
+
+    async def start_reconfiguration(self, request: web.Request) -> Any:
+        """Run one group manager's consolidation now (the body: its id, as the original's)."""
+        gm_id = await read_identifier(request, "groupManagerId")
+        coord = self.b.coord
+        assert coord is not None
+        gm = await coord.get_json(coord.path("groupmanagers", gm_id))
+        if not gm:
+            raise ApiError(ErrorCode.GROUP_MANAGER_NOT_FOUND, f"no group manager {gm_id!r} manages local controllers",
+                           field="groupManagerId")
+        try:
+            report = await self.b.rpc.call(NetworkAddress.from_json(gm["listenSettings"]["controlDataAddress"]),
+                                           Reconfigure.KIND, Reconfigure("consolidate").to_wire(),
+                                           epoch=self.b.known_epoch, timeout=300)
+        except RpcError as exc:
+            raise api_error(exc, "group manager") from exc
+        return not (isinstance(report, dict) and report.get("busy"))
+
     async def get_virtual_machine_metadata(self, request: web.Request) -> Any:
         if request.method == "GET":
             vm_id = request.query.get("id") or request.query.get("virtualMachineId") or ""
@@ -167,6 +281,11 @@ class VirtualMachineVerbs:
             vm_id = _id(vm_id, "virtualMachineId")
         else:
             vm_id = await read_identifier(request, "virtualMachineId")
+        return await self.metadata_of(vm_id)
+
+    async def metadata_of(self, vm_id: str) -> dict[str, Any]:
+        """The VM's metadata: its record, with its live state from its group manager (UNKNOWN
+        with the reason when no group manager can say); 404 for a VM nobody knows."""
         readable = True
         try:
             rec = await self.store.get_vm(vm_id)
@@ -177,14 +296,19 @@ class VirtualMachineVerbs:
             raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no virtual machine {vm_id!r}", field="virtualMachineId")
         spec = await self.store.get_spec(vm_id)
         live: dict[str, Any] | None = None
+        why = ""
         if rec.lc_id and readable:
             try:
                 _rec, gm_addr, lc_id = await self._locate(vm_id)
                 live = await self.b.rpc.call(gm_addr, VmInfo.KIND, VmInfo(vm_id=vm_id, local_controller_id=lc_id).to_wire(),
                                              epoch=self.b.known_epoch, timeout=10)
-            except (ApiError, RpcError):
-                live = None
+            except ApiError as exc:
+                live, why = None, (_orphaned(rec.lc_id) if exc.code is ErrorCode.LOCAL_CONTROLLER_UNAVAILABLE else exc.message)
+            except RpcError as exc:
+                live, why = None, f"the group manager of local controller {rec.lc_id} did not answer ({exc})"
         meta = rec.metadata(spec, live=live)
+        if live is None and readable and _on_host(rec):
+            return _unknown(meta, why or _orphaned(str(rec.lc_id)))
         if live is not None:
             domain = live.get("domain")
             if domain is not None:
@@ -195,73 +319,119 @@ class VirtualMachineVerbs:
         return meta
 
     # -- listings ------------------------------------------------------------------------
-    async def _page(self, request: web.Request) -> tuple[int, int]:
+    async def _page(self, request: web.Request) -> HostList:
+        """The original's HostListRequest (``start``, ``limit``, ``numberOfMonitoringEntries``,
+        ``groupManagerId``, ``localControllerId``), from a POST body or the query string."""
         params: dict[str, Any] = dict(request.query)
         if request.method == "POST":
             raw = await read_body(request)
             if raw.strip():
                 body = parse_json(raw)
                 if not isinstance(body, dict):
-                    raise bad_request("body must be a JSON object {\"start\", \"limit\"}", field="body")
+                    raise bad_request("body must be a HostListRequest object {\"start\", \"limit\", ...}", field="body")
                 params.update(body)
-        out = []
-        for name, default in (("start", 0), ("limit", 100)):
-            value = params.get(name, default)
-            n: int | None = None
-            if isinstance(value, int) and not isinstance(value, bool):
-                n = value
-            elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 19:
-                n = int(value)  # from the query string
-            if n is None:
-                raise bad_request(f"{name} must be a whole number, got {ascii(value)[:40]}", field=name)
-            if not 0 <= n <= MAX_START or (name == "limit" and not 1 <= n <= MAX_PAGE):
-                raise bad_request(f"{name} out of range (limit 1..{MAX_PAGE}, start 0..{MAX_START})", field=name)
-            out.append(n)
-        return out[0], out[1]
+        paged = str(params.get("v", "")) == "2"
+        start = params.get("start")
+        offset, cursor = 0, None
+        if isinstance(start, bool):
+            raise bad_request("start must be an id, empty, or a whole number", field="start")
+        if isinstance(start, int) or (isinstance(start, str) and start.strip().isascii() and start.strip().isdigit()
+                                      and len(start.strip()) <= 19 and (paged or request.method == "GET")):
+            offset = int(start)  # an offset: the project's extension (and ?v=2)
+            if not 0 <= offset <= MAX_START:
+                raise bad_request(f"start out of range (0..{MAX_START})", field="start")
+        elif isinstance(start, str) and start.strip():
+            cursor = _id(start.strip(), "start")  # the original's: the id of the first entry
+        elif start not in (None, ""):
+            raise bad_request(f"start must be an id, empty, or a whole number, got {ascii(start)[:40]}", field="start")
+        limit = params.get("limit", 100)
+        if isinstance(limit, str) and limit.strip().isascii() and limit.strip().isdigit() and len(limit.strip()) <= 6:
+            limit = int(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise bad_request(f"limit must be a whole number from 1 to {MAX_PAGE}, got {ascii(limit)[:40]}", field="limit")
+        filters = {}
+        for name in ("groupManagerId", "localControllerId"):
+            value = params.get(name)
+            if value not in (None, ""):
+                filters[name] = _id(value, name)
+        return HostList(offset, cursor, limit, filters.get("groupManagerId"), filters.get("localControllerId"), paged)
 
-    async def _live(self) -> tuple[dict[str, Any], dict[str, tuple[str, str, dict[str, Any]]]]:
-        """The hierarchy, and vm id -> (lc id, gm id, live info) from it."""
-        h = await self.b.leader_call(Hierarchy.KIND)
-        live: dict[str, tuple[str, str, dict[str, Any]]] = {}
-        for gm in h.get("groupManagerDescriptions", []):
+    async def _live(self) -> LiveView:
+        """What the group managers that answered the hierarchy say runs where."""
+        view = LiveView()
+        for gm in (await self.b.leader_call(Hierarchy.KIND)).get("groupManagerDescriptions", []):
             for lc in gm.get("localControllers", []):
+                if gm.get("stale"):
+                    view.stale[lc["id"]] = (f"group manager {gm['id']} of local controller {lc['id']} did not answer "
+                                            f"({gm.get('error', 'no answer')})")
+                    continue
+                view.managed.add(lc["id"])
                 for name, info in (lc.get("virtualMachineMetaData") or {}).items():
-                    live[name] = (lc["id"], gm["id"], info)
-        return h, live
+                    view.vms[name] = (lc["id"], gm["id"], info)
+        for lc_id in view.managed:
+            view.stale.pop(lc_id, None)  # a fresh answer from its new group manager wins
+        return view
 
     async def get_virtual_machine_descriptions(self, request: web.Request) -> Any:
-        start, limit = await self._page(request)
-        ids = await self.store.vm_ids()
-        page = ids[start : start + limit]
-        records = await self.store.get_vms(page)
+        q = await self._page(request)
+        ids = sorted(await self.store.vm_ids())
+        if q.group_manager is None and q.local_controller is None:
+            page = [i["id"] for i in q.page([{"id": vm_id} for vm_id in ids])]
+            records = await self.store.get_vms(page)
+            total = len(ids)
+        else:
+            # Filtered by where they run: every record is read (the original's UI pages hosts, not VMs).
+            every = await self.store.get_vms(ids)
+            chosen = [vm_id for vm_id in ids if vm_id in every
+                      and (q.local_controller is None or every[vm_id].lc_id == q.local_controller)
+                      and (q.group_manager is None or every[vm_id].gm_id == q.group_manager)]
+            page = [i["id"] for i in q.page([{"id": vm_id} for vm_id in chosen])]
+            records, total = {vm_id: every[vm_id] for vm_id in page}, len(chosen)
+        view: LiveView | None = None
+        no_view = ""
         try:
-            _h, live = await self._live()
-        except ApiError:
-            live = {}
+            view = await self._live()
+        except ApiError as exc:
+            no_view = f"no live view of the hosts: {exc.message}"
         vms = []
         for vm_id in page:
             rec = records.get(vm_id)
             if rec is None:
                 continue
             meta = rec.metadata()
-            if vm_id in live:
-                lc_id, gm_id, info = live[vm_id]
+            if view is not None and vm_id in view.vms:
+                lc_id, gm_id, info = view.vms[vm_id]
                 meta["status"] = info.get("status")
                 meta["usedCapacity"] = info.get("usedCapacity") or {}
                 meta["virtualMachineLocation"]["groupManagerId"] = gm_id
+            elif _on_host(rec):
+                lc_id = str(rec.lc_id)
+                if view is None:
+                    _unknown(meta, no_view)
+                elif lc_id in view.stale:
+                    _unknown(meta, view.stale[lc_id])
+                elif lc_id not in view.managed:
+                    _unknown(meta, _orphaned(lc_id))
             vms.append(meta)
-        return {"virtualMachines": vms, "start": start, "limit": limit, "total": len(ids)}
+        return q.answer("virtualMachines", vms, total, wrap=True)
 
     async def get_group_manager_descriptions(self, request: web.Request) -> Any:
-        start, limit = await self._page(request)
+        """GroupManagerDescriptions: a JSON array, as the original's (``?v=2``: the paged object)."""
+        q = await self._page(request)
         h = await self.b.leader_call(Hierarchy.KIND)
-        gms = h.get("groupManagerDescriptions", [])
-        return {"groupManagers": gms[start : start + limit], "start": start, "limit": limit, "total": len(gms)}
+        gms = sorted(h.get("groupManagerDescriptions", []), key=lambda gm: str(gm.get("id")))
+        if q.group_manager is not None:
+            gms = [gm for gm in gms if gm.get("id") == q.group_manager]
+        return q.answer("groupManagers", q.page(gms), len(gms), wrap=False)
 
     async def get_local_controller_descriptions(self, request: web.Request) -> Any:
-        start, limit = await self._page(request)
+        """LocalControllerDescriptions: a JSON array, as the original's (``?v=2``: the paged object)."""
+        q = await self._page(request)
         h = await self.b.leader_call(Hierarchy.KIND)
-        lcs = [lc for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", [])]
-        lcs.sort(key=lambda lc: lc["id"])
-        return {"localControllers": lcs[start : start + limit], "start": start, "limit": limit, "total": len(lcs)}
+        lcs = [lc for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", [])
+               if q.group_manager is None or gm.get("id") == q.group_manager]
+        if q.local_controller is not None:
+            lcs = [lc for lc in lcs if lc.get("id") == q.local_controller]
+        lcs.sort(key=lambda lc: str(lc["id"]))
+        return q.answer("localControllers", q.page(lcs), len(lcs), wrap=False)
 

@@ -5,27 +5,30 @@ regained at any time, and both roles start and stop cleanly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import Metric
 
 from groupmanager.leader import LeaderRole
 from groupmanager.manager import ManagerRole
-from groupmanager.manager.vms import client_hypervisor_settings
+from groupmanager.original import OriginalApi
 from groupmanager.placement import make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze import config as cfg
+from snooze import metrics
 from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError, LeaderElection
-from snooze.coordination.store import Store
-from snooze.discovery import Advertiser
+from snooze.coordination.election import delete_own
+from snooze.discovery import Advertiser, zeroconf_interfaces
 from snooze.http import ApiError, read_identifier, read_json
-from snooze.ids import InvalidId, check_id
 from snooze.models import GroupManagerDescription, ListenSettings
 from snooze.protocol import Envelope
-from snooze.rpc import api_error
 from snooze.service import Service
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,14 @@ class GroupManager(Service):
         self.routes.add("groupmanager", "getGroupManagerDescription", self._http_describe, ("GET",))
         self.routes.add("groupmanager", "startVirtualCluster", self._http_start_vc, ("POST",))
         self.routes.add("groupmanager", "getVirtualClusterResponse", self._http_vc_response, ("POST",))
-        self.routes.add("groupmanager", "migrateVirtualMachine", self._http_migrate, ("POST",))
+        # The original's group-manager API (VM verbs, repository information, migration, resize).
+        self.original = OriginalApi(self)
 
     def description(self) -> GroupManagerDescription:
+        # A leader's epoch is its own term; anyone else's, the newest term it has seen.
+        epoch = self.leader_role.epoch if self.leader_role is not None else self.known_epoch
         return GroupManagerDescription(
-            id=self.id, listen_settings=ListenSettings(self.address), hostname=self.hostname, epoch=self.known_epoch
+            id=self.id, listen_settings=ListenSettings(self.address), hostname=self.hostname, epoch=epoch
         )
 
     def leader_description(self, epoch: int) -> GroupManagerDescription:
@@ -62,19 +68,50 @@ class GroupManager(Service):
         d.epoch = epoch
         return d
 
+    def role_metric_families(self) -> Iterable[Metric]:
+        """The group manager's part of ``/metrics``: leading or not; as a manager, its hosts by
+        power state, their VMs by state and its energy and inventory counters; as the leader,
+        the group managers it leads and what it handed over or rebalanced (counted per term)."""
+        yield metrics.gauge("snooze_group_leader", "1 while this group manager is the group leader.", 1.0 if self.is_leader else 0.0)
+        manager = self.manager_role
+        if manager is not None and manager.running:
+            hosts = Counter(rec.description.status.value for rec in manager.lcs.values())
+            yield metrics.gauge("snooze_local_controllers", "Local controllers this group manager manages, by power state.",
+                                {(k,): float(v) for k, v in hosts.items()}, ("status",))
+            vms = Counter(str(d.get("state")) for rec in manager.lcs.values() for d in rec.domains)
+            yield metrics.gauge("snooze_virtual_machines", "VMs on this group manager's local controllers, by state.",
+                                {(k,): float(v) for k, v in vms.items()}, ("status",))
+            yield metrics.counter("snooze_wakeups", "Hosts this group manager woke (since its manager role started).", manager.energy.wakeups)
+            yield metrics.counter("snooze_power_downs", "Hosts this group manager powered down (since its manager role started).",
+                                  manager.energy.power_downs)
+            yield metrics.counter("snooze_sleeping_hosts_adopted", "Sleeping hosts taken over from a group manager that is gone.",
+                                  manager.energy.adopted)
+            yield metrics.counter("snooze_vms_lost", "VMs marked lost (their host re-joined without them).", manager.inventory.lost)
+            yield metrics.counter("snooze_vms_restarted", "Lost VMs started again from their spec.", manager.inventory.restarted)
+        leader = self.leader_role
+        if leader is not None and leader.running:
+            yield metrics.gauge("snooze_group_managers", "Group managers the group leader leads.", float(len(leader.gms)))
+            yield metrics.counter("snooze_local_controllers_rebalanced", "Local controllers moved between group managers this term.",
+                                  leader.placement.moved)
+            yield metrics.counter("snooze_sleeping_hosts_handed_over", "Sleeping hosts of lost group managers handed over this term.",
+                                  leader.placement.handed_over)
+
     @property
     def is_leader(self) -> bool:
-        return self.leader_role is not None
+        """Leads and may say so: runs the leader role, and the election says its session is
+        CONNECTED and its term not over (never while SUSPENDED: see ``LeaderElection``)."""
+        return self.leader_role is not None and self.election is not None and self.election.presenting
 
     async def on_start(self) -> None:
         assert self.coord is not None
-        self.election = LeaderElection(self.coord, self.id, self._elected, self._deposed)
+        self.election = LeaderElection(self.coord, self.id, self._elected, self._deposed, cleanup=self._after_term,
+                                       should_yield=self._should_yield)
         self.coord.watch_json(self.coord.path("leader"), self._on_leader_znode)
         await self._become_manager()
         self.spawn("election", self.election.run())
         c = self.settings.cluster
         if c.discovery == "zeroconf":
-            self.advertiser = Advertiser(c.zeroconf_interfaces)
+            self.advertiser = Advertiser(zeroconf_interfaces(self.settings))
             await self.advertiser.start(
                 f"{c.name}-{self.id}", self.address.address, self.address.port,
                 {"cluster": c.name, "zookeeper": c.zookeeper, "role": self.role, "id": self.id},
@@ -119,10 +156,46 @@ class GroupManager(Service):
         if self.leader_role is not None:
             await self.leader_role.stop()
             self.leader_role = None
-        with contextlib.suppress(CoordinationError):
-            await self.coord.unregister(self.coord.path("leader"))
+        # Not re-created by a new session any more; deleted now if ZooKeeper is reachable (a
+        # delete asked while cut off goes out, in order, before the lock's release), else by
+        # _after_term once the session is back. Never waited for long: the manager role starts.
+        with contextlib.suppress(CoordinationError, TimeoutError):
+            await asyncio.wait_for(self.coord.unregister(self.coord.path("leader")), 2)
         if self.manager_role is None:
             await self._become_manager()
+
+    async def _after_term(self) -> None:
+        """Once the session is back after stepping down while cut off: our leader znode goes
+        (only if it is still ours), before the abandoned lock is released."""
+        assert self.coord is not None
+        await delete_own(self.coord, self.coord.path("leader"))
+
+    async def _should_yield(self, others: list[str]) -> bool:
+        """Won the lock: step aside if another contender manages fewer local controllers (awake
+        ones by their registration, sleeping ones by their ``sleeping/`` entry), so that fewer
+        must move to other group managers when this one becomes leader."""
+        if not self.settings.groupmanager.election_yield or self.manager_role is None or self.coord is None:
+            return False
+        mine = len(self.manager_role.lcs)
+        if mine == 0:
+            return False
+        counts = dict.fromkeys(others, 0)
+        for data in (await self.coord.children_json(self.coord.path("localcontrollers"))).values():
+            gm = data.get("groupManagerId") if isinstance(data, dict) else None
+            if gm in counts:
+                counts[gm] += 1
+        store = self.scope.store
+        if store is not None:
+            for entry, _version in (await store.sleeping()).values():
+                gm = entry.get("groupManagerId")
+                if gm in counts:
+                    counts[gm] += 1
+        fewer = min(counts.values())
+        if fewer < mine:
+            log.info("stepping aside in the election: this group manager manages %d local controllers, %s %d",
+                     mine, min(counts, key=lambda g: counts[g]), fewer)
+            return True
+        return False
 
     # -- who leads -----------------------------------------------------------------------
     def _on_leader_znode(self, value: Any | None) -> None:
@@ -135,6 +208,11 @@ class GroupManager(Service):
 
     def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if env.sender == self.id or not self.see_epoch(env.epoch):
+            return
+        if self.leader_role is not None and self.election is not None and env.epoch > self.leader_role.epoch:
+            # A leader of a newer term exists (heard over multicast while cut off from ZooKeeper,
+            # say): this term is over, whatever our session still says.
+            self.election.depose(f"{env.sender} leads with the newer epoch {env.epoch}")
             return
         with contextlib.suppress(KeyError, TypeError, ValueError):
             leader = GroupManagerDescription.from_json(env.body)
@@ -163,47 +241,6 @@ class GroupManager(Service):
         if response is None:
             return web.Response(text="", content_type="application/json")
         return response
-
-    async def _http_migrate(self, request: web.Request) -> Any:
-        """The original's MigrationRequest: sourceVirtualMachineLocation,
-        destinationVirtualMachineLocation, destinationHypervisorSettings (may be empty), migrated.
-
-        The destination's hypervisor settings are the ones its local controller registered in
-        ZooKeeper; the request may only choose migration options (see
-        ``client_hypervisor_settings``), never a URI."""
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "the body must be a MigrationRequest object", field="body")
-        locations = {}
-        for name in ("sourceVirtualMachineLocation", "destinationVirtualMachineLocation"):
-            loc = body.get(name)
-            if not isinstance(loc, dict):
-                raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, f"{name} must be an object", field=name)
-            locations[name] = loc
-        src, dst = locations["sourceVirtualMachineLocation"], locations["destinationVirtualMachineLocation"]
-        try:
-            vm_id = check_id(src.get("virtualMachineId"), "sourceVirtualMachineLocation.virtualMachineId")
-            source_lc = check_id(src.get("localControllerId"), "sourceVirtualMachineLocation.localControllerId")
-            dest_lc = check_id(dst.get("localControllerId"), "destinationVirtualMachineLocation.localControllerId")
-        except InvalidId as exc:
-            raise ApiError(ErrorCode.INVALID_ID, str(exc), field=exc.field) from exc
-        client_settings = body.get("destinationHypervisorSettings")
-        if client_settings is not None and not isinstance(client_settings, dict):
-            raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS,
-                           f"destinationHypervisorSettings: expected an object, got {type(client_settings).__name__}",
-                           field="destinationHypervisorSettings")
-        if self.manager_role is None or self.coord is None:
-            raise ApiError(ErrorCode.NOT_A_GROUP_MANAGER, "the group leader manages no local controller; ask the VM's group manager")
-        try:
-            dest = await Store(self.coord).destination(dest_lc)
-        except CoordinationError as exc:
-            raise api_error(exc) from exc
-        if dest is None:
-            raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_FOUND, f"no local controller {dest_lc!r}",
-                           field="destinationVirtualMachineLocation.localControllerId")
-        dest["hypervisorSettings"] = client_hypervisor_settings(client_settings, dest["hypervisorSettings"])
-        await self.manager_role.migrations.migrate(vm_id, source_lc, dest)
-        return True
 
     async def _http_describe(self, _request: web.Request) -> Any:
         d = self.description().to_json()

@@ -9,23 +9,43 @@ a leader of the current epoch) sends it back to the group leader for a new assig
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import io
 import logging
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
+from prometheus_client.core import Metric
+
+from localcontroller.backoff import Backoff, BackoffPolicy
+from localcontroller.cni.agent import AgentSettings, CniAgent
+from localcontroller.firewall import nft
+from localcontroller.firewall.daemon import FirewallDaemon, decide
 from localcontroller.hypervisor import (
     HypervisorError,
     LibvirtHypervisor,
     MigrationFailed,
     NotEnoughCapacity,
 )
-from localcontroller.hypervisor.adapt import adapt_domain_xml
+from localcontroller.hypervisor.adapt import ACCELERATORS, adapt_domain_xml, retarget_disks
+from localcontroller.hypervisor.errors import HypervisorUnavailable
 from localcontroller.hypervisor.libvirt import DomainInfo
+from localcontroller.images.cache import ImageCache
+from localcontroller.images.configdrive import GuestNetwork, nocloud_files, write_config_drive
+from localcontroller.images.disks import (
+    DiskError,
+    InstanceFiles,
+    create_overlay,
+    guest_network,
+    virtual_size,
+)
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import DEFAULT_STATE, PowerActionError, PowerSaver
-from snooze import capacity
+from snooze import capacity, metrics
 from snooze import config as cfg
 from snooze.codes import ErrorCode, VMStatus
 from snooze.domainxml import DomainPolicy
@@ -46,15 +66,17 @@ from snooze.protocol.messages import (
     LocalControllerHeartbeat,
     LocalControllerJoin,
     LocalControllerMigrate,
+    LocalControllerResize,
     LocalControllerStartVirtualMachines,
     LocalControllerVmAction,
     Monitoring,
     PowerSave,
+    PrepareMigration,
     ReceiveDomain,
     Rejoin,
 )
 from snooze.rpc import RpcError, api_error
-from snooze.service import Service
+from snooze.service import Service, StartupError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +85,10 @@ log = logging.getLogger(__name__)
 APPLIES_TO = {"suspend": (VMStatus.RUNNING,), "resume": (VMStatus.PAUSED,), "shutdown": (VMStatus.RUNNING,),
               "reboot": (VMStatus.RUNNING,)}
 ACTIONS = (*APPLIES_TO, "destroy")
+# A received config drive is small (a few MiB of mostly empty vfat): bound what a peer may send.
+MAX_CONFIG_DRIVE_BYTES = 64 * 1024 * 1024
+START_FETCH_WAIT = 20.0  # seconds a start order (a whole batch) waits for images' first fetches
+MAX_DISK_BYTES = 1 << 50  # 1 PiB: the largest overlay a peer may ask for
 
 
 def _target(vm_id: str, uuid: str | None = None) -> tuple[str, str | None]:
@@ -105,6 +131,7 @@ class LocalController(Service):
         self.gm_detector = FailureDetector(settings.heartbeat.timeout)
         self._rejoin = asyncio.Event()
         self._excluded: deque[str] = deque(maxlen=4)
+        self._backoff = Backoff(BackoffPolicy(lc.join_backoff_base, lc.join_backoff_cap, lc.rejoin_spread))
         self.monitor: HostMonitor | None = None
         # The process is the role: its handlers live in the process scope.
         scope = self.scope
@@ -114,8 +141,10 @@ class LocalController(Service):
         scope.on_message(DescribeLocalController, self._on_describe)
         scope.on_message(LocalControllerStartVirtualMachines, self._on_start_vms, order=True)
         scope.on_message(LocalControllerVmAction, self._on_vm_action, order=True)
+        scope.on_message(LocalControllerResize, self._on_resize, order=True)
         scope.on_message(LocalControllerMigrate, self._on_migrate, order=True)
         scope.on_message(ReceiveDomain, self._on_receive_domain, order=True)
+        scope.on_message(PrepareMigration, self._on_prepare_migration, order=True)
         scope.on_message(PowerSave, self._on_power_save, order=True)
         self.power = PowerSaver(
             commands=settings.localcontroller.power_commands or None,
@@ -126,7 +155,19 @@ class LocalController(Service):
         # What the VMs started here requested, by domain name: libvirt knows a domain's vcpus and
         # memory, not the network capacity it was admitted with.
         self._requested: dict[str, Capacity] = {}
+        # Images: with a repository, each VM boots from its own overlay on a cached image.
+        self.instances = InstanceFiles(lc.instance_directory)
+        self.images: ImageCache | None = (
+            ImageCache(lc.image_cache_directory, lc.image_cache_bytes, lc.image_repository,
+                       in_use=self.instances.backing_files) if lc.image_repository else None)
+        self._offered_types: frozenset[str] = frozenset()
+        # VMs whose files are being made or moved here: never cleaned up under their feet.
+        self._busy_files: set[str] = set()
         self.routes.add("localcontroller", "getLocalControllerDescription", self._http_describe, ("GET",))
+        # The host's side of the network model: nftables for the guests' firewall groups, and
+        # the agent snooze-cni asks for containers' ports (both started with the role).
+        self.firewall: FirewallDaemon | None = None
+        self.cni_agent: CniAgent | None = None
 
     def description(self) -> LocalControllerDescription:
         lc = self.settings.localcontroller
@@ -145,7 +186,9 @@ class LocalController(Service):
                 "migrationUri": lc.migration_uri or None,
                 "testDriver": self.hypervisor.is_test_driver,
                 "migration": {"method": lc.migration_method, "timeout": lc.migration_timeout,
-                              "autoConverge": lc.migration_auto_converge, "postCopy": lc.migration_post_copy},
+                              "autoConverge": lc.migration_auto_converge, "postCopy": lc.migration_post_copy,
+                              **({"bandwidth": lc.migration_bandwidth} if lc.migration_bandwidth else {}),
+                              "recoveryTimeout": lc.migration_recovery_timeout},
             },
             wakeup_settings={"driver": lc.wakeup_driver, "options": lc.wakeup_options},
             group_manager_id=self.gm.id if self.gm else None,
@@ -153,8 +196,24 @@ class LocalController(Service):
 
     async def on_start(self) -> None:
         assert self.coord is not None
-        await self.hypervisor.open()
+        try:
+            await self.hypervisor.open()
+        except HypervisorUnavailable as exc:
+            raise StartupError(f"[localcontroller] hypervisor_uri = {self.hypervisor.uri!r}: {exc}") from exc
+        lc = self.settings.localcontroller
+        if lc.accelerator not in ACCELERATORS:
+            raise StartupError(f"[localcontroller] accelerator must be one of {', '.join(ACCELERATORS)}")
+        if lc.image_repository:
+            if not lc.image_repository.startswith(("http://", "https://")):
+                raise StartupError("[localcontroller] image_repository must be an http:// or https:// URL (or empty)")
+            for name in ("image_cache_directory", "instance_directory"):
+                if not str(getattr(lc, name)).startswith("/"):
+                    raise StartupError(f"[localcontroller] {name} must be an absolute path")
+            if lc.image_cache_bytes <= 0:
+                raise StartupError("[localcontroller] image_cache_bytes must be > 0")
         cpus, mem_kib, hv_host = await self.hypervisor.host_info()
+        if not self.hypervisor.is_test_driver:
+            self._offered_types = await self.hypervisor.domain_types()
         rx, tx = self.settings.localcontroller.network_capacity
         self.total = (float(cpus), float(mem_kib), float(rx), float(tx))
         if not self.settings.node.hostname and self.hypervisor.is_test_driver:
@@ -163,10 +222,72 @@ class LocalController(Service):
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
         self._register()
         self.spawn("join", self._join_loop())
+        await self._start_network_side()
         self.every("heartbeat", lambda: self.settings.heartbeat.interval, self._send_heartbeat)
         self.every("monitoring", lambda: self.settings.monitoring.interval, self._report)
+        if self.images is not None and not self.hypervisor.is_test_driver:
+            self.every("instance-files", lambda: self.settings.monitoring.interval, self._clean_instance_files)
+
+    async def _start_network_side(self) -> None:
+        assert self.coord is not None
+        lc = self.settings.localcontroller
+        try:
+            on, why = decide(lc.firewall, self.hypervisor.is_test_driver,
+                             None if lc.firewall == "off" else await asyncio.to_thread(nft.usable))
+        except ValueError as exc:
+            raise StartupError(f"[localcontroller] {exc}") from exc
+        log.info("firewall: %s", why)
+        if on:
+            # The tables stay when the role stops: they keep protecting the running guests.
+            self.firewall = FirewallDaemon.for_host(self.coord.client, self.coord.root, self.id)
+            self.firewall.start(lambda name, coro: self.scope.spawn(name, coro))
+        if lc.cni_agent_port:
+            if not 0 < lc.cni_agent_port < 65536:
+                raise StartupError("[localcontroller] cni_agent_port must be 1..65535 (0 = no agent)")
+            agent = CniAgent(self.coord, self.id, AgentSettings(
+                port=lc.cni_agent_port, network=lc.cni_network, allocate=lc.cni_allocate,
+                grace_period=lc.cni_grace_period, record_directory=lc.cni_record_directory))
+            try:
+                await agent.start()
+            except OSError as exc:
+                raise StartupError(f"[localcontroller] cni_agent_port = {lc.cni_agent_port}: "
+                                   f"cannot listen on 127.0.0.1: {exc.strerror or exc}") from exc
+            self.cni_agent = agent
+
+    def role_metric_families(self) -> Iterable[Metric]:
+        """The local controller's part of ``/metrics``: its firewall daemon and CNI agent."""
+        fw = self.firewall
+        yield metrics.gauge("snooze_firewall_running", "1 while the firewall daemon keeps this host's nftables tables.",
+                            1.0 if fw is not None else 0.0)
+        if fw is not None:
+            st = fw.status
+            yield metrics.counter("snooze_firewall_syncs", "Firewall syncs (read ZooKeeper, render, compare).", st.syncs)
+            yield metrics.counter("snooze_firewall_applies", "nft batches applied (the rendering changed, or the tables were replaced).",
+                                  st.applies)
+            yield metrics.gauge("snooze_firewall_sync_failures", "Firewall syncs failed in a row (the rules applied last stay).",
+                                st.failures)
+            yield metrics.gauge("snooze_firewall_guests", "Guests of this host the firewall filters.", st.guests)
+            yield metrics.gauge("snooze_firewall_ports", "Of those, guests whose bridge port was found (anti-spoofing).", st.ports)
+            if st.last_apply is not None:
+                yield metrics.gauge("snooze_firewall_last_apply_timestamp_seconds", "When the tables were last applied.",
+                                    st.last_apply)
+        if self.cni_agent is not None:
+            yield metrics.gauge("snooze_cni_ports", "Container ports the CNI agent knows (and those awaiting a replay).",
+                                {("known",): float(len(self.cni_agent.ports)), ("pending",): float(len(self.cni_agent.pending))},
+                                ("state",))
+
+    def _network_changed(self) -> None:
+        """A guest's domain started or arrived here: its tap can now be found (anti-spoofing)."""
+        if self.firewall is not None:
+            self.firewall.poke()
 
     async def on_stop(self) -> None:
+        if self.cni_agent is not None:
+            await self.cni_agent.stop()
+        if self.firewall is not None:
+            await self.firewall.close()
+        if self.images is not None:
+            await self.images.close()
         await self.hypervisor.close()
 
     def _register(self) -> None:
@@ -198,10 +319,16 @@ class LocalController(Service):
     # -- joining -------------------------------------------------------------------------
     async def _join_loop(self) -> None:
         interval = self.settings.heartbeat.interval
+        rejoining = False
         while True:
             if self.gm is None:
-                if not await self._join_once():
-                    await asyncio.sleep(min(interval, 0.5))
+                if rejoining:
+                    # The hosts of a group manager that died notice it together: spread them.
+                    rejoining = False
+                    await asyncio.sleep(self._backoff.first_rejoin_delay())
+                wait = await self._join_once()
+                if wait is not None:
+                    await asyncio.sleep(wait)
                     continue
             self._rejoin.clear()
             # Watch the group manager until it goes silent or we are told to move.
@@ -215,18 +342,23 @@ class LocalController(Service):
                 except TimeoutError:
                     pass
             self.gm = None
+            rejoining = True
 
-    async def _join_once(self) -> bool:
+    async def _join_once(self) -> float | None:
+        """One attempt to join; None once joined, else the seconds to wait before the next."""
         assert self.monitor is not None
         leader = self.leader
         if leader is None:
-            return False
+            # Nothing was asked of anyone: look again soon (the leader's znode or heartbeat).
+            return min(self.settings.heartbeat.interval, 0.5)
         gl = GroupManagerDescription.from_json(leader)
         try:
+            # One call to the leader per join: no idle connection left there per host
+            # (2,000 hosts on one address filled its per-client connection limit).
             reply = await self.rpc.call(
                 gl.address, AssignLocalController.KIND,
                 AssignLocalController(self.description().to_json(), list(self._excluded)).to_wire(),
-                epoch=self.known_epoch, timeout=3,
+                epoch=self.known_epoch, timeout=3, keep_alive=False,
             )
             gm = GroupManagerDescription.from_json(reply["groupManager"])
             domains = [d.to_json() for d in await self.hypervisor.domains()]
@@ -236,14 +368,17 @@ class LocalController(Service):
                 epoch=self.known_epoch, timeout=3,
             )
         except (RpcError, KeyError, TypeError, ValueError) as exc:
-            log.info("join attempt failed: %s", exc)
-            return False
+            # Internal answers carry no Retry-After: the code says whether asking again can help.
+            wait = self._backoff.delay(retryable=exc.code.retryable if isinstance(exc, RpcError) else True)
+            log.info("join attempt %d failed (%s); next in %.1fs", self._backoff.failures, exc, wait)
+            return wait
         self.see_epoch(int(joined.get("epoch", 0)))
         self.gm = gm
         self._excluded.clear()
+        self._backoff.reset()
         log.info("joined group manager %s at %s", gm.id, gm.address.url)
         self._register()  # now with our group manager's id
-        return True
+        return None
 
     # -- periodic ------------------------------------------------------------------------
     async def _send_heartbeat(self) -> None:
@@ -300,11 +435,13 @@ class LocalController(Service):
     async def _on_start_vms(self, msg: LocalControllerStartVirtualMachines, _env: Envelope) -> Any:
         """Start a batch of VMs; each is re-checked against this host's free capacity first."""
         results = []
+        # One bound for the whole batch's image fetches (see START_FETCH_WAIT).
+        fetch_deadline = time.monotonic() + START_FETCH_WAIT
         for vm in msg.vms:
-            results.append(await self._start_vm(vm))
+            results.append(await self._start_vm(vm, fetch_deadline))
         return {"results": results}
 
-    async def _start_vm(self, vm: dict[str, Any]) -> dict[str, Any]:
+    async def _start_vm(self, vm: dict[str, Any], fetch_deadline: float | None = None) -> dict[str, Any]:
         vm_id = vm.get("id")
         if not is_valid_id(vm_id):
             return {"id": str(vm_id), "status": VMStatus.ERROR, "errorCode": ErrorCode.INVALID_ID, "message": "not a valid VM id"}
@@ -322,19 +459,103 @@ class LocalController(Service):
                         "message": f"requested: {exc}"}
             await self._check_room(requested)
             self._starting[vm_id] = requested
+            self._busy_files.add(vm_id)
+            made = False
             try:
+                overlay = cidata = None
+                prepared: list[str] = []
+                image_id = vm.get("imageId")
+                if self.images is not None and image_id:
+                    if self.hypervisor.is_test_driver:
+                        # No guest runs: only check the image is there, so that an unknown
+                        # image fails as it would on a real host.
+                        await self.images.describe(str(image_id))
+                    else:
+                        made = True
+                        overlay, cidata, prepared = await self._make_instance(vm_id, str(image_id), vm, fetch_deadline)
                 xml, changes = adapt_domain_xml(
                     str(vm.get("xml", "")), name=vm_id, mac=vm.get("mac"), test_driver=self.hypervisor.is_test_driver,
-                    image_id=vm.get("imageId"), policy=self.hypervisor.policy,
+                    image_id=image_id, policy=self.hypervisor.policy, overlay=overlay, cidata=cidata,
+                    accelerator=self.settings.localcontroller.accelerator, offered_types=self._offered_types,
                 )
-                info = await self.hypervisor.start(xml)
+                changes = prepared + changes
+                info = await self.hypervisor.start(xml, checked=overlay is not None)
                 self._requested[vm_id] = requested
+                made = False
+                if overlay is not None:
+                    self.instances.write_record(vm_id, **{**(self.instances.read_record(vm_id) or {}), "state": "running"})
             finally:
                 self._starting.pop(vm_id, None)
+                self._busy_files.discard(vm_id)
+                if made:
+                    # Never a half-started VM: whatever was made for it goes.
+                    self.instances.remove(vm_id)
         except HypervisorError as exc:
             return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": exc.code, "message": str(exc)}
         log.info("started %s (%s)", vm_id, "; ".join(changes) or "template as given")
+        self._network_changed()
         return {"id": vm_id, "status": info.state, "uuid": info.uuid, "xml": xml, "adaptations": changes}
+
+    async def _make_instance(self, vm_id: str, image_id: str, vm: dict[str, Any],
+                             fetch_deadline: float | None = None) -> tuple[Any, Any, list[str]]:
+        """The VM's overlay on the cached image and its config drive: (overlay, cidata, what
+        was done). Fetches the image into the cache when missing."""
+        assert self.images is not None
+        started = time.monotonic()
+        # Within the group manager's patience for a start order (30 s): a longer first fetch
+        # answers a temporary refusal and goes on, so that a retry finds the image here.
+        wait = START_FETCH_WAIT if fetch_deadline is None else max(0.0, fetch_deadline - time.monotonic())
+        image = await self.images.acquire(image_id, wait=wait)
+        try:
+            inst = self.instances.of(vm_id)
+            # The record first: from now on the cache sees the image as in use.
+            self.instances.write_record(vm_id, imageId=image_id, backing=str(image.path), format=image.format,
+                                        checksum=image.checksum, state="starting", host=self.id)
+            await create_overlay(image.path, image.format, inst.overlay)
+            net = guest_network(vm.get("mac"), vm.get("ip"), vm.get("subnet"))
+            network = GuestNetwork(mac=net[0], address=net[1], prefix=net[2], gateway=net[3]) if net else None
+            files = nocloud_files(instance_id=vm_id, hostname=vm_id, network=network)
+            try:
+                await asyncio.to_thread(write_config_drive, inst.cidata, files)
+            except Exception as exc:
+                raise DiskError(f"config drive of {vm_id}: {exc}") from exc
+        except OSError as exc:
+            raise DiskError(f"files of {vm_id} in {self.instances.directory}: {exc}") from exc
+        finally:
+            self.images.release(image.path)
+        seconds = time.monotonic() - started
+        log.info("disks of %s ready in %.3f s (image %s %s)", vm_id, seconds, image_id,
+                 f"fetched in {image.seconds:.2f} s" if image.fetched else "cached")
+        return inst.overlay, inst.cidata, [
+            f"disk prepared in {seconds:.3f} s: overlay {inst.overlay.name} on image {image_id}"
+            + (f" (fetched in {image.seconds:.2f} s)" if image.fetched else " (cached)")
+            + (f", config drive for {net[1]}/{net[2]}" if net else ", config drive without network")]
+
+    async def _clean_instance_files(self) -> None:
+        """Remove the files of VMs that are no longer here (destroyed, shut off, migrated
+        away, never arrived), then bound the image cache."""
+        assert self.images is not None
+        records = self.instances.records()
+        if records:
+            domains = {d.name: d for d in await self.hypervisor.domains()}
+            grace = max(300.0, 3 * self.settings.localcontroller.migration_timeout)
+            for vm_id, rec in records.items():
+                if vm_id in self._busy_files or rec.get("host") not in (None, self.id):
+                    continue  # being made, or another host's (an instance directory on shared storage)
+                domain = domains.get(vm_id)
+                if domain is not None and domain.state is not VMStatus.SHUTOFF:
+                    if domain.state.started and rec.get("state") != "running":
+                        self.instances.write_record(vm_id, **{**rec, "state": "running"})  # arrived
+                    continue
+                if domain is None and rec.get("state") == "incoming" and time.time() - float(rec.get("at", 0)) < grace:
+                    continue  # being migrated here
+                self.instances.remove(vm_id)
+        self.images.evict()
+
+    def _drop_instance(self, vm_id: str) -> None:
+        if self.images is not None and vm_id not in self._busy_files:
+            self.instances.remove(vm_id)
+            self.images.evict()
 
     async def _domain(self, vm_id: str) -> DomainInfo | None:
         return next((d for d in await self.hypervisor.domains() if d.name == vm_id), None)
@@ -359,7 +580,43 @@ class LocalController(Service):
             info = await self.hypervisor.lifecycle(vm_id, action, uuid=domain.uuid)
         except HypervisorError as exc:
             raise api_error(exc) from exc
+        if action == "destroy":
+            self._drop_instance(vm_id)
         return {"ok": True, "domain": info.to_json() if info else None}
+
+    async def _on_resize(self, msg: LocalControllerResize, _env: Envelope) -> Any:
+        """Give a running domain new vcpus and memory, live: re-checked against this host's room
+        without the domain's present size first (NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY), then
+        done by the hypervisor within the domain's maximums (RESIZE_REFUSED otherwise)."""
+        vm_id, uuid = _target(msg.vm_id, msg.uuid)
+        for name, value in (("vcpus", msg.vcpus), ("memory", msg.memory)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ApiError(ErrorCode.BAD_CAPACITY, f"{name} must be a whole number >= 1", field=name)
+        try:
+            new = _demand(msg.requested)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(ErrorCode.BAD_CAPACITY, f"requested: {exc}", field="requested") from exc
+        new = (float(msg.vcpus), float(msg.memory), new[2], new[3])
+        try:
+            domain = await self._domain(vm_id)
+            if domain is None:
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no domain {vm_id} on {self.id}", field="virtualMachineId")
+            _check_uuid(domain, uuid, self.id)
+            if domain.state not in (VMStatus.RUNNING, VMStatus.PAUSED):
+                raise ApiError(ErrorCode.INVALID_STATE, f"{vm_id} is {domain.state}; resize applies to RUNNING or PAUSED",
+                               field="virtualMachineId")
+            asked = self._requested.get(vm_id, (float(domain.vcpus), float(domain.memory_kib), 0.0, 0.0))
+            now = (float(domain.vcpus), float(domain.memory_kib), asked[2], asked[3])
+            used = await self._used()
+            others = (used[0] - now[0], used[1] - now[1], used[2] - now[2], used[3] - now[3])
+            why = capacity.refusal(new, capacity.headroom(self.total, others), self.id)
+            if why is not None:
+                raise NotEnoughCapacity(why)
+            info = await self.hypervisor.resize(vm_id, msg.vcpus, msg.memory, uuid=domain.uuid)
+        except HypervisorError as exc:
+            raise api_error(exc) from exc
+        self._requested[vm_id] = new
+        return {"ok": True, "domain": info.to_json(), "requested": list(new)}
 
     async def _on_migrate(self, msg: LocalControllerMigrate, env: Envelope) -> Any:
         """Move a domain (named by name and UUID) to another local controller: live over
@@ -386,15 +643,115 @@ class LocalController(Service):
             if domain is None:
                 raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no domain {vm_id} on {self.id}", field="virtualMachineId")
             _check_uuid(domain, uuid, self.id)
+            method = (settings.get("migration") or {}).get("method") if isinstance(settings.get("migration"), dict) else None
+            record = self.instances.read_record(vm_id) if self.images is not None else None
             if self.hypervisor.is_test_driver or settings.get("testDriver"):
                 result = await self._move_non_live(vm_id, domain.uuid, dest_addr, env.epoch)
+            elif record and record.get("imageId") and method in ("nonshared-incremental", "nonshared-full"):
+                result = await self._migrate_with_disks(vm_id, domain.uuid, settings, dest_addr, env.epoch, record)
             else:
                 result = await self.hypervisor.migrate(vm_id, settings, uuid=domain.uuid)
+                if record:
+                    # Disks on shared storage moved with the domain: the destination owns them now.
+                    self.instances.write_record(vm_id, **{**record, "host": dest_id})
         except HypervisorError as exc:
             raise api_error(exc) from exc
         log.info("moved %s to %s in %.2fs (%s)", vm_id, dest_id, result["duration"],
                  "non-live fallback" if result.get("nonLive") else "live")
         return {"ok": True, **result}
+
+    async def _migrate_with_disks(self, vm_id: str, uuid: str, settings: dict[str, Any], dest: NetworkAddress, epoch: int,
+                                  record: dict[str, Any]) -> dict[str, Any]:
+        """A non-shared migration of a VM booting from an overlay here: the destination makes
+        the image, an empty overlay of the same size and the config drive first
+        (``lc.prepareMigration``), libvirt copies the overlay's content (the domain defined
+        there with the destination's paths), then this host removes its files."""
+        inst = self.instances.of(vm_id)
+        self._busy_files.add(vm_id)
+        try:
+            try:
+                size = await virtual_size(inst.overlay)
+                cidata = (base64.b64encode(gzip.compress(inst.cidata.read_bytes())).decode()
+                          if inst.cidata.exists() else None)
+            except (OSError, ValueError, KeyError) as exc:
+                raise MigrationFailed(f"{vm_id}: cannot read its disks here: {exc}") from exc
+            prepare = PrepareMigration(vm_id=vm_id, image_id=str(record["imageId"]), size=size, cidata=cidata)
+            try:
+                reply = await self.rpc.call(dest, PrepareMigration.KIND, prepare.to_wire(), epoch=epoch, timeout=600)
+                there = {str(inst.overlay): str(reply["overlay"])}
+                if cidata is not None:
+                    there[str(inst.cidata)] = str(reply["cidata"])
+            except (RpcError, KeyError, TypeError) as exc:
+                raise MigrationFailed(f"the destination could not prepare the disks of {vm_id}: {exc}") from exc
+            xml = await self.hypervisor.xml(vm_id, migratable=True)
+            dest_xml, copied = retarget_disks(xml, there, copy=(str(inst.overlay),))
+            try:
+                result = await self.hypervisor.migrate(vm_id, settings, uuid=uuid, dest_xml=dest_xml, migrate_disks=copied)
+            except HypervisorError:
+                try:
+                    await self.rpc.call(dest, PrepareMigration.KIND, PrepareMigration(vm_id=vm_id, cancel=True).to_wire(),
+                                        epoch=epoch, timeout=10)
+                except RpcError as exc:
+                    log.warning("could not ask the destination to remove the files of %s: %s", vm_id, exc)
+                raise
+        finally:
+            self._busy_files.discard(vm_id)
+        if await self._domain(vm_id) is None:
+            self._drop_instance(vm_id)
+        return result
+
+    async def _on_prepare_migration(self, msg: PrepareMigration, _env: Envelope) -> Any:
+        """Make the files of a VM about to be migrated here (see ``_migrate_with_disks``)."""
+        vm_id, _uuid = _target(msg.vm_id)
+        if self.images is None or self.hypervisor.is_test_driver:
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, f"{self.id} has no image repository: it cannot take the disks "
+                           "of a VM booting from an image", field="imageId")
+        present = await self._domain(vm_id)
+        if msg.cancel:
+            if present is None and vm_id not in self._busy_files:
+                self.instances.remove(vm_id)
+            return {"ok": True}
+        if present is not None:
+            raise ApiError(ErrorCode.MIGRATION_FAILED, f"a domain named {vm_id} already exists on {self.id}")
+        if vm_id in self._busy_files:
+            raise ApiError(ErrorCode.MIGRATION_FAILED, f"the files of {vm_id} are being made on {self.id} already")
+        if not is_valid_id(msg.image_id):
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "imageId must be an image name", field="imageId")
+        if isinstance(msg.size, bool) or not isinstance(msg.size, int) or not 0 < msg.size <= MAX_DISK_BYTES:
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "size must be the overlay's size in bytes", field="size")
+        drive = None
+        if msg.cidata is not None:
+            try:
+                with gzip.GzipFile(fileobj=io.BytesIO(base64.b64decode(msg.cidata, validate=True))) as z:
+                    drive = z.read(MAX_CONFIG_DRIVE_BYTES + 1)
+            except (ValueError, OSError, EOFError) as exc:
+                raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, f"cidata: {exc}", field="cidata") from exc
+            if len(drive) > MAX_CONFIG_DRIVE_BYTES:
+                raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, "cidata: too large", field="cidata")
+        assert self.images is not None and msg.image_id is not None
+        inst = self.instances.of(vm_id)
+        self._busy_files.add(vm_id)
+        done = False
+        try:
+            image = await self.images.acquire(msg.image_id)
+            try:
+                self.instances.write_record(vm_id, imageId=msg.image_id, backing=str(image.path), format=image.format,
+                                            checksum=image.checksum, state="incoming", host=self.id)
+                await create_overlay(image.path, image.format, inst.overlay, msg.size)
+                if drive is not None:
+                    inst.cidata.write_bytes(drive)
+                done = True
+            finally:
+                self.images.release(image.path)
+        except HypervisorError as exc:
+            raise api_error(exc) from exc
+        except OSError as exc:
+            raise ApiError(ErrorCode.MIGRATION_FAILED, f"files of {vm_id} on {self.id}: {exc}") from exc
+        finally:
+            self._busy_files.discard(vm_id)
+            if not done:
+                self.instances.remove(vm_id)
+        return {"ok": True, "overlay": str(inst.overlay), "cidata": str(inst.cidata) if drive is not None else None}
 
     async def _move_non_live(self, vm_id: str, uuid: str, dest: NetworkAddress, epoch: int) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -429,6 +786,7 @@ class LocalController(Service):
             await self.hypervisor.start(xml)
         except HypervisorError as exc:
             raise api_error(exc) from exc
+        self._network_changed()
         return {"ok": True}
 
     @staticmethod

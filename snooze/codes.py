@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["FINISHED", "IN_FLIGHT", "STARTED", "CodedError", "ErrorCode", "TaskState", "VMStatus"]
+__all__ = ["FINISHED", "IN_FLIGHT", "STARTED", "UNBOUND_HOST_ID", "CodedError", "ErrorCode", "TaskState", "VMStatus"]
 
 
 class VMStatus(StrEnum):
@@ -49,6 +49,9 @@ class VMStatus(StrEnum):
         """Runs on a host and holds its capacity there (RUNNING or PAUSED)."""
         return self in STARTED
 
+
+#: The original's ``hostId`` of a template bound to no host (its VirtualMachineTemplate's default).
+UNBOUND_HOST_ID = "UNKNOWN"
 
 # Tuples, not sets: membership is tested on what peers send, which may not be hashable.
 #: Statuses of a VM that runs on its host and holds capacity there.
@@ -130,6 +133,20 @@ class ErrorCode(StrEnum):
     BODY_TOO_LARGE = "BODY_TOO_LARGE", 413
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT", 408, TEMPORARY  # the body came too slowly: send it again
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED", 405
+    #: A version-checked write (PUT of a network object) sent without the version it was read
+    #: at (``If-Match``): refused rather than overwrite blindly what another writer saved.
+    VERSION_REQUIRED = "VERSION_REQUIRED", 428
+    #: An upload that is not a usable disk image: not qcow2 or raw, truncated or corrupt, or
+    #: with a backing file (an image must stand alone: a backing path is a way out of the store).
+    INVALID_IMAGE = "INVALID_IMAGE", 400
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE", 413
+    #: An upload whose bytes do not match the checksum its client sent.
+    IMAGE_CHECKSUM_MISMATCH = "IMAGE_CHECKSUM_MISMATCH", 400
+    #: A network object (network, subnet, flavor, firewall group, VLAN, VLAN group, guest,
+    #: hypervisor) with a bad field; the error's ``field`` names it (snooze.network.model).
+    INVALID_NETWORK_OBJECT = "INVALID_NETWORK_OBJECT", 400
+    #: A network object names another that does not exist (a subnet's network, a guest's flavor).
+    UNKNOWN_REFERENCE = "UNKNOWN_REFERENCE", 400
 
     # -- what the request names does not exist (404) -----------------------------------------
     NOT_FOUND = "NOT_FOUND", 404
@@ -139,6 +156,10 @@ class ErrorCode(StrEnum):
     LOCAL_CONTROLLER_NOT_FOUND = "LOCAL_CONTROLLER_NOT_FOUND", 404
     GROUP_MANAGER_NOT_FOUND = "GROUP_MANAGER_NOT_FOUND", 404
     IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND", 404
+    #: No network object of that kind and id (snooze.network.store).
+    NETWORK_OBJECT_NOT_FOUND = "NETWORK_OBJECT_NOT_FOUND", 404
+    #: A container's port not declared in the network model yet (the CNI agent; the plugin polls).
+    CNI_PORT_NOT_DECLARED = "CNI_PORT_NOT_DECLARED", 404, TEMPORARY
     #: A local controller left its group manager between a plan and its order: nothing was
     #: started, another host may take the VM.
     LOCAL_CONTROLLER_GONE = "LOCAL_CONTROLLER_GONE", 404, TEMPORARY
@@ -147,16 +168,34 @@ class ErrorCode(StrEnum):
 
     # -- the request conflicts with the cluster's state (409) --------------------------------
     VIRTUAL_MACHINE_EXISTS = "VIRTUAL_MACHINE_EXISTS", 409
+    IMAGE_EXISTS = "IMAGE_EXISTS", 409
+    #: A VM's disk is an overlay on this image: destroy the VMs first.
+    IMAGE_IN_USE = "IMAGE_IN_USE", 409
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED", 409
     INVALID_STATE = "INVALID_STATE", 409
     VIRTUAL_MACHINE_MISMATCH = "VIRTUAL_MACHINE_MISMATCH", 409
     VIRTUAL_MACHINE_NOT_PLACED = "VIRTUAL_MACHINE_NOT_PLACED", 409
     OPERATION_NOT_SUPPORTED = "OPERATION_NOT_SUPPORTED", 409
+    RESIZE_REFUSED = "RESIZE_REFUSED", 409  # the hypervisor cannot make that size live (e.g. above the domain's maximum)
     MIGRATION_FAILED = "MIGRATION_FAILED", 409
+    #: A migration failed after its switch to post-copy and could not be resumed in time: the
+    #: VM is paused at both hosts, its running state at the destination (where it is counted
+    #: and recorded); its message says how to resume it (docs/migration.md).
+    MIGRATION_NEEDS_RECOVERY = "MIGRATION_NEEDS_RECOVERY", 409
+    #: A migration failed in post-copy and the destination lost the guest (its QEMU died): the
+    #: copy paused at the source is stale and can never run; destroy the VM and submit it again.
+    MIGRATION_GUEST_LOST = "MIGRATION_GUEST_LOST", 410
     LOCAL_CONTROLLER_NOT_ACTIVE = "LOCAL_CONTROLLER_NOT_ACTIVE", 409
     NOT_A_GROUP_MANAGER = "NOT_A_GROUP_MANAGER", 409
     HOST_NOT_IDLE = "HOST_NOT_IDLE", 409
     NO_FREE_IP_ADDRESS = "NO_FREE_IP_ADDRESS", 409
+    #: A network object with that id exists already (saves are create-only).
+    NETWORK_OBJECT_EXISTS = "NETWORK_OBJECT_EXISTS", 409
+    #: A network object still used (a subnet with addresses, a flavor a guest names …): the
+    #: message names the users; remove them first.
+    NETWORK_OBJECT_IN_USE = "NETWORK_OBJECT_IN_USE", 409
+    #: A CNI port's id names a guest that is not a container of this host (a VM's, another host's).
+    CNI_PORT_CONFLICT = "CNI_PORT_CONFLICT", 409
     #: Not enough capacity on any host of a group manager (or of the cluster) right now.
     NOT_ENOUGH_CAPACITY = "NOT_ENOUGH_CAPACITY", 409, TEMPORARY
     #: A local controller's own re-check refused a start: nothing was started there.
@@ -172,8 +211,13 @@ class ErrorCode(StrEnum):
     LEADER_SUSPENDED = "LEADER_SUSPENDED", 503, TEMPORARY
     LEADER_SETTLING = "LEADER_SETTLING", 503, TEMPORARY
     NO_GROUP_MANAGER = "NO_GROUP_MANAGER", 503, TEMPORARY
+    #: A group manager asked to join the group leader without being registered in ZooKeeper
+    #: (``groupmanagers/<id>`` at the same address): it must reach ZooKeeper first, then retry.
+    GROUP_MANAGER_NOT_REGISTERED = "GROUP_MANAGER_NOT_REGISTERED", 503, TEMPORARY
     NOT_READY = "NOT_READY", 503, TEMPORARY
     LOCAL_CONTROLLER_UNAVAILABLE = "LOCAL_CONTROLLER_UNAVAILABLE", 503, TEMPORARY
+    #: A local controller could not fetch an image from the repository: nothing was started.
+    IMAGE_REPOSITORY_UNAVAILABLE = "IMAGE_REPOSITORY_UNAVAILABLE", 503, TEMPORARY
     #: The group leader could not hand a batch to a group manager: another may take it.
     GROUP_MANAGER_UNREACHABLE = "GROUP_MANAGER_UNREACHABLE", 503, TEMPORARY
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS", 429, TEMPORARY

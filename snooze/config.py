@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import ipaddress
+import re
 import socket
 import tomllib
 import uuid
@@ -30,9 +32,9 @@ def opt(default: Any, doc: str) -> Any:
 
 @dataclass
 class NodeSettings:
-    id: str = opt("", "Stable identifier of this process; empty derives one from hostname and port, so a restart keeps it.")
-    listen_address: str = opt("127.0.0.1", "Address the control (HTTP, TCP) and heartbeat (UDP) ports bind to.")
-    advertise_address: str = opt("", "Address peers use to reach this process; empty = listen_address.")
+    id: str = opt("", "Stable identifier of this process; empty derives one from /etc/machine-id (else the host name), the role and the port, so a restart keeps it and two hosts sharing a host name differ. Two live processes with one id are refused: the second does not start.")
+    listen_address: str = opt("127.0.0.1", "Address the control (HTTP, TCP) and heartbeat (UDP) ports bind to (local: what this host accepts on); 0.0.0.0 or :: = every interface. Peers never use it unless it is also the advertised address.")
+    advertise_address: str = opt("", "Address (or host name) peers use to reach this process, written into ZooKeeper and every message; empty = listen_address when that is one address, else (0.0.0.0, ::) the address of this host's interface that routes to the first ZooKeeper server. A wildcard is never advertised, nor a loopback address when ZooKeeper is not on loopback.")
     port: int = opt(0, "Control and heartbeat port; 0 = the role's default (bootstrap 5000, group managers 5001, local controllers 5010).")
     hostname: str = opt("", "Host name reported to peers; empty = this machine's.")
     http_header_timeout: float = opt(10.0, "Seconds a new HTTP connection has to deliver its first request's line and headers; then it is closed.")
@@ -49,7 +51,7 @@ class ClusterSettings:
     zk_root: str = opt("/snooze", "ZooKeeper path under which this cluster keeps its state.")
     session_timeout: float = opt(10.0, "ZooKeeper session timeout in seconds (the server clamps it to 2..20 tickTime).")
     discovery: str = opt("static", "'static' uses the zookeeper option; 'zeroconf' also advertises/browses the cluster on zeroconf_interfaces.")
-    zeroconf_interfaces: list[str] = opt(["127.0.0.1"], "Interfaces zeroconf may use. Never all interfaces by default.")
+    zeroconf_interfaces: list[str] = opt([], "Addresses of the interfaces zeroconf may use; empty = [node] listen_address when it is one address, else 127.0.0.1 (loopback). Never all interfaces.")
     replay_window: float = opt(30.0, "Seconds an internal message stays valid: receivers refuse one whose timestamp is further than this from their clock, or whose nonce they already accepted within it (replays). The cluster's clocks must agree within it.")
 
 
@@ -57,8 +59,9 @@ class ClusterSettings:
 class HeartbeatSettings:
     interval: float = opt(3.0, "Seconds between heartbeats (original: 3 s).")
     timeout: float = opt(10.0, "Seconds without a heartbeat before a peer is declared dead (original: 10 s).")
-    multicast_group: str = opt("", "UDP multicast group for heartbeats (the original's LAN way); empty = unicast to known peers.")
+    multicast_group: str = opt("", "UDP multicast group for heartbeats as ADDR:PORT, e.g. \"239.23.1.1:5555\" (the original's LAN way); empty = unicast to known peers.")
     multicast_ttl: int = opt(1, "Multicast TTL when multicast_group is set.")
+    multicast_interface: str = opt("", "IPv4 address of this host's interface that multicast heartbeats join and are sent on; empty = the advertised address (never 0.0.0.0).")
 
 
 @dataclass
@@ -81,7 +84,10 @@ class GroupManagerSettings:
     wakeup_time: float = opt(300.0, "Seconds to wait for a woken local controller to re-join before trying another host.")
     relocation_interval: float = opt(0.0, "Seconds between relocation runs (overloaded hosts shed VMs, underloaded ones are emptied); 0 = never.")
     consolidation_interval: float = opt(0.0, "Seconds between consolidation runs (VMs packed onto fewer hosts); 0 = never.")
-    consolidation_policy: str = opt("cost-aware", "Consolidation policy: 'cost-aware' or 'sercon' (the original's).")
+    consolidation_policy: str = opt("cost-aware", "Consolidation policy: 'cost-aware', 'repack' (cost-aware, then more hosts emptied by shifting VMs between kept hosts: fewer host-hours, more migrations per saved host-hour) or 'sercon' (the original's).")
+    migration_budget: float = opt(0.0, "Migrations consolidation may start per hour and per active local controller (a token bucket holding at most two consolidation intervals' worth, at least one); 0 = no budget.")
+    consolidation_headroom: float = opt(0.0, "Room consolidation leaves free on the hosts it keeps, as a multiple of the VMs that arrived since its last run (0 = none: pack as tightly as it can), so that hosts it empties are not woken again by the next submissions.")
+    migration_cooldown: float = opt(0.0, "Seconds after a VM migrated before consolidation moves it again; 0 = instead, no host that received VMs within two consolidation intervals is emptied.")
     estimator: str = opt("average", "How a host's demand is estimated from its monitoring history: 'average', 'ewma' or 'static'.")
     estimator_window: int = opt(10, "How many of the latest monitoring samples the estimator reads (at most [monitoring] history).")
     cpu_thresholds: list[float] = opt([0.0, 1.0, 1.0], "CPU utilisation [MIN, MID, MAX] (original: 0, 1, 1): underloaded below MIN, a host accepts VMs up to MID, overloaded above MAX.")
@@ -90,6 +96,10 @@ class GroupManagerSettings:
     task_retention: float = opt(3600.0, "Seconds a finished submission (its getVirtualClusterResponse) and a failed VM's record are kept in ZooKeeper before the leader forgets them (at least 1; swept every tenth of it, 1-60 s).")
     transaction_bytes: int = opt(900000, "Largest ZooKeeper transaction the leader writes (keep it under the server's jute.maxbuffer, 1 MiB by default); a bigger submission is recorded as an intent record, then chunks of half this size.")
     restart_lost_vms: bool = opt(False, "When a local controller (re)joins without VMs its records place there (host restarted, domains lost), start them again from their stored spec instead of marking them ERROR (VIRTUAL_MACHINE_LOST).")
+    rebalance_interval: float = opt(30.0, "Seconds between the leader's rebalancing rounds, which keep every group manager within one local controller of the mean by ordering a few to re-join another (docs/energy-handover.md); 0 = never.")
+    rebalance_moves: int = opt(2, "Local controllers moved per rebalancing round, at most.")
+    rebalance_quiet: float = opt(3.0, "No rebalancing until no group manager has joined or left for this many heartbeat timeouts (not during a failover).")
+    election_yield: bool = opt(True, "A group manager that wins the election while managing more local controllers than another contender steps aside once, so the one with fewer becomes leader (fewer LCs must move).")
 
 
 @dataclass
@@ -103,12 +113,28 @@ class LocalControllerSettings:
     migration_timeout: float = opt(60.0, "hypervisorSettings.migration.timeout in seconds; then the VM is paused to converge.")
     migration_auto_converge: bool = opt(False, "Let QEMU throttle the guest's CPUs so a busy VM's migration converges (as Nova's live_migration_permit_auto_converge).")
     migration_post_copy: bool = opt(False, "At the timeout, switch to post-copy instead of pausing the VM (as Nova's live_migration_permit_post_copy).")
+    migration_bandwidth: int = opt(0, "hypervisorSettings.migration.bandwidth: cap of the migration stream in MiB/s, pre-copy and post-copy alike (VIR_MIGRATE_PARAM_BANDWIDTH); 0 = libvirt's default.")
+    migration_recovery_timeout: float = opt(60.0, "Seconds during which a migration that failed after its switch to post-copy is resumed (VIR_MIGRATE_POSTCOPY_RESUME) before it is reported as MIGRATION_NEEDS_RECOVERY; 0 = a single attempt.")
     remote_uri: str = opt("", "libvirt URI peers use to reach this hypervisor when migrating to it; empty = DRIVER+TRANSPORT://ADVERTISE_ADDRESS:PORT/system.")
     migration_uri: str = opt("", "Where the migration data stream connects (VIR_MIGRATE_PARAM_URI), e.g. tcp://10.0.0.5; empty = libvirt's choice.")
     wakeup_driver: str = opt("NONE", "wakeupSettings.driver: IPMI, WOL, COMMAND, TEST or NONE.")
     wakeup_options: str = opt("", "wakeupSettings.options, e.g. '-I lanplus -H BMC_IP -U user -P password' for IPMI.")
     power_test_mode: bool = opt(False, "For local clusters: a power-saving order stops this process instead of running a host command.")
     power_commands: dict[str, list[str]] = opt({}, "Commands per power-saving state, e.g. {SUSPEND_TO_RAM = ['pm-suspend']}; defaults: shutdown -h now, systemctl suspend/hibernate/hybrid-sleep.")
+    image_repository: str = opt("", "URL of the image repository (the bootstrap's /images), e.g. http://127.0.0.1:5000: imageId names an image there, fetched once into image_cache_directory, each VM booting from its own qcow2 overlay; empty = imageId is a file in [templates] image_directory.")
+    image_cache_directory: str = opt("/var/lib/snooze/cache", "Where images fetched from image_repository are kept (ID.SHA256PREFIX.FORMAT), the backing files of the VMs' overlays.")
+    image_cache_bytes: int = opt(10 * 1024**3, "Bound of image_cache_directory in bytes: least recently used images are removed beyond it, never one a VM here uses.")
+    instance_directory: str = opt("/var/lib/snooze/instances", "Per-VM files made here with image_repository: VM.qcow2 (the overlay), VM-cidata.img (the NoCloud config drive), VM.json; removed when the VM is destroyed, stops or leaves.")
+    accelerator: str = opt("auto", "Domain type of started VMs: auto (the template's when this host offers it, else qemu), kvm or tcg (= qemu).")
+    join_backoff_base: float = opt(0.5, "Seconds: a failed join is retried after a random wait up to this, doubling with each failure (full-jitter exponential backoff), so refused hosts do not come back in step.")
+    join_backoff_cap: float = opt(8.0, "Seconds: the largest ceiling of that random wait (a refusal that no retry can cure waits about this).")
+    rejoin_spread: float = opt(2.0, "Seconds: a re-join (group manager lost, or ordered to move) first waits a random time up to this, so the hosts of a failed group manager do not all reach the leader at once.")
+    firewall: str = opt("auto", "The guests' firewall groups as nftables rules in this host's table inet snooze, kept equal to ZooKeeper (localcontroller.firewall, docs/firewall.md): auto = on where nft can be run and the hypervisor is not libvirt's test driver; on = on, or a start error naming why nft cannot be used; off.")
+    cni_agent_port: int = opt(0, "Port of the CNI agent on 127.0.0.1 that snooze-cni asks for containers' ports (localcontroller.cni, docs/cni.md; Contrail's is 9091); 0 = no agent.")
+    cni_network: str = opt("default", "The network a container's port goes in when its CNI configuration names none.")
+    cni_allocate: bool = opt(True, "The CNI agent makes a container's guest (its address) on the plugin's first request; false = only guests declared beforehand (POST /guests, type container) are answered, others polled as 404.")
+    cni_grace_period: float = opt(30.0, "Seconds after the CNI agent starts during which the ports recorded on this host may be replayed (POST /sync); the container guests of this host not replayed by then are deleted, their addresses released.")
+    cni_record_directory: str = opt("/var/lib/snooze/cni", "snooze-cni's per-container records on this host (its recordDir), replayed by the CNI agent at start; empty = only POST /sync replays.")
 
 
 @dataclass
@@ -118,10 +144,31 @@ class TemplateSettings:
     devices: list[str] = opt(["disk", "controller", "interface", "serial", "console", "channel", "input", "graphics", "video", "sound", "memballoon", "rng", "watchdog"], "Device kinds a libVirtTemplate's <devices> may hold (each with its own allow-list of attributes). hostdev, filesystem, smartcard, redirdev, tpm, shmem and the like are never allowed.")
     emulators: list[str] = opt(["/usr/bin/kvm", "/usr/bin/qemu-kvm", "/usr/bin/qemu-system-x86_64", "/usr/libexec/qemu-kvm"], "Binaries a libVirtTemplate's <emulator> may name; any other (e.g. /bin/sh) is refused. Without <emulator> libvirt uses the host's default.")
     bridges: list[str] = opt(["virbr0"], "Host bridges an <interface type='bridge'> may join.")
+    default_bridge: str = opt("virbr0", "Bridge the network card of a VM given as vcpus/memory/name (not libVirtTemplate) joins; must be one of bridges. Empty = no bridge: it joins the alphabetically first of networks, or has no network card if networks is empty.")
     networks: list[str] = opt(["default"], "libvirt networks an <interface type='network'> may join.")
     block_devices: list[str] = opt([], "Directories of host block devices (e.g. /dev/vg-guests) a <disk type='block'> may use; empty = no block disks.")
     network_disks: bool = opt(False, "Allow <disk type='network'> (rbd, iscsi, nbd...): the client then chooses hosts the hypervisor connects to.")
     firmware_directories: list[str] = opt([], "Directories besides the image store an <os><loader> or <nvram template=...> may come from, e.g. /usr/share/OVMF.")
+
+
+@dataclass
+class Ec2Settings:
+    listen_port: int = opt(0, "Port of the bootstrap's EC2-compatible API (the original's snoozeec2), on [node] listen_address; 0 = off.")
+    region: str = opt("us-east-1", "The region EC2 clients must sign for and name (libcloud's EC2 driver accepts only AWS's region names).")
+    access_keys: dict[str, str] = opt({}, "Access key id -> secret key of every client allowed (AWS Signature Version 4; no anonymous access): keep this file mode 0600.")
+    instance_types: dict[str, list[int]] = opt({"m1.small": [1, 1048576], "m1.medium": [2, 2097152], "m1.large": [4, 4194304]}, "EC2 instance types offered: NAME = [vcpus, memory KiB].")
+    images: list[str] = opt([], "Image ids DescribeImages lists and RunInstances accepts; empty = any the cluster accepts (none listed).")
+
+
+@dataclass
+class ImagesSettings:
+    enabled: bool = opt(True, "Serve the image repository (/images: list, upload, download, delete) on the bootstrap's port.")
+    directory: str = opt("/var/lib/snooze/repository", "Where the images are kept, one file per image named by its id (made at the first upload, or at start with libvirt_uri; uploads are staged in its .staging directory, checksums kept in .meta).")
+    libvirt_uri: str = opt("", "libvirt URI of the daemon whose dir storage pool holds the images (defined on directory and started if missing; images listed and deleted through it, refreshed after uploads); empty = a plain directory.")
+    pool: str = opt("snooze-images", "Name of that libvirt storage pool.")
+    max_upload_bytes: int = opt(4 * 1024**3, "Largest image accepted, in bytes (an upload's Content-Length above it is refused with 413 before its body is read).")
+    min_upload_rate: int = opt(1024**2, "Slowest upload accepted, in bytes/s: a body must arrive within [node] http_body_timeout + its size / this rate, and no read may wait longer than http_body_timeout.")
+    max_concurrent_uploads: int = opt(4, "Uploads staged at once; more are refused with a 503 to retry.")
 
 
 @dataclass
@@ -133,22 +180,139 @@ class Settings:
     groupmanager: GroupManagerSettings = field(default_factory=GroupManagerSettings)
     localcontroller: LocalControllerSettings = field(default_factory=LocalControllerSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
+    ec2: Ec2Settings = field(default_factory=Ec2Settings)
+    images: ImagesSettings = field(default_factory=ImagesSettings)
 
     def node_id(self, role: str) -> str:
+        """``[node] id``, or one derived from this machine's identity, the role and the port:
+        stable across restarts, distinct for two machines that share a host name."""
         if self.node.id:
             return self.node.id
-        seed = f"{role}:{self.hostname()}:{self.node.port}"
+        seed = f"{role}:{machine_identity()}:{self.node.port}"
         return str(uuid.UUID(bytes=hashlib.sha256(seed.encode()).digest()[:16], version=4))
 
     def hostname(self) -> str:
         return self.node.hostname or socket.gethostname()
 
-    def advertise_address(self) -> str:
-        return self.node.advertise_address or self.node.listen_address
+    def advertise_address(self, zookeeper: str | None = None) -> str:
+        """The address peers use to reach this process (see ``[node] advertise_address``).
+
+        ``zookeeper``: the connect string to route to when it is not ``[cluster] zookeeper``
+        (found by zeroconf). ConfigError, naming the options, when the result would be a
+        wildcard, or loopback while ZooKeeper is not on loopback.
+        """
+        n = self.node
+        zk = self.cluster.zookeeper if zookeeper is None else zookeeper
+        servers = zookeeper_servers(zk) if zk else []
+        if n.advertise_address:
+            address = n.advertise_address
+            source = f"[node] advertise_address = {address!r}"
+            if is_wildcard(address):
+                raise ConfigError(f"{source} is a wildcard: peers cannot reach it; give this host's address")
+        elif not is_wildcard(n.listen_address):
+            address = n.listen_address
+            source = f"[node] listen_address = {address!r} (advertised: [node] advertise_address is empty)"
+        elif servers:
+            host, port = servers[0]
+            try:
+                address = route_source(host, port)
+            except OSError as exc:
+                raise ConfigError(
+                    f"[node] listen_address = {n.listen_address!r} and [node] advertise_address is empty: the advertised "
+                    f"address is the one that routes to ZooKeeper at {host}:{port}, but {exc.strerror or exc}; "
+                    "set [node] advertise_address"
+                ) from exc
+            source = f"{address!r}, the address routing to ZooKeeper at {host}:{port} ([node] listen_address is a wildcard),"
+        else:
+            raise ConfigError(
+                f"[node] listen_address = {n.listen_address!r} is a wildcard and ZooKeeper's address is not known yet: "
+                "set [node] advertise_address"
+            )
+        if servers and is_loopback(address) and not all(is_loopback(h) for h, _ in servers):
+            raise ConfigError(
+                f"{source} is a loopback address, but ZooKeeper ([cluster] zookeeper = {zk!r}) is not on "
+                "loopback: peers on other hosts would reach themselves. Set [node] advertise_address (or a specific "
+                "[node] listen_address) to this host's address"
+            )
+        return address
+
+
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def machine_identity(files: tuple[str | Path, ...] = MACHINE_ID_FILES) -> str:
+    """What tells this machine from others: systemd's /etc/machine-id (or D-Bus's copy of it),
+    else the host name."""
+    for path in files:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return socket.gethostname()
+
+
+def zookeeper_servers(connect: str) -> list[tuple[str, int]]:
+    """(host, port) of each server of a ZooKeeper connect string ``host[:port][,...][/chroot]``;
+    IPv6 addresses in brackets. ConfigError naming ``[cluster] zookeeper`` if malformed."""
+    out: list[tuple[str, int]] = []
+    for item in connect.split("/", 1)[0].split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+        else:
+            host, port_text = item, ""
+        try:
+            port = int(port_text) if port_text else 2181
+        except ValueError:
+            raise ConfigError(f"[cluster] zookeeper: {item!r} is not HOST:PORT") from None
+        if not host or not 0 < port < 65536:
+            raise ConfigError(f"[cluster] zookeeper: {item!r} is not HOST:PORT")
+        out.append((host, port))
+    return out
+
+
+def is_wildcard(address: str) -> bool:
+    """0.0.0.0, :: (and the empty string): every interface, no one address."""
+    try:
+        return not address or ipaddress.ip_address(address.strip("[]")).is_unspecified
+    except ValueError:
+        return False  # a host name
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or a name, resolved) is on loopback; an unresolvable name is not."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def route_source(host: str, port: int) -> str:
+    """This host's source address on the route to ``host:port``: a UDP socket's ``connect``
+    only picks the route (no packet is sent); OSError if there is none."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.connect(sockaddr)
+        return str(s.getsockname()[0])
 
 
 ROLE_SECTIONS = {
-    "bootstrap": ("node", "cluster", "heartbeat"),
+    "bootstrap": ("node", "cluster", "heartbeat", "ec2", "images"),
     "groupmanager": ("node", "cluster", "heartbeat", "monitoring", "groupmanager", "templates"),
     "localcontroller": ("node", "cluster", "heartbeat", "monitoring", "localcontroller", "templates"),
 }
@@ -183,6 +347,64 @@ def from_dict(data: dict[str, Any]) -> Settings:
     return settings
 
 
+def parse_multicast_group(value: str) -> tuple[str, int]:
+    """``"ADDR:PORT"`` as ``(ADDR, PORT)``: an IPv4 multicast address (224.0.0.0/4) and a port
+    in 1..65535; a ConfigError naming ``[heartbeat] multicast_group`` otherwise."""
+    where = "[heartbeat] multicast_group"
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{where}: {value!r} must be ADDR:PORT, e.g. \"239.23.1.1:5555\" (the port is required)")
+    try:
+        addr = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} in {value!r} is not an IPv4 address (ADDR:PORT, e.g. \"239.23.1.1:5555\")") from None
+    if not addr.is_multicast:
+        raise ConfigError(f"{where}: {host} is not a multicast address (224.0.0.0/4; e.g. 239.23.1.1)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: port {port!r} in {value!r} must be a number in 1..65535")
+    return str(addr), int(port)
+
+
+def check_heartbeat(s: HeartbeatSettings) -> None:
+    """ConfigError naming the option when ``[heartbeat]``'s multicast options cannot work."""
+    if s.multicast_group:
+        parse_multicast_group(s.multicast_group)
+    if not 0 <= s.multicast_ttl <= 255:
+        raise ConfigError("[heartbeat] multicast_ttl must be in 0..255")
+    if s.multicast_interface:
+        try:
+            addr = ipaddress.IPv4Address(s.multicast_interface)
+        except ValueError:
+            raise ConfigError(f"[heartbeat] multicast_interface: {s.multicast_interface!r} must be the IPv4 address "
+                              "of this host's interface on the heartbeat network (empty = the advertised address)") from None
+        if addr.is_unspecified or addr.is_multicast:
+            raise ConfigError(f"[heartbeat] multicast_interface: {addr} is not an interface address "
+                              "(give the address this host has on the heartbeat network)")
+
+
+def check_ec2(s: Ec2Settings) -> None:
+    if not 0 <= s.listen_port < 65536:
+        raise ConfigError("[ec2] listen_port must be in 0..65535")
+    for key, secret in s.access_keys.items():
+        if not isinstance(secret, str) or not secret or not key:
+            raise ConfigError("[ec2] access_keys: each key id needs a non-empty secret string")
+    if not s.instance_types:
+        raise ConfigError("[ec2] instance_types: offer at least one")
+    for name, size in s.instance_types.items():
+        if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in size)
+                or size[0] < 1 or size[1] < 1024):
+            raise ConfigError(f"[ec2] instance_types: {name} must be [vcpus >= 1, memory KiB >= 1024]")
+
+
+def check_images(s: ImagesSettings) -> None:
+    if not s.directory.startswith("/"):
+        raise ConfigError(f"[images] directory must be an absolute path, got {s.directory!r}")
+    if s.max_upload_bytes < 1 or s.min_upload_rate < 1 or s.max_concurrent_uploads < 1:
+        raise ConfigError("[images] max_upload_bytes, min_upload_rate and max_concurrent_uploads must be >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", s.pool):
+        raise ConfigError(f"[images] pool: {s.pool!r} is not a valid pool name (letters, digits, '.', '_', '-')")
+
+
 def validate(s: Settings) -> None:
     if s.heartbeat.interval <= 0 or s.heartbeat.timeout <= s.heartbeat.interval:
         raise ConfigError("[heartbeat] need 0 < interval < timeout")
@@ -204,12 +426,30 @@ def validate(s: Settings) -> None:
         raise ConfigError("[groupmanager] power_saving_action must be SHUTDOWN, SUSPEND_TO_RAM, SUSPEND_TO_DISK or SUSPEND_TO_BOTH")
     if s.groupmanager.idle_time < 0 or s.groupmanager.reserved_nodes < 0 or s.groupmanager.wakeup_time <= 0:
         raise ConfigError("[groupmanager] idle_time and reserved_nodes must be >= 0, wakeup_time > 0")
+    if s.groupmanager.rebalance_interval < 0 or s.groupmanager.rebalance_moves < 0 or s.groupmanager.rebalance_quiet < 0:
+        raise ConfigError("[groupmanager] rebalance_interval, rebalance_moves and rebalance_quiet must be >= 0")
     if len(s.localcontroller.network_capacity) != 2:
         raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
     # The template policy's own rules (a late import: snooze.domainxml imports this module).
     from snooze.domainxml import check_settings
 
     check_settings(s.templates)
+    check_heartbeat(s.heartbeat)
+    check_ec2(s.ec2)
+    check_images(s.images)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``SECTION.OPTION=VALUE`` (a role's and ``snooze cluster up``'s ``--set``): the dotted name
+    and the value, read as TOML (``2``, ``true``, ``["a"]``), else taken as a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or "." not in key:
+        raise ConfigError(f"--set expects SECTION.OPTION=VALUE, got {item!r}")
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw
 
 
 def load(path: str | Path | None, role: str, overrides: dict[str, Any] | None = None) -> Settings:
@@ -234,6 +474,11 @@ def to_dict(settings: Settings, role: str) -> dict[str, Any]:
     return {s: dataclasses.asdict(getattr(settings, s)) for s in ROLE_SECTIONS[role]}
 
 
+def _toml_key(k: str) -> str:
+    """A bare key when TOML allows one, else quoted (``"m1.small"``: a bare dotted key nests)."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_value(k)
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -242,7 +487,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 

@@ -134,6 +134,8 @@ class DomainPolicy:
     block_devices: tuple[str, ...] = ()
     network_disks: bool = False
     firmware_directories: tuple[str, ...] = ()
+    #: The bridge of generated domains (``[templates] default_bridge``); "" = none.
+    default_bridge: str = ""
 
     @classmethod
     def from_settings(cls, s: TemplateSettings) -> DomainPolicy:
@@ -142,7 +144,7 @@ class DomainPolicy:
             image_directory=s.image_directory, domain_types=frozenset(s.domain_types), devices=frozenset(s.devices),
             emulators=frozenset(s.emulators), bridges=frozenset(s.bridges), networks=frozenset(s.networks),
             block_devices=tuple(s.block_devices), network_disks=bool(s.network_disks),
-            firmware_directories=tuple(s.firmware_directories),
+            firmware_directories=tuple(s.firmware_directories), default_bridge=s.default_bridge,
         )
 
     @classmethod
@@ -166,6 +168,10 @@ def check_settings(s: TemplateSettings) -> None:
         for path in getattr(s, name):
             if not path.startswith("/") or posixpath.normpath(path) in ("/", "//"):
                 raise ConfigError(f"[templates] {name}: {path!r} must be an absolute path other than /")
+    if s.default_bridge and s.default_bridge not in s.bridges:
+        raise ConfigError(
+            f"[templates] default_bridge = {s.default_bridge!r} is not one of [templates] bridges "
+            f"({', '.join(s.bridges) or 'none'}): set it to the bridge generated VMs join, or \"\" for none")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 Every process has one UDP endpoint on the same port number as its HTTP control port. By default
 heartbeats go unicast to known peers (works on loopback and across routed networks); with
 ``[heartbeat] multicast_group = "ADDR:PORT"`` they also go to a multicast group, the original's
-way on a LAN. A datagram with a bad HMAC, a newer protocol version or garbage bytes is dropped
+way on a LAN. Multicast is joined and sent on one interface, named by its address:
+``[heartbeat] multicast_interface``, else the advertised address; never a wildcard (the kernel
+cannot join a group "on 0.0.0.0" and answers ``No such device``), never wherever the default
+route points. A datagram with a bad HMAC, a newer protocol version or garbage bytes is dropped
 and counted in ``dropped``; it never reaches a handler and never raises.
 
 A heartbeat says "I am alive now", so it is only believed while fresh: a ``ReplayGuard``
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
@@ -24,9 +28,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from snooze.config import ConfigError, parse_multicast_group
 from snooze.models import NetworkAddress
 from snooze.protocol import (
     DEFAULT_WINDOW,
+    BadSignature,
     Envelope,
     OutOfOrder,
     ProtocolError,
@@ -39,6 +45,12 @@ from snooze.protocol import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Envelope, tuple[str, int]], None]
+
+WILDCARDS = ("", "0.0.0.0", "::", "*")
+
+
+class MulticastError(ConfigError):
+    """Multicast heartbeats cannot start on this host as configured; the message names the option."""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -55,8 +67,10 @@ class _Protocol(asyncio.DatagramProtocol):
 class HeartbeatEndpoint:
     def __init__(
         self, key: bytes, sender: str, *, multicast_group: str = "", ttl: int = 1,
-        window: float = DEFAULT_WINDOW, clock: Callable[[], float] = time.time,
+        multicast_interface: str = "", window: float = DEFAULT_WINDOW, clock: Callable[[], float] = time.time,
     ) -> None:
+        """``multicast_interface``: address (or host name) of the interface multicast is joined
+        and sent on; empty = the address ``start`` binds to, which must then be a specific one."""
         self.key = key
         self.sender = sender
         self.guard = ReplayGuard(window, monotonic=True, clock=clock)
@@ -64,10 +78,13 @@ class HeartbeatEndpoint:
         self.handlers: dict[str, Handler] = {}
         self.dropped: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()  # datagrams sent, by kind (one per peer)
         self.multicast: tuple[str, int] | None = None
         if multicast_group:
-            host, _, port = multicast_group.rpartition(":")
-            self.multicast = (host, int(port))
+            self.multicast = parse_multicast_group(multicast_group)
+        self.multicast_interface = multicast_interface
+        #: The interface address multicast was joined on, once started.
+        self.interface: str | None = None
         self.ttl = ttl
         self._transport: asyncio.DatagramTransport | None = None
         self._mtransport: asyncio.DatagramTransport | None = None
@@ -77,28 +94,68 @@ class HeartbeatEndpoint:
 
     async def start(self, address: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        if self.multicast:  # before binding anything: a bad interface must leave nothing open
+            self.interface = await self._multicast_interface(address)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Protocol(self), local_addr=(address, port)
         )
         self._transport = transport
-        if self.multicast:
-            self._mtransport = await self._join_multicast(address)
+        if self.interface is not None:
+            try:
+                self._mtransport = await self._join_multicast(self.interface)
+            except BaseException:
+                transport.close()
+                self._transport = None
+                raise
+
+    async def _multicast_interface(self, address: str) -> str:
+        """The IPv4 address of the interface to join and send on (host names resolved)."""
+        chosen = self.multicast_interface or address
+        if chosen.strip() in WILDCARDS:
+            raise MulticastError(
+                f"multicast heartbeats need an interface: {chosen or 'no address'} is a wildcard; set "
+                "[heartbeat] multicast_interface (or [node] advertise_address) to this host's address "
+                "on the heartbeat network")
+        try:
+            return str(ipaddress.IPv4Address(chosen))
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(chosen, None, family=socket.AF_INET,
+                                                                 type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise MulticastError(f"multicast heartbeats: cannot resolve interface address {chosen!r} "
+                                 f"([heartbeat] multicast_interface / [node] advertise_address): {exc}") from None
+        return str(infos[0][4][0])
 
     async def _join_multicast(self, interface: str) -> asyncio.DatagramTransport:
         assert self.multicast is not None
         group, port = self.multicast
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(AttributeError, OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(("", port))
-        mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(interface))
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-        # Send on the configured interface only, never wherever the default route points.
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(AttributeError, OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # Bound to the group, not to 0.0.0.0: this socket gets that group's datagrams only,
+            # not unicast (or other groups') traffic that happens to use the same port.
+            sock.bind((group, port))
+            mreq = struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(interface))
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+            except OSError as exc:
+                raise MulticastError(
+                    f"cannot join multicast group {group}:{port} on interface {interface} "
+                    f"([heartbeat] multicast_interface): {exc.strerror or exc}; it must be an address of "
+                    "one of this host's interfaces, with multicast enabled") from None
+            # Send on the configured interface only, never wherever the default route points.
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        log.info("multicast heartbeats on %s:%d via interface %s (ttl %d)", group, port, interface, self.ttl)
         return transport
 
     def close(self) -> None:
@@ -113,17 +170,23 @@ class HeartbeatEndpoint:
         for peer in peers:
             try:
                 self._transport.sendto(data, (peer.address, peer.port))
+                self.sent[kind] += 1
             except OSError:
                 self.dropped["send_error"] += 1
         if self._mtransport is not None and self.multicast is not None:
             # Its own nonce: a peer that gets both copies must not count one as a replay.
-            self._mtransport.sendto(encode(self.key, kind, self.sender, epoch, body), self.multicast)
+            try:
+                self._mtransport.sendto(encode(self.key, kind, self.sender, epoch, body), self.multicast)
+            except OSError:
+                self.dropped["send_error"] += 1
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             env = decode(self.key, data)
         except ProtocolError as exc:
             self.dropped[exc.reason] += 1
+            if isinstance(exc, BadSignature):  # garbage is not worth a line; another key is
+                self._log_refusal(exc, f"{addr[0]}:{addr[1]}")
             return
         if env.sender == self.sender:
             return  # our own multicast echo

@@ -20,6 +20,8 @@ import asyncio
 import json
 import logging
 import math
+import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -190,12 +192,30 @@ class ConnectionGuard:
         self.report("malformed", "refused a malformed HTTP request from %s (%d): %s", request.remote, status, message)
 
 
+#: A request line whose target lacks the leading '/' (``POST groupmanager?startVirtualCluster
+#: HTTP/1.1``, as libcloud 0.12 sent the original driver's paths), not an absolute URL or '*'.
+_TARGET_WITHOUT_SLASH = re.compile(rb"^[A-Z]{3,7} (?![/*]|[A-Za-z][A-Za-z0-9+.-]*://)[^ \r\n]+ HTTP/1\.[01]\r?\n")
+
+
 class _JsonErrorsHandler(web.RequestHandler):
     """aiohttp's connection handler, except that requests its HTTP parser refuses (bad request
     line, header or chunk, line too long, TLS on the HTTP port) are answered in our JSON and
-    logged once a minute, instead of text and one ERROR traceback per request."""
+    logged once a minute, instead of text and one ERROR traceback per request; and that a
+    request target without its leading '/' is taken as if it had one (the original's clients
+    sent ``groupmanager?VERB``; HTTP parsers refuse it as a URL with a bad scheme).
+
+    The target is mended where a request begins in the bytes received: at the start of a read.
+    Clients that send such targets (libcloud's httplib) write a request's line and headers at
+    once and wait for the answer before the next one, so that is where their requests begin.
+    """
 
     __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        if _TARGET_WITHOUT_SLASH.match(data):
+            space = data.index(b" ") + 1
+            data = data[:space] + b"/" + data[space:]
+        super().data_received(data)
 
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
@@ -294,8 +314,52 @@ async def error_middleware(
         return json_response(err.to_json(), 500)
 
 
+#: Requests served, by (path, verb, method, status): read by ``/metrics`` (snooze.metrics).
+REQUESTS: web.AppKey[Counter[tuple[str, str, str, str]]] = web.AppKey("request_counts", Counter)
+#: The verbs a VerbRouter knows, by route prefix (set by the router).
+VERBS: web.AppKey[dict[str, Any]] = web.AppKey("verbs", dict)
+
+
+def _route_of(request: web.Request) -> tuple[str, str]:
+    """(path, verb) labels of bounded cardinality: a route's template (``/images/{id}``, never
+    the id itself), and the ``?verb`` of a verb route when the router knows it."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return "unmatched", ""
+    path = resource.canonical
+    verbs = request.app.get(VERBS)
+    known = verbs.get(path.lstrip("/")) if verbs is not None else None
+    if known is None:
+        return path, ""
+    verb = request.query_string.split("&", 1)[0].split("=", 1)[0]
+    return path, (verb if verb in known else "unknown")
+
+
+@web.middleware
+async def count_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        counts = request.app.get(REQUESTS)
+        if counts is not None:
+            path, verb = _route_of(request)
+            counts[(path, verb, request.method, str(status))] += 1
+
+
 def new_app() -> web.Application:
-    return web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[count_middleware, error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[REQUESTS] = Counter()
+    app[VERBS] = {}
+    return app
 
 
 async def start_server(app: web.Application, host: str, port: int, limits: HttpLimits | None = None) -> web.AppRunner:
@@ -428,6 +492,8 @@ class VerbRouter:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.verbs: dict[str, dict[str, _Verb]] = {}
+        if VERBS in app:
+            app[VERBS] = self.verbs  # the request counter labels known verbs only
 
     def add(self, prefix: str, verb: str, handler: VerbHandler, methods: tuple[str, ...] = ("GET", "POST")) -> None:
         if prefix not in self.verbs:

@@ -79,6 +79,11 @@ _OPTIONAL = {
     "groupManagerControlDataAddress": "gm_address", "uuid": "uuid", "adaptations": "adaptations",
     "rejections": "rejections", "lastMigration": "last_migration", "updatedAt": "updated_at",
     "lostAt": "lost_at", "lostOn": "lost_on", "restartedAt": "restarted_at", "restarts": "restarts",
+    # The network model (issue 12): the subnet its address is in (absent: the default subnet,
+    # ``[groupmanager] virtual_machine_subnet``, as every record before it), and the objects
+    # its template named.
+    "subnet": "subnet", "network": "network", "flavor": "flavor", "firewallGroup": "fwgroup",
+    "vlanGroup": "vlangroup",
 }
 _KEYS = {**_CORE, **_OPTIONAL}
 
@@ -109,6 +114,11 @@ class VMRecord:
     lost_on: str | None = None
     restarted_at: float | None = None
     restarts: int = 0
+    subnet: str | None = None
+    network: str | None = None
+    flavor: str | None = None
+    fwgroup: str | None = None
+    vlangroup: str | None = None
     #: Keys this version does not know (a newer writer's), kept and written back.
     extra: dict[str, Any] = field(default_factory=dict)
     #: The znode's version when read (-1: not read from ZooKeeper); not part of the JSON.
@@ -122,10 +132,17 @@ class VMRecord:
     # -- building --------------------------------------------------------------------------
     @classmethod
     def pending(cls, vm_id: str, task_id: str, requested: Capacity, ip: str | None, mac: str | None,
-                subnet: str = "") -> VMRecord:
-        """A newly submitted VM (PENDING), or ERROR ``NO_FREE_IP_ADDRESS`` when ``ip`` is None."""
-        rec = cls(vm_id, VMStatus.PENDING, task_id=task_id, requested=requested, ip=ip, mac=mac, submitted_at=time.time())
-        if ip is None:
+                subnet: str = "", *, refused: tuple[ErrorCode, str] | None = None, subnet_id: str | None = None,
+                network: str | None = None, flavor: str | None = None, fwgroup: str | None = None,
+                vlangroup: str | None = None) -> VMRecord:
+        """A newly submitted VM (PENDING), or ERROR ``NO_FREE_IP_ADDRESS`` when ``ip`` is None,
+        or ERROR with ``refused`` (code, message: an unknown flavor, network …); ``subnet_id``
+        … ``vlangroup``: the network model's objects it is tied to (``subnet``: for the message)."""
+        rec = cls(vm_id, VMStatus.PENDING, task_id=task_id, requested=requested, ip=ip, mac=mac, submitted_at=time.time(),
+                  subnet=subnet_id, network=network, flavor=flavor, fwgroup=fwgroup, vlangroup=vlangroup)
+        if refused is not None:
+            rec.status, rec.error_code, rec.message = VMStatus.ERROR, refused[0], refused[1]
+        elif ip is None:
             rec.status, rec.error_code, rec.message = VMStatus.ERROR, ErrorCode.NO_FREE_IP_ADDRESS, f"subnet {subnet} is full"
         return rec
 
@@ -328,6 +345,12 @@ class VMRecord:
             self.status, self.lc_id, self.lc_address, self.error_code = status, lc_id, lc_address, None
 
     @_change
+    def resize(self, requested: Capacity) -> None:
+        """Its host changed its vcpus and memory (and its network demand) to ``requested``."""
+        if self.status.started:
+            self.requested = requested
+
+    @_change
     def release_address(self) -> None:
         """Give its address back to the pool, if it holds one and nothing runs (ERROR)."""
         if self.status is VMStatus.ERROR and self.ip is not None:
@@ -371,6 +394,16 @@ class VMRecord:
         """Migrated to ``lc_id`` (of group manager ``gm_id``)."""
         self.lc_id, self.lc_address, self.gm_id, self.gm_address = lc_id, lc_address, gm_id, gm_address
         self.uuid, self.last_migration = uuid, details
+        if self.error_code is ErrorCode.MIGRATION_NEEDS_RECOVERY and self.status is VMStatus.PAUSED:
+            # Resumed (by an operator) and moved again since: it runs.
+            self.status, self.error_code, self.message = VMStatus.RUNNING, None, None
+
+    @_change
+    def stall(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
+        """Its migration failed after the switch to post-copy: PAUSED at both hosts (or only a
+        stale copy left), with ``code`` and the operator's instructions in ``message``."""
+        if self.status.started:
+            self.status, self.error_code, self.message, self.last_migration = VMStatus.PAUSED, code, message, details
 
     @property
     def finished(self) -> bool:
@@ -438,4 +471,9 @@ def _read_fields(d: dict[str, Any]) -> dict[str, Any]:
         "lost_on": _text(d.get("lostOn"), "lostOn"),
         "restarted_at": _number(d.get("restartedAt"), "restartedAt"),
         "restarts": restarts,
+        "subnet": _text(d.get("subnet"), "subnet"),
+        "network": _text(d.get("network"), "network"),
+        "flavor": _text(d.get("flavor"), "flavor"),
+        "fwgroup": _text(d.get("firewallGroup"), "firewallGroup"),
+        "vlangroup": _text(d.get("vlanGroup"), "vlanGroup"),
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,13 @@ import aiohttp
 from snooze.codes import CodedError, ErrorCode
 from snooze.http import INTERNAL_PATH, MSGPACK, ApiError
 from snooze.models import NetworkAddress
-from snooze.protocol import ProtocolError, decode, encode, new_nonce
+from snooze.protocol import BadSignature, ProtocolError, decode, encode, new_nonce
+from snooze.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+#: What the operator must check when a peer and this process disagree on the key.
+KEY_HINT = "check [cluster] key / SNOOZE_CLUSTER_KEY"
 
 
 class RpcError(CodedError):
@@ -97,6 +104,7 @@ class RpcClient:
         self.key = key
         self.sender = sender
         self._session: aiohttp.ClientSession | None = None
+        self._report = RateLimitedLog(log)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -110,15 +118,25 @@ class RpcClient:
             await self._session.close()
 
     async def call(
-        self, peer: NetworkAddress, kind: str, body: Any = None, *, epoch: int = 0, timeout: float = 5.0
+        self, peer: NetworkAddress, kind: str, body: Any = None, *, epoch: int = 0, timeout: float = 5.0,
+        keep_alive: bool = True,
     ) -> Any:
+        """Send one message and return the peer's answer's body (RpcError otherwise).
+
+        ``keep_alive=False`` for a call to a peer rarely called again (a local controller asking
+        the group leader for its group manager): the connection is closed after the answer, so a
+        leader is not left holding one idle connection per host of the cluster.
+        """
         nonce = new_nonce()
         data = encode(self.key, kind, self.sender, epoch, body, nonce=nonce)
+        headers = {"Content-Type": MSGPACK}
+        if not keep_alive:
+            headers["Connection"] = "close"
         try:
             async with self._http().post(
                 peer.url + INTERNAL_PATH,
                 data=data,
-                headers={"Content-Type": MSGPACK},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
@@ -133,6 +151,8 @@ class RpcClient:
             env = decode(self.key, raw)
         except ProtocolError as exc:
             refusal = _plain_refusal(raw)
+            if _key_mismatch(status, refusal, exc):
+                raise self._key_mismatch(peer, kind, status) from exc
             if refusal is not None:
                 # The peer could not accept our envelope (key, version, replay window): it
                 # answers in plain JSON, since it will not sign an answer to what it refused.
@@ -150,6 +170,25 @@ class RpcClient:
         if legacy is not None:
             raise legacy
         return env.body
+
+    def _key_mismatch(self, peer: NetworkAddress, kind: str, status: int) -> RpcError:
+        where = f"{peer.address}:{peer.port}"
+        message = f"peer {where} refused our message: cluster key mismatch ({KEY_HINT})"
+        # Every call to that peer fails the same way until someone fixes a key: say it once a
+        # minute per peer, not once per heartbeat-paced retry.
+        self._report(f"key_mismatch {where}", "%s (%s)", message, kind)
+        return RpcError(ErrorCode.BAD_HMAC, message, status or ErrorCode.BAD_HMAC.http_status)
+
+
+def _key_mismatch(status: int, refusal: tuple[ErrorCode, str, str | None] | None, exc: ProtocolError) -> bool:
+    """Whether a reply we cannot read means the peer and we hold different cluster keys: it
+    refused our HMAC (``BAD_HMAC``, or a bare 401 from a peer that does not name it), or it
+    signed its reply with a key that is not ours."""
+    if isinstance(exc, BadSignature):
+        return True
+    if refusal is not None:
+        return refusal[0] == ErrorCode.BAD_HMAC
+    return status == 401
 
 
 def _plain_refusal(raw: bytes) -> tuple[ErrorCode, str, str | None] | None:

@@ -7,6 +7,12 @@ when the process ends, as kopf does). Each role the process runs works through a
 process scope (``snooze.scope``), whose tasks are not critical: a failed request or a bad
 record fails that request, never the process. Periodic loops catch and log their own
 temporary errors per iteration. ``stop`` gives every task a bounded grace.
+
+Start-up never waits for ZooKeeper: the HTTP port answers at once, ``GET /health`` says whether
+the process is connected (200 ``{"status": "ok"}``) or what it waits for (503 ``{"status":
+"waiting", "detail": "waiting for ZooKeeper at HOST:PORT"}``), and SIGTERM stops it whatever the
+session's state. A start-up that cannot succeed (a hypervisor that cannot be opened, a port in
+use, a live process with the same id) ends the process with one line naming the cause.
 """
 
 from __future__ import annotations
@@ -14,26 +20,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
+import json
 import logging
 import os
 import signal
 import sys
-import tomllib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
+import aiohttp
 import psutil
 from aiohttp import web
+from prometheus_client.core import Metric
 
 from snooze import config as cfg
+from snooze import metrics
 from snooze.coordination import CoordinationError, Coordinator
+from snooze.coordination.zk import DuplicateRegistration, describe_hosts
 from snooze.heartbeat import HeartbeatEndpoint
-from snooze.http import HttpLimits, InternalEndpoint, VerbRouter, new_app, start_server
+from snooze.http import (
+    GUARD,
+    REQUESTS,
+    HttpLimits,
+    InternalEndpoint,
+    VerbRouter,
+    json_response,
+    new_app,
+    start_server,
+)
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient
 from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
+
+#: The ``status`` of a ``GET /health`` answer.
+HEALTH_OK = "ok"
+HEALTH_WAITING = "waiting"
+#: Per role, znodes (under the cluster's root) besides its registration that may name a twin.
+TWIN_PATHS = {"groupmanager": ("leader",)}
+#: The shipped ``[cluster] key``: fine on one machine, never in production.
+INSECURE_KEY = cfg.ClusterSettings().key
+
+
+class StartupError(Exception):
+    """The process cannot start; the message is one line naming the option or the cause."""
 
 
 class Service:
@@ -52,7 +84,7 @@ class Service:
         self.internal = InternalEndpoint(self.app, self.key, self.id, lambda: self.known_epoch, window=window)
         self.heartbeat = HeartbeatEndpoint(
             self.key, self.id, multicast_group=settings.heartbeat.multicast_group, ttl=settings.heartbeat.multicast_ttl,
-            window=window,
+            multicast_interface=settings.heartbeat.multicast_interface or self.address.address, window=window,
         )
         self.coord: Coordinator | None = None
         self.rpc = RpcClient(self.key, self.id)
@@ -65,7 +97,12 @@ class Service:
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.exit_code = 0
+        #: Why the process stopped when it could not run (one line, printed by main_for).
+        self.fatal: str | None = None
         self.routes.add(self.role, "ping", self._ping)
+        self.app.router.add_get("/health", self._health)
+        self.metrics_registry = metrics.new_registry(self.metric_families)
+        self.app.router.add_get("/metrics", self._metrics)
         self.routes.add(self.role, "getStatistics", self._statistics)
 
     # -- epochs --------------------------------------------------------------------------
@@ -94,14 +131,23 @@ class Service:
         self.scope.every(name, interval, fn)
 
     def keep_registered(self, folder: str, value: Callable[[], Any]) -> None:
-        """(Re)write this process's ephemeral znode ``folder/<id>``, retrying until ZooKeeper
-        takes it; the coordinator re-creates it after any new session."""
+        """(Re)write this process's ephemeral znode ``folder/<id>`` once ZooKeeper is connected,
+        retrying until it takes it; the coordinator re-creates it after any new session. If a
+        live process of the same id holds it, this process stops with exit code 2."""
 
         async def register() -> None:
             assert self.coord is not None
+            path = self.coord.path(folder, self.id)
             while True:
+                await self.coord.wait_connected()
                 try:
-                    await self.coord.register(self.coord.path(folder, self.id), value())
+                    await self._check_twins()
+                    await self.coord.register(path, value(), owner_check=self._check_owner)
+                    return
+                except DuplicateRegistration as exc:
+                    self.fatal = str(exc)
+                    self.exit_code = 2
+                    self._stop.set()
                     return
                 except CoordinationError as exc:
                     log.info("cannot register in %s yet: %s", folder, exc)
@@ -109,23 +155,86 @@ class Service:
 
         self.spawn("register", register())
 
+    async def _check_twins(self) -> None:
+        """DuplicateRegistration if a znode other than our registration names a live process
+        with our id: the leader znode, for a group manager (a leading twin has no registration
+        of its own in groupmanagers/)."""
+        assert self.coord is not None
+        for name in TWIN_PATHS.get(self.role, ()):
+            path = self.coord.path(name)
+            found = await self.coord.get_json(path)
+            if isinstance(found, dict) and found.get("id") == self.id:
+                await self._check_owner(path, json.dumps(found).encode())
+
+    async def _check_owner(self, path: str, found: bytes) -> None:
+        """Our registration is held by another session: DuplicateRegistration if that is a live
+        process with our id (it answers /health as such), else it is a previous run's."""
+        other = _registered_address(found)
+        if other is None or (other.address, other.port) == (self.address.address, self.address.port):
+            # Nobody else can listen on our own address and port: that was this process's
+            # previous run, whose session has not expired yet.
+            return
+        answer = await _health_of(other)
+        if isinstance(answer, dict) and answer.get("id") == self.id:
+            raise DuplicateRegistration(
+                f"refusing to start: id {self.id} is already used by a live {answer.get('role', 'process')} at "
+                f"{other.address}:{other.port} (registered at {path}); give each process its own [node] id"
+            )
+        log.info("taking over %s from a previous session (%s:%d does not answer as %s)", path, other.address, other.port, self.id)
+
+    # -- health --------------------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of ``GET /health``: 200 when the ZooKeeper session is CONNECTED,
+        503 with what the process waits for otherwise."""
+        s = self.settings.cluster
+        body: dict[str, Any] = {"role": self.role, "id": self.id}
+        coord = self.coord
+        if coord is not None and coord.connected:
+            return 200, {"status": HEALTH_OK, **body, "zookeeper": coord.state.value}
+        if coord is not None:
+            detail = coord.waiting_detail or ""
+            state = coord.state.value
+        elif not s.zookeeper and s.discovery == "zeroconf":
+            detail, state = f"discovering ZooKeeper with zeroconf (cluster {s.name})", "DISCOVERING"
+        else:
+            detail, state = f"waiting for ZooKeeper at {describe_hosts(s.zookeeper)}", "CONNECTING"
+        return 503, {"status": HEALTH_WAITING, **body, "zookeeper": state, "detail": detail}
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        status, body = self.health()
+        return json_response(body, status)
+
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self._runner = await start_server(self.app, s.node.listen_address, s.node.port, HttpLimits.from_settings(s.node))
-        await self.heartbeat.start(s.node.listen_address, s.node.port)
+        if s.cluster.key == INSECURE_KEY:
+            log.warning("[cluster] key is the shipped insecure development key: anyone can sign messages to this "
+                        "cluster. Set [cluster] key (or the SNOOZE_CLUSTER_KEY environment variable) to a secret of your own")
+        log.info("%s %s starting: listening on %s port %d, advertised to peers as %s", self.role, self.id,
+                 s.node.listen_address, s.node.port, self.address.address)
+        try:
+            self._runner = await start_server(self.app, s.node.listen_address, s.node.port, HttpLimits.from_settings(s.node))
+            await self.heartbeat.start(s.node.listen_address, s.node.port)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+                raise
+            raise StartupError(
+                f"[node] listen_address = {s.node.listen_address!r}, [node] port = {s.node.port}: cannot listen there: "
+                f"{os.strerror(exc.errno)}"
+            ) from exc
         zk = s.cluster.zookeeper
         if not zk and s.cluster.discovery == "zeroconf":
-            from snooze.discovery import discover_zookeeper
+            from snooze.discovery import discover_zookeeper, zeroconf_interfaces
 
-            zk = await discover_zookeeper(s.cluster.name, s.cluster.zeroconf_interfaces)
+            # Until found (a group manager may start later), or SIGTERM.
+            zk = await discover_zookeeper(s.cluster.name, zeroconf_interfaces(s), stop=self._stop)
         self.coord = Coordinator(zk, s.cluster.zk_root, s.cluster.session_timeout)
         await self.coord.start()
         # Restarts kazoo if its connection thread dies; when that keeps failing it crashes, and
         # so the process stops with code 1 instead of living on without ZooKeeper.
         self.spawn("zookeeper", self.coord.supervise())
         await self.on_start()
-        log.info("%s %s listening on %s", self.role, self.id, self.address.url)
+        log.info("%s %s started; peers reach it at %s; ZooKeeper at %s", self.role, self.id, self.address.url, self.coord.where)
 
     async def on_start(self) -> None:
         """Role-specific start-up."""
@@ -134,8 +243,11 @@ class Service:
         """Role-specific shut-down (runs before the session and the sockets close)."""
 
     async def stop(self) -> None:
+        # Without ZooKeeper, what a role does on its way out (unregistering, handing over) cannot
+        # reach it anyway: a short grace, so that SIGTERM stops the process within seconds.
+        connected = self.coord is None or self.coord.connected
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.on_stop(), 2 * self.scope.grace)
+            await asyncio.wait_for(self.on_stop(), 2 * self.scope.grace if connected else 1.0)
         # Every task and role scope left, with a bounded grace: a hung task cannot hang the stop.
         await self.scope.close()
         if self.coord is not None:
@@ -150,13 +262,72 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stop.set)
-        await self.start()
+        try:
+            # SIGTERM while a start-up step still waits (a hypervisor, a discovery) ends it.
+            starting = asyncio.ensure_future(self.start())
+            stopping = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                log.info("stopped while starting")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.stop(), 10)
+                return self.exit_code
+            starting.result()
+        except (CoordinationError, StartupError, OSError, cfg.ConfigError) as exc:
+            # One line for the operator (main_for prints it); the rest of the story at debug level.
+            log.debug("start-up failed", exc_info=exc)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.stop(), 10)
+            if self._stop.is_set() and self.exit_code == 0:  # SIGTERM while starting: a normal stop
+                log.info("stopped while starting (%s)", _one_line(exc))
+                return 0
+            raise StartupError(str(exc) if isinstance(exc, StartupError) else _one_line(exc)) from exc
         await self._stop.wait()
         await self.stop()
         return self.exit_code
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    # -- metrics -------------------------------------------------------------------------
+    def metric_families(self) -> Iterable[Metric]:
+        """What every role reports on ``/metrics`` (snooze.metrics), then ``role_metric_families``."""
+        state = self.coord.state.value if self.coord is not None else "NONE"
+        yield metrics.info("snooze", "This process's role and id.", {"role": self.role, "id": self.id})
+        yield metrics.gauge("snooze_zookeeper_connected", "1 while the ZooKeeper session is connected.",
+                            1.0 if self.coord is not None and self.coord.connected else 0.0)
+        yield metrics.gauge("snooze_zookeeper_state", "The ZooKeeper session's state (1 for the current one).",
+                            {(state,): 1.0}, ("state",))
+        yield metrics.gauge("snooze_leader_epoch", "The newest group leader epoch this process has seen.", self.known_epoch)
+        yield metrics.counter("snooze_heartbeats_sent", "Heartbeat datagrams sent, by kind (one per receiver).",
+                              {(k,): v for k, v in self.heartbeat.sent.items()}, ("kind",))
+        yield metrics.counter("snooze_heartbeats_received", "Heartbeat datagrams received and accepted, by kind.",
+                              {(k,): v for k, v in self.heartbeat.received.items()}, ("kind",))
+        yield metrics.counter("snooze_heartbeats_dropped", "Heartbeat datagrams dropped, by reason (bad signature, replay, out of order…).",
+                              {(k,): v for k, v in self.heartbeat.dropped.items()}, ("reason",))
+        yield metrics.counter("snooze_internal_rejected", "Internal messages refused, by reason.",
+                              {(k,): v for k, v in self.internal.rejected.items()}, ("reason",))
+        yield metrics.counter("snooze_task_failures", "Failures of this process's background tasks.", self.scope.failures)
+        yield metrics.counter("snooze_http_requests", "HTTP requests answered, by route, verb, method and status.",
+                              {k: float(v) for k, v in self.app[REQUESTS].items()}, ("path", "verb", "method", "status"))
+        guard = self.app.get(GUARD)
+        if guard is not None:
+            yield metrics.counter("snooze_http_connections_closed", "HTTP connections closed early, by reason.",
+                                  {(k,): v for k, v in guard.closed.items()}, ("reason",))
+        yield from self.role_metric_families()
+
+    def role_metric_families(self) -> Iterable[Metric]:
+        """A role's own metrics (read at scrape time from its state)."""
+        return ()
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = metrics.render(self.metrics_registry)
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     # -- common endpoints ----------------------------------------------------------------
     async def _ping(self, request: web.Request) -> Any:
@@ -175,6 +346,33 @@ class Service:
             "taskFailures": self.scope.failures,
             "zookeeper": self.coord.state.value if self.coord else None,
         }
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _registered_address(found: bytes) -> NetworkAddress | None:
+    """The control address in a registration's value (a bootstrap's or a local controller's
+    ``controlDataAddress``, a group manager's ``listenSettings``), or None."""
+    try:
+        value = json.loads(found)
+        where: Any = value.get("controlDataAddress") or (value.get("listenSettings") or {}).get("controlDataAddress")
+        return NetworkAddress.from_json(where)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+async def _health_of(address: NetworkAddress, timeout: float = 3.0) -> Any:
+    """Another process's ``GET /health`` answer (200 or 503), or None if it does not answer."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(address.url + "/health") as resp:
+                return await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
 
 
 def main_for(role: str, factory: Callable[[cfg.Settings], Service], argv: list[str] | None = None) -> int:
@@ -202,14 +400,12 @@ def main_for(role: str, factory: Callable[[cfg.Settings], Service], argv: list[s
         # The shared secret is better kept out of config files and command lines.
         overrides["cluster.key"] = os.environ["SNOOZE_CLUSTER_KEY"]
     for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            print(f"snooze-{role}: --set expects SECTION.OPTION=VALUE, got {item!r}", file=sys.stderr)
-            return 2
         try:
-            overrides[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key.strip()] = raw
+            key, value = cfg.parse_override(item)
+        except cfg.ConfigError as exc:
+            print(f"snooze-{role}: {exc}", file=sys.stderr)
+            return 2
+        overrides[key] = value
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s",
@@ -227,7 +423,13 @@ def main_for(role: str, factory: Callable[[cfg.Settings], Service], argv: list[s
         print(f"snooze-{role}: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(service.run())
-    except OSError as exc:
+        code = asyncio.run(service.run())
+    except StartupError as exc:
+        print(f"snooze-{role}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, cfg.ConfigError) as exc:  # ConfigError: e.g. multicast with no interface
         print(f"snooze-{role}: {exc}", file=sys.stderr)
         return 1
+    if service.fatal:
+        print(f"snooze-{role}: {service.fatal}", file=sys.stderr)
+    return code

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
 
 from snooze.coordination import Coordinator
 from snooze.dev.localcluster import LocalCluster
@@ -40,7 +41,7 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     def make(**kw: Any) -> LocalCluster:
         gms = kw.get("gms", 3)
         lcs = kw.get("lcs", 4)
-        kw.setdefault("base_port", port_range(1 + gms + lcs))
+        kw.setdefault("base_port", port_range(2 + gms + lcs))  # + the EC2 API's, if on
         cluster = LocalCluster(tmp_path / f"cluster{len(started)}", fast_options(**kw))
         started.append(cluster)
         cluster.up(wait=True, timeout=60)
@@ -63,3 +64,15 @@ async def coord(zookeeper: ZooKeeperServer) -> AsyncIterator[Coordinator]:
         yield c
     finally:
         await c.stop()
+
+
+@pytest.fixture
+def kazoo_client(zookeeper: ZooKeeperServer) -> Iterator[KazooClient]:
+    """A plain kazoo client of this test's own ZooKeeper server (for code that takes a client)."""
+    c = KazooClient(hosts=zookeeper.address, timeout=10)
+    c.start(timeout=15)
+    try:
+        yield c
+    finally:
+        c.stop()
+        c.close()

@@ -22,6 +22,10 @@ class GroupManagerRecord:
     summary: dict[str, Any] = field(default_factory=dict)
     last_seen: float = field(default_factory=time.monotonic)
     assigned_since_summary: int = 0
+    #: Its last answer to a description request (the hierarchy shows it, marked stale, when it
+    #: does not answer in time), and when that came (monotonic).
+    last_description: dict[str, Any] | None = None
+    last_answer: float | None = None
 
 
 class GroupManagers:

@@ -1,9 +1,18 @@
 """The leader role: knows every group manager, assigns local controllers to them, heartbeats
 the whole hierarchy and answers for it.
 
-Orders that need agreement (assignments) are refused while the ZooKeeper session is SUSPENDED:
-a leader that cannot prove it still holds the lock gives no orders. Every message it sends
-carries its epoch.
+Orders that need agreement (assignments, group managers' joins) are refused while the leader
+does not present itself as leader (its ZooKeeper session SUSPENDED: ``LeaderElection``): a
+leader that cannot prove it still holds the lock gives no orders and sends no heartbeat. Every
+message it sends carries its epoch.
+
+Only group managers registered in ZooKeeper (``groupmanagers/<id>``, at the address they join
+from) may join and be given local controllers: one that never reached ZooKeeper but heard the
+leader's heartbeats is refused (``GROUP_MANAGER_NOT_REGISTERED``, retryable).
+
+The leader manages no local controller itself, so a cluster needs at least two group managers
+(three to survive the loss of one); with none alive besides the leader, every local controller
+is refused with ``NO_GROUP_MANAGER``, saying so, and the leader logs it (rate-limited).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import time
 from typing import Any, Protocol
 
 from groupmanager.leader.assignment import choose_group_manager
+from groupmanager.leader.balance import Placement
 from groupmanager.leader.members import GroupManagerRecord, GroupManagers
 from groupmanager.leader.submissions import Submissions, sweep_interval
 from snooze.codes import ErrorCode
@@ -29,6 +39,7 @@ from snooze.protocol.messages import (
     Summary,
     VirtualClusterResponse,
 )
+from snooze.ratelimit import RateLimitedLog
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -37,10 +48,19 @@ __all__ = ["GroupManagerRecord", "LeaderNode", "LeaderRole"]
 log = logging.getLogger(__name__)
 
 
+#: Why a lone leader cannot host local controllers (NO_GROUP_MANAGER's message, the warnings).
+TOPOLOGY_ADVICE = ("the group leader does not manage local controllers: run at least 2 group managers, "
+                   "3 to survive the loss of one")
+
+
 class LeaderNode(Protocol):
     """What the leader role needs of its group manager process besides its scope."""
 
     def leader_description(self, epoch: int) -> GroupManagerDescription: ...
+
+    @property
+    def is_leader(self) -> bool:
+        """Leads and may say so (its ZooKeeper session CONNECTED, its term not over)."""
 
 
 class LeaderRole:
@@ -58,6 +78,9 @@ class LeaderRole:
         self._rr = 0
         self.submissions: Submissions | None = None
         self.started_at = time.monotonic()
+        self.report = RateLimitedLog(log)
+        #: Sleeping hosts of lost group managers handed over; local controllers rebalanced.
+        self.placement = Placement(self)
 
     @property
     def running(self) -> bool:
@@ -86,6 +109,7 @@ class LeaderRole:
         hb = scope.settings.heartbeat
         scope.every("leader.heartbeat", lambda: hb.interval, self._heartbeat)
         scope.every("leader.peers", lambda: max(hb.interval, 1.0), self._refresh_peers)
+        self.placement.start()
 
     async def stop(self) -> None:
         await self.scope.close()
@@ -104,6 +128,9 @@ class LeaderRole:
         for gone in set(self.gms) - names:
             log.info("group manager %s left", gone)
             del self.gms[gone]
+            self.placement.membership_change()
+            # Its sleeping hosts go to another group manager now, not at the next round.
+            self.scope.spawn("leader.sleeping-now", self.placement.hand_over())
         try:
             current = await coord.children_json(coord.path("groupmanagers"))
         except CoordinationError:
@@ -113,6 +140,7 @@ class LeaderRole:
                 continue
             try:
                 self.gms[gm_id] = GroupManagerRecord(GroupManagerDescription.from_json(data))
+                self.placement.membership_change()
             except (KeyError, TypeError, ValueError):
                 log.warning("unreadable group manager znode %s", gm_id)
 
@@ -133,7 +161,12 @@ class LeaderRole:
 
     # -- heartbeats ----------------------------------------------------------------------
     async def _heartbeat(self) -> None:
+        if not self.node.is_leader:
+            return  # cut off from ZooKeeper: another may be elected; claim nothing
         body = self.node.leader_description(self.epoch).to_json()
+        warning = self.topology_warning()
+        if warning:
+            body["warnings"] = [warning]
         targets = [r.description.address for r in self.gms.values()] + list(self.peers.values())
         self.scope.heartbeat.send("gl.heartbeat", self.epoch, body, targets)
 
@@ -143,14 +176,45 @@ class LeaderRole:
         if rec is not None:
             rec.last_seen = time.monotonic()
 
+    def _require_leading(self) -> None:
+        if not self.node.is_leader:
+            raise ApiError(ErrorCode.LEADER_SUSPENDED, "the group leader has lost ZooKeeper; retry")
+
+    async def _registered(self, desc: GroupManagerDescription) -> None:
+        """Refuse (GROUP_MANAGER_NOT_REGISTERED) a group manager ZooKeeper does not list at the
+        address it joins from."""
+        coord = self.scope.coord
+        assert coord is not None
+        try:
+            data = await coord.get_json(coord.path("groupmanagers", desc.id))
+        except CoordinationError as exc:
+            raise ApiError(ErrorCode.LEADER_SUSPENDED, f"the group leader cannot read ZooKeeper ({exc}); retry") from exc
+        if not data:
+            raise ApiError(ErrorCode.GROUP_MANAGER_NOT_REGISTERED,
+                           f"group manager {desc.id} is not registered in ZooKeeper (groupmanagers/{desc.id}): "
+                           "it must reach ZooKeeper before joining; retry", field="groupManager.id")
+        try:
+            registered = GroupManagerDescription.from_json(data).address
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ApiError(ErrorCode.GROUP_MANAGER_NOT_REGISTERED,
+                           f"group manager {desc.id}'s ZooKeeper entry is unreadable ({exc}); retry") from exc
+        if (registered.address, registered.port) != (desc.address.address, desc.address.port):
+            raise ApiError(ErrorCode.GROUP_MANAGER_NOT_REGISTERED,
+                           f"group manager {desc.id} joins from {desc.address.address}:{desc.address.port} but ZooKeeper "
+                           f"registers it at {registered.address}:{registered.port}; retry",
+                           field="groupManager.listenSettings")
+
     async def _on_gm_join(self, msg: GroupManagerJoin, _env: Envelope) -> Any:
         try:
             desc = GroupManagerDescription.from_json(msg.group_manager)
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(ErrorCode.BAD_JOIN, f"bad join: {exc}") from exc
+        self._require_leading()
+        await self._registered(desc)
         rec = self.gms.get(desc.id)
         if rec is None:
             self.gms[desc.id] = GroupManagerRecord(desc)
+            self.placement.membership_change()
         else:
             rec.description = desc
             rec.last_seen = time.monotonic()
@@ -167,9 +231,7 @@ class LeaderRole:
         return {"ok": True}
 
     async def _on_assign(self, msg: AssignLocalController, _env: Envelope) -> Any:
-        coord = self.scope.coord
-        if coord is None or not coord.connected:
-            raise ApiError(ErrorCode.LEADER_SUSPENDED, "the group leader has lost ZooKeeper; retry")
+        self._require_leading()
         settle = min(1.0, 2 * self.scope.settings.heartbeat.interval)
         if time.monotonic() - self.started_at < settle and len(self.gms) < 2:
             # Just elected: let the group managers join before spreading local controllers.
@@ -177,13 +239,26 @@ class LeaderRole:
         exclude = set(msg.exclude)
         candidates = [r for r in self.alive_gms() if r.description.id not in exclude] or self.alive_gms()
         if not candidates:
-            raise ApiError(ErrorCode.NO_GROUP_MANAGER, "no group manager available; retry")
+            lc = str(msg.local_controller.get("id", "?"))
+            if not self.gms:
+                self.report("alone", "local controller %s asks for a group manager but none is alive besides the "
+                            "group leader; %s", lc, TOPOLOGY_ADVICE)
+                raise ApiError(ErrorCode.NO_GROUP_MANAGER, f"no group manager available ({TOPOLOGY_ADVICE}); retry")
+            self.report("none-alive", "local controller %s asks for a group manager but none of %s is alive",
+                        lc, ", ".join(sorted(self.gms)))
+            raise ApiError(ErrorCode.NO_GROUP_MANAGER,
+                           f"no group manager available: none of {', '.join(sorted(self.gms))} is alive "
+                           f"({TOPOLOGY_ADVICE}); retry")
         lc_id = str(msg.local_controller.get("id", ""))
         home = await self._woken_by(lc_id)
         preferred = [r for r in candidates if r.description.id == home]
+        moved_to = self.placement.target_for(lc_id, [r.description.id for r in candidates])
         if preferred:
             # It was powered down and woken by that group manager, which is waiting for it.
             chosen = preferred[0]
+        elif moved_to is not None:
+            # Rebalancing ordered it to move there.
+            chosen = next(r for r in candidates if r.description.id == moved_to)
         else:
             chosen, self._rr = choose_group_manager(self.scope.settings.groupmanager.assignment_policy, candidates, self._rr)
         chosen.assigned_since_summary += 1
@@ -209,20 +284,50 @@ class LeaderRole:
     async def _on_hierarchy(self, _msg: Hierarchy, _env: Envelope) -> Any:
         return await self.hierarchy()
 
+    def topology_warning(self) -> str | None:
+        """What is wrong with the number of group managers alive besides the leader, if anything."""
+        alive = len(self.alive_gms())
+        if alive == 0:
+            return f"no group manager is alive besides the group leader, so no local controller can be hosted ({TOPOLOGY_ADVICE})"
+        if alive == 1:
+            return f"one group manager besides the group leader: losing it orphans every local controller ({TOPOLOGY_ADVICE})"
+        return None
+
+    def describe_timeout(self) -> float:
+        """How long the hierarchy waits for one group manager: about a heartbeat interval, kept
+        within 1..2 s (a describe is answered from memory; one that takes longer is shown as
+        last known, marked stale)."""
+        return min(2.0, max(1.0, self.scope.settings.heartbeat.interval))
+
     async def hierarchy(self) -> dict[str, Any]:
+        timeout = self.describe_timeout()
+
         async def describe(rec: GroupManagerRecord) -> dict[str, Any]:
             try:
                 reply = await self.scope.rpc.call(rec.description.address, DescribeGroupManager.KIND,
-                                                  DescribeGroupManager().to_wire(), epoch=self.epoch, timeout=3)
-                return dict(reply["groupManager"])
+                                                  DescribeGroupManager().to_wire(), epoch=self.epoch, timeout=timeout)
+                d = dict(reply["groupManager"])
             except (RpcError, KeyError, TypeError) as exc:
-                d = rec.description.to_json(with_lcs=True)
+                # Cut off or slow: what it last said, marked, rather than waiting for it.
+                d = dict(rec.last_description) if rec.last_description else rec.description.to_json(with_lcs=True)
+                d["stale"] = True
                 d["error"] = str(exc)
+                if rec.last_answer is not None:
+                    d["staleForSeconds"] = round(time.monotonic() - rec.last_answer, 1)
                 return d
+            rec.last_description = d
+            rec.last_answer = time.monotonic()
+            return d
 
+        # Only the group managers heard from within the heartbeat timeout: a silent one is on
+        # its way out (ZooKeeper or the failure detector drops it) and is not waited for.
         records = sorted(self.alive_gms(), key=lambda r: r.description.id)
         gms = await asyncio.gather(*(describe(r) for r in records))
-        return {
+        out: dict[str, Any] = {
             "groupLeaderDescription": self.node.leader_description(self.epoch).to_json(),
             "groupManagerDescriptions": list(gms),
         }
+        warning = self.topology_warning()
+        if warning:
+            out["warnings"] = [warning]
+        return out

@@ -39,6 +39,7 @@ offered to another group manager.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,23 +54,28 @@ from groupmanager.placement import HostView, VMRequest, make_placement_policy
 from groupmanager.thresholds import thresholds_from
 from snooze.codes import STARTED, ErrorCode, TaskState, VMStatus
 from snooze.coordination import CoordinationError
-from snooze.coordination.store import AlreadyExists, StaleEpoch, Store, TooLarge
+from snooze.coordination.store import (
+    DEFAULT_SUBNET,
+    AlreadyExists,
+    Changed,
+    Op,
+    StaleEpoch,
+    Store,
+    TooLarge,
+)
 from snooze.domainxml import DomainPolicy
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, add
+from snooze.network.ipam import Ipam, mac_for_address
+from snooze.network.model import Guest
+from snooze.network.store import NetworkStore
+from snooze.network.vms import Reservations, ensure_default, guest_ops, place_guest, plan_network
 from snooze.protocol.messages import DescribeLocalController, StartVirtualMachines
 from snooze.records import RecordError, VMRecord
 from snooze.rpc import RpcError, api_error
 from snooze.scope import Scope
-from snooze.virtualcluster import (
-    InvalidSubmission,
-    VMSpec,
-    mac_for_ip,
-    parse_submission,
-    set_mac,
-    subnet_hosts,
-)
+from snooze.virtualcluster import InvalidSubmission, VMSpec, parse_submission, set_mac
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,10 @@ def fingerprint(templates: Any) -> str:
     is not deterministic: a generated domain gets a fresh uuid)."""
     canonical = json.dumps(templates, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Plans of a submission's addresses before a conflict is answered CONFLICT (retry).
+ALLOCATION_ATTEMPTS = 6
 
 
 def sweep_interval(retention: float) -> float:
@@ -123,7 +133,11 @@ class Submissions:
         limit = max(4096, int(settings.transaction_bytes))
         self.store = Store(coord, single_tx_bytes=limit, chunk_bytes=limit // 2)
         self.subnet = settings.virtual_machine_subnet
-        self.addresses = subnet_hosts(self.subnet)
+        # The network model (issue 12): the default network is ``virtual_machine_subnet``;
+        # addresses come from the subnets' pools (one allocator, used under ``_alloc``).
+        self.network = NetworkStore(coord.client, coord.root)
+        self.ipam = Ipam(coord.client, coord.root)
+        self._network_ready = False
         self.retention = max(1.0, float(settings.task_retention))
         self.policy = make_placement_policy(settings.dispatch_policy, thresholds=thresholds_from(settings))
         self.domain_policy = DomainPolicy.from_settings(scope.settings.templates)
@@ -166,20 +180,28 @@ class Submissions:
             except CoordinationError as exc:  # StaleEpoch too: NOT_GROUP_LEADER
                 raise api_error(exc) from exc
             task_id = str(uuid.uuid4())
-            for attempt in range(3):
-                records = await self._allocate(specs, task_id)
+            fresh = False
+            for attempt in range(ALLOCATION_ATTEMPTS):
+                try:
+                    records, reservations, guests = await self._allocate(specs, task_id, fresh)
+                except CoordinationError as exc:
+                    raise api_error(exc) from exc
                 task: dict[str, Any] = {"taskId": task_id, "state": TaskState.PENDING, "vmIds": [s.id for s in specs],
                                         "requestId": request_id, "fingerprint": signature,
                                         "submittedAt": time.time(), "epoch": self.epoch}
                 try:
                     task = await self.store.create_submission(task, list(records.values()), [s.to_json() for s in specs],
-                                                              self.subnet, self.epoch)
+                                                              self.subnet, self.epoch, reservations, guests)
+                    reservations.succeeded()
                     break
                 except TooLarge as exc:
                     raise ApiError(ErrorCode.TEMPLATE_TOO_LARGE, str(exc), field=f"virtualMachineTemplates[{exc.index}]") from exc
-                except AlreadyExists as exc:
-                    # Another writer took an address or a name in between: look again.
-                    if attempt == 2:
+                except (AlreadyExists, Changed) as exc:
+                    # Another writer took an address (a VM of an older leader, one reserved
+                    # through the API), a chunk of a pool, or a name in between: plan afresh.
+                    reservations.conflicted()
+                    fresh, self._network_ready = True, False
+                    if attempt == ALLOCATION_ATTEMPTS - 1:
                         raise ApiError(ErrorCode.CONFLICT, "virtual machine names or addresses were taken concurrently; retry") from exc
                 except CoordinationError as exc:  # StaleEpoch too: NOT_GROUP_LEADER
                     raise api_error(exc) from exc
@@ -279,18 +301,51 @@ class Submissions:
         if task.get("state") == TaskState.PENDING and self._resumable and task_id not in self._dispatching:
             self._start(task_id, self._resume_task(task))
 
-    async def _allocate(self, specs: list[VMSpec], task_id: str) -> dict[str, VMRecord]:
-        taken = await self.store.allocated_ips(self.subnet)
-        free = iter(ip for ip in self.addresses if ip not in taken)
+    async def ensure_network(self) -> None:
+        """The default network (``virtual_machine_subnet``) and the adoption of the addresses
+        older versions allocated, once per term (again after a conflict: an older leader may
+        have written some meanwhile)."""
+        if self._network_ready:
+            return
+        coord = self.scope.coord
+        assert coord is not None
+        await coord.call(ensure_default, coord.client, coord.root, self.subnet, timeout=60)
+        self._network_ready = True
+
+    async def _allocate(self, specs: list[VMSpec], task_id: str,
+                        fresh: bool = False) -> tuple[dict[str, VMRecord], Reservations, dict[str, list[Op]]]:
+        """Each VM's references checked, its flavor applied, its address planned in its
+        subnet's pool (ops for the submission's own transaction), its record built (ERROR with
+        the reason when a reference names nothing or its subnet is full), and for a VM with a
+        flavor the ops creating its guest. Reads only (call with the lock held)."""
+        await self.ensure_network()
+        coord = self.scope.coord
+        assert coord is not None
+        nets, reservations = await coord.call(plan_network, self.network, self.ipam, specs, self.domain_policy,
+                                              fresh=fresh, timeout=60)
         records: dict[str, VMRecord] = {}
+        guests: dict[str, list[Op]] = {}
         for spec in specs:
-            ip = next(free, None)
-            if ip is not None:
-                spec.ip, spec.mac = ip, mac_for_ip(ip)
-                spec.xml = set_mac(spec.xml, spec.mac)
-            records[spec.id] = VMRecord.pending(spec.id, task_id, spec.requested, ip, spec.mac if ip else None,
-                                                self.subnet)
-        return records
+            net = nets[spec.id]
+            spec.ip = spec.mac = spec.cidr = spec.gateway = None
+            subnet = net.subnet
+            ip = str(net.ip) if net.ip is not None and net.refused is None else None
+            if ip is not None and net.ip is not None and subnet is not None:
+                spec.ip, spec.mac = ip, mac_for_address(net.ip)
+                spec.subnet, spec.network = subnet.id, subnet.network
+                spec.cidr = str(subnet.cidr)
+                spec.gateway = str(subnet.gateway) if subnet.gateway is not None else None
+                if spec.xml:
+                    spec.xml = set_mac(spec.xml, spec.mac)
+                if spec.flavor is not None:
+                    guest = Guest(spec.id, spec.flavor, subnet.network, subnet.id, spec.fwgroup, spec.vlangroup,
+                                  mac=spec.mac, ip=net.ip)
+                    guests[spec.id] = guest_ops(self.network, guest)
+            records[spec.id] = VMRecord.pending(
+                spec.id, task_id, spec.requested, ip, spec.mac if ip else None, subnet.id if subnet else self.subnet,
+                refused=net.refused, subnet_id=spec.subnet or (subnet.id if subnet else None), network=spec.network,
+                flavor=spec.flavor, fwgroup=spec.fwgroup, vlangroup=spec.vlangroup)
+        return records, reservations, guests
 
     # -- dispatch ------------------------------------------------------------------------
     def _gm_views(self) -> list[HostView]:
@@ -354,7 +409,16 @@ class Submissions:
                 return
             views = self._gm_views()
             by_id = {s.id: s for s in pending}
-            requests = [VMRequest(s.id, s.requested, excluded_hosts=frozenset(excluded[s.id])) for s in pending]
+            pins = await self._pins(pending)
+            # Subnets served by some hosts only: a group manager serves one if one of its local
+            # controllers does (the filter "subnet" rejects the others, each with its reason).
+            restricted = await self._serving(pending)
+            if restricted:
+                views = [dataclasses.replace(v, subnets=frozenset(sub for sub, gms in restricted.items() if v.id in gms))
+                         for v in views]
+            requests = [VMRequest(s.id, s.requested, pinned_host=pins.get(s.id), excluded_hosts=frozenset(excluded[s.id]),
+                                  network=s.subnet if s.subnet in restricted else None)
+                        for s in pending]
             plan = self.policy.place(requests, views)
             for vm_id, rejection in plan.unplaced.items():
                 records[vm_id].fail(ErrorCode.NOT_ENOUGH_CAPACITY, f"no group manager can host it: {rejection.reason}",
@@ -384,10 +448,44 @@ class Submissions:
                         continue
                     self._record_result(rec, gm_id, res, code)
             await self.store.update_vms(records.values(), self.epoch)
+            await self._place_guests([r for r in records.values() if r.flavor and r.status.started and r.lc_id])
         for spec in pending:
             rec = records[spec.id]
             rec.fail(ErrorCode.NOT_ENOUGH_CAPACITY, rec.message or "no group manager could host it")
         await self.store.update_vms(records.values(), self.epoch)
+
+    async def _serving(self, specs: list[VMSpec]) -> dict[str, set[str]]:
+        """subnet id -> the group managers whose local controllers serve it, for the subnets of
+        ``specs`` that some hosts serve and others not (a subnet no host serves is served by
+        all: it is not listed)."""
+        coord = self.scope.coord
+        assert coord is not None
+        subnets = sorted({s.subnet for s in specs if s.subnet and s.subnet != DEFAULT_SUBNET})
+        if not subnets:
+            return {}
+        serving = await coord.call(lambda: {sub: self.network.hypervisors_serving(sub) for sub in subnets})
+        restricted = {sub: hvs for sub, hvs in serving.items() if hvs}
+        if not restricted:
+            return {}
+        lcs = await coord.children_json(coord.path("localcontrollers"))
+        gm_of = {lc: str(d.get("groupManagerId")) for lc, d in lcs.items() if isinstance(d, dict)}
+        return {sub: {gm_of[h] for h in hvs if h in gm_of} for sub, hvs in restricted.items()}
+
+    async def _place_guests(self, started: list[VMRecord]) -> None:
+        """The guests of VMs that started now run on their local controllers (the firewall of
+        each finds its guests there); best effort: a guest left unplaced is logged."""
+        coord = self.scope.coord
+        if not started or coord is None:
+            return
+
+        def place() -> None:
+            for rec in started:
+                place_guest(self.network, rec.vm_id, rec.lc_id)
+
+        try:
+            await coord.call(place, timeout=30)
+        except CoordinationError as exc:
+            log.warning("could not record where the guests of %s run: %s", ", ".join(r.vm_id for r in started[:10]), exc)
 
     def _record_result(self, rec: VMRecord, gm_id: str, res: dict[str, Any], code: ErrorCode | None) -> None:
         gm = self.members.get(gm_id)
@@ -405,7 +503,33 @@ class Submissions:
                           [str(a) for a in adaptations] if isinstance(adaptations, list) else [],
                           domain_uuid if isinstance(domain_uuid, str) and domain_uuid else None)
 
+    async def _pins(self, specs: list[VMSpec]) -> dict[str, str]:
+        """vm id -> the group manager a template's ``hostId`` binds it to: that group manager
+        itself when it names one (the original let a client choose a group manager so), else the
+        manager of the local controller it names (the manager then places it on that host)."""
+        pins: dict[str, str] = {}
+        coord = self.scope.coord
+        alive = {r.description.id for r in self.members.alive()}
+        for spec in specs:
+            if spec.host_id is None:
+                continue
+            if spec.host_id in alive:
+                pins[spec.id] = spec.host_id
+                continue
+            lc: Any = None
+            if coord is not None:
+                try:
+                    lc = await coord.get_json(coord.path("localcontrollers", spec.host_id))
+                except CoordinationError:
+                    lc = None
+            gm_id = lc.get("groupManagerId") if isinstance(lc, dict) else None
+            # An unknown host: pinned to no group manager there is, so placement names why.
+            pins[spec.id] = str(gm_id) if gm_id else spec.host_id
+        return pins
+
     async def _send(self, gm_id: str, batch: list[VMSpec]) -> dict[str, dict[str, Any]]:
+        # A template bound to this very group manager leaves it free to choose the host.
+        batch = [dataclasses.replace(s, host_id=None) if s.host_id == gm_id else s for s in batch]
         rec = self.members.get(gm_id)
         if rec is None:
             return {s.id: {"status": VMStatus.ERROR, "errorCode": ErrorCode.GROUP_MANAGER_UNREACHABLE} for s in batch}
@@ -451,6 +575,11 @@ class Submissions:
     # -- failover ------------------------------------------------------------------------
     async def resume(self) -> None:
         """Finish the submissions a previous leader left unfinished."""
+        try:
+            async with self._alloc:
+                await self.ensure_network()  # the default network, at once when taking office
+        except CoordinationError as exc:
+            log.warning("could not create the default network yet (the first submission will): %s", exc)
         grace = self.scope.settings.heartbeat.timeout + 1.0
         await asyncio.sleep(grace)  # in-flight starts finish; group managers re-join us
         self._resumable = True

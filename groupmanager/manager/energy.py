@@ -10,6 +10,15 @@ by a plan is never powered down under it.
 Waking goes through the host's wake-up driver (IPMI, Wake-on-LAN, a command), then waits, up to
 ``wakeup_time``, for the local controller to join again. The leader is told (a ``wakeups/<lc>``
 znode) to send it back to this group manager.
+
+A sleeping host is known to the cluster, not only to this process: powering it down records it
+in ZooKeeper (``sleeping/<lc>``: its description, with its wake-up settings and capacity, and
+this group manager's id), and its re-joining any group manager removes the entry. When this
+group manager is gone, the leader hands its sleeping hosts to another (``gm.adoptSleeping``),
+which adopts them as PASSIVE, wakeable capacity. A periodic check (``sync``) settles what a lost
+message or a failed write left behind: entries naming this group manager that it does not hold
+are adopted, hosts it holds that were handed to another are forgotten, and an entry that could
+not be written at power-down is written again. See docs/energy-handover.md.
 """
 
 from __future__ import annotations
@@ -18,14 +27,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from groupmanager.manager.hosts import Hosts, LocalControllerRecord
 from groupmanager.power import WakeupError, make_wakeup_driver
 from snooze.coordination import CoordinationError
-from snooze.models import Status
+from snooze.models import LocalControllerDescription, Status
 from snooze.protocol import Envelope
-from snooze.protocol.messages import EnergySaverSwitch, PowerSave
+from snooze.protocol.messages import AdoptSleepingHosts, EnergySaverSwitch, PowerSave
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -45,6 +55,11 @@ class EnergySaver:
         self.rejoined: dict[str, asyncio.Event] = {}
         self.wakeups = 0
         self.power_downs = 0
+        self.adopted = 0  # sleeping hosts taken over from a group manager that is gone
+        #: Set by the manager role: called after hosts were adopted (send a summary now), and
+        #: with a host handed to another group manager (forget it).
+        self.on_adopted: Callable[[], Awaitable[None]] | None = None
+        self.on_handed_away: Callable[[str], None] | None = None
 
     @property
     def lcs(self) -> dict[str, LocalControllerRecord]:
@@ -54,6 +69,10 @@ class EnergySaver:
         self.scope.on_message(EnergySaverSwitch, self._on_switch)
         interval = self.scope.settings.heartbeat.interval
         self.scope.every("manager.energy", lambda: interval, self.tick)
+        # Sleeping hosts are adopted and recorded whether or not the saver is suspended.
+        self.scope.on_message(AdoptSleepingHosts, self._on_adopt, order=True)
+        timeout = self.scope.settings.heartbeat.timeout
+        self.scope.every("manager.sleeping", lambda: max(1.0, timeout), self.sync)
 
     async def _on_switch(self, msg: EnergySaverSwitch, _env: Envelope) -> Any:
         if msg.enabled is not None:
@@ -131,6 +150,86 @@ class EnergySaver:
             return
         self.power_downs += 1
         log.info("powered %s down (%s); it stays as wakeable capacity", lc_id, self.settings.power_saving_action)
+        await self._record_sleeping(lc_id)
+
+    # -- sleeping hosts in ZooKeeper -----------------------------------------------------
+    async def _record_sleeping(self, lc_id: str) -> bool:
+        rec, store = self.lcs.get(lc_id), self.scope.store
+        if rec is None or store is None or rec.description.status != Status.PASSIVE:
+            return False
+        try:
+            await store.put_sleeping(lc_id, rec.description.to_json(), self.scope.id)
+        except CoordinationError as exc:
+            log.info("could not record %s as sleeping yet (%s); the next check will", lc_id, exc)
+            return False
+        return True
+
+    async def _on_adopt(self, msg: AdoptSleepingHosts, _env: Envelope) -> Any:
+        adopted = self.adopt([h for h in msg.hosts if isinstance(h, dict)])
+        if adopted and self.on_adopted is not None:
+            await self.on_adopted()
+        return {"adopted": adopted}
+
+    def adopt(self, entries: list[dict[str, Any]]) -> list[str]:
+        """Take sleeping hosts over as PASSIVE; the ids adopted (a host already held is kept)."""
+        adopted: list[str] = []
+        for entry in entries:
+            try:
+                desc = LocalControllerDescription.from_json(entry["localController"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("unreadable sleeping host entry (%s); skipped", exc)
+                continue
+            if desc.id in self.lcs:
+                continue
+            desc.status = Status.PASSIVE
+            desc.group_manager_id = self.scope.id
+            desc.assigned_virtual_machines = []
+            self.lcs[desc.id] = LocalControllerRecord(desc)
+            adopted.append(desc.id)
+        if adopted:
+            self.adopted += len(adopted)
+            log.warning("adopted sleeping host(s) %s from a group manager that is gone; they are wakeable capacity here",
+                        ", ".join(adopted))
+        return adopted
+
+    async def sync(self) -> None:
+        """Bring this manager's sleeping hosts and ZooKeeper's ``sleeping/`` in line."""
+        store, coord = self.scope.store, self.scope.coord
+        if store is None or coord is None or not coord.connected:
+            return
+        try:
+            entries = await store.sleeping()
+        except CoordinationError:
+            return
+        mine = [e for lc_id, (e, _v) in sorted(entries.items()) if e.get("groupManagerId") == self.scope.id
+                and lc_id not in self.lcs]
+        if self.adopt(mine) and self.on_adopted is not None:
+            await self.on_adopted()
+        for lc_id, rec in list(self.lcs.items()):
+            if rec.description.status != Status.PASSIVE:
+                continue
+            entry = entries.get(lc_id)
+            owner = entry[0].get("groupManagerId") if entry is not None else None
+            if owner is not None and owner != self.scope.id:
+                self._hand_away(lc_id, f"the group leader handed it to {owner}")
+            elif entry is None:
+                try:
+                    registered = await coord.get_json(coord.path("localcontrollers", lc_id))
+                except CoordinationError:
+                    continue
+                if isinstance(registered, dict):
+                    # Awake: powered down by our order, it re-joined elsewhere since (woken by another).
+                    if registered.get("groupManagerId") not in (None, self.scope.id):
+                        self._hand_away(lc_id, f"it is awake under {registered.get('groupManagerId')}")
+                else:
+                    await self._record_sleeping(lc_id)
+
+    def _hand_away(self, lc_id: str, why: str) -> None:
+        log.info("forgetting sleeping host %s: %s", lc_id, why)
+        if self.on_handed_away is not None:
+            self.on_handed_away(lc_id)
+        else:
+            self.lcs.pop(lc_id, None)
 
     # -- waking --------------------------------------------------------------------------
     def on_joined(self, lc_id: str) -> None:
@@ -190,8 +289,11 @@ class EnergySaver:
                 await store.mark_wakeup(lc_id, self.scope.id)
 
     async def clear_wakeup(self, lc_id: str) -> None:
+        """``lc_id`` joined: it is awake, neither woken any more nor sleeping."""
         store = self.scope.store
         if store is not None:
             with contextlib.suppress(CoordinationError):
                 await store.clear_wakeup(lc_id)
+            with contextlib.suppress(CoordinationError):
+                await store.clear_sleeping(lc_id)
 

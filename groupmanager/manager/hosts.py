@@ -181,6 +181,16 @@ class Hosts:
                                  self.thresholds.mid)
         return capacity.refusal(requested, room, lc_id)
 
+    def adopt(self, lc_id: str, vm_id: str, requested: Capacity, uuid: str | None = None,
+              state: VMStatus = VMStatus.RUNNING) -> None:
+        """A VM is now on ``lc_id`` (started, or migrated in): its reservation there becomes the
+        VM in one step. Never counted twice, as reserved and as running, which would hide free
+        capacity from a concurrent placement."""
+        self.reservations.release(lc_id, vm_id)
+        rec = self.lcs.get(lc_id)
+        if rec is not None:
+            rec.add_vm(vm_id, requested, state, uuid=uuid)
+
     def busy(self, lc_id: str) -> bool:
         """True when ``lc_id`` hosts a VM or has capacity reserved (it is not idle)."""
         rec = self.lcs.get(lc_id)

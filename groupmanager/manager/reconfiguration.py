@@ -146,6 +146,20 @@ class Reconfiguration:
         # an average over them would call a just-relieved host overloaded for a whole window.
         self._touched: dict[str, dict[str, Any]] = {}
         self._received_at: dict[str, float] = {}
+        # Consolidation's limits: VM -> when it last migrated (none moves again within
+        # migration_cooldown) and a token bucket of migrations (migration_budget per hour and
+        # per active host, at most two consolidation intervals' worth saved up: an hour's worth
+        # at once would be a burst the rate is meant to prevent).
+        self.cooldown = float(getattr(gm, "migration_cooldown", 0.0) or 0.0)
+        self.budget_rate = float(getattr(gm, "migration_budget", 0.0) or 0.0)
+        self._moved_at: dict[str, float] = {}
+        self._tokens: float | None = None
+        self._tokens_at = time.monotonic()
+        # Room kept free for arrivals: consolidation_headroom times what arrived since the last
+        # run (VM -> requested capacity as that run saw them), so that a host emptied now is
+        # not woken again by the next submissions.
+        self.headroom = float(getattr(gm, "consolidation_headroom", 0.0) or 0.0)
+        self._seen: dict[str, Vector] | None = None
         self.last_report: dict[str, Any] | None = None
 
     @property
@@ -287,16 +301,49 @@ class Reconfiguration:
         now = time.monotonic()
         return {lc for lc, t in self._received_at.items() if now - t < 2 * interval}
 
+    def _frozen(self, views: Sequence[HostView]) -> set[str]:
+        """VMs consolidation must not move: those that migrated within migration_cooldown or,
+        with no cooldown configured, every VM of a host that received VMs recently."""
+        now = time.monotonic()
+        if self.cooldown > 0:
+            self._moved_at = {vm: t for vm, t in self._moved_at.items() if now - t < self.cooldown}
+            return set(self._moved_at)
+        cooling = self._cooling()
+        return {vm.id for h in views if h.id in cooling for vm in h.vms}
+
+    def _budget(self, hosts: int) -> int | None:
+        """Migrations this run may plan (None: no budget), from the token bucket."""
+        if self.budget_rate <= 0:
+            return None
+        now = time.monotonic()
+        rate = self.budget_rate * max(1, hosts) / 3600.0  # migrations per second
+        window = 2 * self.consolidation_interval if self.consolidation_interval > 0 else 3600.0
+        cap = max(1.0, rate * window)
+        if self._tokens is None:
+            self._tokens = cap
+        self._tokens = min(cap, self._tokens + rate * (now - self._tokens_at))
+        self._tokens_at = now
+        return int(self._tokens + 1e-9)
+
+    def _spare(self, views: Sequence[HostView]) -> Vector | None:
+        """Room to leave free: ``headroom`` times the VMs that arrived since the last run."""
+        now = {vm.id: vm.requested for h in views for vm in h.vms}
+        before, self._seen = self._seen, now
+        if self.headroom <= 0 or before is None:
+            return None
+        arrived = [v for vm, v in now.items() if vm not in before]
+        return (self.headroom * sum(v[0] for v in arrived), self.headroom * sum(v[1] for v in arrived),
+                self.headroom * sum(v[2] for v in arrived), self.headroom * sum(v[3] for v in arrived))
+
     async def _consolidate(self, plan: Plan, outcome: _Outcome) -> list[str]:
         views = list(self._candidates(exclude=set()))
-        step = self.policy.consolidate(views, self.thresholds)
-        cooling = self._cooling()
-        if cooling & {m.source for m in step.migrations}:
-            plan.notes.append(f"not emptied, they received VMs recently: {', '.join(sorted(cooling))}")
-            step.migrations = [m for m in step.migrations if m.source not in cooling]
-            step.power_down = [h for h in step.power_down if h not in cooling]
+        budget = self._budget(len(views))
+        step = self.policy.consolidate(views, self.thresholds, frozen=self._frozen(views), budget=budget,
+                                       spare=self._spare(views))
         _merge(plan, step)
         await self._apply(step, outcome, evacuate=True)
+        if self._tokens is not None:
+            self._tokens = max(0.0, self._tokens - sum(1 for a in outcome.applied if "duration" in a))
         # Idle hosts are listed without any migration; emptied ones only if every step held.
         return [lc for lc in step.power_down if lc not in outcome.abandoned and self._is_empty(lc)]
 
@@ -448,6 +495,7 @@ class Reconfiguration:
             self._mark(m.destination)
             outcome.received.add(m.destination)
             self._received_at[m.destination] = time.monotonic()
+            self._moved_at[m.vm_id] = time.monotonic()
             duration = round(time.monotonic() - t0, 3)
             log.info("reconfiguration: moved %s from %s to %s in %.2fs", m.vm_id, m.source, m.destination, duration)
             outcome.applied.append({**step, "duration": duration})

@@ -38,8 +38,10 @@ from snooze.protocol.messages import (
     LocalControllerJoin,
     Monitoring,
     Rejoin,
+    ReleaseLocalControllers,
     Summary,
 )
+from snooze.ratelimit import RateLimitedLog
 from snooze.rpc import RpcError
 from snooze.scope import Scope
 
@@ -70,11 +72,14 @@ class ManagerRole:
         self.leader: GroupManagerDescription | None = None
         self.joined_epoch = 0
         self._leader_changed = asyncio.Event()
+        self._join_refused = RateLimitedLog(log, interval=10.0)
         self.energy = EnergySaver(scope, self.hosts)
         self.vms = VirtualMachines(scope, self.hosts, self.energy, self.summary)
         self.migrations = Migrations(scope, self.hosts, self.vms)
         self.reconfiguration = Reconfiguration(scope, self.hosts, self.migrations, self.energy)
         self.inventory = Inventory(scope, self.hosts, self.vms, self.migrations)
+        self.energy.on_adopted = self._send_summary
+        self.energy.on_handed_away = self._forget
 
     @property
     def running(self) -> bool:
@@ -91,6 +96,7 @@ class ManagerRole:
         scope.on_message(LocalControllerJoin, self._on_lc_join)
         scope.on_message(Monitoring, self._on_monitoring)
         scope.on_message(DescribeGroupManager, self._on_describe)
+        scope.on_message(ReleaseLocalControllers, self._on_release, order=True)
         self.vms.register()
         self.migrations.register()
         self.energy.start()
@@ -112,7 +118,8 @@ class ManagerRole:
                         r.description.control_data_address, Rejoin.KIND, Rejoin(exclude=True, leader=leader).to_wire(),
                         epoch=handover_epoch, timeout=2,
                     )
-                    for r in self.lcs.values()
+                    # Sleeping hosts cannot answer: the leader hands them over (sleeping/<lc>).
+                    for r in self.lcs.values() if r.description.status != Status.PASSIVE
                 ),
                 return_exceptions=True,
             )
@@ -142,9 +149,12 @@ class ManagerRole:
                 self.node.see_epoch(self.joined_epoch)
                 log.info("joined group leader %s (epoch %d)", leader.id, self.joined_epoch)
                 await self._send_summary()
-            except Exception as exc:  # refused, unreachable, or a reply this version cannot read
-                log.info("could not join group leader %s: %s; retrying", leader.id, exc,
-                         exc_info=not isinstance(exc, RpcError))
+            except RpcError as exc:  # refused or unreachable: said once per 10 s per reason, retried every 0.5 s
+                self._join_refused(str(exc.code), "could not join group leader %s: %s; retrying", leader.id, exc)
+                await asyncio.sleep(0.5)
+                self._leader_changed.set()
+            except Exception as exc:  # a reply this version cannot read
+                log.info("could not join group leader %s: %s; retrying", leader.id, exc, exc_info=True)
                 await asyncio.sleep(0.5)
                 self._leader_changed.set()
 
@@ -194,6 +204,40 @@ class ManagerRole:
             peers.append(self.leader.address)
         if peers:
             self.scope.heartbeat.send(GroupManagerHeartbeat.KIND, self.scope.epoch, GroupManagerHeartbeat(self.id).to_wire(), peers)
+
+    def _forget(self, lc_id: str) -> None:
+        """``lc_id`` is no longer ours (handed to another group manager)."""
+        self.detector.forget(lc_id)
+        self.energy.idle_since.pop(lc_id, None)
+        if self.lcs.pop(lc_id, None) is not None:
+            self.inventory.left(lc_id)
+
+    async def _on_release(self, msg: ReleaseLocalControllers, _env: Envelope) -> Any:
+        """The leader rebalances: let go of up to ``count`` hosts that can move now. Sleeping
+        hosts first (nothing runs there), then active ones with the fewest VMs; never one with
+        capacity reserved or a VM migrating (an operation in flight stays with its manager).
+        They leave this manager under the placement lock, so no plan chooses them meanwhile."""
+        released: list[dict[str, Any]] = []
+        moving = set(self.migrations.moving)
+        async with self.hosts.reservations.lock:
+            def movable(lc_id: str, r: LocalControllerRecord) -> bool:
+                if r.description.status == Status.PASSIVE:
+                    return True
+                if r.description.status != Status.ACTIVE or self.hosts.reservations.any_on(lc_id):
+                    return False
+                return not any(d.get("name") in moving for d in r.domains)
+
+            candidates = sorted(((k, r) for k, r in self.lcs.items() if movable(k, r)),
+                                key=lambda kr: (kr[1].description.status != Status.PASSIVE, len(kr[1].domains), kr[0]))
+            for lc_id, r in candidates[: max(0, msg.count)]:
+                released.append({"id": lc_id, "status": r.description.status.value,
+                                 "localController": r.description.to_json()})
+                self._forget(lc_id)
+        if released:
+            log.info("released %s to group manager %s (rebalancing)", ", ".join(r["id"] for r in released), msg.target)
+            # The leader dispatches by summaries: tell it this capacity left now.
+            self.scope.spawn("manager.summary-after-release", self._send_summary())
+        return {"released": released}
 
     async def _check_failures(self) -> None:
         for lc_id in self.detector.expired():
@@ -248,6 +292,10 @@ class ManagerRole:
                 log.debug("summary failed: %s", exc)
 
     async def _on_describe(self, _msg: DescribeGroupManager, _env: Envelope) -> Any:
+        return {"groupManager": self.describe()}
+
+    def describe(self) -> dict[str, Any]:
+        """This manager's description with its local controllers, their VMs and the summary."""
         desc = self.node.description()
         desc.summary = self.summary()
         desc.local_controllers = {}
@@ -264,4 +312,4 @@ class ManagerRole:
         for lc in out.get("localControllers") or []:
             # Domains on the host that no VM record accounts for (see inventory.py).
             lc["orphanVirtualMachines"] = list(self.inventory.orphans.get(lc.get("id"), ()))
-        return {"groupManager": out}
+        return out

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -29,17 +30,22 @@ from groupmanager.manager.hosts import Hosts, LocalControllerRecord, Reservation
 from groupmanager.placement import HostView, PowerState, VMRequest, make_placement_policy
 from snooze.codes import STARTED, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
+from snooze.coordination.store import DEFAULT_SUBNET
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, Status
+from snooze.network.store import NetworkStore
+from snooze.network.vms import place_guest
 from snooze.protocol import Envelope
 from snooze.protocol.messages import (
     DescribeLocalController,
     LocalControllerMigrate,
+    LocalControllerResize,
     LocalControllerStartVirtualMachines,
     LocalControllerVmAction,
     Migrate,
     Reservation,
+    Resize,
     StartVirtualMachines,
     VmAction,
     VmInfo,
@@ -136,6 +142,8 @@ def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[s
                 elif opt in ("autoConverge", "postCopy"):
                     if not isinstance(x, bool):
                         raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS, f"{at}: expected true or false", field=at)
+                elif opt in mig and x == mig[opt]:
+                    continue  # a registered option (bandwidth, recoveryTimeout) echoed back unchanged
                 else:
                     raise ApiError(ErrorCode.BAD_HYPERVISOR_SETTINGS,
                                    f"{at}: unknown migration option; a request may set {', '.join(CLIENT_MIGRATION_OPTIONS)}",
@@ -158,6 +166,18 @@ def client_hypervisor_settings(value: Any, registered: dict[str, Any]) -> dict[s
                            f"{where}: unknown setting; a request may only set migration options "
                            f"({', '.join(CLIENT_MIGRATION_OPTIONS)})", field=where)
     return out
+
+
+def _after_refusal(last: dict[str, Any], why: str) -> dict[str, Any]:
+    """A VM's result when the host that refused it last (retryably) was its last chance: its
+    refusal and host, with why no other host took it. A host's own capacity refusal stays the
+    cluster's NOT_ENOUGH_CAPACITY; any other (unreachable, gone, busy) is that code, not a
+    capacity error that would hide it."""
+    code = last.get("errorCode")
+    if code == ErrorCode.NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY:
+        code = ErrorCode.NOT_ENOUGH_CAPACITY
+    return {**last, "status": VMStatus.ERROR, "errorCode": code,
+            "message": f"{last.get('message') or code} (on {last.get('localControllerId', '?')}); {why}"}
 
 
 class Waker(Protocol):
@@ -184,6 +204,7 @@ class VirtualMachines:
         self.scope.on_message(StartVirtualMachines, self._on_start, order=True)
         self.scope.on_message(VmAction, self._on_action)
         self.scope.on_message(VmInfo, self._on_info)
+        self.scope.on_message(Resize, self._on_resize, order=True)
 
     @property
     def lcs(self) -> dict[str, LocalControllerRecord]:
@@ -194,7 +215,10 @@ class VirtualMachines:
         return self.hosts.reservations
 
     # -- capacity ------------------------------------------------------------------------
-    def host_views(self, exclude: set[str] | None = None) -> list[HostView]:
+    def host_views(self, exclude: set[str] | None = None,
+                   serving: dict[str, set[str]] | None = None) -> list[HostView]:
+        """The local controllers as placement sees them; ``serving``: subnet -> the hosts that
+        serve it, for the subnets of the VMs to place that some hosts serve and others not."""
         views = []
         for lc_id, rec in self.lcs.items():
             if exclude and lc_id in exclude:
@@ -202,9 +226,26 @@ class VirtualMachines:
             status = rec.description.status
             power = {Status.ACTIVE: PowerState.ACTIVE, Status.PASSIVE: PowerState.PASSIVE,
                      Status.WAKING: PowerState.WAKING}.get(status, PowerState.ACTIVE)
+            subnets = frozenset(s for s, hosts in serving.items() if lc_id in hosts) if serving else None
             views.append(HostView(lc_id, rec.description.total_capacity, rec.requested(),
-                                  self.hosts.reserved_on(lc_id), power, status != Status.OFFLINE))
+                                  self.hosts.reserved_on(lc_id), power, status != Status.OFFLINE, subnets=subnets))
         return views
+
+    async def serving(self, vms: list[dict[str, Any]]) -> dict[str, set[str]]:
+        """subnet id -> the local controllers that serve it, for the subnets ``vms`` name that
+        some hosts serve (a subnet no host serves is served by all: not listed). ZooKeeper
+        out of reach: nothing is known to restrict them (the leader checked when it placed)."""
+        subnets = sorted({str(v["subnetId"]) for v in vms if isinstance(v.get("subnetId"), str)})
+        coord = self.scope.coord
+        if not subnets or coord is None:
+            return {}
+        store = NetworkStore(coord.client, coord.root)
+        try:
+            found = await coord.call(lambda: {s: store.hypervisors_serving(s) for s in subnets})
+        except CoordinationError as exc:
+            log.warning("which hosts serve %s is unknown (%s): placing as if all did", ", ".join(subnets), exc)
+            return {}
+        return {s: set(hosts) for s, hosts in found.items() if hosts}
 
     # -- which domain ----------------------------------------------------------------------
     def domain_of(self, lc_id: str, vm_id: str) -> dict[str, Any] | None:
@@ -256,18 +297,25 @@ class VirtualMachines:
                                      "message": exc.message}
         tried: dict[str, set[str]] = defaultdict(set)
         wake_failures: dict[str, str] = {}
+        # The last retryable refusal of each VM by a host: what it ends with when no other host
+        # can take it (not a bare NOT_ENOUGH_CAPACITY that hides an unreachable host).
+        refused: dict[str, dict[str, Any]] = {}
+        serving = await self.serving(pending)
         for _round in range(3):
             if not pending:
                 break
             made: list[tuple[str, str]] = []
             try:
-                pending = await self._start_round(pending, _round, tried, wake_failures, results, made)
+                pending = await self._start_round(pending, _round, tried, wake_failures, results, made, serving, refused)
             finally:
                 # Whatever happened in the round (even an exception or a cancellation),
                 # nothing it reserved outlives it.
                 for lc_id, vm_id in made:
                     self.reservations.release(lc_id, vm_id)
         for vm in pending:
+            if vm["id"] in refused and vm["id"] not in wake_failures:
+                results.setdefault(vm["id"], _after_refusal(refused[vm["id"]], "no round left to try another host"))
+                continue
             code = ErrorCode.LOCAL_CONTROLLER_WAKEUP_FAILED if vm["id"] in wake_failures else ErrorCode.NOT_ENOUGH_CAPACITY
             results.setdefault(vm["id"], {"id": vm["id"], "status": VMStatus.ERROR, "errorCode": code,
                                           "message": wake_failures.get(vm["id"], "no local controller could host it")})
@@ -275,7 +323,8 @@ class VirtualMachines:
 
     async def _start_round(self, pending: list[dict[str, Any]], round_: int, tried: dict[str, set[str]],
                            wake_failures: dict[str, str], results: dict[str, dict[str, Any]],
-                           made: list[tuple[str, str]]) -> list[dict[str, Any]]:
+                           made: list[tuple[str, str]], serving: dict[str, set[str]] | None = None,
+                           refused: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """One placement round; returns the VMs to try again. Reservations go into ``made``."""
         async with self.reservations.lock:
             # Decide and reserve atomically, so two batches never count the same free capacity.
@@ -283,10 +332,11 @@ class VirtualMachines:
                 VMRequest(v["id"], _vector(v["requested"]), pinned_host=v.get("hostId"),
                           affinity_group=(v.get("extra") or {}).get("affinityGroup"),
                           anti_affinity_group=(v.get("extra") or {}).get("antiAffinityGroup"),
-                          excluded_hosts=frozenset(tried[v["id"]]))
+                          excluded_hosts=frozenset(tried[v["id"]]),
+                          network=v.get("subnetId") if serving and v.get("subnetId") in serving else None)
                 for v in pending
             ]
-            plan = self.policy.place(requests, self.host_views())
+            plan = self.policy.place(requests, self.host_views(serving=serving))
             by_id = {v["id"]: v for v in pending}
             batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for p in plan.placements:
@@ -298,6 +348,10 @@ class VirtualMachines:
                 if vm_id in wake_failures:
                     results[vm_id] = {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.LOCAL_CONTROLLER_WAKEUP_FAILED,
                                       "message": wake_failures[vm_id]}
+                    continue
+                if refused is not None and vm_id in refused:
+                    results[vm_id] = {**_after_refusal(refused[vm_id], f"no other host: {rejection.reason}"),
+                                      "rejections": dict(rejection.filtered)}
                     continue
                 results[vm_id] = {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.NOT_ENOUGH_CAPACITY,
                                   "message": rejection.reason, "rejections": dict(rejection.filtered)}
@@ -321,6 +375,8 @@ class VirtualMachines:
                 # Refused for a reason that leaves nothing started (its host was full, or left):
                 # another host may take it.
                 if res.get("errorCode") and ErrorCode.parse(res["errorCode"]).retryable and round_ < 2:
+                    if refused is not None:
+                        refused[vm["id"]] = res
                     tried[vm["id"]].add(lc_id)
                     again.append(vm)
                     continue
@@ -333,9 +389,15 @@ class VirtualMachines:
             return [{"id": v["id"], "status": VMStatus.ERROR, "errorCode": ErrorCode.LOCAL_CONTROLLER_GONE, "message": lc_id}
                     for v in batch]
         addr = rec.description.control_data_address
+        # The subnet tells the local controller the prefix and gateway (its first address) of
+        # each VM's address, for the guest's config drive: the VM's own subnet's CIDR (the
+        # network model's), else the default one.
+        subnet = self.scope.settings.groupmanager.virtual_machine_subnet
         try:
             reply = await self.scope.rpc.call(addr, LocalControllerStartVirtualMachines.KIND,
-                                              LocalControllerStartVirtualMachines(list(batch)).to_wire(),
+                                              LocalControllerStartVirtualMachines([{**v, "subnet": v.get("cidr") or subnet}
+                                                                                   for v in batch])
+                                              .to_wire(),
                                               epoch=self.scope.epoch, timeout=30 + len(batch) * 0.2)
             results = [r if isinstance(r, dict) else {} for r in reply["results"]]
             if len(results) != len(batch):
@@ -348,7 +410,8 @@ class VirtualMachines:
             res["localControllerId"] = lc_id
             res["localControllerAddress"] = addr.to_json()
             if res.get("status") in STARTED:
-                rec.add_vm(vm["id"], _vector(vm["requested"]), res["status"], uuid=res.get("uuid"))
+                # At once, not when the round's other hosts answer (``Hosts.adopt``).
+                self.hosts.adopt(lc_id, vm["id"], _vector(vm["requested"]), res.get("uuid"), res["status"])
         return results
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -407,6 +470,59 @@ class VirtualMachines:
         if isinstance(reply.get("domain"), dict):
             rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [reply["domain"]]
         return reply
+
+    async def _on_resize(self, msg: Resize, _env: Envelope) -> Any:
+        vm_id = _id(msg.vm_id, "virtualMachineId")
+        hint = msg.local_controller_id
+        lc_id = self.find(vm_id, _id(hint, "localControllerId") if hint is not None else None)
+        return await self.resize(vm_id, lc_id, msg.capacity)
+
+    async def resize(self, vm_id: str, lc_id: str, resized: Any) -> dict[str, Any]:
+        """Give ``vm_id`` the original's ``resizedCapacity`` (``[cpu, memory KiB, rx, tx]``, -1
+        keeps a dimension): checked against its host's room without its present size (under
+        the placement lock, so no placement counts the same room), ordered to the host, then
+        its requested capacity changed here (placement, summaries, the energy saver read it)
+        and in its record."""
+        rec = self.lcs[lc_id]
+        old = rec.vm_requested.get(vm_id)
+        if old is None:
+            domain = self.domain_of(lc_id, vm_id) or {}
+            old = (float(domain.get("vcpus", 0)), float(domain.get("memory", 0)), 0.0, 0.0)
+        new = resized_capacity(resized, old)
+        uuid = await self.uuid_for(lc_id, vm_id)
+        if uuid is None:
+            raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"{vm_id} is not on {lc_id}", field="virtualMachineId")
+        async with self.reservations.lock:
+            # Its host's room as if it held nothing there, then the new size must fit in it.
+            rec.vm_requested[vm_id] = ZERO
+            try:
+                why = self.hosts.fits(lc_id, new)
+            finally:
+                rec.vm_requested[vm_id] = old
+            if why is not None:
+                raise ApiError(ErrorCode.NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY, f"cannot resize {vm_id}: {why}",
+                               field="resizedCapacity")
+            try:
+                reply = await self.scope.rpc.call(
+                    rec.description.control_data_address, LocalControllerResize.KIND,
+                    LocalControllerResize(vm_id=vm_id, vcpus=int(new[0]), memory=int(new[1]), requested=list(new),
+                                          uuid=uuid).to_wire(),
+                    epoch=self.scope.epoch, timeout=60)
+            except RpcError as exc:
+                raise api_error(exc, f"resize {vm_id} on {lc_id}", unreachable=ErrorCode.LOCAL_CONTROLLER_UNREACHABLE,
+                                failure_status=None, field="resizedCapacity") from exc
+            state = (reply.get("domain") or {}).get("state", VMStatus.RUNNING) if isinstance(reply, dict) else VMStatus.RUNNING
+            rec.add_vm(vm_id, new, state, uuid=uuid)
+        store = self.scope.store
+        if store is not None:
+            try:
+                record = await store.get_vm(vm_id)
+                if record is not None:
+                    record.resize(new)
+                    await store.update_vms([record], None)
+            except (CoordinationError, RecordError) as exc:
+                log.warning("could not record the new size of %s: %s", vm_id, exc)
+        return {"ok": True, "requested": list(new)}
 
     async def _gone(self, lc_id: str, vm_id: str) -> dict[str, Any]:
         rec = self.lcs.get(lc_id)
@@ -501,14 +617,8 @@ class Migrations:
                     raise ApiError(ErrorCode.NOT_ENOUGH_CAPACITY, why, field="localControllerId")
                 self.reservations.reserve(lc_id, vm_id, requested, ttl)
         else:
-            self.reservations.release(lc_id, vm_id)
-            self._adopt(lc_id, vm_id, requested, msg.uuid)
+            self.hosts.adopt(lc_id, vm_id, requested, msg.uuid)
         return {"ok": True}
-
-    def _adopt(self, lc_id: str, vm_id: str, requested: Capacity, uuid: str | None = None) -> None:
-        rec = self.lcs.get(lc_id)
-        if rec is not None:
-            rec.add_vm(vm_id, requested, uuid=uuid)
 
     def _drop(self, lc_id: str, vm_id: str) -> Capacity | None:
         rec = self.lcs.get(lc_id)
@@ -566,6 +676,29 @@ class Migrations:
                 requested = ZERO
         return requested
 
+    async def _check_subnet(self, vm_id: str, dest_id: str) -> None:
+        """A VM of a subnet that only some hosts serve moves only to one of them: its guest (and
+        so its firewall rules) could not follow it elsewhere (issue 12). A record or a network
+        model that cannot be read does not stop the move: the leader placed the VM on a host
+        that served its subnet, and this check only guards operators' and planners' choices."""
+        store, coord = self.scope.store, self.scope.coord
+        if store is None or coord is None:
+            return
+        try:
+            rec = await store.get_vm(vm_id)
+        except (CoordinationError, RecordError):
+            return
+        if rec is None or not rec.subnet or rec.subnet == DEFAULT_SUBNET:
+            return
+        network = NetworkStore(coord.client, coord.root)
+        try:
+            served = await coord.call(network.serves, dest_id, rec.subnet)
+        except CoordinationError:
+            return
+        if not served:
+            raise ApiError(ErrorCode.BAD_MIGRATION_REQUEST, f"{dest_id} does not serve subnet {rec.subnet} of {vm_id}; "
+                                                            "it stays where it is", field="localControllerId")
+
     async def migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None, *,
                       expected_uuid: str | None = None) -> dict[str, Any]:
         # Everything that can refuse the request is checked before anything is reserved.
@@ -574,9 +707,13 @@ class Migrations:
         source_lc = self.domains.find(vm_id, source_lc)
         rec = self.lcs[source_lc]
         if dest_id == source_lc:
+            resumed = await self._resume_stuck(vm_id, dest_id, dest_addr, settings, timeout)
+            if resumed is not None:
+                return resumed
             raise ApiError(ErrorCode.SAME_LOCAL_CONTROLLER, f"{vm_id} already runs on {dest_id}", field="localControllerId")
         if vm_id in self.moving:
             raise ApiError(ErrorCode.MIGRATION_IN_PROGRESS, f"{vm_id} is already being migrated", field="virtualMachineId")
+        await self._check_subnet(vm_id, dest_id)
         local = dest_id in self.lcs
         if not local and dest_gm is None:
             raise ApiError(ErrorCode.LOCAL_CONTROLLER_UNAVAILABLE, f"{dest_id} has no group manager right now", field="localControllerId",
@@ -594,11 +731,27 @@ class Migrations:
             await self._reserve(local, dest_gm, reservation, timeout)
             settled = False
             try:
-                reply = await self._order(source_lc, vm_id, uuid, dest_id, dest_addr, settings, timeout)
+                try:
+                    reply = await self._order(source_lc, vm_id, uuid, dest_id, dest_addr, settings, timeout)
+                except ApiError as exc:
+                    if exc.code is ErrorCode.MIGRATION_NEEDS_RECOVERY:
+                        # Paused at both hosts, its running state at the destination, where it
+                        # will end: counted and recorded there, reservation kept as its place.
+                        settled = await self._settle_at(local, dest_gm, source_lc, reservation, requested)
+                        if local:
+                            exc = ApiError(exc.code, f"{exc.message} Or, once that works again, migrate {vm_id} to "
+                                                     f"{dest_id} again (migrateVirtualMachine): the source resumes it.",
+                                           field="virtualMachineId", status=exc.status)
+                        await self._record_stuck(vm_id, uuid, dest_id, dest, local, source_lc, exc)
+                        raise exc from None
+                    if exc.code is ErrorCode.MIGRATION_GUEST_LOST:
+                        # Only the stale copy paused at the source remains, and holds its memory
+                        # there until an operator destroys it; the reservation goes.
+                        await self._record_stuck(vm_id, uuid, dest_id, None, local, source_lc, exc)
+                    raise
                 self._drop(source_lc, vm_id)
                 if local:
-                    self.reservations.release(dest_id, vm_id)
-                    self._adopt(dest_id, vm_id, requested, uuid)
+                    self.hosts.adopt(dest_id, vm_id, requested, uuid)
                 else:
                     assert dest_gm is not None
                     settled = True  # from here the destination holds the VM itself
@@ -654,11 +807,14 @@ class Migrations:
                     vm_id=vm_id, uuid=uuid,
                     destination={"id": dest_id, "address": dest_addr.to_json(), "hypervisorSettings": settings},
                 ).to_wire(),
-                epoch=self.scope.epoch, timeout=self._rpc_timeout(timeout),
+                epoch=self.scope.epoch, timeout=self._rpc_timeout(timeout) + _recovery_timeout(settings),
             )
         except RpcError as exc:
             if exc.code is ErrorCode.TIMEOUT:
                 return await self._after_timeout(source_lc, source_addr, vm_id, uuid, dest_id, dest_addr, exc)
+            if exc.code in (ErrorCode.MIGRATION_NEEDS_RECOVERY, ErrorCode.MIGRATION_GUEST_LOST):
+                # Not "stays on the source": its message says where it is and what to do.
+                raise api_error(exc, f"{vm_id} from {source_lc} to {dest_id}") from exc
             # A migration the source could not carry out is a 409 whatever failed (the VM stays
             # where it was); no answer at all: LOCAL_CONTROLLER_UNREACHABLE.
             raise api_error(exc, f"{vm_id} stays on {source_lc}", unreachable=ErrorCode.LOCAL_CONTROLLER_UNREACHABLE,
@@ -683,6 +839,101 @@ class Migrations:
                 raise ApiError(ErrorCode.MIGRATION_TIMEOUT, f"{vm_id} stays on {source_lc}: {exc.message}") from exc
         raise ApiError(ErrorCode.MIGRATION_TIMEOUT,
                        f"{exc.message}; {vm_id} was found on neither {source_lc} nor {dest_id}: monitoring will show where it is") from exc
+
+    async def _resume_stuck(self, vm_id: str, dest_id: str, dest_addr: NetworkAddress, settings: dict[str, Any],
+                            timeout: float) -> dict[str, Any] | None:
+        """Migrating a VM stuck in post-copy (``MIGRATION_NEEDS_RECOVERY``) to the destination
+        it is recorded on resumes that migration: its source (one of this group manager's local
+        controllers) is ordered again, and resumes it instead of starting anew. None when the
+        VM is not stuck on its way to ``dest_id``."""
+        store = self.scope.store
+        if store is None:
+            return None
+        try:
+            record = await store.get_vm(vm_id)
+        except (CoordinationError, RecordError):
+            return None
+        last = (record.last_migration or {}) if record is not None else {}
+        if record is None or record.error_code is not ErrorCode.MIGRATION_NEEDS_RECOVERY or last.get("to") != dest_id:
+            return None
+        origin = last.get("from")
+        if not isinstance(origin, str) or origin not in self.lcs:
+            raise ApiError(ErrorCode.MIGRATION_NEEDS_RECOVERY,
+                           f"{vm_id} is stuck in post-copy from {origin} to {dest_id}, and {origin} is not a local "
+                           f"controller of this group manager: resume it as its message says", field="virtualMachineId")
+        if vm_id in self.moving:
+            raise ApiError(ErrorCode.MIGRATION_IN_PROGRESS, f"{vm_id} is already being migrated", field="virtualMachineId")
+        self.moving.add(vm_id)
+        try:
+            uuid = record.uuid or await self.domains.uuid_for(origin, vm_id)
+            if uuid is None:
+                raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"{vm_id} is not on {origin} any more",
+                               field="virtualMachineId")
+            log.info("resuming the post-copy migration of %s from %s to %s", vm_id, origin, dest_id)
+            try:
+                reply = await self._order(origin, vm_id, uuid, dest_id, dest_addr, settings, timeout)
+            except ApiError as exc:
+                if exc.code in (ErrorCode.MIGRATION_NEEDS_RECOVERY, ErrorCode.MIGRATION_GUEST_LOST):
+                    await self._record_stuck(vm_id, uuid, dest_id, None, True, origin, exc)
+                raise
+            self._drop(origin, vm_id)
+            dest_rec = self.lcs.get(dest_id)
+            if dest_rec is not None:
+                requested = dest_rec.vm_requested.get(vm_id) or record.requested or ZERO
+                dest_rec.add_vm(vm_id, requested, VMStatus.RUNNING, uuid=uuid)
+            details = {k: v for k, v in reply.items() if k != "ok"}
+            await self._move_record(vm_id, uuid, {"id": dest_id, "address": dest_addr.to_json()}, True,
+                                    {"from": origin, "to": dest_id, **details})
+            return {"ok": True, **details}
+        finally:
+            self.moving.discard(vm_id)
+
+    async def _settle_at(self, local: bool, dest_gm: NetworkAddress | None, source_lc: str, reservation: Reservation,
+                         requested: Capacity) -> bool:
+        """Count a VM stuck in post-copy on its destination (where it will end), no longer on
+        its source; True once the destination holds it (its reservation turned into it)."""
+        dest_id, vm_id = reservation.lc_id or "", reservation.vm_id or ""
+        self._drop(source_lc, vm_id)
+        if local:
+            self.hosts.adopt(dest_id, vm_id, requested, reservation.uuid, VMStatus.PAUSED)
+            return True
+        assert dest_gm is not None
+        try:
+            await self.scope.rpc.call(dest_gm, Reservation.KIND, dataclasses.replace(reservation, op="commit").to_wire(),
+                                      epoch=self.scope.epoch, timeout=10)
+        except RpcError as exc:
+            # Left as a reservation: it expires on its own, after which the destination's own
+            # listing of the domain counts it.
+            log.warning("could not hand %s (stuck in post-copy) to %s's group manager: %s", vm_id, dest_id, exc)
+        return True
+
+    async def _record_stuck(self, vm_id: str, uuid: str, dest_id: str, dest: dict[str, Any] | None, local: bool,
+                            source_lc: str, exc: ApiError) -> None:
+        """Record a VM whose migration from ``source_lc`` to ``dest_id`` failed in post-copy:
+        PAUSED, with the code and what an operator must do; moved to its destination when
+        ``dest`` (its description) is given, since it will end there."""
+        log.error("migration of %s from %s failed in post-copy: %s: %s", vm_id, source_lc, exc.code, exc.message)
+        store = self.scope.store
+        if store is None:
+            return
+        details = {"from": source_lc, "to": dest_id, "postCopyFailed": True,
+                   "guestLost": exc.code is ErrorCode.MIGRATION_GUEST_LOST}
+        try:
+            rec = await store.get_vm(vm_id)
+            if rec is None:
+                return
+            if dest is not None:
+                gm_id: str | None
+                gm_address: NetworkAddress | None
+                if local:
+                    gm_id, gm_address = self.scope.id, self.scope.address
+                else:
+                    gm_id, gm_address = dest.get("groupManagerId"), _address(dest.get("groupManagerAddress"))
+                rec.move(dest["id"], _address(dest.get("address")), gm_id, gm_address, uuid, details)
+            rec.stall(exc.code, exc.message, details)
+            await store.update_vms([rec], None)
+        except (CoordinationError, RecordError) as err:
+            log.warning("could not record the failed post-copy migration of %s: %s", vm_id, err)
 
     async def _release(self, local: bool, dest_gm: NetworkAddress | None, reservation: Reservation) -> None:
         if local:
@@ -711,8 +962,50 @@ class Migrations:
                 return
             rec.move(dest["id"], _address(dest.get("address")), gm_id, gm_address, uuid, details)
             await store.update_vms([rec], None)
+            coord = self.scope.coord
+            if rec.flavor and coord is not None:
+                # Its guest moves with it: the destination's firewall takes it over.
+                network = NetworkStore(coord.client, coord.root)
+                await coord.call(place_guest, network, vm_id, str(dest["id"]))
         except (CoordinationError, RecordError) as exc:
             log.warning("could not record the move of %s: %s", vm_id, exc)
+
+
+def resized_capacity(resized: Any, old: Capacity) -> Capacity:
+    """The original's ``resizedCapacity`` applied to ``old``: ``[cpu, memory KiB, rx, tx]``,
+    each a number or -1 (keep); cpu and memory whole numbers >= 1; a 400 naming the element."""
+    if not isinstance(resized, (list, tuple)) or len(resized) != 4:
+        raise ApiError(ErrorCode.BAD_CAPACITY, "resizedCapacity must be [cpu, memory KiB, rx, tx] (-1 keeps one)",
+                       field="resizedCapacity")
+    out = []
+    for i, (value, was) in enumerate(zip(resized, old, strict=True)):
+        where = f"resizedCapacity[{i}]"
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ApiError(ErrorCode.BAD_CAPACITY, f"{where}: expected a number", field=where) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ApiError(ErrorCode.BAD_CAPACITY, f"{where}: expected a number", field=where)
+        if value == -1:
+            out.append(float(was))
+            continue
+        low = 1.0 if i < 2 else 0.0
+        if not low <= value <= MAX_CAPACITY or (i < 2 and int(value) != value):
+            raise ApiError(ErrorCode.BAD_CAPACITY, f"{where}: must be -1 (keep) or a {'whole ' if i < 2 else ''}number "
+                                                   f">= {low:g}", field=where)
+        out.append(float(value))
+    return (out[0], out[1], out[2], out[3])
+
+
+def _recovery_timeout(settings: dict[str, Any]) -> float:
+    """The seconds a source spends resuming a failed post-copy migration (its registered
+    ``migration.recoveryTimeout``), bounded; the default when missing or not a number."""
+    mig = settings.get("migration")
+    value = mig.get("recoveryTimeout", DEFAULT_MIGRATION_TIMEOUT) if isinstance(mig, dict) else DEFAULT_MIGRATION_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_MIGRATION_TIMEOUT:
+        return DEFAULT_MIGRATION_TIMEOUT
+    return float(value)
 
 
 def _address(value: Any) -> NetworkAddress | None:

@@ -21,7 +21,8 @@ class Filter(Protocol):
 
 
 class Alive:
-    """Dead hosts (missed heartbeats) take nothing."""
+    """Dead hosts (missed heartbeats, an OFFLINE local controller) take nothing: Loch Ness's
+    "is alive", read fresh for each placement (its own was cached)."""
 
     name = "alive"
 
@@ -72,6 +73,28 @@ class Network:
         return not nets or unit.networks <= nets
 
 
+class ServesSubnet:
+    """The host serves the subnet of the VM's address (Loch Ness's "has subnet"): a subnet some
+    hosts serve may only go to them; one no host serves is served by all (``subnets`` None)."""
+
+    name = "subnet"
+
+    def __call__(self, unit: Unit, slot: Slot) -> bool:
+        served = slot.view.subnets
+        return served is None or unit.networks <= served
+
+
+class FreeAddress:
+    """The VM's subnet has a free address for it (Loch Ness's "has subnet with free
+    addresses"); the caller names the full ones, fresh (the reservation re-checks anyway)."""
+
+    name = "addresses"
+
+    def __call__(self, unit: Unit, slot: Slot) -> bool:
+        full = slot.view.full_subnets
+        return not full or unit.networks.isdisjoint(full)
+
+
 class Affinity:
     """An affinity group must be able to share one host; a contradictory one fits nowhere."""
 
@@ -108,6 +131,8 @@ def default_filters(wake_passive: bool = True) -> list[Filter]:
         ActiveOrWakeable(wake_passive),
         Pinned(),
         Excluded(),
+        ServesSubnet(),
+        FreeAddress(),
         Network(),
         Affinity(),
         AntiAffinity(),

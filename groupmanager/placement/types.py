@@ -56,6 +56,12 @@ class HostView:
     ``used`` is the estimated usage of the VMs on it and ``reserved`` the capacity held for
     VMs in flight; free capacity is ``total - used - reserved``. ``networks`` lists the
     networks with a free address; empty means no network constraint is known.
+
+    The network model (issue 12): ``subnets`` are the subnets among the requests' that this
+    host serves (None: every subnet, nothing is known to restrict it; a group manager serves
+    the subnets its local controllers serve), ``full_subnets`` those with no free address left
+    for the VMs being placed (a VM whose address is already reserved needs none: its caller
+    leaves them out).
     """
 
     id: str
@@ -66,6 +72,8 @@ class HostView:
     alive: bool = True
     vms: tuple[VMView, ...] = ()
     networks: frozenset[str] = frozenset()
+    subnets: frozenset[str] | None = None
+    full_subnets: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ class VMRequest:
     pinned_host: str | None = None
     affinity_group: str | None = None  # VMs of one group share one host
     anti_affinity_group: str | None = None  # VMs of one group never share a host
-    network: str | None = None
+    network: str | None = None  # the subnet (network model) its address is in, when hosts differ
     excluded_hosts: frozenset[str] = frozenset()
 
 

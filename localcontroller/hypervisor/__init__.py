@@ -6,6 +6,7 @@ from localcontroller.hypervisor.errors import (
     InvalidDomainXML,
     MigrationFailed,
     NotEnoughCapacity,
+    ResizeRefused,
     UnsupportedOperation,
 )
 from localcontroller.hypervisor.libvirt import DomainInfo, LibvirtHypervisor
@@ -18,5 +19,6 @@ __all__ = [
     "LibvirtHypervisor",
     "MigrationFailed",
     "NotEnoughCapacity",
+    "ResizeRefused",
     "UnsupportedOperation",
 ]

@@ -19,6 +19,7 @@ from localcontroller.hypervisor.errors import HypervisorError, InvalidDomainXML
 from snooze.codes import ErrorCode
 from snooze.domainxml import DomainPolicy, PolicyViolation, RebuiltDomain, rebuild_domain
 from snooze.ids import is_valid_id
+from snooze.virtualcluster import normalise_mac
 
 
 class ImageNotFound(HypervisorError):
@@ -33,11 +34,107 @@ def check_on_host(xml: str, policy: DomainPolicy, *, test_driver: bool) -> Rebui
         raise InvalidDomainXML(f"refused by this host's template policy: {exc}") from None
 
 
+def _normalised(mac: str) -> str:
+    try:
+        return normalise_mac(mac)
+    except ValueError:
+        return mac  # not ours to judge here: libvirt refuses it with its own message
+
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+
+
+def domain_type(requested: str | None, accelerator: str, offered: frozenset[str]) -> str | None:
+    """The domain type to run with: ``accelerator`` kvm or tcg (= qemu) as told; auto keeps the
+    template's when this host offers it (``offered``: its capabilities' domain types), else
+    qemu (TCG, which every QEMU host offers). None: leave it as it is."""
+    if accelerator == "kvm":
+        return "kvm"
+    if accelerator == "tcg":
+        return "qemu"
+    if requested in offered or not offered:
+        return None
+    return "qemu" if "qemu" in offered else None
+
+
+def _free_target(devices: ET.Element) -> str:
+    used = {t.get("dev") for d in devices.findall("disk") if (t := d.find("target")) is not None}
+    return next(f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz" if f"vd{c}" not in used)
+
+
+def attach_instance_disks(root: ET.Element, devices: ET.Element, overlay: Path, cidata: Path | None) -> list[str]:
+    """Boot from ``overlay``: the first file disk's source (driver qcow2), or a new virtio disk
+    vda; add ``cidata`` (the config drive) as a read-only raw virtio disk; make sure there is a
+    serial console (pty). The changes, listed."""
+    changes: list[str] = []
+    first = next((d for d in devices.findall("disk") if d.get("device", "disk") == "disk" and d.get("type", "file") == "file"),
+                 None)
+    if first is None:
+        first = ET.Element("disk", {"type": "file", "device": "disk"})
+        ET.SubElement(first, "target", {"dev": _free_target(devices), "bus": "virtio"})
+        devices.insert(0, first)
+        changes.append("a boot disk added for the image")
+    driver = first.find("driver")
+    if driver is None:
+        driver = ET.Element("driver")
+        first.insert(0, driver)
+    driver.set("name", "qemu")
+    driver.set("type", "qcow2")
+    src = first.find("source")
+    if src is None:
+        src = ET.SubElement(first, "source")
+    src.set("file", str(overlay))
+    for stale in first.findall("backingStore"):
+        first.remove(stale)
+    target = first.find("target")
+    changes.append(f"disk {target.get('dev') if target is not None else ''} -> overlay {overlay.name}")
+    if cidata is not None:
+        drive = ET.SubElement(devices, "disk", {"type": "file", "device": "disk"})
+        ET.SubElement(drive, "driver", {"name": "qemu", "type": "raw"})
+        ET.SubElement(drive, "source", {"file": str(cidata)})
+        ET.SubElement(drive, "target", {"dev": _free_target(devices), "bus": "virtio"})
+        ET.SubElement(drive, "readonly")
+        changes.append("config drive (NoCloud) attached read-only")
+    if devices.find("serial") is None and devices.find("console") is None:
+        serial = ET.SubElement(devices, "serial", {"type": "pty"})
+        ET.SubElement(serial, "target", {"port": "0"})
+        changes.append("serial console (pty) added")
+    return changes
+
+
+def retarget_disks(xml: str, paths: dict[str, str], copy: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """The domain ``xml`` with its file disks' sources renamed by ``paths`` (for the destination
+    of a migration), and the targets (vda...) of the disks whose source is in ``copy``: those
+    a non-shared migration copies."""
+    root = ET.fromstring(xml)
+    copied: list[str] = []
+    for disk in root.iter("disk"):
+        src, target = disk.find("source"), disk.find("target")
+        old = src.get("file") if src is not None else None
+        if src is None or old is None:
+            continue
+        if old in copy and target is not None and target.get("dev"):
+            copied.append(str(target.get("dev")))
+        if old in paths:
+            src.set("file", paths[old])
+    return ET.tostring(root, encoding="unicode"), copied
+
+
 def adapt_domain_xml(
-    xml: str, *, name: str, mac: str | None, test_driver: bool, image_id: str | None, policy: DomainPolicy
+    xml: str, *, name: str, mac: str | None, test_driver: bool, image_id: str | None, policy: DomainPolicy,
+    overlay: Path | None = None, cidata: Path | None = None, accelerator: str = "auto",
+    offered_types: frozenset[str] = frozenset(),
 ) -> tuple[str, list[str]]:
+    """The domain to define here. With ``overlay`` (an image of the repository, prepared by
+    the local controller) the boot disk is that overlay and ``cidata`` is attached; without,
+    ``imageId`` names a file in the image store (the original's behaviour)."""
     root = check_on_host(xml, policy, test_driver=test_driver).root
     changes: list[str] = []
+    if not test_driver:
+        new_type = domain_type(root.get("type"), accelerator, offered_types)
+        if new_type is not None and new_type != root.get("type"):
+            changes.append(f"domain type {root.get('type')!r} -> {new_type!r} (accelerator {accelerator})")
+            root.set("type", new_type)
     name_el = root.find("name")
     if name_el is None:
         name_el = ET.SubElement(root, "name")
@@ -54,8 +151,11 @@ def adapt_domain_xml(
             if mac_el is None:
                 mac_el = ET.Element("mac")
                 iface.insert(0, mac_el)
-            mac_el.set("address", mac)
-    if image_id and not test_driver:
+            # As libvirt writes it (an older group manager may send the original's unpadded form).
+            mac_el.set("address", _normalised(mac))
+    if overlay is not None and not test_driver:
+        changes += attach_instance_disks(root, devices, overlay, cidata)
+    elif image_id and not test_driver:
         if not is_valid_id(image_id):
             raise ImageNotFound(f"image {image_id!r} is not a file name")
         path = Path(policy.image_directory) / image_id

@@ -18,6 +18,10 @@ class HypervisorError(CodedError):
         super().__init__(message, code=code)
 
 
+class HypervisorUnavailable(HypervisorError):
+    """The hypervisor's connection cannot be opened (no libvirtd, a wrong URI, no permission)."""
+
+
 class DomainNotFound(HypervisorError):
     code = ErrorCode.VIRTUAL_MACHINE_NOT_FOUND
 
@@ -32,6 +36,13 @@ class NotEnoughCapacity(HypervisorError):
 
 class MigrationFailed(HypervisorError):
     code = ErrorCode.MIGRATION_FAILED
+
+
+class ResizeRefused(HypervisorError):
+    """The hypervisor cannot give a running domain that size live (above its maximum vcpus or
+    memory, no vcpu hotplug, a test driver that cannot change a running domain's memory)."""
+
+    code = ErrorCode.RESIZE_REFUSED
 
 
 class UnsupportedOperation(HypervisorError):

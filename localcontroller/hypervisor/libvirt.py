@@ -3,8 +3,9 @@
 One of the two modules that call libvirt; the other is ``localcontroller.hypervisor.migration``,
 the live-migration step (with its own connection to the destination), which ``migrate`` runs
 on a thread of its own so that a long migration does not hold up the rest. Every other libvirt
-call runs on this module's single worker thread (one connection, calls serialised), so the
-asyncio loop never blocks on the hypervisor; in both modules every ``libvirtError`` becomes
+call runs on this module's single worker thread (one connection, calls serialised; a daemon
+thread, so a hypervisor that never answers cannot keep a stopped process alive), so the asyncio
+loop never blocks on the hypervisor; in both modules every ``libvirtError`` becomes
 one of ``localcontroller.hypervisor.errors``. With the test driver (``test:///PATH/host.xml``) each
 ``open()`` starts from fresh state, so the connection is kept for the life of the process.
 """
@@ -12,8 +13,11 @@ one of ``localcontroller.hypervisor.errors``. With the test driver (``test:///PA
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +27,9 @@ from localcontroller.hypervisor.adapt import check_on_host
 from localcontroller.hypervisor.errors import (
     DomainNotFound,
     HypervisorError,
+    HypervisorUnavailable,
     InvalidDomainXML,
+    ResizeRefused,
     UnsupportedOperation,
 )
 from snooze.codes import ErrorCode, VMStatus
@@ -83,13 +89,58 @@ def _map_error(exc: libvirt.libvirtError, what: str) -> HypervisorError:
     return HypervisorError(msg)
 
 
+class _DaemonWorker(Executor):
+    """One daemon thread running the submitted calls in order (what a one-worker
+    ThreadPoolExecutor does, whose thread the interpreter waits for at exit): a libvirt call that
+    never returns (a socket that accepts and never answers) cannot keep a stopped process alive."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            if not self._thread.is_alive():
+                self._thread.start()
+            self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+            started = self._thread.is_alive()
+        if wait and started:
+            self._thread.join()
+
+
 class LibvirtHypervisor:
     def __init__(self, uri: str, policy: DomainPolicy | None = None) -> None:
         self.uri = uri
         # What a domain defined here may contain ([templates]); the defaults when not given.
         self.policy = policy or DomainPolicy.default()
         self._conn: libvirt.virConnect | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+        self._pool = _DaemonWorker("libvirt")
 
     @property
     def is_test_driver(self) -> bool:
@@ -110,8 +161,14 @@ class LibvirtHypervisor:
         return self._conn
 
     async def open(self) -> None:
+        """Connect; HypervisorUnavailable with libvirt's one-line reason (e.g. the socket it tried)."""
+
         def do() -> None:
-            self._conn = libvirt.open(self.uri)
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                reason = " ".join(str(exc.get_error_message() or exc).split())
+                raise HypervisorUnavailable(f"cannot open {self.uri}: {reason}") from exc
 
         await self._run(f"open {self.uri}", do)
 
@@ -159,13 +216,17 @@ class LibvirtHypervisor:
     def _lookup(self, name: str) -> libvirt.virDomain:
         return self._c().lookupByName(name)
 
-    async def start(self, xml: str) -> DomainInfo:
+    async def start(self, xml: str, *, checked: bool = False) -> DomainInfo:
         """Define and start a persistent domain; nothing stays defined if the start fails.
 
         The XML is checked against this host's template policy and rebuilt first, whoever sent
         it (a group manager's order, a peer's migrated domain): only the rebuilt XML is defined.
+        ``checked``: the XML comes from ``adapt_domain_xml``, which checked the template under
+        the policy before it added the files the local controller made itself (a VM's overlay
+        and config drive, outside the image store): defined as it is.
         """
-        xml = check_on_host(xml, self.policy, test_driver=self.is_test_driver).xml
+        if not checked:
+            xml = check_on_host(xml, self.policy, test_driver=self.is_test_driver).xml
 
         def do() -> DomainInfo:
             dom = self._c().defineXML(xml)
@@ -210,10 +271,82 @@ class LibvirtHypervisor:
 
         return await self._run(f"{action} {name}", do)
 
-    async def xml(self, name: str) -> str:
-        return await self._run(f"xml of {name}", lambda: self._lookup(name).XMLDesc(0))
+    async def resize(self, name: str, vcpus: int, memory_kib: int, *, uuid: str | None = None) -> DomainInfo:
+        """Give the running domain ``name`` (given ``uuid``: only if it is that one) ``vcpus``
+        and ``memory_kib``, live, and in its persistent definition too. Within its maximums
+        (``<vcpu>``, ``<memory>``): vcpus by hotplug, memory by the balloon. What the hypervisor
+        cannot do live is ResizeRefused, with libvirt's reason and nothing half-changed where
+        libvirt allows undoing it (the vcpus are set back if the memory change is refused)."""
 
-    async def migrate(self, name: str, destination: dict[str, Any], *, uuid: str | None = None) -> dict[str, Any]:
+        def do() -> DomainInfo:
+            dom = self._lookup(name)
+            if uuid is not None and dom.UUIDString() != uuid:
+                raise HypervisorError(f"{name} is domain {dom.UUIDString()}, not {uuid}", code=ErrorCode.VIRTUAL_MACHINE_MISMATCH)
+            if not dom.isActive():
+                raise ResizeRefused(f"{name} is not running: only a running domain is resized here")
+            persistent = bool(dom.isPersistent())
+
+            def apply(setter: Callable[[int, int], Any], value: int) -> None:
+                setter(value, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                if persistent:
+                    # Separately (some drivers refuse LIVE|CONFIG together), and only as a
+                    # courtesy: the live domain is what runs, and what a migration sends on.
+                    with contextlib.suppress(libvirt.libvirtError):
+                        setter(value, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+            _state, max_mem, mem, old_vcpus, _cpu = dom.info()
+            max_vcpus = dom.vcpusFlags(libvirt.VIR_DOMAIN_VCPU_MAXIMUM | libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if vcpus > max_vcpus:
+                raise ResizeRefused(f"{name} can have at most {max_vcpus} vcpus live (its <vcpu> maximum), not {vcpus}")
+            if memory_kib > max_mem:
+                raise ResizeRefused(f"{name} can have at most {max_mem} KiB of memory live (its <memory> maximum), "
+                                    f"not {memory_kib}")
+            try:
+                if vcpus != old_vcpus:
+                    apply(dom.setVcpusFlags, vcpus)
+            except libvirt.libvirtError as exc:
+                raise ResizeRefused(f"the hypervisor cannot set {name}'s vcpus to {vcpus} live: "
+                                    f"{' '.join(str(exc.get_error_message() or exc).split())}") from exc
+            try:
+                if memory_kib != mem:
+                    apply(dom.setMemoryFlags, memory_kib)
+            except libvirt.libvirtError as exc:
+                if vcpus != old_vcpus:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        apply(dom.setVcpusFlags, old_vcpus)
+                raise ResizeRefused(f"the hypervisor cannot set {name}'s memory to {memory_kib} KiB live: "
+                                    f"{' '.join(str(exc.get_error_message() or exc).split())}") from exc
+            return self._info(dom)
+
+        return await self._run(f"resize {name}", do)
+
+    async def xml(self, name: str, *, migratable: bool = False) -> str:
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE if migratable else 0
+        return await self._run(f"xml of {name}", lambda: self._lookup(name).XMLDesc(flags))
+
+    async def domain_types(self) -> frozenset[str]:
+        """The domain types this host offers for its own architecture (``kvm``, ``qemu``...):
+        from its capabilities; empty when they cannot be read (the test driver's are fixed)."""
+
+        def do() -> frozenset[str]:
+            import xml.etree.ElementTree as ET
+
+            caps = ET.fromstring(self._c().getCapabilities())
+            arch = caps.findtext("host/cpu/arch") or ""
+            types = set()
+            for guest in caps.findall("guest"):
+                a = guest.find("arch")
+                if a is not None and (not arch or a.get("name") == arch):
+                    types |= {d.get("type") or "" for d in a.findall("domain")}
+            return frozenset(t for t in types if t)
+
+        try:
+            return await self._run("capabilities", do)
+        except HypervisorError:
+            return frozenset()
+
+    async def migrate(self, name: str, destination: dict[str, Any], *, uuid: str | None = None,
+                      dest_xml: str | None = None, migrate_disks: list[str] | None = None) -> dict[str, Any]:
         """Live-migrate ``name`` (given ``uuid``: only if it is that domain) to the hypervisor
         described by ``destination`` (its hypervisorSettings). Runs on its own thread: a
         migration can take minutes and must not hold up monitoring or other VMs' actions on
@@ -225,8 +358,10 @@ class LibvirtHypervisor:
             settings = MigrationSettings(
                 method=str(mig.get("method", "live")), timeout=float(mig.get("timeout", 60.0)),
                 auto_converge=bool(mig.get("autoConverge", False)), post_copy=bool(mig.get("postCopy", False)),
+                bandwidth_mib=int(mig["bandwidth"]) if mig.get("bandwidth") else None,
+                recovery_timeout=float(mig.get("recoveryTimeout", 60.0)),
             )
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise HypervisorError(f"bad migration settings: {exc}") from exc
         uri = destination.get("remoteUri")
         if not uri:
@@ -234,9 +369,12 @@ class LibvirtHypervisor:
         domain = await self._run(f"look up {name}", lambda: self._lookup(name))
 
         def do() -> dict[str, Any]:
-            result = migrate_domain(domain, str(uri), destination.get("migrationUri"), settings, expected_uuid=uuid)
+            result = migrate_domain(domain, str(uri), destination.get("migrationUri"), settings, expected_uuid=uuid,
+                                    dest_xml=dest_xml, migrate_disks=migrate_disks)
             return {"duration": result.duration, "libvirtSeconds": result.libvirt_seconds, "nonLive": False,
-                    "pausedToConverge": result.paused_to_converge, "switchedToPostCopy": result.switched_to_post_copy}
+                    "pausedToConverge": result.paused_to_converge, "switchedToPostCopy": result.switched_to_post_copy,
+                    **({"postCopyRecovered": True, "recoveryAttempts": result.recovery_attempts}
+                       if result.post_copy_recovered else {})}
 
         return await asyncio.get_running_loop().run_in_executor(None, do)
 

@@ -3,7 +3,15 @@
 One module per group of verbs, each adding its own to the parser with ``register(subparsers)``:
 
 - ``snooze.cli.hierarchy`` — ``hierarchy``, ``hosts``;
-- ``snooze.cli.vms`` — ``submit``, ``vms``, ``vm``, ``suspend`` … ``destroy``, ``migrate``;
+- ``snooze.cli.vms`` — ``submit``, ``vms``, ``vm``, ``suspend`` … ``destroy`` (of a VM or a whole
+  defined virtual cluster), ``migrate``;
+- ``snooze.cli.virtualclusters`` — the original snoozeclient's ``define``, ``undefine``, ``add``,
+  ``remove``, ``list``, ``start``, ``info`` and ``dump`` (the hierarchy as GraphML);
+- ``snooze.cli.images`` — ``images`` (list), ``images upload``, ``images delete``: the image
+  repository;
+- ``snooze.cli.network`` — ``network``, ``subnet``, ``flavor``, ``fwgroup``, ``vlan`` (each
+  ``create``, ``list``, ``show``, ``delete``): the network model;
+- ``snooze.cli.console`` — ``console VM``, a guest's serial console (virsh);
 - ``snooze.cli.cluster`` — ``cluster up`` / ``cluster down``, a local cluster for development
   (the only part that loads ``snooze.dev``, and only when it runs).
 
@@ -19,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 
-from snooze.cli import cluster, hierarchy, vms
+from snooze.cli import cluster, console, hierarchy, images, network, virtualclusters, vms
 from snooze.cli.target import add_target_options
 
 __all__ = ["build_parser", "main"]
@@ -32,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.register(sub)
     hierarchy.register(sub)
     vms.register(sub)
+    virtualclusters.register(sub)
+    console.register(sub)
+    images.register(sub)
+    network.register(sub)
     return p
 
 

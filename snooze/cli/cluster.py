@@ -45,13 +45,40 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _options(args: argparse.Namespace) -> ClusterOptions:
     from snooze.dev import localcluster
 
+    lcs = args.lcs if args.lcs is not None else (2 if args.hypervisor == "qemu" else 4)
     return localcluster.ClusterOptions(
-        gms=args.gms, lcs=args.lcs, base_port=args.base_port, zk_port=args.zk_port,
+        gms=args.gms, lcs=lcs, base_port=args.base_port, zk_port=args.zk_port,
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
         session_timeout=args.session_timeout, monitoring_interval=args.monitoring_interval,
         lc_cpus=args.lc_cpus, lc_memory_gib=args.lc_memory_gib,
         energy=args.energy, idle_time=args.idle_time, reserved_nodes=args.reserved_nodes,
+        netns=args.netns or args.hypervisor == "qemu", multicast=args.multicast, ec2=args.ec2, extra=_overrides(args.set),
+        hypervisor=args.hypervisor, lcs_per_process=args.lcs_per_process, zookeeper_ensemble=args.zookeeper_ensemble,
+        cni=args.cni,
     )
+
+
+#: What the local cluster sets for each process itself; --set may not change it.
+OWN_OPTIONS = ("node.id", "node.port", "node.listen_address", "node.advertise_address", "cluster.key",
+               "cluster.zookeeper")
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``--set SECTION.OPTION=VALUE`` items, each checked as a role's config would check it."""
+    from snooze import config as cfg
+
+    out: dict[str, Any] = {}
+    for item in items:
+        try:
+            key, value = cfg.parse_override(item)
+            if key in OWN_OPTIONS:
+                raise cfg.ConfigError(f"--set {key}: the local cluster sets it for each process")
+            section, option = key.split(".", 1)
+            cfg.from_dict({section: {option: value}})  # unknown names, wrong types, bad values
+        except cfg.ConfigError as exc:
+            raise CliError(f"configuration error: {exc}") from exc
+        out[key] = value
+    return out
 
 
 class StopRequest:
@@ -155,15 +182,22 @@ def _cluster_up(args: argparse.Namespace, stop: StopRequest) -> int:
 def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
     from snooze.dev import localcluster
 
-    if args.lcs < 0 or args.gms < 1 or (args.lcs and args.gms < 2):
+    options = _options(args)
+    if options.lcs < 0 or args.gms < 1 or (options.lcs and args.gms < 2):
         raise CliError("need --gms >= 2 when there are local controllers: one group manager becomes the leader, which manages none")
-    cluster = localcluster.LocalCluster(new_cluster_state_dir(getattr(args, "state_dir", None)), _options(args))
+    qemu = options.hypervisor == "qemu"
+    cluster = localcluster.LocalCluster(new_cluster_state_dir(getattr(args, "state_dir", None)), options)
     # Stale record, ports: all checked before anything starts (and before saying it starts).
     if cluster.prepare():
         say(f"cleaned up a stale cluster record in {cluster.state_dir} (its processes were gone)")
     if stop():
         return stop.exit_code
-    say(f"starting ZooKeeper, 1 bootstrap, {args.gms} group managers, {args.lcs} local controllers ...")
+    zookeeper = f"a ZooKeeper ensemble of {options.zookeeper_ensemble}" if options.zookeeper_ensemble > 1 else "ZooKeeper"
+    per_process = (f" ({options.lcs_per_process} per process, {-(-options.lcs // options.lcs_per_process)} processes)"
+                   if options.lcs_per_process > 1 and options.lcs else "")
+    say(f"starting {zookeeper}, 1 bootstrap, {args.gms} group managers, {options.lcs} local controllers{per_process}"
+        + (" on private libvirtd + QEMU hosts, and uploading the guest image snooze-tiny (built when missing)" if qemu else "")
+        + " ...")
     detached = False
     t0 = time.monotonic()
     try:
@@ -174,16 +208,35 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
             print(f"snooze: cannot record this as the cluster you started last: {exc}", file=sys.stderr)
         say(f"hierarchy formed in {time.monotonic() - t0:.1f}s")
         say(f"bootstrap:  {manifest['bootstrapUrl']}   (try: curl '{manifest['bootstrapUrl']}/bootstrap?getCompleteHierarchy')")
-        say(f"zookeeper:  {manifest['zookeeper']}")
+        if manifest.get("ec2"):
+            e = manifest["ec2"]
+            say(f"ec2 API:    {e['url']}  region {e['region']}, access key {e['accessKey']} (its secret: cluster.json)")
+        say(f"zookeeper:  {manifest['zookeeper']}" + (f"  (namespace {manifest['zookeeperNetns']})" if options.netns else ""))
+        if qemu:
+            say(f"images:     {manifest['images']}/images   (snooze images list; guests boot snooze-tiny under TCG)")
+            for spec in manifest["processes"]:
+                if spec["role"] == "localcontroller":
+                    say(f"host {spec['id']}: namespace {spec['netns']}, libvirt {spec['hypervisorUri']}")
+            say(f"            a guest answers its name: ip netns exec NETNS curl http://ADDRESS/   "
+                f"(bridge br-vm, gateway {cluster.vm_gateway}); serial console: snooze console VM")
+        if options.netns:
+            fabric = manifest["fabric"]
+            say(f"fabric:     namespace {fabric['netns']}, subnet {fabric['subnet']}, bridge address {fabric['address']}"
+                + (f", multicast heartbeats on {manifest['multicastGroup']}" if manifest.get("multicastGroup") else ""))
+            say(f"            cut a process off: ip -n {fabric['netns']} link set INTERFACE down "
+                f"(INTERFACE: cluster.json fabric.links, e.g. {next(iter(fabric['links'].values()))})")
         say(f"state dir:  {manifest['stateDir']}  (cluster.json, logs/, config/)")
-        h = cluster.hierarchy()
+        h = cluster.hierarchy(timeout=30.0)
         if h:
-            say(format_hierarchy(h))
+            say(format_hierarchy(h) if options.lcs <= TREE_MAX_LCS else format_hierarchy_summary(h))
         if args.detach:
             detached = not stop()
             return stop.exit_code
         if args.demo and not stop():
-            run_demo(manifest["bootstrapUrl"], stop)
+            if qemu:
+                run_guest_demo(cluster, stop)
+            else:
+                run_demo(manifest["bootstrapUrl"], stop)
         say("running; Ctrl-C stops everything")
         while not stop():
             time.sleep(0.2)
@@ -199,6 +252,21 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
     return stop.exit_code
 
 
+#: Above this many local controllers ``up`` prints one line per group manager, not the whole tree.
+TREE_MAX_LCS = 64
+
+
+def format_hierarchy_summary(h: dict[str, Any]) -> str:
+    """The leader and each group manager with how many local controllers it holds."""
+    gl = h.get("groupLeaderDescription") or {}
+    gms = h.get("groupManagerDescriptions", [])
+    counts = [len(gm.get("localControllers") or []) for gm in gms]
+    lines = [f"group leader {gl.get('id')}  epoch {gl.get('epoch')};  {len(gms)} group managers hold {sum(counts)} local "
+             f"controllers ({min(counts, default=0)} to {max(counts, default=0)} each; snooze hierarchy prints the tree)"]
+    lines += [f"  {gm.get('id')}: {n}" for gm, n in zip(gms, counts, strict=True)]
+    return "\n".join(lines)
+
+
 def run_demo(bootstrap_url: str, stop: StopRequest | None = None) -> None:
     from snooze.dev import demo
 
@@ -206,6 +274,25 @@ def run_demo(bootstrap_url: str, stop: StopRequest | None = None) -> None:
         demo.submit_demo(bootstrap_url, stop=stop)
     except (OSError, ValueError, KeyError) as exc:
         print(f"demo virtual cluster failed: {exc}", file=sys.stderr)
+
+
+def run_guest_demo(cluster: Any, stop: StopRequest | None = None) -> None:
+    """Two guests from snooze-tiny; once each answers over HTTP, where and how to reach it."""
+    from snooze.dev import localcluster
+
+    say("starting 2 guests from snooze-tiny ...")
+    try:
+        namespaces = {p["id"]: p["netns"] for p in cluster.processes if p["role"] == "localcontroller"}
+        guests = localcluster.start_guests(cluster.bootstrap_url, 2, namespaces=namespaces, prefix="demo", stop=stop)
+    except (OSError, ValueError, KeyError, localcluster.ClusterError) as exc:
+        print(f"demo guests failed: {exc}", file=sys.stderr)
+        return
+    for guest in guests:
+        where = cluster.process(guest["localControllerId"])
+        say(f"  {guest['id']:<16} {guest['status']:<8} {guest['ipAddress'] or '-':<16} on {guest['localControllerId']}"
+            + (f"  answered {guest['answer'].strip()!r} {guest['seconds']:.1f}s after submission" if guest.get("answer")
+               else "  (no answer yet)"))
+        say(f"      ip netns exec {where['netns']} curl http://{guest['ipAddress']}/    snooze console {guest['id']}")
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:
@@ -237,7 +324,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="return once the hierarchy has formed and leave the cluster running; stop it with "
                          "'snooze cluster down' (default: run in the foreground)")
     up.add_argument("--gms", type=int, default=3, help="group managers; one of them becomes the group leader")
-    up.add_argument("--lcs", type=int, default=4, help="local controllers, each with its own simulated libvirt host")
+    up.add_argument("--lcs", type=int, default=None,
+                    help="local controllers, each with its own simulated libvirt host (default: 4; 2 with --hypervisor qemu)")
+    up.add_argument("--lcs-per-process", type=int, default=1, metavar="N",
+                    help="run the local controllers N to a process (python -m localcontroller.many), each still a whole "
+                         "local controller with its own id, port, libvirt test host, ZooKeeper session and heartbeats: "
+                         "for clusters of thousands of simulated hosts, e.g. 2000 of them 250 to a process with 41 group "
+                         "managers (default: 1, a process each)")
+    up.add_argument("--zookeeper-ensemble", type=int, default=1, metavar="N",
+                    help="run ZooKeeper as a replicated ensemble of N servers (odd: 3, 5) on 127.0.0.1, each role "
+                         "given the full connection string; cluster.json lists them as zookeeperServers "
+                         "(default: 1, one standalone server)")
+    up.add_argument("--hypervisor", choices=("test", "qemu"), default="test",
+                    help="test: libvirt's test driver, nothing runs (fast); qemu: every local controller on its own "
+                         "private libvirtd + QEMU host in its own network namespace (implies --netns; needs root, libvirtd "
+                         "and QEMU), with the image repository holding the tiny guest image, and guests that boot "
+                         "under TCG and answer their name over HTTP")
     up.add_argument("--base-port", type=int, default=5000,
                     help="the bootstrap's port; the group managers and local controllers take the ports after it")
     up.add_argument("--zk-port", type=int, default=0, help="ZooKeeper's port; 0 picks a free one")
@@ -258,6 +360,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="with --energy: seconds idle before a host is powered down")
     up.add_argument("--reserved-nodes", type=int, default=1, metavar="N",
                     help="with --energy: hosts per group manager always kept on")
+    up.add_argument("--netns", action="store_true",
+                    help="run every process (ZooKeeper too) in its own network namespace, joined by a bridge in a "
+                         "fabric namespace on a private 10.213.N.0/24 subnet that exists only inside them; the "
+                         "bootstrap stays reachable at 127.0.0.1:BASE_PORT through a forwarder (needs root; "
+                         "default: every process on 127.0.0.1)")
+    up.add_argument("--multicast", action="store_true",
+                    help="with --netns: heartbeats also go to a multicast group on the fabric (default: unicast only)")
+    up.add_argument("--set", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                    help="pass an option to every role that has its section, as the roles' own --set does "
+                         "(repeatable), e.g. --set groupmanager.virtual_machine_subnet=10.64.0.0/16")
+    up.add_argument("--no-ec2", dest="ec2", action="store_false",
+                    help="do not serve the EC2-compatible API (default: on the port after the last local controller's, "
+                         "with a demo key pair in cluster.json; never with --netns)")
+    up.add_argument("--no-cni", dest="cni", action="store_false",
+                    help="do not serve a CNI agent on each local controller (default: served, its URL and a ready "
+                         "snooze-cni network configuration list in cluster.json as cniAgent and cniConfig; "
+                         "never with --lcs-per-process above 1)")
     up.add_argument("--no-demo", dest="demo", action="store_false",
                     help="do not submit the demo virtual cluster of 3 VMs (default: submit it)")
     up.set_defaults(func=reports_errors(cmd_cluster_up))

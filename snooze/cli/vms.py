@@ -1,4 +1,4 @@
-"""The ``snooze`` verbs on virtual machines: submit, vms, vm, suspend/resume/shutdown/reboot/destroy, migrate.
+"""The ``snooze`` verbs on virtual machines: submit, vms, vm, suspend/resume/shutdown/reboot/destroy, resize, migrate.
 
 ``register(subparsers)`` adds them to the ``snooze`` parser; each handler talks to the
 bootstrap through ``SyncSnoozeClient`` and returns an exit code. Progress goes to stderr and
@@ -26,7 +26,8 @@ from snooze.client.templates import (
 from snooze.client.types import FAILED_STATUSES, Progress, VirtualMachineMetaDataJson
 from snooze.codes import ErrorCode, TaskState, VMStatus
 
-__all__ = ["ProgressPrinter", "register", "vm_details", "vm_table"]
+__all__ = ["ProgressPrinter", "add_template_arguments", "register", "report_response", "templates_from_args", "vm_details",
+           "vm_table"]
 
 DEFAULT_MEMORY_KIB = 256 * 1024
 NO_IMAGE = "-"  # only to satisfy sized_template; removed from the template sent
@@ -116,7 +117,8 @@ class ProgressPrinter:
 # -- handlers ---------------------------------------------------------------------------------
 
 
-def _templates(args: argparse.Namespace) -> list[Any]:
+def templates_from_args(args: argparse.Namespace) -> list[Any]:
+    """The templates ``add_template_arguments``' options describe."""
     if args.count < 1:
         raise CliError(f"--count must be >= 1, got {args.count}", ErrorCode.BAD_TEMPLATE)
     templates: list[Any] = [libvirt_template_file(path, rx=args.rx, tx=args.tx) for path in args.template or []]
@@ -137,7 +139,7 @@ def _templates(args: argparse.Namespace) -> list[Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    templates = _templates(args)
+    templates = templates_from_args(args)
     with client(args) as api:
         task_id = api.start_virtual_cluster(templates)
         if args.no_wait:
@@ -146,8 +148,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"submitted virtual cluster {task_id} ({_vms(len(templates))})", file=sys.stderr, flush=True)
         response = api.wait_for_virtual_cluster(task_id, timeout=args.timeout, poll_interval=args.poll_interval,
                                                    progress=ProgressPrinter(sys.stderr, len(templates)))
+    return report_response(response, task_id, as_json=args.json)
+
+
+def report_response(response: Any, task_id: str, *, as_json: bool) -> int:
+    """A virtual cluster's response as a table (or JSON) on stdout, each failed VM on stderr;
+    the exit code: 1 if anything failed."""
     vms = list(response.get("virtualMachineMetaData") or [])
-    if args.json:
+    if as_json:
         print(json.dumps(response, indent=2))
     elif vms:
         print(vm_table(vms))
@@ -195,15 +203,34 @@ def _control_handler(verb: str) -> Handler:
     method, done = CONTROLS[verb]
 
     def run(args: argparse.Namespace) -> int:
+        from snooze.cli.virtualclusters import cluster_or_vm
+
+        name, members = cluster_or_vm(args, args.id)
+        refused = []
         with client(args) as api:
-            ok = bool(getattr(api, method)(args.id))
-        if not ok:
-            raise CliError(f"the cluster refused to {verb} {args.id}", REFUSED)
-        print(f"{done} {args.id}")
+            for vm_id in members:
+                if bool(getattr(api, method)(vm_id)):
+                    print(f"{done} {vm_id}")
+                else:
+                    refused.append(vm_id)
+        if refused:
+            raise CliError(f"the cluster refused to {verb} {', '.join(refused)}", REFUSED)
+        if name is not None:
+            print(f"{done} virtual cluster {name} ({_vms(len(members))})")
         return 0
 
     run.__name__ = f"cmd_{verb}"
     return run
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    memory = args.memory if args.memory is not None else (args.memory_mib * 1024 if args.memory_mib is not None else None)
+    if args.vcpus is None and memory is None and args.rx is None and args.tx is None:
+        raise CliError("give at least one of --vcpus, --memory/--memory-mib, --rx, --tx", ErrorCode.BAD_CAPACITY)
+    with client(args) as api:
+        vm = api.resize_virtual_machine(args.id, vcpus=args.vcpus, memory=memory, rx=args.rx, tx=args.tx)
+    print(json.dumps(vm, indent=2) if args.json else vm_details(vm))
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -213,6 +240,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise CliError(f"the cluster refused to migrate {args.id} to {args.to}", REFUSED)
     print(f"migrated {args.id} to {args.to}")
     return 0
+
+
+def add_template_arguments(p: argparse.ArgumentParser, *, default_name: str) -> None:
+    """The options that describe VM templates (``submit``, ``add``): XML files or sized VMs."""
+    p.add_argument("--template", action="append", metavar="FILE",
+                   help="libvirt domain XML file (repeatable); without it, --count sized VMs")
+    p.add_argument("--vcpus", type=int, help="vcpus per sized VM (default: 1)")
+    mem = p.add_mutually_exclusive_group()
+    mem.add_argument("--memory", type=int, metavar="KIB", help=f"memory per sized VM in KiB (default: {DEFAULT_MEMORY_KIB})")
+    mem.add_argument("--memory-mib", type=int, metavar="MIB", help="memory per sized VM in MiB")
+    p.add_argument("--count", type=int, default=1, help="how many sized VMs")
+    p.add_argument("--name", metavar="PREFIX",
+                   help=f"VM name, or name prefix with --count: PREFIX-1, PREFIX-2 ... (default: {default_name})")
+    p.add_argument("--image", metavar="ID",
+                   help="disk image of sized VMs, a file name in each local controller's image directory "
+                        "(default: none, a VM without a disk)")
+    p.add_argument("--rx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network rx demand per VM, KiB/s")
+    p.add_argument("--tx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network tx demand per VM, KiB/s")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -228,20 +273,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         return p
 
     s = verb("submit", "start a virtual cluster and follow it until its VMs run")
-    s.add_argument("--template", action="append", metavar="FILE",
-                   help="libvirt domain XML file (repeatable); without it, --count sized VMs are submitted")
-    s.add_argument("--vcpus", type=int, help="vcpus per sized VM (default: 1)")
-    mem = s.add_mutually_exclusive_group()
-    mem.add_argument("--memory", type=int, metavar="KIB", help=f"memory per sized VM in KiB (default: {DEFAULT_MEMORY_KIB})")
-    mem.add_argument("--memory-mib", type=int, metavar="MIB", help="memory per sized VM in MiB")
-    s.add_argument("--count", type=int, default=1, help="how many sized VMs")
-    s.add_argument("--name", metavar="PREFIX",
-                   help="VM name, or name prefix with --count: PREFIX-1, PREFIX-2 ... (default: vm-<random>)")
-    s.add_argument("--image", metavar="ID",
-                   help="disk image of sized VMs, a file name in each local controller's image directory "
-                        "(default: none, a VM without a disk)")
-    s.add_argument("--rx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network rx demand per VM, KiB/s")
-    s.add_argument("--tx", type=float, default=DEFAULT_NETWORK_DEMAND, help="network tx demand per VM, KiB/s")
+    add_template_arguments(s, default_name="vm-<random>")
     s.add_argument("--no-wait", action="store_true", help="print the task id and return at once")
     s.add_argument("--timeout", type=float, default=300.0, help="give up waiting after this many seconds")
     s.add_argument("--poll-interval", type=float, default=0.5, help=argparse.SUPPRESS)
@@ -258,9 +290,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     one.set_defaults(func=reports_errors(cmd_vm))
 
     for name in CONTROLS:
-        c = verb(name, f"{name} a virtual machine")
-        c.add_argument("id", metavar="ID")
+        c = verb(name, f"{name} a virtual machine, or every VM of a defined virtual cluster (snooze define)")
+        c.add_argument("id", metavar="VM|NAME")
+        c.add_argument("--vm", action="store_true", help="VM|NAME is a VM id even if a virtual cluster has that name")
+        c.add_argument("--definitions", metavar="FILE", help="the virtual-cluster definitions file (see snooze define)")
         c.set_defaults(func=reports_errors(_control_handler(name)))
+
+    z = verb("resize", "change a running virtual machine's vcpus and memory live (within its maximums), "
+                       "or its network demand")
+    z.add_argument("id", metavar="ID")
+    z.add_argument("--vcpus", type=int, help="new number of vcpus")
+    zmem = z.add_mutually_exclusive_group()
+    zmem.add_argument("--memory", type=int, metavar="KIB", help="new memory in KiB")
+    zmem.add_argument("--memory-mib", type=int, metavar="MIB", help="new memory in MiB")
+    z.add_argument("--rx", type=float, help="new network rx demand, KiB/s")
+    z.add_argument("--tx", type=float, help="new network tx demand, KiB/s")
+    z.add_argument("--json", action="store_true", help="print the VM's new metadata as JSON")
+    z.set_defaults(func=reports_errors(cmd_resize))
 
     m = verb("migrate", "live-migrate a virtual machine to another local controller")
     m.add_argument("id", metavar="ID")

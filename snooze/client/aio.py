@@ -10,15 +10,20 @@ It is also the boundary to aiohttp: no aiohttp exception leaves this module; eac
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
+from urllib.parse import quote
 
 import aiohttp
 
 from snooze.client.errors import (
+    BAD_REQUEST,
     BAD_RESPONSE,
     TASK_TIMEOUT,
     TIMEOUT,
@@ -45,6 +50,8 @@ DEFAULT_PAGE = 100
 # so that a slow call ends with the server's own error rather than a client-side TIMEOUT.
 SLOW_CALL_TIMEOUT = 90.0
 MIGRATION_TIMEOUT = 330.0
+# An upload's answer comes after the server has checked the image (qemu-img check).
+UPLOAD_READ_TIMEOUT = 600.0
 
 
 def normalise_url(base_url: str) -> str:
@@ -134,6 +141,32 @@ class SnoozeClient:
     async def _json(self, method: str, verb: str, **kw: Any) -> Any:
         _, _, body = await self.request(method, verb, **kw)
         return _decode(body, verb)
+
+    async def _rest(self, method: str, path: str, *, data: Any = None, headers: Mapping[str, str] | None = None,
+                    params: Mapping[str, str] | None = None, timeout: aiohttp.ClientTimeout | None = None) -> Any:
+        """One call to a REST path of the API (``/images/...``): its decoded JSON answer."""
+        return (await self._rest_with_headers(method, path, data=data, headers=headers, params=params,
+                                              timeout=timeout))[0]
+
+    async def _rest_with_headers(self, method: str, path: str, *, data: Any = None,
+                                 headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
+                                 timeout: aiohttp.ClientTimeout | None = None) -> tuple[Any, Mapping[str, str]]:
+        """``_rest``, with the answer's headers (a network object's ``ETag``: its version)."""
+        url = f"{self.base_url}{path}"
+        try:
+            async with self._session_for_call().request(
+                    method, url, data=data, params=params, headers={"Accept": "application/json", **(headers or {})},
+                    timeout=timeout or aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                body = await resp.read()
+                status = resp.status
+                answer_headers = dict(resp.headers)
+        except TimeoutError as exc:
+            raise SnoozeClientError(TIMEOUT, f"no answer from {url} in time") from exc
+        except aiohttp.ClientError as exc:
+            raise SnoozeClientError(UNREACHABLE, f"cannot reach {self.base_url}: {exc}") from exc
+        if status >= 300:
+            raise _error_from_response(status, body, url)
+        return _decode(body, path), answer_headers
 
     # -- the hierarchy --------------------------------------------------------------------
 
@@ -248,12 +281,24 @@ class SnoozeClient:
                                  timeout=MIGRATION_TIMEOUT)
         return bool(_expect(value, bool, "migrateVirtualMachine"))
 
+    async def resize_virtual_machine(self, vm_id: str, *, vcpus: int | None = None, memory: int | None = None,
+                                     rx: float | None = None, tx: float | None = None) -> VirtualMachineMetaDataJson:
+        """Resize a running VM live (``memory`` in KiB; what is not given is kept): the
+        original's ResizeRequest; answers the VM's new metadata."""
+        keep = -1
+        body = {"virtualMachineLocation": {"virtualMachineId": vm_id},
+                "resizedCapacity": [keep if v is None else v for v in (vcpus, memory, rx, tx)]}
+        value = await self._json("POST", "resizeVirtualMachine", json_body=body, timeout=SLOW_CALL_TIMEOUT)
+        return cast(VirtualMachineMetaDataJson, _expect(value, dict, "resizeVirtualMachine"))
+
     async def get_virtual_machine_meta_data(self, vm_id: str) -> VirtualMachineMetaDataJson:
         value = await self._json("POST", "getVirtualMachineMetaData", text_body=vm_id)
         return cast(VirtualMachineMetaDataJson, _expect(value, dict, "getVirtualMachineMetaData"))
 
     async def _page(self, verb: str, start: int, limit: int) -> dict[str, Any]:
-        value = await self._json("GET", verb, params={"start": int(start), "limit": int(limit)})
+        # v=2: the paged object ({KEY: [...], "start", "limit", "total"}, start an offset); the
+        # original's form answers bare arrays and takes an id as start.
+        value = await self._json("GET", verb, params={"start": int(start), "limit": int(limit), "v": 2})
         return cast(dict[str, Any], _expect(value, dict, verb))
 
     async def get_virtual_machine_descriptions(self, start: int = 0, limit: int = DEFAULT_PAGE) -> dict[str, Any]:
@@ -291,6 +336,148 @@ class SnoozeClient:
 
     async def list_local_controllers(self, page: int = DEFAULT_PAGE) -> list[dict[str, Any]]:
         return [lc async for lc in self._all("getLocalControllerDescriptions", "localControllers", page)]
+
+
+    # -- the image repository (/images) ------------------------------------------------------
+
+    async def list_images(self) -> list[dict[str, Any]]:
+        """Every image of the repository (``GET /images``), sorted by id."""
+        data = _expect(await self._rest("GET", "/images"), dict, "/images")
+        return cast(list[dict[str, Any]], _expect(data.get("images", []), list, "/images"))
+
+    async def get_image(self, image_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], _expect(await self._rest("GET", f"/images/{quote(image_id, safe='')}"), dict, "/images/ID"))
+
+    async def delete_image(self, image_id: str) -> bool:
+        """Remove an image; refused (``IMAGE_IN_USE``) while a VM uses it."""
+        return bool(_expect(await self._rest("DELETE", f"/images/{quote(image_id, safe='')}"), bool, "/images/ID"))
+
+    async def upload_image(self, path: str | os.PathLike[str], name: str | None = None, *,
+                           image_format: str | None = None) -> dict[str, Any]:
+        """Upload the qcow2 (or, with ``image_format="raw"``, raw) disk at ``path`` as ``name``
+        (default: the file's name), streamed, with its SHA-256 for the server to check; the
+        repository's record of the image."""
+        file = Path(path)
+        name = file.name if name is None else name
+        try:
+            size, checksum = await asyncio.to_thread(_size_and_checksum, file)
+        except OSError as exc:
+            raise SnoozeClientError(BAD_REQUEST, f"cannot read {file}: {exc.strerror or exc}", "path") from exc
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size),
+                   "X-Snooze-Checksum": checksum}
+        params = {"format": image_format} if image_format else None
+        # No total deadline: a big image takes its time; each read waits at most UPLOAD_READ_TIMEOUT
+        # (the server checks the image after the last byte, which takes a while for a big one).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=max(self.timeout, UPLOAD_READ_TIMEOUT))
+        try:
+            body = await asyncio.to_thread(file.open, "rb")
+        except OSError as exc:
+            raise SnoozeClientError(BAD_REQUEST, f"cannot read {file}: {exc.strerror or exc}", "path") from exc
+        try:
+            value = await self._rest("PUT", f"/images/{quote(name, safe='')}", data=body, headers=headers,
+                                     params=params, timeout=timeout)
+        finally:
+            body.close()
+        return cast(dict[str, Any], _expect(value, dict, "/images/NAME"))
+
+    # -- the network model (/networks, /subnets, /flavors, /fwgroups, /vlans, /vlangroups, /guests) --
+
+    def _object_path(self, kind: str, key: str | int | None = None) -> str:
+        if kind not in NETWORK_KINDS:
+            raise SnoozeClientError(BAD_REQUEST, f"{kind!r} is not one of {', '.join(NETWORK_KINDS)}", "kind")
+        return f"/{kind}" if key is None else f"/{kind}/{quote(str(key), safe='')}"
+
+    async def list_network_objects(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of ``kind`` (``networks``, ``subnets`` … ``guests``), sorted by id."""
+        path = self._object_path(kind)
+        data = _expect(await self._rest("GET", path), dict, path)
+        return cast(list[dict[str, Any]], _expect(data.get(kind, []), list, path))
+
+    async def get_network_object(self, kind: str, key: str | int) -> tuple[dict[str, Any], int]:
+        """An object (a VLAN by its tag) and its version, for ``update_network_object``."""
+        path = self._object_path(kind, key)
+        value, headers = await self._rest_with_headers("GET", path)
+        return cast(dict[str, Any], _expect(value, dict, path)), _version_of(headers, path)
+
+    async def create_network_object(self, kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create an object (refused, ``NETWORK_OBJECT_EXISTS``, if its id is taken); a guest
+        gets its address, MAC and bridge filled in."""
+        path = self._object_path(kind)
+        value = await self._rest("POST", path, data=json.dumps(dict(obj)), headers=_JSON)
+        return cast(dict[str, Any], _expect(value, dict, path))
+
+    async def update_network_object(self, kind: str, key: str | int, obj: Mapping[str, Any],
+                                    version: int) -> tuple[dict[str, Any], int]:
+        """Replace an object read at ``version`` (``CONFLICT`` if it changed since); the saved
+        object and its new version."""
+        path = self._object_path(kind, key)
+        value, headers = await self._rest_with_headers("PUT", path, data=json.dumps(dict(obj)),
+                                                       headers={**_JSON, "If-Match": f'"{int(version)}"'})
+        return cast(dict[str, Any], _expect(value, dict, path)), _version_of(headers, path)
+
+    async def delete_network_object(self, kind: str, key: str | int, version: int | None = None) -> bool:
+        """Delete an object (at ``version`` if given); ``NETWORK_OBJECT_IN_USE`` names its users."""
+        path = self._object_path(kind, key)
+        headers = {"If-Match": f'"{int(version)}"'} if version is not None else None
+        return bool(_expect(await self._rest("DELETE", path, headers=headers), bool, path))
+
+    async def list_addresses(self, subnet: str) -> list[dict[str, Any]]:
+        """The addresses reserved in ``subnet``: ``[{"address", "guest"}]``, in address order."""
+        path = self._object_path("subnets", subnet) + "/addresses"
+        data = _expect(await self._rest("GET", path), dict, path)
+        return cast(list[dict[str, Any]], _expect(data.get("addresses", []), list, path))
+
+    async def reserve_address(self, subnet: str, guest: str) -> str:
+        """Reserve an address of ``subnet`` for ``guest``; ``NO_FREE_IP_ADDRESS`` when it is full."""
+        path = self._object_path("subnets", subnet) + "/addresses"
+        data = _expect(await self._rest("POST", path, data=json.dumps({"guest": guest}), headers=_JSON), dict, path)
+        return str(_expect(data.get("address"), str, path))
+
+    async def release_address(self, subnet: str, address: str) -> bool:
+        path = self._object_path("subnets", subnet) + f"/addresses/{quote(address, safe='')}"
+        return bool(_expect(await self._rest("DELETE", path), bool, path))
+
+    async def list_hypervisors(self) -> list[dict[str, Any]]:
+        """The local controllers as Loch Ness hypervisors (``alive``, ``subnets`` → bridge …)."""
+        data = _expect(await self._rest("GET", "/hypervisors"), dict, "/hypervisors")
+        return cast(list[dict[str, Any]], _expect(data.get("hypervisors", []), list, "/hypervisors"))
+
+    async def get_hypervisor(self, hypervisor: str) -> dict[str, Any]:
+        path = f"/hypervisors/{quote(hypervisor, safe='')}"
+        return cast(dict[str, Any], _expect(await self._rest("GET", path), dict, path))
+
+    async def serve_subnet(self, hypervisor: str, subnet: str, bridge: str) -> dict[str, Any]:
+        """Say that ``hypervisor`` serves ``subnet`` on ``bridge`` (a subnet no host serves is served by all)."""
+        path = f"/hypervisors/{quote(hypervisor, safe='')}/subnets/{quote(subnet, safe='')}"
+        value = await self._rest("PUT", path, data=json.dumps({"bridge": bridge}), headers=_JSON)
+        return cast(dict[str, Any], _expect(value, dict, path))
+
+    async def unserve_subnet(self, hypervisor: str, subnet: str) -> dict[str, Any]:
+        path = f"/hypervisors/{quote(hypervisor, safe='')}/subnets/{quote(subnet, safe='')}"
+        return cast(dict[str, Any], _expect(await self._rest("DELETE", path), dict, path))
+
+
+#: The network model's kinds with the five generic endpoints (the API's paths).
+NETWORK_KINDS = ("networks", "subnets", "flavors", "fwgroups", "vlans", "vlangroups", "guests")
+_JSON = {"Content-Type": "application/json"}
+
+
+def _version_of(headers: Mapping[str, str], path: str) -> int:
+    """An object's version, from the ``ETag`` the network API answers (``"3"``)."""
+    tag = next((v for k, v in headers.items() if k.lower() == "etag"), "").strip().removeprefix("W/").strip('"')
+    if not (tag.isascii() and tag.isdigit()):
+        raise SnoozeClientError(BAD_RESPONSE, f"{path} answered no version (ETag {tag[:40]!r})")
+    return int(tag)
+
+
+def _size_and_checksum(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, "sha256:" + digest.hexdigest()
 
 
 def statuses_of(response: VirtualClusterResponseJson) -> dict[str, str]:

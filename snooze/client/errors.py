@@ -15,6 +15,7 @@ TIMEOUT = ErrorCode.TIMEOUT  # one HTTP request took longer than the client's ti
 TASK_TIMEOUT = ErrorCode.TASK_TIMEOUT  # a virtual cluster was not done within the wait's timeout
 BAD_RESPONSE = ErrorCode.BAD_RESPONSE  # a 2xx whose body is not what the API promises
 REFUSED = ErrorCode.REFUSED  # a control call answered ``false``
+BAD_REQUEST = ErrorCode.BAD_REQUEST  # the caller's own input cannot be sent (a file that cannot be read)
 
 
 class SnoozeClientError(Exception):

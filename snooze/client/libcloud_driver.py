@@ -247,6 +247,61 @@ class SnoozeNodeDriver(NodeDriver):
         """The seed's name for ``ex_migrate``."""
         return self.ex_migrate(node, location)
 
+    # -- the original driver's method names -----------------------------------------------------
+
+    def get_info(self, node: Node) -> dict[str, Any]:
+        """The VM's metadata now (the original's ``get_info``: status, location, addresses, usage)."""
+        with self._errors():
+            return dict(self.client.get_virtual_machine_meta_data(str(node.id)).items())
+
+    def suspend(self, node: Node) -> bool:
+        return self.ex_suspend_node(node)
+
+    def resume(self, node: Node) -> bool:
+        return self.ex_resume_node(node)
+
+    def shutdown(self, node: Node) -> bool:
+        return self.stop_node(node)
+
+    def reboot(self, node: Node) -> bool:
+        return self.reboot_node(node)
+
+    def destroy(self, node: Node) -> bool:
+        return self.destroy_node(node)
+
+    # -- images (the repository's /images) ------------------------------------------------------
+
+    def _to_image(self, img: Mapping[str, Any]) -> NodeImage:
+        return NodeImage(id=str(img.get("id")), name=str(img.get("name") or img.get("id")), driver=self, extra=dict(img))
+
+    def list_images(self, location: Any = None, ex_only_active: bool = True) -> list[NodeImage]:  # noqa: ARG002
+        """The images of the repository: ``NodeImage(id, name, extra=the repository's record)``
+        (format, capacity, allocation, path, size, checksum, usedBy)."""
+        with self._errors():
+            return [self._to_image(img) for img in self.client.list_images()]
+
+    def get_image(self, image_id: str) -> NodeImage:
+        with self._errors():
+            return self._to_image(self.client.get_image(image_id))
+
+    def delete_image(self, node_image: NodeImage) -> bool:
+        """Delete an image of the repository (refused while a VM uses it)."""
+        with self._errors():
+            return self.client.delete_image(str(node_image.id))
+
+    def ex_upload_image(self, path: str, name: str | None = None, image_format: str | None = None) -> NodeImage:
+        """Upload a qcow2 (or, with ``image_format="raw"``, raw) disk image to the repository."""
+        with self._errors():
+            return self._to_image(self.client.upload_image(path, name, image_format=image_format))
+
+    def list_sizes(self, location: Any = None) -> list[NodeSize]:
+        """The original driver's four sizes (RAM in MiB, bandwidth in KiB/s); ``create_node(size=…)``
+        takes one, or any ``NodeSize`` (``extra["vcpus"]``, default 1)."""
+        sizes = [("1", "Small", 128, 4, 500, 4), ("2", "Medium", 512, 16, 1500, 8), ("3", "Big", 4096, 32, 2500, 32),
+                 ("4", "XXL Big", 8192, 128, 7500, 64)]
+        return [NodeSize(id=i, name=name, ram=ram, disk=disk, bandwidth=bw, price=price, driver=self,
+                         extra={"vcpus": 1}) for i, name, ram, disk, bw, price in sizes]
+
 
 def _add_provider_constant() -> None:
     """Make ``Provider.SNOOZE`` exist (= ``"snooze"``), as a proper member of libcloud's enum.

@@ -9,6 +9,7 @@ inside an asyncio program).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections.abc import Awaitable, Iterable, Mapping
@@ -155,6 +156,10 @@ class SyncSnoozeClient:
     def migrate_virtual_machine(self, vm_id: str, local_controller_id: str) -> bool:
         return self._runner.run(self._client.migrate_virtual_machine(vm_id, local_controller_id))
 
+    def resize_virtual_machine(self, vm_id: str, *, vcpus: int | None = None, memory: int | None = None,
+                               rx: float | None = None, tx: float | None = None) -> VirtualMachineMetaDataJson:
+        return self._runner.run(self._client.resize_virtual_machine(vm_id, vcpus=vcpus, memory=memory, rx=rx, tx=tx))
+
     def get_virtual_machine_meta_data(self, vm_id: str) -> VirtualMachineMetaDataJson:
         return self._runner.run(self._client.get_virtual_machine_meta_data(vm_id))
 
@@ -175,3 +180,54 @@ class SyncSnoozeClient:
 
     def list_local_controllers(self, page: int = DEFAULT_PAGE) -> list[dict[str, Any]]:
         return self._runner.run(self._client.list_local_controllers(page))
+
+    def list_images(self) -> list[dict[str, Any]]:
+        return self._runner.run(self._client.list_images())
+
+    def get_image(self, image_id: str) -> dict[str, Any]:
+        return self._runner.run(self._client.get_image(image_id))
+
+    def delete_image(self, image_id: str) -> bool:
+        return self._runner.run(self._client.delete_image(image_id))
+
+    def upload_image(self, path: str | os.PathLike[str], name: str | None = None, *,
+                     image_format: str | None = None) -> dict[str, Any]:
+        return self._runner.run(self._client.upload_image(path, name, image_format=image_format))
+
+    # -- the network model ----------------------------------------------------------------------
+    def list_network_objects(self, kind: str) -> list[dict[str, Any]]:
+        return self._runner.run(self._client.list_network_objects(kind))
+
+    def get_network_object(self, kind: str, key: str | int) -> tuple[dict[str, Any], int]:
+        return self._runner.run(self._client.get_network_object(kind, key))
+
+    def create_network_object(self, kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return self._runner.run(self._client.create_network_object(kind, obj))
+
+    def update_network_object(self, kind: str, key: str | int, obj: Mapping[str, Any],
+                              version: int) -> tuple[dict[str, Any], int]:
+        return self._runner.run(self._client.update_network_object(kind, key, obj, version))
+
+    def delete_network_object(self, kind: str, key: str | int, version: int | None = None) -> bool:
+        return self._runner.run(self._client.delete_network_object(kind, key, version))
+
+    def list_addresses(self, subnet: str) -> list[dict[str, Any]]:
+        return self._runner.run(self._client.list_addresses(subnet))
+
+    def reserve_address(self, subnet: str, guest: str) -> str:
+        return self._runner.run(self._client.reserve_address(subnet, guest))
+
+    def release_address(self, subnet: str, address: str) -> bool:
+        return self._runner.run(self._client.release_address(subnet, address))
+
+    def list_hypervisors(self) -> list[dict[str, Any]]:
+        return self._runner.run(self._client.list_hypervisors())
+
+    def get_hypervisor(self, hypervisor: str) -> dict[str, Any]:
+        return self._runner.run(self._client.get_hypervisor(hypervisor))
+
+    def serve_subnet(self, hypervisor: str, subnet: str, bridge: str) -> dict[str, Any]:
+        return self._runner.run(self._client.serve_subnet(hypervisor, subnet, bridge))
+
+    def unserve_subnet(self, hypervisor: str, subnet: str) -> dict[str, Any]:
+        return self._runner.run(self._client.unserve_subnet(hypervisor, subnet))

@@ -8,10 +8,21 @@ Layout under the cluster root::
     vms/<vmId>             a VM's small, often-updated state (``snooze.records.VMRecord``): status,
                            errorCode, location, ip, mac, taskId, updatedAt
     vmspecs/<vmId>         a VM's spec (domain XML, requested capacity): written once
-    ipam/<subnet>/<ip>     an address allocation; its data is the VM id
+    ipam/<subnet>/<ip>     an address allocation of the default subnet as versions before the
+                           network model wrote it; its data is the VM id (still written with
+                           the pool's, so an older leader reading it sees the address taken)
+    network/pools/<subnet> the network model's address pools (``snooze.network.ipam``): a VM's
+                           address is reserved there, in the same transaction as its records,
+                           so a VM and an address reserved through the API never share one
+    sleeping/<lcId>        a powered-down host: its description (wake-up settings, capacity) and
+                           the group manager that manages it (docs/energy-handover.md)
 
 Addresses are allocated by *creating* their znode, inside the same multi-op transaction as the
-VM's records, so an address can never be handed out twice, even by two leaders. Writes made by a
+VM's records, so an address can never be handed out twice, even by two leaders. Which address is
+the network model's choice (``snooze.network``, a layer above this one): the leader passes its
+reservation's ops in (``SubmissionAddresses``), and every write that gives an address back or
+forgets a VM adds the ops of an ``AddressBook`` (its pool's release, its guest's deletion) to
+its own transaction. Writes made by a
 leader also ``check`` the epoch znode's version, so a deposed leader's writes fail (fencing).
 
 Every write of a VM record is version-checked
@@ -56,9 +67,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from kazoo.exceptions import (
     BadVersionError,
@@ -111,6 +122,48 @@ class TooLarge(ValueError):
         self.index = index
 
 
+#: The default network's one subnet (issue 12): ``[groupmanager] virtual_machine_subnet``, the
+#: subnet of every record that names none.
+DEFAULT_SUBNET = "default"
+#: Bytes a VM's address adds to a transaction (its address znode, its share of the bitmaps).
+ADDRESS_WEIGHT = 200
+
+
+class AddressBook(Protocol):
+    """The network model's side of forgetting VMs (``snooze.network.vms``; this layer may not
+    import it): the ops that give addresses back to their pools and delete guests, for the
+    caller's own transaction."""
+
+    def release_ops(self, owned: dict[str, tuple[str, str]]) -> list[Op]:
+        """vm id -> (subnet id, address): the ops of one transaction releasing each address
+        still reserved for that VM."""
+        ...
+
+    def guest_deletions(self, vm_ids: Collection[str]) -> dict[str, list[Op]]:
+        """vm id -> the ops deleting its guest (record and links), for the VMs that have one."""
+        ...
+
+
+class SubmissionAddresses(Protocol):
+    """A submission's addresses, reserved by the network model: its ops for one transaction,
+    or split over several committed in order (``Reservation.split``)."""
+
+    def ops_for(self, batches: list[list[str]]) -> list[list[Op]]: ...
+
+
+def pool_of(entry: VMRecord | RecordError) -> tuple[str, str] | None:
+    """(subnet id, address) a record holds, readable or not (no subnet: the default one)."""
+    ip = _ip_of(entry)
+    if ip is None:
+        return None
+    if isinstance(entry, VMRecord):
+        subnet = entry.subnet
+    else:
+        raw = entry.raw.get("subnet") if isinstance(entry.raw, dict) else None
+        subnet = raw if isinstance(raw, str) else None
+    return (subnet or DEFAULT_SUBNET, ip)
+
+
 def subnet_key(cidr: str) -> str:
     return cidr.replace("/", "_")
 
@@ -159,22 +212,48 @@ class SubmissionPlan:
     single: bool  # fits one transaction
     size: int = 0
     vm_ids: list[str] = field(default_factory=list)
+    #: The VMs' addresses in their pools (None: the records' own ``ipam/`` znodes only).
+    addresses: SubmissionAddresses | None = None
 
     @property
     def task_id(self) -> str:
         return str(self.task["taskId"])
 
+    def ops(self) -> list[Op]:
+        """Everything in one transaction (a plan that fits one)."""
+        address_ops = self.addresses.ops_for([list(self.vm_ids)])[0] if self.addresses is not None else []
+        return self.task_ops + address_ops + [op for g in self.groups for op in g]
+
     def chunks(self, limit: int = CHUNK_BYTES) -> list[list[Op]]:
-        return list(chunked(self.groups, limit))
+        """The VMs' transactions, in order: each VM's address, record and spec in one."""
+        if self.addresses is None:
+            return list(chunked(self.groups, limit))
+        pairs = list(zip(self.vm_ids, self.groups, strict=True))
+        batches = list(_chunks_of(pairs, limit, extra=ADDRESS_WEIGHT))
+        address_ops = self.addresses.ops_for([[v for v, _g in b] for b in batches])
+        return [a + [op for _v, g in b for op in g] for a, b in zip(address_ops, batches, strict=True)]
 
 
 class Store:
     """Reads and fenced writes of the virtual-cluster records (blocking parts run off the loop)."""
 
-    def __init__(self, coord: Coordinator, *, single_tx_bytes: int = SINGLE_TX_BYTES, chunk_bytes: int = CHUNK_BYTES) -> None:
+    #: Makes the network model's AddressBook for a session: set by ``snooze.network.vms`` when
+    #: it is imported (every group manager process imports it), since this layer may not.
+    address_books: ClassVar[Callable[[Coordinator], AddressBook] | None] = None
+
+    def __init__(self, coord: Coordinator, *, single_tx_bytes: int = SINGLE_TX_BYTES, chunk_bytes: int = CHUNK_BYTES,
+                 addresses: AddressBook | None = None) -> None:
         self.coord = coord
         self.single_tx_bytes = single_tx_bytes
         self.chunk_bytes = chunk_bytes
+        factory = Store.address_books
+        self.addresses = addresses if addresses is not None else (factory(coord) if factory is not None else None)
+
+    def _release_ops(self, owned: dict[str, tuple[str, str]]) -> list[Op]:
+        return self.addresses.release_ops(owned) if self.addresses is not None and owned else []
+
+    def _guest_deletions(self, vm_ids: Collection[str]) -> dict[str, list[Op]]:
+        return self.addresses.guest_deletions(vm_ids) if self.addresses is not None and vm_ids else {}
 
     def _p(self, *parts: str) -> str:
         return self.coord.path(*parts)
@@ -270,22 +349,25 @@ class Store:
 
     # -- submissions ---------------------------------------------------------------------
     def plan_submission(
-        self, task: dict[str, Any], vms: Sequence[VMRecord], specs: list[dict[str, Any]], subnet: str
+        self, task: dict[str, Any], vms: Sequence[VMRecord], specs: list[dict[str, Any]], subnet: str,
+        addresses: SubmissionAddresses | None = None, guests: dict[str, list[Op]] | None = None,
     ) -> SubmissionPlan:
         """The znodes of a submission, and whether they fit one transaction.
 
         ``task`` must hold taskId and vmIds; its ``requestId`` (optional) becomes the request
         key. Its state and ``recording`` are set here. TooLarge names the first VM whose records
-        alone would not fit a transaction."""
+        alone would not fit a transaction. ``addresses``: the VMs' reservations in their pools;
+        ``guests``: per VM, the ops creating its guest in the network model (with its records)."""
         key = subnet_key(subnet)
         groups: list[list[Op]] = []
         for index, (vm, spec) in enumerate(zip(vms, specs, strict=True)):
             vm_id = vm.vm_id
             group: list[Op] = []
-            if vm.ip:
+            if vm.ip and vm.subnet in (None, DEFAULT_SUBNET):
                 group.append(Op("create", self._p("ipam", key, vm.ip), vm_id.encode()))
             group.append(Op("create", self._p("vms", vm_id), _dump(vm.to_json())))
             group.append(Op("create", self._p("vmspecs", vm_id), _dump(spec)))
+            group += (guests or {}).get(vm_id, [])
             if sum(op.weight for op in group) > self.single_tx_bytes:
                 raise TooLarge(f"the records of {vm_id!r} are over {self.single_tx_bytes} bytes", index)
             groups.append(group)
@@ -293,16 +375,19 @@ class Store:
         request_ops = [Op("create", self._p("requests", request_id), str(task["taskId"]).encode())] if request_id else []
         task = dict(task, state=PENDING, recording="single", subnet=subnet)
         size = len(_dump(task)) + 64 + sum(op.weight for g in groups for op in g) + sum(op.weight for op in request_ops)
+        if addresses is not None:
+            size += ADDRESS_WEIGHT * len(groups)
         single = size <= self.single_tx_bytes
         if not single:
             task.update(state=RECORDING, recording="chunked")
         task_ops = [Op("create", self._p("tasks", task["taskId"]), _dump(task)), *request_ops]
         if len(_dump(task)) + 64 > self.single_tx_bytes:
             raise TooLarge("the task record is too large", 0)
-        return SubmissionPlan(task, task_ops, groups, single, size, [vm.vm_id for vm in vms])
+        return SubmissionPlan(task, task_ops, groups, single, size, [vm.vm_id for vm in vms], addresses)
 
     async def create_submission(
-        self, task: dict[str, Any], vms: Sequence[VMRecord], specs: list[dict[str, Any]], subnet: str, epoch: int
+        self, task: dict[str, Any], vms: Sequence[VMRecord], specs: list[dict[str, Any]], subnet: str, epoch: int,
+        addresses: SubmissionAddresses | None = None, guests: dict[str, list[Op]] | None = None,
     ) -> dict[str, Any]:
         """Record a submission wholly or not at all; returns the task as written (PENDING), and
         the VM records know their znodes' versions from then on.
@@ -310,7 +395,7 @@ class Store:
         On a failure the leader still leads (AlreadyExists, Changed, CoordinationError) what was
         written is rolled back before the error is raised; on StaleEpoch it is left to the new
         leader, which settles the intent record."""
-        plan = self.plan_submission(task, vms, specs, subnet)
+        plan = self.plan_submission(task, vms, specs, subnet, addresses, guests)
 
         def created() -> None:
             for vm in vms:
@@ -319,7 +404,7 @@ class Store:
         def do() -> dict[str, Any]:
             self._ensure_parents(subnet)
             if plan.single:
-                self._tx(plan.task_ops + [op for g in plan.groups for op in g], epoch)
+                self._tx(plan.ops(), epoch)
                 created()
                 return plan.task
             self._begin_recording(plan, epoch)
@@ -390,9 +475,10 @@ class Store:
         if complete and len(mine) == len(task.get("vmIds") or []) and len(specs) == len(mine):
             return self._finish_recording(task_id, epoch)
         ips = {v: ip for v, r in mine.items() if (ip := _ip_of(r))}
+        pools = {v: held for v, r in mine.items() if (held := pool_of(r))}
         groups = self._vm_deletions({v: r.version for v, r in mine.items()}, specs,
                                     self._ipam_owners(ips, task.get("subnet")))
-        self._tx_chunks(groups, epoch)
+        self._tx_vm_deletions(groups, pools, epoch)
         self._tx_chunks(self._task_deletions({task_id: (task, stat.version)}), epoch)
         return None
 
@@ -412,10 +498,11 @@ class Store:
 
     def _vm_deletions(
         self, records: dict[str, int], specs: dict[str, tuple[bytes, int]], owned: dict[str, tuple[str, int]],
-    ) -> list[list[Op]]:
-        """Per VM (id -> its record's version): delete its record at that version, its spec, and
-        the address it owns (``owned``: at the version read)."""
-        groups: list[list[Op]] = []
+    ) -> list[tuple[str, list[Op]]]:
+        """Per VM (id -> its record's version): delete its record at that version, its spec, the
+        address it owns (``owned``: at the version read) and its guest in the network model."""
+        guests = self._guest_deletions(list(records))
+        groups: list[tuple[str, list[Op]]] = []
         for vm_id, version in records.items():
             group: list[Op] = []
             if vm_id in owned:
@@ -424,8 +511,18 @@ class Store:
             spec_path = self._p("vmspecs", vm_id)
             if spec_path in specs:
                 group.append(Op("delete", spec_path))
-            groups.append(group)
+            group += guests.get(vm_id, [])
+            groups.append((vm_id, group))
         return groups
+
+    def _tx_vm_deletions(self, groups: list[tuple[str, list[Op]]], pools: dict[str, tuple[str, str]],
+                         epoch: int | None) -> None:
+        """Write ``_vm_deletions``' groups in chunks, each with the release of its VMs' addresses
+        from their pools (``pools``: vm id -> (subnet id, address))."""
+        for chunk in _chunks_of(groups, self.chunk_bytes, extra=ADDRESS_WEIGHT if pools else 0):
+            ops = [op for _vm, group in chunk for op in group]
+            ops += self._release_ops({v: pools[v] for v, _g in chunk if v in pools})
+            self._tx(ops, epoch)
 
     def _task_deletions(self, tasks: dict[str, tuple[dict[str, Any], int]]) -> list[list[Op]]:
         """Per task: delete it (at the version read) and its request key if the key names it."""
@@ -480,7 +577,7 @@ class Store:
         left deleted. Each record passed ends as written: the fresh state, its new version.
         Fenced by ``epoch`` when given (StaleEpoch)."""
         todo = [r for r in records if r.dirty]
-        if any(r.released for r in todo) and not subnet:
+        if any(r.released and r.subnet in (None, DEFAULT_SUBNET) for r in todo) and not subnet:
             raise ValueError("update_vms: addresses were released but no subnet was given")
         if todo:
             await self.coord.call(self._write_vms, todo, epoch, subnet, timeout=60)
@@ -490,6 +587,8 @@ class Store:
             stamp = time.time()
             released = {r.vm_id: ip for r in todo if (ip := r.released)}
             owners = self._ipam_owners(released, subnet) if released else {}
+            pools = {r.vm_id: (r.subnet or DEFAULT_SUBNET, ip) for r in todo if (ip := r.released)}
+            guests = self._guest_deletions(list(released))
             groups: list[tuple[VMRecord, list[Op]]] = []
             for rec in todo:
                 if rec.version < 0:
@@ -499,11 +598,14 @@ class Store:
                 if rec.vm_id in owners:
                     path, version = owners[rec.vm_id]
                     group.append(Op("delete", path, version=version))
+                group += guests.get(rec.vm_id, [])
                 groups.append((rec, group))
             conflicted: list[VMRecord] = []
-            for chunk in _chunks_of(groups, self.chunk_bytes):
+            for chunk in _chunks_of(groups, self.chunk_bytes, extra=ADDRESS_WEIGHT if pools else 0):
+                # The releases come last: a record's set stays first in its group (its result).
+                releases = self._release_ops({r.vm_id: pools[r.vm_id] for r, _g in chunk if r.vm_id in pools})
                 try:
-                    results = self._tx([op for _rec, group in chunk for op in group], epoch)
+                    results = self._tx([op for _rec, group in chunk for op in group] + releases, epoch)
                 except Changed:
                     conflicted.extend(rec for rec, _group in chunk)
                     continue
@@ -572,8 +674,9 @@ class Store:
                     doomed[vm_id] = rec
         specs = self._fetch(self._p("vmspecs", v) for v in doomed)
         ips = {v: r.ip for v, r in doomed.items() if r.ip}
-        self._tx_chunks(self._vm_deletions({v: r.version for v, r in doomed.items()}, specs,
-                                           self._ipam_owners(ips, subnet)), epoch)
+        pools = {v: held for v, r in doomed.items() if (held := pool_of(r))}
+        self._tx_vm_deletions(self._vm_deletions({v: r.version for v, r in doomed.items()}, specs,
+                                                 self._ipam_owners(ips, subnet)), pools, epoch)
         old = {t: entry for t, entry in tasks.items() if expired(entry[0])}
         self._tx_chunks(self._task_deletions(old), epoch)
         return {"tasks": len(old), "vms": len(doomed)}
@@ -632,8 +735,10 @@ class Store:
                 ip = _ip_of(entry)
                 specs = self._fetch([self._p("vmspecs", vm_id)])
                 owned = self._ipam_owners({vm_id: ip} if ip else {}, subnet)
+                held = pool_of(entry)
                 try:
-                    self._tx(self._vm_deletions({vm_id: entry.version}, specs, owned)[0], None)
+                    self._tx_vm_deletions(self._vm_deletions({vm_id: entry.version}, specs, owned),
+                                          {vm_id: held} if held else {}, None)
                     return
                 except Changed:
                     continue  # changed in between: read again
@@ -696,6 +801,67 @@ class Store:
         if is_valid_id(lc_id):
             await self.coord.call(delete)
 
+    # -- sleeping hosts: powered down, known to the cluster, not only to their manager ------
+    async def put_sleeping(self, lc_id: str, description: dict[str, Any], gm_id: str) -> None:
+        """Record that ``lc_id`` sleeps, managed by ``gm_id`` (``sleeping/<lc>``, persistent: it
+        outlives the group manager, so the leader can hand the host to another)."""
+        if not is_valid_id(lc_id):
+            raise ValueError(f"not a valid local controller id: {lc_id!r}")
+        data = _dump({"localController": description, "groupManagerId": gm_id, "since": time.time()})
+
+        def put() -> None:
+            path = self._p("sleeping", lc_id)
+            try:
+                self.coord.client.create(path, data, makepath=True)
+            except NodeExistsError:
+                self.coord.client.set(path, data)
+
+        await self.coord.call(put)
+
+    async def sleeping(self) -> dict[str, tuple[dict[str, Any], int]]:
+        """Every sleeping host: lc id -> (its entry, the znode's version)."""
+        def read() -> dict[str, tuple[dict[str, Any], int]]:
+            return self._read_many("sleeping", self._children("sleeping"))
+
+        return await self.coord.call(read)
+
+    async def hand_sleeping(self, lc_id: str, entry: dict[str, Any], version: int, gm_id: str) -> bool:
+        """Give sleeping host ``lc_id`` to ``gm_id``, if its entry is still at ``version`` (False:
+        it woke, or someone else moved it meanwhile)."""
+        data = _dump({**entry, "groupManagerId": gm_id})
+
+        def put() -> bool:
+            try:
+                self.coord.client.set(self._p("sleeping", lc_id), data, version=version)
+            except (NoNodeError, BadVersionError):
+                return False
+            return True
+
+        return is_valid_id(lc_id) and await self.coord.call(put)
+
+    async def clear_sleeping(self, lc_id: str, gm_id: str | None = None) -> None:
+        """``lc_id`` is awake (or forgotten): its entry goes; with ``gm_id``, only if it still
+        names that group manager."""
+        def delete() -> None:
+            path = self._p("sleeping", lc_id)
+            try:
+                if gm_id is not None:
+                    raw, stat = self.coord.client.get(path)
+                    try:
+                        owner = json.loads(raw).get("groupManagerId")
+                    except (ValueError, AttributeError):
+                        owner = None
+                    if owner not in (None, gm_id):
+                        return
+                    self.coord.client.delete(path, version=stat.version)
+                else:
+                    self.coord.client.delete(path)
+            except (NoNodeError, BadVersionError):
+                pass
+
+        if is_valid_id(lc_id):
+            await self.coord.call(delete)
+
     async def allocated_ips(self, subnet: str) -> set[str]:
         return set(await self.coord.call(self._children, "ipam", subnet_key(subnet)))
 
@@ -720,12 +886,16 @@ def _ip_of(entry: VMRecord | RecordError) -> str | None:
     return ip if isinstance(ip, str) else None
 
 
-def _chunks_of(groups: list[tuple[VMRecord, list[Op]]], limit: int) -> Iterator[list[tuple[VMRecord, list[Op]]]]:
-    """``chunked`` for groups that belong to a record."""
-    chunk: list[tuple[VMRecord, list[Op]]] = []
+_K = TypeVar("_K")
+
+
+def _chunks_of(groups: list[tuple[_K, list[Op]]], limit: int, extra: int = 0) -> Iterator[list[tuple[_K, list[Op]]]]:
+    """``chunked`` for groups that belong to a record (or a VM id); ``extra``: bytes each
+    group adds besides its ops (its address's release or reservation)."""
+    chunk: list[tuple[_K, list[Op]]] = []
     size = 0
     for rec, group in groups:
-        weight = sum(op.weight for op in group)
+        weight = sum(op.weight for op in group) + extra
         if chunk and size + weight > limit:
             yield chunk
             chunk, size = [], 0

@@ -21,6 +21,12 @@ up. And ``Coordinator.supervise`` watches for a connection thread that died anyw
 bug on it): it restarts the client, which gets a new session (ephemerals, watches and the
 election come back as after any expiry), and if that keeps failing it ends, so the process
 exits and is restarted by whoever runs it.
+
+Nothing here waits for ZooKeeper on the event loop: a process whose ZooKeeper is unreachable
+keeps answering (``/health`` says what it waits for) and stops on SIGTERM. Watches are armed
+with kazoo's asynchronous calls whenever the session is CONNECTED (kazoo's DataWatch would do
+a synchronous read where it is created, which blocks until a first connection), and
+registrations wait for the connection instead of failing on kazoo's not-yet-started client.
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -40,6 +47,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
 from snooze.codes import CodedError, ErrorCode
+from snooze.config import zookeeper_servers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +57,10 @@ class CoordinationError(CodedError):
     """ZooKeeper could not do what was asked (unreachable, timed out, refused)."""
 
     code = ErrorCode.ZOOKEEPER_UNAVAILABLE
+
+
+class DuplicateRegistration(CoordinationError):
+    """Another live process holds this registration (the same id): this one must not take it."""
 
 
 class InvalidPath(CoordinationError, ValueError):
@@ -132,6 +144,132 @@ class SessionState(str, Enum):
 
 
 StateListener = Callable[[SessionState, bool], None]  # (state, is_new_session)
+#: Called with (path, the value found there) when a registration finds its znode held by another
+#: session; raises DuplicateRegistration if that session's process is alive, else returns and
+#: the stale znode is replaced.
+OwnerCheck = Callable[[str, bytes], Awaitable[None]]
+
+
+def describe_hosts(hosts: str) -> str:
+    """The servers of a connect string as HOST:PORT[,HOST:PORT] for log lines and /health."""
+    try:
+        servers = zookeeper_servers(hosts)
+    except ValueError:
+        return hosts
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in servers) or hosts
+
+
+class _KazooLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """kazoo's own log lines, with the servers they are about, and a repeated warning (its
+    "Connection dropped: … Connection refused" on every retry) at most once per interval."""
+
+    INTERVAL = 30.0
+
+    def __init__(self, where: str) -> None:
+        super().__init__(logging.getLogger("kazoo.client"), {})
+        self.where = where
+        self._last: dict[str, float] = {}
+        #: Set while the client is being stopped: its complaints about an interrupted retry are
+        #: what stopping means, not news.
+        self.stopping = False
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"ZooKeeper at {self.where}: {msg}", kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if self.stopping and level >= logging.WARNING:
+            level = logging.DEBUG
+        elif level >= logging.WARNING and self.isEnabledFor(level):
+            try:
+                key = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                key = str(msg)
+            now = time.monotonic()
+            if now - self._last.get(key, -self.INTERVAL) < self.INTERVAL:
+                level = logging.DEBUG
+            else:
+                if len(self._last) > 256:  # messages with ever-new details: stay bounded
+                    self._last.clear()
+                self._last[key] = now
+        super().log(level, msg, *args, **kwargs)
+
+    def warn(self, msg: Any, *args: Any, **kwargs: Any) -> None:  # kazoo still calls it
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+
+_UNSEEN = object()
+
+
+class _DataWatch:
+    """The value of one znode, delivered to the loop when first read and on every change.
+
+    Driven from the loop with kazoo's asynchronous calls (no thread ever waits): armed when
+    created if the session is CONNECTED, and again on every CONNECTED (kazoo drops its watchers
+    on a lost connection). The callback runs when the value's version differs from the last
+    delivered one, with None for a missing znode.
+    """
+
+    def __init__(self, coord: Coordinator, path: str, callback: Callable[[Any | None], None]) -> None:
+        self.coord = coord
+        self.path = path
+        self.callback = callback
+        self.version: object = _UNSEEN
+
+    def arm(self) -> None:
+        if not self.coord.connected:
+            return  # armed again on the next CONNECTED
+        try:
+            self.coord.client.get_async(self.path, watch=self._event).rawlink(self._got_data)
+        except KazooException as exc:
+            log.debug("watch on %s not armed: %r", self.path, exc)
+
+    # kazoo's threads -> the loop
+    def _event(self, _event: Any) -> None:
+        self.coord.soon(self.arm)
+
+    def _got_data(self, result: Any) -> None:
+        self.coord.soon(self._on_data, result)
+
+    def _got_stat(self, result: Any) -> None:
+        self.coord.soon(self._on_stat, result)
+
+    # on the loop
+    def _on_data(self, result: Any) -> None:
+        try:
+            data, stat = result.get_nowait()
+        except NoNodeError:
+            # Watch for its creation instead.
+            with contextlib.suppress(KazooException):
+                self.coord.client.exists_async(self.path, watch=self._event).rawlink(self._got_stat)
+            return
+        except Exception as exc:  # connection lost meanwhile: armed again on the next CONNECTED
+            log.debug("watch on %s: %r", self.path, exc)
+            return
+        self._deliver(data, stat.mzxid)
+
+    def _on_stat(self, result: Any) -> None:
+        try:
+            stat = result.get_nowait()
+        except Exception as exc:
+            log.debug("watch on %s: %r", self.path, exc)
+            return
+        if stat is not None:
+            self.arm()  # created between the two reads
+        else:
+            self._deliver(None, None)
+
+    def _deliver(self, data: bytes | None, version: int | None) -> None:
+        if version == self.version:
+            return
+        self.version = version
+        try:
+            value = json.loads(data) if data else None
+        except ValueError:
+            value = None
+        try:
+            self.callback(value)
+        except Exception:
+            log.exception("watch callback for %s failed", self.path)
 
 
 class Coordinator:
@@ -141,14 +279,21 @@ class Coordinator:
     # coming back by restarting it: the supervisor gives up and the process exits.
     MAX_RESTARTS = 5
     RESTART_WINDOW = 60.0
+    #: Seconds between two "waiting for ZooKeeper at …" lines while not connected.
+    WAITING_LOG_INTERVAL = 10.0
 
     def __init__(self, hosts: str, root: str = "/snooze", session_timeout: float = 10.0) -> None:
         self.root = check_path(root.rstrip("/") or "/snooze")
+        self.hosts = hosts
+        #: The servers, as HOST:PORT[,HOST:PORT], for log lines and health answers.
+        self.where = describe_hosts(hosts)
         self.session_timeout = session_timeout
         self.state = SessionState.CONNECTING
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[StateListener] = []
-        self._ephemerals: dict[str, bytes] = {}
+        self._ephemerals: dict[str, tuple[bytes, OwnerCheck | None]] = {}
+        self._watches: list[_DataWatch] = []
+        self._not_connected_since = time.monotonic()
         self._session_id: int | None = None
         self._connected = asyncio.Event()
         # Re-creating the ephemeral znodes after a new session: one task at a time, tracked so
@@ -156,11 +301,13 @@ class Coordinator:
         self._reregister_task: asyncio.Task[None] | None = None
         self._check_now = asyncio.Event()
         self.restarts: list[float] = []  # monotonic times the connection thread was restarted
+        self._kazoo_log = _KazooLog(self.where)
         self.client = _GuardedClient(
             hosts=hosts,
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0, max_jitter=0.3),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, max_jitter=0.2),
+            logger=self._kazoo_log,
         )
         self.client.add_listener(self._on_kazoo_state)
 
@@ -183,10 +330,29 @@ class Coordinator:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
+    @property
+    def waiting_detail(self) -> str | None:
+        """What this session waits for ("waiting for ZooKeeper at HOST:PORT"), or None if CONNECTED."""
+        if self.connected:
+            return None
+        if self.state == SessionState.CLOSED:
+            return f"ZooKeeper session to {self.where} closed"
+        return f"waiting for ZooKeeper at {self.where}"
+
+    def soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop (from any thread); dropped once the loop is closed."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
     async def stop(self) -> None:
         self.state = SessionState.CLOSED
         self._connected.clear()
         self._check_now.set()
+        self._watches.clear()
+        self._kazoo_log.stopping = True
         task, self._reregister_task = self._reregister_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -225,6 +391,7 @@ class Coordinator:
         so that the process stops (whoever runs it restarts it) rather than limps on."""
         loop = asyncio.get_running_loop()
         lost_since: float | None = None
+        waiting_logged = -math.inf
         while self.state != SessionState.CLOSED:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), interval)
@@ -232,6 +399,11 @@ class Coordinator:
             if self.closed:  # stop() may have run while we waited
                 return
             now = time.monotonic()
+            if self.connected:
+                waiting_logged = -math.inf
+            elif now - waiting_logged >= self.WAITING_LOG_INTERVAL:
+                waiting_logged = now
+                log.warning("%s (%s for %.0fs)", self.waiting_detail, self.state.value, now - self._not_connected_since)
             lost_since = (lost_since or now) if self.state == SessionState.LOST else None
             died = self._connection_thread_died()
             if died is None:
@@ -283,14 +455,18 @@ class Coordinator:
             self._connected.set()
             if new_session and self._ephemerals:
                 self._start_reregister()
+            for watch in list(self._watches):
+                watch.arm()  # kazoo dropped its watchers when the connection went
         elif kstate == KazooState.SUSPENDED:
             self.state = SessionState.SUSPENDED
             self._connected.clear()
+            self._not_connected_since = time.monotonic()
         else:
             self.state = SessionState.LOST
             self._connected.clear()
+            self._not_connected_since = time.monotonic()
             self._check_now.set()  # the supervisor looks at once whether kazoo's thread died
-        log.info("zookeeper session %s%s", self.state.value, " (new session)" if new_session else "")
+        log.info("zookeeper session at %s %s%s", self.where, self.state.value, " (new session)" if new_session else "")
         for listener in list(self._listeners):
             try:
                 listener(self.state, new_session)
@@ -312,9 +488,12 @@ class Coordinator:
             log.error("re-registering the ephemeral znodes failed", exc_info=task.exception())
 
     async def _reregister(self) -> None:
-        for path, data in list(self._ephemerals.items()):
+        for path, (data, check) in list(self._ephemerals.items()):
             try:
-                await self._put_ephemeral(path, data)
+                await self._put_ephemeral(path, data, check)
+            except DuplicateRegistration as exc:
+                self._ephemerals.pop(path, None)
+                log.error("not re-registering %s: %s", path, exc)
             except CoordinationError as exc:
                 log.warning("could not re-register %s: %s", path, exc)
 
@@ -332,33 +511,61 @@ class Coordinator:
                 raise InvalidPath(f"{getattr(fn, '__name__', 'zookeeper call')}: {exc}") from exc
             raise
 
-    async def _put_ephemeral(self, path: str, data: bytes) -> None:
-        def put() -> None:
+    async def _put_ephemeral(self, path: str, data: bytes, owner_check: OwnerCheck | None = None) -> None:
+        def put() -> bytes | None:
+            """None once written; the value found if another session holds the znode."""
             try:
                 self.client.create(path, data, ephemeral=True, makepath=True)
+                return None
             except NodeExistsError:
-                # Ours from this session (a retried create), or a dead session's not yet expired.
-                stat = self.client.exists(path)
-                if stat is not None and stat.ephemeralOwner == self.client.client_id[0]:
-                    self.client.set(path, data)
-                else:
-                    with contextlib.suppress(NoNodeError):
-                        self.client.delete(path)
-                    self.client.create(path, data, ephemeral=True, makepath=True)
+                pass
+            try:
+                found, stat = self.client.get(path)
+            except NoNodeError:  # gone meanwhile
+                self.client.create(path, data, ephemeral=True, makepath=True)
+                return None
+            if stat.ephemeralOwner == self.client.client_id[0]:  # ours: a retried create
+                self.client.set(path, data)
+                return None
+            return bytes(found or b"")
 
-        await self.call(put)
+        found = await self.call(put)
+        if found is None:
+            return
+        if owner_check is not None:
+            await owner_check(path, found)  # DuplicateRegistration if its holder is alive
+        # A dead session's znode, not yet expired: take it over.
 
-    async def register(self, path: str, value: Any) -> None:
-        """Keep an ephemeral znode with a JSON value for as long as this process lives."""
+        def replace() -> None:
+            with contextlib.suppress(NoNodeError):
+                self.client.delete(path)
+            self.client.create(path, data, ephemeral=True, makepath=True)
+
+        await self.call(replace)
+
+    async def register(self, path: str, value: Any, *, owner_check: OwnerCheck | None = None) -> None:
+        """Keep an ephemeral znode with a JSON value for as long as this process lives.
+
+        A znode already there from another session is taken over (a previous run's, not yet
+        expired), unless ``owner_check`` raises DuplicateRegistration (its holder is alive):
+        then nothing is written, here or after a new session.
+        """
         check_path(path)
         data = json.dumps(value).encode()
-        self._ephemerals[path] = data
-        await self._put_ephemeral(path, data)
+        self._ephemerals[path] = (data, owner_check)
+        try:
+            await self._put_ephemeral(path, data, owner_check)
+        except DuplicateRegistration:
+            self._ephemerals.pop(path, None)
+            raise
 
     async def unregister(self, path: str) -> None:
         self._ephemerals.pop(path, None)
+        # While the connection is down kazoo keeps the delete queued until it is back (and a
+        # session that ends removes the znode anyway): no need to hold up a step-down or a
+        # stop for it.
         with contextlib.suppress(CoordinationError):
-            await self.call(self._delete_quiet, path)
+            await self.call(self._delete_quiet, path, timeout=10.0 if self.connected else 0.5)
 
     def _delete_quiet(self, path: str) -> None:
         with contextlib.suppress(NoNodeError):
@@ -415,19 +622,14 @@ class Coordinator:
 
     # -- watches -------------------------------------------------------------------------
     def watch_json(self, path: str, callback: Callable[[Any | None], None]) -> None:
-        """Call ``callback(value)`` on the loop now and whenever the znode changes."""
+        """Call ``callback(value)`` on the loop once the znode is read (now if CONNECTED, else when
+        the session connects) and whenever it changes; None while it does not exist. Never waits."""
         check_path(path)
-        loop = asyncio.get_running_loop()
-
-        def on_change(data: bytes | None, _stat: Any) -> None:
-            try:
-                value = json.loads(data) if data else None
-            except ValueError:
-                value = None
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(callback, value)
-
-        self.client.DataWatch(path, on_change)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        watch = _DataWatch(self, path, callback)
+        self._watches.append(watch)
+        watch.arm()
 
     async def watch_children(self, path: str, callback: Callable[[list[str]], None]) -> None:
         """Call ``callback(names)`` on the loop now and whenever the children change."""
@@ -440,4 +642,5 @@ class Coordinator:
 
         # A children watch on a missing znode ends at once: make sure the parent exists.
         await self.call(self.client.ensure_path, path)
-        self.client.ChildrenWatch(path, on_change, allow_session_lost=True)
+        # kazoo's ChildrenWatch reads the children where it is created: off the loop.
+        await self.call(lambda: self.client.ChildrenWatch(path, on_change, allow_session_lost=True))

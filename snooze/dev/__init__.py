@@ -8,6 +8,8 @@ command, which imports it when it runs).
 - ``snooze.dev.localcluster`` — ``LocalCluster``: ZooKeeper, a bootstrap, group managers and local
   controllers on libvirt's test driver, each its own process (``snooze cluster up``,
   ``./scripts/run``, the integration tests and the benchmarks);
+- ``snooze.dev.netns`` — network namespaces for ``snooze cluster up --netns`` (each process on its
+  own "host" behind a fabric bridge), entering one from Python, the bootstrap's forwarder;
 - ``snooze.dev.zookeeper`` — a private ZooKeeper *server* (the client side, which every role
   uses, is ``snooze.coordination``);
 - ``snooze.dev.demo`` — the demo virtual cluster ``snooze cluster up`` submits;

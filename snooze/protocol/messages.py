@@ -33,6 +33,7 @@ from snooze.protocol.envelope import ProtocolError
 
 __all__ = [
     "KINDS",
+    "AdoptSleepingHosts",
     "AssignLocalController",
     "BadMessage",
     "DescribeGroupManager",
@@ -45,16 +46,20 @@ __all__ = [
     "LocalControllerHeartbeat",
     "LocalControllerJoin",
     "LocalControllerMigrate",
+    "LocalControllerResize",
     "LocalControllerStartVirtualMachines",
     "LocalControllerVmAction",
     "Message",
     "Migrate",
     "Monitoring",
     "PowerSave",
+    "PrepareMigration",
     "ReceiveDomain",
     "Reconfigure",
     "Rejoin",
+    "ReleaseLocalControllers",
     "Reservation",
+    "Resize",
     "StartVirtualMachines",
     "Summary",
     "VirtualClusterResponse",
@@ -230,6 +235,26 @@ class Rejoin(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class AdoptSleepingHosts(Message):
+    """The group leader hands a group manager the sleeping hosts of one that is gone (each the
+    ``sleeping/<lc>`` entry: ``localController``, ``groupManagerId``); answered ``adopted``."""
+
+    KIND: ClassVar[str] = "gm.adoptSleeping"
+    hosts: list[Any] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseLocalControllers(Message):
+    """The group leader, rebalancing, asks a group manager to let go of up to ``count`` local
+    controllers it can spare now (answered ``released``: their ids and addresses), which the
+    leader then sends to group manager ``target``."""
+
+    KIND: ClassVar[str] = "gm.releaseLocalControllers"
+    count: int = 1
+    target: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Hierarchy(Message):
     """The bootstrap asks the group leader for the whole hierarchy (no fields)."""
 
@@ -318,6 +343,30 @@ class VmInfo(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class Resize(Message):
+    """Change one running VM's vcpus and memory (and its network demand): from the bootstrap or a
+    group manager's original API, to the VM's group manager. ``capacity`` is the original's
+    ``resizedCapacity``, ``[cpu, memory KiB, rx, tx]`` with -1 keeping a dimension."""
+
+    KIND: ClassVar[str] = "gm.resize"
+    vm_id: str = wire("vmId")
+    capacity: Any = None
+    local_controller_id: str | None = wire("localControllerId", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalControllerResize(Message):
+    """A group manager orders a local controller to set a domain's vcpus and memory (KiB), live."""
+
+    KIND: ClassVar[str] = "lc.resize"
+    vm_id: str = wire("vmId")
+    vcpus: int = 0
+    memory: int = 0
+    requested: Any = None
+    uuid: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Migrate(Message):
     """Migrate one VM: from the bootstrap (a client's order) or a manager's own reconfiguration."""
 
@@ -359,6 +408,22 @@ class ReceiveDomain(Message):
     KIND: ClassVar[str] = "lc.receiveDomain"
     xml: str
     vm_id: str = wire("vmId")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareMigration(Message):
+    """Before a non-shared migration of a VM booting from an image of the repository, the
+    source local controller asks the destination to make the VM's files there: the image in
+    its cache, an empty overlay of ``size`` bytes on it and the config drive (``cidata``:
+    base64 of its gzip-compressed bytes). The reply names the destination's paths. ``cancel``:
+    the migration failed, remove them again (unless the domain runs there)."""
+
+    KIND: ClassVar[str] = "lc.prepareMigration"
+    vm_id: str = wire("vmId")
+    image_id: str | None = wire("imageId", None)
+    size: int | None = None
+    cidata: str | None = None
+    cancel: bool = False
 
 
 # -- power and reconfiguration -------------------------------------------------------------
@@ -419,8 +484,9 @@ KINDS: dict[str, type[Message]] = {
     for cls in (
         GroupManagerJoin, Summary, AssignLocalController, LocalControllerJoin, Rejoin, Hierarchy,
         DescribeGroupManager, DescribeLocalController, Monitoring, VirtualClusterResponse, StartVirtualMachines,
-        LocalControllerStartVirtualMachines, VmAction, LocalControllerVmAction, VmInfo, Migrate, Reservation,
-        LocalControllerMigrate, ReceiveDomain, EnergySaverSwitch, PowerSave, Reconfigure, GroupManagerHeartbeat,
-        LocalControllerHeartbeat, GroupLeaderHeartbeat,
+        LocalControllerStartVirtualMachines, VmAction, LocalControllerVmAction, VmInfo, Resize, LocalControllerResize,
+        Migrate, Reservation,
+        LocalControllerMigrate, ReceiveDomain, PrepareMigration, EnergySaverSwitch, PowerSave, Reconfigure, GroupManagerHeartbeat,
+        LocalControllerHeartbeat, GroupLeaderHeartbeat, AdoptSleepingHosts, ReleaseLocalControllers,
     )
 }

@@ -24,7 +24,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from snooze.protocol.envelope import Envelope, OutOfOrder, ProtocolError, Replayed, StaleTimestamp
+from snooze.protocol.envelope import (
+    BadSignature,
+    Envelope,
+    OutOfOrder,
+    ProtocolError,
+    Replayed,
+    StaleTimestamp,
+)
 from snooze.ratelimit import RateLimitedLog
 
 DEFAULT_WINDOW = 30.0
@@ -112,6 +119,12 @@ class RejectionLog:
         self._log = RateLimitedLog(logger, interval, clock, unsaid="{n} more refused for this reason since the last report")
 
     def __call__(self, exc: ProtocolError, source: str) -> bool:
-        """Log ``exc`` from ``source`` unless one of its reason was logged lately; True if logged."""
+        """Log ``exc`` from ``source`` unless one of its reason was logged lately; True if logged.
+
+        A bad HMAC is, in practice, a peer configured with another cluster key: say so, in
+        words an operator can act on, rather than as a protocol detail."""
+        if isinstance(exc, BadSignature):
+            return self._log(exc.reason, "cluster key mismatch from %s: its messages are not signed with our key "
+                             "(check [cluster] key / SNOOZE_CLUSTER_KEY on both)", source)
         what = "replayed" if isinstance(exc, Replayed) else exc.reason.replace("_", " ")
         return self._log(exc.reason, "%s message from %s refused: %s", what, source, exc)

@@ -17,7 +17,7 @@ import pytest
 
 from snooze.dev.localcluster import stop_manifest
 from snooze.procs import alive
-from tests.support import get, port_range, wait_for
+from tests.support import get, http, port_range, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def run_readme_api_block(url: str) -> subprocess.CompletedProcess[str]:
 
 def test_cluster_up_detached_writes_its_manifest_and_down_leaves_nothing(tmp_path: Path, env: dict[str, str]) -> None:
     state = tmp_path / "state"
-    base = port_range(1 + 2 + 2)
+    base = port_range(1 + 2 + 2 + 1)
     up = snooze(env, "cluster", "up", "--detach", "--state-dir", str(state), "--gms", "2", "--lcs", "2",
                 "--base-port", str(base), *FAST)
     manifest_path = state / "cluster.json"
@@ -118,7 +118,7 @@ def test_cluster_up_detached_writes_its_manifest_and_down_leaves_nothing(tmp_pat
 def test_a_stale_state_dir_is_cleaned_up_by_the_next_run(tmp_path: Path, env: dict[str, str]) -> None:
     """Every process of a cluster killed at once (a crash, a reboot): the next `up` starts afresh."""
     state = tmp_path / "state"
-    base = port_range(1 + 2 + 1)
+    base = port_range(1 + 2 + 1 + 1)
     args = ["cluster", "up", "--detach", "--state-dir", str(state), "--gms", "2", "--lcs", "1", "--base-port", str(base), *FAST]
     try:
         first = snooze(env, *args)
@@ -137,7 +137,7 @@ def test_a_stale_state_dir_is_cleaned_up_by_the_next_run(tmp_path: Path, env: di
 
 
 def test_a_port_clash_is_reported_before_anything_starts(tmp_path: Path, env: dict[str, str]) -> None:
-    base = port_range(1 + 2 + 1)
+    base = port_range(1 + 2 + 1 + 1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", base + 3))
         taken.listen()
@@ -162,7 +162,7 @@ def test_a_signal_stops_everything_even_when_the_output_pipe_died_first(tmp_path
     a closed terminal hangs them all up), then the cluster gets its signal and every write fails."""
     state = tmp_path / "state"
     log = tmp_path / "run.log"
-    base = port_range(1 + 2 + 1)
+    base = port_range(1 + 2 + 1 + 1)
     up = subprocess.Popen([*SNOOZE, "cluster", "up", "--state-dir", str(state), "--gms", "2", "--lcs", "1",
                            "--base-port", str(base), "--no-demo", *FAST],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0, env=env, cwd=ROOT)
@@ -198,7 +198,7 @@ def test_a_signal_during_start_up_stops_what_was_started_with_no_reader_at_all(t
     """Its output pipe has no reader from the start (every write fails), and the signal comes
     while the cluster is starting: it starts regardless, then stops everything it started."""
     state = tmp_path / "state"
-    base = port_range(1 + 2 + 1)
+    base = port_range(1 + 2 + 1 + 1)
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -229,4 +229,31 @@ def test_a_signal_during_start_up_stops_what_was_started_with_no_reader_at_all(t
         if up.poll() is None:
             up.kill()
             up.wait()
+        stop_manifest(state)
+
+
+def test_set_passes_an_option_to_every_role_and_refuses_bad_ones(tmp_path: Path, env: dict[str, str]) -> None:
+    state = tmp_path / "state"
+    base = port_range(1 + 2 + 1 + 1)
+    common = ["cluster", "up", "--detach", "--no-demo", "--state-dir", str(state), "--gms", "2", "--lcs", "1",
+              "--base-port", str(base), *FAST]
+    for bad, says in ((["--set", "node.port=1"], "the local cluster sets it"),
+                      (["--set", "nope.x=1"], "unknown section"),
+                      (["--set", "groupmanager.idle_time=soon"], "idle_time"),
+                      (["--set", "groupmanager"], "SECTION.OPTION=VALUE")):
+        refused = snooze(env, *common, *bad)
+        assert refused.returncode == 1 and says in refused.stderr, (bad, refused.stderr)
+        assert not (state / "cluster.json").exists(), "nothing started"
+    try:
+        up = snooze(env, *common, "--set", "groupmanager.virtual_machine_subnet=10.64.0.0/16", "--set", "monitoring.history=5")
+        assert up.returncode == 0, up.stdout + up.stderr
+        gm = (state / "config" / "gm-1.toml").read_text()
+        assert 'virtual_machine_subnet = "10.64.0.0/16"' in gm and "history = 5" in gm
+        assert "virtual_machine_subnet" not in (state / "config" / "bootstrap-1.toml").read_text()  # no such section there
+        url = json.loads((state / "cluster.json").read_text())["bootstrapUrl"] + "/bootstrap"
+        task = http("POST", url + "?startVirtualCluster", json.dumps({"virtualMachineTemplates": [
+            {"name": "wide-1", "vcpus": 1, "memory": 262144}]}))[1]
+        done = wait_for(lambda: http("POST", url + "?getVirtualClusterResponse", task)[1] or None, 30, "the VM")
+        assert done["virtualMachineMetaData"][0]["ipAddress"].startswith("10.64."), done
+    finally:
         stop_manifest(state)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from libcloud.compute.providers import get_driver
 from libcloud.compute.types import NodeState
 
 import snooze.client.libcloud_driver  # noqa: F401  (registers Provider.SNOOZE, as the seed assumes)
@@ -134,6 +135,29 @@ def test_the_seeds_libcloud_example_and_the_node_lifecycle(cluster_factory: Any,
     wait_for(lambda: not {"debian1", "debian2"} & {n.id for n in driver.list_nodes()
                                                    if n.state != NodeState.TERMINATED},
              30, "both nodes gone")
+    driver.close()
+
+
+def test_the_original_drivers_method_names(cluster_factory: Any) -> None:
+    # The original libcloud driver's calls: list_sizes, create_node(name, size, image), get_info,
+    # suspend, resume, shutdown, reboot, destroy.
+    c = cluster_factory(gms=2, lcs=2)
+    driver: Any = get_driver("snooze")("127.0.0.1", str(port_of(c.bootstrap_url)))
+    sizes = {s.name: s for s in driver.list_sizes()}
+    assert set(sizes) == {"Small", "Medium", "Big", "XXL Big"} and sizes["Small"].ram == 128
+    (node,) = driver.create_node(name="orig-1", size=sizes["Small"], image="debian.qcow2")
+    info = driver.get_info(node)
+    assert info["status"] == "RUNNING" and info["requestedCapacity"][:2] == [1, 128 * 1024]
+    assert info["virtualMachineLocation"]["localControllerId"] in lc_ids(c)
+    assert driver.suspend(node) is True
+    wait_for(lambda: driver.get_info(node)["status"] == "PAUSED", 30, "orig-1 suspended")
+    assert driver.resume(node) is True
+    wait_for(lambda: driver.get_info(node)["status"] == "RUNNING", 30, "orig-1 running again")
+    assert driver.reboot(node) is True
+    assert driver.shutdown(node) is True
+    assert driver.destroy(node) is True
+    wait_for(lambda: "orig-1" not in {n.id for n in driver.list_nodes() if n.state != NodeState.TERMINATED},
+             30, "orig-1 gone")
     driver.close()
 
 

@@ -5,7 +5,6 @@ wake-up fails: a bad BMC password, an unreachable BMC, a BMC whose host never co
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from snooze.dev.localcluster import LocalCluster
 from snooze.dev.sim.bmc import CallbackPower, SimulatedBMC
 from snooze.dev.zookeeper import free_port
 from tests.support import get, http, wait_for
+from tests.support import run_virtual_cluster as run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,12 +29,6 @@ def chassis(port: int, password: str) -> str:
 def statuses(c: LocalCluster) -> dict[str, str]:
     return {lc["id"]: lc["status"] for lc in get(c.bootstrap_url + "/bootstrap?getLocalControllerList")["localControllers"]}
 
-
-def run(c: LocalCluster, templates: list[dict[str, Any]], timeout: float = 90) -> dict[str, Any]:
-    b = c.bootstrap_url + "/bootstrap"
-    status, task = http("POST", b + "?startVirtualCluster", json.dumps({"virtualMachineTemplates": templates}))
-    assert status == 200, task
-    return wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, timeout, "the virtual cluster")
 
 
 def test_idle_hosts_power_down_and_are_woken_over_ipmi_when_needed(cluster_factory: Any) -> None:

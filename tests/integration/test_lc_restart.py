@@ -49,7 +49,7 @@ def listing(c: LocalCluster) -> dict[str, dict[str, Any]]:
 
 def manager(c: LocalCluster) -> dict[str, Any]:
     """The description of the one group manager that manages hosts (the other one leads)."""
-    gms = get(c.bootstrap_url + "/bootstrap?getGroupManagerDescriptions")["groupManagers"]
+    gms = get(c.bootstrap_url + "/bootstrap?getGroupManagerDescriptions")
     [gm] = [g for g in gms if g.get("localControllers")]
     return gm  # type: ignore[no-any-return]
 

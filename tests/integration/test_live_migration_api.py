@@ -81,7 +81,7 @@ def test_live_migration_through_the_api_between_two_real_hypervisors(cluster_fac
 
 
 def reserved(b: str) -> list[list[float]]:
-    gms = get(b + "?getGroupManagerDescriptions")["groupManagers"]
+    gms = get(b + "?getGroupManagerDescriptions")
     return [gm["summaryInformation"]["reservedCapacity"] for gm in gms if gm.get("summaryInformation")]
 
 
@@ -121,3 +121,40 @@ def test_a_live_migration_refused_by_the_destination_releases_its_reservation(cl
     assert "live-2" in names(uri[target]) and "live-2" not in names(uri[source])
     assert all(r == [0.0, 0.0, 0.0, 0.0] for r in reserved(b))
     assert http("POST", b + "?destroyVirtualMachine", "live-2") == (200, True)
+
+
+def test_resize_on_a_real_hypervisor(cluster_factory: Any, hosts: list[LibvirtdHost]) -> None:
+    # A VM that may have 2 vcpus (1 at start) and 64 MiB with a balloon: a vcpu is hot-plugged
+    # and the balloon is set, live; what QEMU cannot do is refused with RESIZE_REFUSED.
+    c = cluster_factory(gms=2, lcs=0)
+    qemu_lc(c, "qemu-r", hosts[0])
+    b = c.bootstrap_url + "/bootstrap"
+    wait_for(lambda: {lc["id"] for lc in get(b + "?getLocalControllerList")["localControllers"]} == {"qemu-r"},
+             30, "the QEMU local controller in the hierarchy")
+    xml = (tiny_domain_xml("grow-1", memory_kib=65536).replace("<vcpu>1</vcpu>", "<vcpu current='1'>2</vcpu>")
+           .replace("<memballoon model='none'/>", "<memballoon model='virtio'/>"))
+    status, task = http("POST", b + "?startVirtualCluster", json.dumps({"virtualMachineTemplates": [{"libVirtTemplate": xml}]}))
+    assert status == 200, task
+    resp = wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, 60, "the VM to start")
+    assert resp["virtualMachineMetaData"][0]["status"] == "RUNNING", resp
+
+    def resize(capacity: list[Any]) -> tuple[int, Any]:
+        return http("POST", b + "?resizeVirtualMachine",
+                    json.dumps({"virtualMachineLocation": {"virtualMachineId": "grow-1"}, "resizedCapacity": capacity}),
+                    timeout=90)
+
+    status, meta = resize([2, 49152, -1, -1])
+    assert status == 200 and meta["requestedCapacity"][:2] == [2, 49152], meta
+    conn = libvirt.open(hosts[0].uri)
+    try:
+        domain = conn.lookupByName("grow-1")
+        assert domain.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 2, "a vcpu was hot-plugged"
+        assert domain.isActive()
+    finally:
+        conn.close()
+    # Over its <vcpu> maximum (RESIZE_REFUSED), or over the host's cpus first on a small machine.
+    status, body = resize([3, -1, -1, -1])
+    assert status == 409 and body["error"]["code"] in ("RESIZE_REFUSED", "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY"), body
+    status, body = resize([-1, 131072, -1, -1])
+    assert status == 409 and body["error"]["code"] == "RESIZE_REFUSED" and "65536" in body["error"]["message"], body
+    assert http("POST", b + "?destroyVirtualMachine", "grow-1") == (200, True)

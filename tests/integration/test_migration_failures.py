@@ -14,20 +14,10 @@ from typing import Any
 import pytest
 
 from snooze.dev.localcluster import LocalCluster
-from tests.support import get, http, order, wait_for
+from tests.support import get, http, order, start_vm
 
 pytestmark = pytest.mark.integration
 
-
-def start_vm(c: LocalCluster, name: str, **template: Any) -> dict[str, Any]:
-    b = c.bootstrap_url + "/bootstrap"
-    body = {"virtualMachineTemplates": [{"vcpus": 1, "memory": 262144, "name": name, "imageId": "debian.qcow2", **template}]}
-    status, task = http("POST", b + "?startVirtualCluster", json.dumps(body))
-    assert status == 200, task
-    resp = wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, 30, f"{name} to start")
-    [vm] = resp["virtualMachineMetaData"]
-    assert vm["status"] == "RUNNING", vm
-    return vm  # type: ignore[no-any-return]
 
 
 def meta(c: LocalCluster, name: str) -> dict[str, Any]:
@@ -38,7 +28,7 @@ def meta(c: LocalCluster, name: str) -> dict[str, Any]:
 
 def reserved(c: LocalCluster) -> list[list[float]]:
     """Every group manager's reservedCapacity (the leader manages no host and has none)."""
-    gms = get(c.bootstrap_url + "/bootstrap?getGroupManagerDescriptions")["groupManagers"]
+    gms = get(c.bootstrap_url + "/bootstrap?getGroupManagerDescriptions")
     return [gm["summaryInformation"]["reservedCapacity"] for gm in gms if gm.get("summaryInformation")]
 
 

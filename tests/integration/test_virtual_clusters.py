@@ -63,7 +63,7 @@ def test_seed_curl_example_runs_a_vm_with_the_originals_response_shape(cluster_f
     assert vm["requestedCapacity"] == [1.0, 200000.0, 12800.0, 12800.0]
     ip = vm["ipAddress"]
     assert ip.startswith("192.168.122.")
-    expected_mac = "54:56:" + ":".join(format(int(o), "x") for o in ip.split("."))
+    expected_mac = "54:56:" + ":".join(format(int(o), "02x") for o in ip.split("."))  # zero-padded, as libvirt
     assert vm["macAddress"] == expected_mac
     assert f'<mac address="{expected_mac}"' in vm["xmlRepresentation"]
     assert any("test" in a for a in vm["adaptations"]), "the test driver adaptation is recorded"
@@ -129,13 +129,30 @@ def test_listings_are_paged(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=2)
     response(c, submit(c, {"virtualMachineTemplates": [small(f"p-{i}") for i in range(5)]}))
     b = c.bootstrap_url + "/bootstrap"
-    page = get(b + "?getVirtualMachineDescriptions&start=1&limit=2")
+    # ?v=2: the paged object, start an offset.
+    page = get(b + "?getVirtualMachineDescriptions&start=1&limit=2&v=2")
     assert page["total"] == 5 and [v["virtualMachineId"] for v in page["virtualMachines"]] == ["p-1", "p-2"]
     assert all(v["status"] == "RUNNING" for v in page["virtualMachines"])
+    assert get(b + "?getLocalControllerDescriptions&limit=1&v=2")["total"] == 2
+    assert len(get(b + "?getLocalControllerDescriptions&limit=1&v=2")["localControllers"]) == 1
+    assert get(b + "?getGroupManagerDescriptions&v=2")["total"] == 1
+    # The original's HostListRequest: start is the id of the first entry ("" = from the beginning),
+    # groupManagerId/localControllerId filter; bare arrays for hosts, {"virtualMachines": [...]} for VMs.
+    vms = http("POST", b + "?getVirtualMachineDescriptions", '{"start": "p-3", "limit": 10, "numberOfMonitoringEntries": 0}')[1]
+    assert [v["virtualMachineId"] for v in vms["virtualMachines"]] == ["p-3", "p-4"] and set(vms) == {"virtualMachines"}
     assert http("POST", b + "?getVirtualMachineDescriptions", '{"start": 4, "limit": 10}')[1]["virtualMachines"][0]["virtualMachineId"] == "p-4"
-    assert get(b + "?getLocalControllerDescriptions&limit=1")["total"] == 2
-    assert len(get(b + "?getLocalControllerDescriptions&limit=1")["localControllers"]) == 1
-    assert get(b + "?getGroupManagerDescriptions")["total"] == 1
+    gms = http("POST", b + "?getGroupManagerDescriptions", '{"start": "", "limit": 10, "numberOfMonitoringEntries": 0}')[1]
+    assert isinstance(gms, list) and len(gms) == 1
+    lcs = http("POST", b + "?getLocalControllerDescriptions",
+               json.dumps({"start": "", "limit": 10, "groupManagerId": gms[0]["id"]}))[1]
+    assert isinstance(lcs, list) and len(lcs) == 2
+    one = lcs[1]["id"]
+    assert [lc["id"] for lc in http("POST", b + "?getLocalControllerDescriptions", json.dumps({"start": one}))[1]] == [one]
+    on_one = http("POST", b + "?getVirtualMachineDescriptions", json.dumps({"start": None, "localControllerId": one}))[1]
+    assert all(v["virtualMachineLocation"]["localControllerId"] == one for v in on_one["virtualMachines"])
+    assert http("POST", b + "?getGroupManagerDescriptions", '{"groupManagerId": "no-such-gm"}')[1] == []
+    code, body = http("POST", b + "?getGroupManagerDescriptions", '{"start": true}')
+    assert code == 400 and body["error"]["field"] == "start"
     code, body = http("GET", b + "?getVirtualMachineDescriptions&limit=0")
     assert code == 400 and body["error"]["field"] == "limit"
 
@@ -172,7 +189,7 @@ def test_bad_submissions_are_clear_4xx_and_allocate_nothing(cluster_factory: Any
     for verb in ("getVirtualClusterResponse", "destroyVirtualMachine", "getVirtualMachineMetaData"):
         code, err = http("POST", b + "?" + verb, "no-such-thing")
         assert code == 404, (verb, err)
-    assert get(b + "?getVirtualMachineDescriptions")["total"] == 0, "nothing was recorded"
+    assert get(b + "?getVirtualMachineDescriptions")["virtualMachines"] == [], "nothing was recorded"
     first = response(c, submit(c, {"virtualMachineTemplates": [small("after-bad")]}))["virtualMachineMetaData"][0]
     assert first["ipAddress"] == "192.168.122.2", "no address was taken by a refused request"
 
@@ -224,7 +241,8 @@ def test_racing_submissions_never_overcommit_a_host(cluster_factory: Any) -> Non
         t.join()
     metas = [m for t in tasks for m in response(c, t)["virtualMachineMetaData"]]
     running = [m for m in metas if m["status"] == "RUNNING"]
-    assert len(running) == 16, "every vcpu used, none twice"
+    refused = [(m["virtualMachineId"], m["message"]) for m in metas if m["status"] != "RUNNING"]
+    assert len(running) == 16, f"every vcpu used, none twice; refused: {refused}"
     assert all(m["errorCode"] == "NOT_ENOUGH_CAPACITY" for m in metas if m["status"] != "RUNNING")
     per_lc: dict[str, int] = {}
     for m in running:
@@ -346,3 +364,21 @@ def test_non_live_move_refuses_a_name_clash_and_leaves_both_domains(cluster_fact
     moved = http("POST", b + "?getVirtualMachineMetaData", "clash")[1]
     assert moved["virtualMachineLocation"]["localControllerId"] == source and moved["status"] == "RUNNING"
     wait_for(lambda: domains_everywhere(c).count("clash") == 2, 5, "both domains still running, neither replaced")
+
+
+def test_host_id_binds_a_vm_to_a_local_controller_or_a_group_manager(cluster_factory: Any) -> None:
+    c = cluster_factory(gms=3, lcs=4)
+    h = get(c.bootstrap_url + "/bootstrap?getCompleteHierarchy")
+    gms = {gm["id"]: {lc["id"] for lc in gm["localControllers"]} for gm in h["groupManagerDescriptions"]}
+    gm_id = sorted(gms)[0]
+    lc_id = sorted(gms[sorted(gms)[1]])[0]
+    done = response(c, submit(c, {"virtualMachineTemplates": [
+        {**small("on-gm-1"), "hostId": gm_id}, {**small("on-gm-2"), "hostId": gm_id},
+        {**small("on-lc"), "hostId": lc_id}, {**small("anywhere"), "hostId": "UNKNOWN"},
+        {**small("on-nothing"), "hostId": "no-such-host"}]}))
+    where = {vm["virtualMachineId"]: vm for vm in done["virtualMachineMetaData"]}
+    for name in ("on-gm-1", "on-gm-2"):
+        assert where[name]["status"] == "RUNNING" and where[name]["virtualMachineLocation"]["localControllerId"] in gms[gm_id]
+    assert where["on-lc"]["status"] == "RUNNING" and where["on-lc"]["virtualMachineLocation"]["localControllerId"] == lc_id
+    assert where["anywhere"]["status"] == "RUNNING"
+    assert where["on-nothing"]["status"] == "ERROR" and where["on-nothing"]["errorCode"] == "NOT_ENOUGH_CAPACITY"

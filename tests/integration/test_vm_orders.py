@@ -16,20 +16,9 @@ from kazoo.client import KazooClient
 
 from snooze.dev.localcluster import LocalCluster
 from snooze.rpc import RpcError
-from tests.support import http, order, wait_for
+from tests.support import http, order, start_vm, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def start_vm(c: LocalCluster, name: str) -> dict[str, Any]:
-    b = c.bootstrap_url + "/bootstrap"
-    body = {"virtualMachineTemplates": [{"vcpus": 1, "memory": 262144, "name": name, "imageId": "debian.qcow2"}]}
-    status, task = http("POST", b + "?startVirtualCluster", json.dumps(body))
-    assert status == 200, task
-    resp = wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, 30, f"{name} to start")
-    [vm] = resp["virtualMachineMetaData"]
-    assert vm["status"] == "RUNNING", vm
-    return vm  # type: ignore[no-any-return]
 
 
 

@@ -24,15 +24,17 @@ KVM = ('<domain type="kvm"><name>d1</name><memory>200000</memory><vcpu>2</vcpu><
 
 
 def test_mac_encodes_the_ip_as_the_original() -> None:
-    assert mac_for_ip("192.168.122.6") == "54:56:c0:a8:7a:6"
-    assert mac_for_ip("10.0.0.255") == "54:56:a:0:0:ff"
+    # The original's 54:56 + IP encoding, zero-padded as libvirt and OVS write MACs.
+    assert mac_for_ip("192.168.122.6") == "54:56:c0:a8:7a:06"
+    assert mac_for_ip("10.0.0.255") == "54:56:0a:00:00:ff"
     assert subnet_hosts("192.168.122.0/24")[0] == "192.168.122.2", "network and gateway .1 are never handed out"
     assert len(subnet_hosts("192.168.122.0/24")) == 253
 
 
 def test_set_mac_replaces_the_first_interfaces_mac_and_leaves_nic_less_domains_alone() -> None:
-    out = ET.fromstring(set_mac(KVM, "54:56:c0:a8:7a:6").split("?>", 1)[1])
-    assert out.find("devices/interface/mac").get("address") == "54:56:c0:a8:7a:6"  # type: ignore[union-attr]
+    # The original's unpadded form (a record from the seed) is written as libvirt would.
+    out = ET.fromstring(set_mac(KVM, "54:56:C0:A8:7A:6").split("?>", 1)[1])
+    assert out.find("devices/interface/mac").get("address") == "54:56:c0:a8:7a:06"  # type: ignore[union-attr]
     bare = "<domain><name>x</name><memory>1024</memory></domain>"
     assert set_mac(bare, "54:56:1:2:3:4") == bare
 
@@ -45,6 +47,25 @@ def test_submission_parses_both_template_forms() -> None:
     assert specs[0].id == "d1" and specs[0].requested == (2.0, 200000.0, 12800.0, 6400.0)
     assert specs[1].id == "v2" and specs[1].requested == (2.0, 524288.0, 0.0, 0.0)
     assert ET.fromstring(specs[1].xml).find("devices/disk/source").get("file") == "debian.qcow2"  # type: ignore[union-attr]
+
+
+def test_the_originals_lenient_template_forms() -> None:
+    # Numbers as JSON strings, a blank libVirtTemplate beside vcpus/memory, hostId "UNKNOWN",
+    # the libVirtDescription alias and fields this version does not know: as the original's Jackson took them.
+    specs = parse_submission({"virtualMachineTemplates": [
+        {"vcpus": "2", "memory": " 524288 ", "name": "v1", "libVirtTemplate": "  ", "hostId": "UNKNOWN",
+         "networkCapacityDemand": {"rxBytes": "12800", "txBytes": "6400.5"}, "type": "id_based", "future": [1]},
+        {"libVirtDescription": KVM, "hostId": ""},
+    ]})
+    assert specs[0].requested == (2.0, 524288.0, 12800.0, 6400.5) and specs[0].host_id is None
+    assert specs[1].id == "d1" and specs[1].host_id is None
+    # Still refused, naming the field: text that is not a plain number, or out of range once read.
+    for bad, where in (({"vcpus": "two"}, "vcpus"), ({"vcpus": "NaN"}, "vcpus"), ({"vcpus": "0x10"}, "vcpus"),
+                       ({"memory": "1e400"}, "memory"), ({"vcpus": "2.5"}, "vcpus")):
+        template = {"vcpus": 1, "memory": 524288, "name": "v", **bad}
+        with pytest.raises(InvalidSubmission) as err:
+            parse_submission({"virtualMachineTemplates": [template]})
+        assert err.value.field == f"virtualMachineTemplates[0].{where}", (bad, err.value)
 
 
 def test_memory_units_in_domain_xml_are_converted_to_kib() -> None:
@@ -60,7 +81,7 @@ def test_adaptation_to_the_test_driver_is_recorded() -> None:
                                     policy=DomainPolicy.default())
     root = ET.fromstring(xml)
     assert root.get("type") == "test" and root.find("devices/emulator") is None and root.find("devices/disk") is None
-    assert root.find("devices/interface/mac").get("address") == "54:56:c0:a8:7a:6"  # type: ignore[union-attr]
+    assert root.find("devices/interface/mac").get("address") == "54:56:c0:a8:7a:06"  # type: ignore[union-attr]
     assert len(changes) == 3 and any("kvm" in c for c in changes)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,27 @@ def test_ids_are_stable_across_restarts_and_distinct_per_port() -> None:
     b = cfg.from_dict({"node": {"port": 5010}})
     c = cfg.from_dict({"node": {"port": 5011}})
     assert a.node_id("localcontroller") == b.node_id("localcontroller") != c.node_id("localcontroller")
+    assert a.node_id("localcontroller") != a.node_id("groupmanager")
     assert cfg.from_dict({"node": {"id": "lc-7"}}).node_id("localcontroller") == "lc-7"
+
+
+def test_default_ids_differ_between_machines_that_share_a_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = cfg.from_dict({"node": {"port": 5010, "hostname": "node"}})
+    monkeypatch.setattr(cfg, "machine_identity", lambda: "4c4c4544004a3510804ab4c04f4e4e32")
+    first = s.node_id("localcontroller")
+    monkeypatch.setattr(cfg, "machine_identity", lambda: "0f7c5e4ae0a94a4b9c1b2b8d3f0f5e11")
+    assert s.node_id("localcontroller") != first
+    monkeypatch.setattr(cfg, "machine_identity", lambda: "4c4c4544004a3510804ab4c04f4e4e32")
+    assert s.node_id("localcontroller") == first
+
+
+def test_machine_identity_is_the_machine_id_else_the_host_name(tmp_path: Path) -> None:
+    machine_id = tmp_path / "machine-id"
+    machine_id.write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.write_text("")
+    assert cfg.machine_identity((missing, empty, machine_id)) == "3d1219c7c4c5404aaa1f6d2a48adfda4"
+    assert cfg.machine_identity((missing, empty)) == socket.gethostname()
 
 
 @pytest.mark.parametrize("role", ["bootstrap", "groupmanager", "localcontroller"])
@@ -50,3 +71,10 @@ def test_configs_directory_documents_every_option_with_its_default(role: str) ->
     # and it loads back to the defaults
     loaded = cfg.load(ROOT / "configs" / f"{role}.toml", role)
     assert cfg.to_dict(loaded, role) == cfg.to_dict(cfg.load(None, role), role)
+
+
+def test_table_keys_with_dots_survive_a_round_trip(tmp_path: Path) -> None:
+    # "m1.small" must stay one key: bare, TOML would read it as the table m1 with a key small.
+    path = tmp_path / "bootstrap.toml"
+    path.write_text(cfg.example_config("bootstrap"))
+    assert set(cfg.load(path, "bootstrap").ec2.instance_types) == {"m1.small", "m1.medium", "m1.large"}

@@ -202,3 +202,24 @@ async def test_malformed_http_is_answered_in_json_and_logged_once(caplog: pytest
     no_tracebacks(caplog)
     lines = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_request_target_without_its_leading_slash_is_served() -> None:
+    # libcloud 0.12 sent the original driver's paths as written: "groupmanager?startVirtualCluster".
+    async with serving(SLOW) as server:
+        reader, writer = await server.connect()
+        for _ in range(2):  # and again on the kept-alive connection
+            writer.write(b'POST thing?echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{"a": 1}')
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+            assert json.loads(await reader.readexactly(length)) == {"got": {"a": 1}}
+        writer.close()
+        # An absolute URL is left to the parser (and routed by its path), '*' too.
+        reader, writer = await server.connect()
+        writer.write(b'POST http://x/thing?echo HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{"a": 2}')
+        await writer.drain()
+        response = await read_until_closed(reader)
+        writer.close()
+        assert b" 200 " in response.split(b"\r\n", 1)[0] and json_of(response) == {"got": {"a": 2}}

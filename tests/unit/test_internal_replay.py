@@ -7,6 +7,7 @@ answer, and the client refuses a reply that names another (a captured reply, rep
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -120,3 +121,29 @@ async def test_rpc_client_refuses_a_captured_reply_to_another_request() -> None:
         finally:
             await rpc.close()
     assert err.value.code is ErrorCode.BAD_REPLY and "another request" in err.value.message
+
+
+async def test_a_call_without_keep_alive_leaves_no_connection_open_at_the_peer() -> None:
+    calls: list[Any] = []
+    app = endpoint_app(calls)[0]
+    peers: list[tuple[str, int]] = []
+
+    @web.middleware
+    async def note_peer(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else ("?", 0))
+        return await handler(request)
+
+    app.middlewares.insert(0, note_peer)
+    server = TestServer(app)
+    async with TestClient(server):
+        rpc = RpcClient(KEY, "lc-1")
+        peer = NetworkAddress("127.0.0.1", server.port or 0)
+        try:
+            await rpc.call(peer, "lc.vmAction", {"vmId": "a"}, epoch=3)
+            await rpc.call(peer, "lc.vmAction", {"vmId": "b"}, epoch=3)
+            assert len(set(peers)) == 1, "kept alive: the second call reuses the first one's connection"
+            await rpc.call(peer, "lc.vmAction", {"vmId": "c"}, epoch=3, keep_alive=False)
+            await rpc.call(peer, "lc.vmAction", {"vmId": "d"}, epoch=3, keep_alive=False)
+            assert len(set(peers[2:])) == 2, "without keep-alive each call has a connection of its own"
+        finally:
+            await rpc.close()

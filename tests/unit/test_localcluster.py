@@ -1,6 +1,7 @@
 """The local cluster's own bookkeeping, without starting it: its per-cluster key and private
-files, stale state dirs, which PIDs it may signal, port checks, log separators, and
-``snooze cluster up --help``."""
+files, stale state dirs, which PIDs it may signal, port checks, log separators,
+``snooze cluster up --help``, and what a ``--netns`` cluster plans (namespaces, addresses,
+configs) and refuses."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from tests.support import port_range, wait_for
 
 def planned(state: Path, **kw: object) -> LocalCluster:
     """A cluster prepared and planned (configs written) but not started."""
-    cluster = LocalCluster(state, ClusterOptions(base_port=port_range(4), gms=2, lcs=1, **kw))  # type: ignore[arg-type]
+    options = {"gms": 2, "lcs": 1, **kw}
+    cluster = LocalCluster(state, ClusterOptions(base_port=port_range(4), **options))  # type: ignore[arg-type]
     cluster.prepare()
     cluster.zk = ZooKeeperServer(state / "zookeeper", free_port())  # never started: plan() needs its address only
     cluster.processes = cluster.plan()
@@ -186,3 +188,100 @@ def test_cluster_up_help_gives_every_option_a_meaning_and_default(capsys: pytest
         shown = " ".join(formatter._expand_help(action).split())
         assert shown in text, action.dest
         assert "default" in shown, f"{action.option_strings[-1]}: {shown!r}"
+
+
+def planned_netns(state: Path, **kw: object) -> LocalCluster:
+    """A ``--netns`` cluster planned (configs written, namespaces named) but nothing made."""
+    cluster = LocalCluster(state, ClusterOptions(base_port=port_range(1), gms=2, lcs=2, netns=True, **kw))  # type: ignore[arg-type]
+    state.mkdir(mode=0o700)
+    assert cluster.fabric is not None
+    zk = cluster.fabric.plan_host("zookeeper")
+    cluster.zk = ZooKeeperServer(state / "zookeeper", 2181, host=zk.address, netns=zk.netns)
+    cluster.processes = cluster.plan()
+    return cluster
+
+
+def test_a_netns_cluster_gives_each_process_its_own_namespace_and_address(tmp_path: Path) -> None:
+    cluster = planned_netns(tmp_path / "a", multicast=True)
+    fabric = cluster.fabric
+    assert fabric is not None and cluster.zk is not None
+    subnet = fabric.subnet.removesuffix("0/24")
+    assert re.fullmatch(r"10\.213\.\d{1,3}\.0/24", fabric.subnet) and fabric.address == subnet + "1"
+    assert cluster.zk.address == f"{fabric.hosts['zookeeper'].address}:2181" and cluster.zk.netns == fabric.hosts["zookeeper"].netns
+    names = [fabric.netns, cluster.zk.netns] + [p["netns"] for p in cluster.processes]
+    addresses = [fabric.address, cluster.zk.host] + [p["address"] for p in cluster.processes]
+    assert len(set(names)) == len(names) and all(n.startswith(fabric.prefix + "-") for n in names)
+    assert len(set(addresses)) == len(addresses) and all(a.startswith(subnet) for a in addresses)
+    group = cluster.multicast_group
+    assert group.startswith(f"239.213.{fabric.octet}.1:")
+    assert int(group.rpartition(":")[2]) not in {p["port"] for p in cluster.processes}, "not a port a role's UDP socket holds"
+    for spec in cluster.processes:
+        settings = cfg.load(Path(spec["config"]), spec["role"])
+        assert settings.node.listen_address == settings.node.advertise_address == spec["address"]
+        assert settings.cluster.zookeeper == cluster.zk.address
+        assert settings.heartbeat.multicast_group == group and settings.heartbeat.multicast_interface == spec["address"]
+        assert cluster.command(spec)[:4] == ["ip", "netns", "exec", spec["netns"]], "ip execs: the PID is the role's"
+    # Only the bootstrap's forwarder listens in the root namespace.
+    assert cluster.ports() == [(cluster.options.base_port, "the bootstrap's forwarder")]
+    manifest = cluster.manifest()
+    assert set(manifest["fabric"]["links"]) == {"zookeeper", *(p["id"] for p in cluster.processes)}
+    assert all(len(link) <= 15 for link in manifest["fabric"]["links"].values()), "interface names"
+    assert manifest["namespaces"] == [] and manifest["zookeeperNetns"] == cluster.zk.netns, "nothing made yet"
+    # Another state dir, other names: two clusters (or tests) never share a namespace.
+    other = planned_netns(tmp_path / "b")
+    assert other.fabric is not None and other.fabric.prefix != fabric.prefix
+    assert other.multicast_group == "", "multicast only when asked for"
+
+
+def test_without_netns_the_record_is_as_before(tmp_path: Path) -> None:
+    cluster = planned(tmp_path / "plain")
+    manifest = cluster.manifest()
+    assert not {"fabric", "namespaces", "forwarder", "zookeeperNetns"} & set(manifest)
+    assert all(not {"netns", "address"} & set(p) for p in manifest["processes"])
+    assert manifest["zookeeper"].startswith("127.0.0.1:")
+    assert all(cfg.load(Path(p["config"]), p["role"]).node.advertise_address == "" for p in cluster.processes)
+    assert all(cluster.command(p)[0] == sys.executable for p in cluster.processes)
+
+
+def test_what_netns_cannot_do_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(ClusterError, match="multicast heartbeats need --netns"):
+        LocalCluster(tmp_path / "m", ClusterOptions(base_port=port_range(8), multicast=True)).prepare()
+    with pytest.raises(ClusterError, match="--energy is not supported with --netns"):
+        LocalCluster(tmp_path / "e", ClusterOptions(base_port=port_range(8), netns=True, energy=True)).prepare()
+    assert not (tmp_path / "m" / "cluster.json").exists() and not (tmp_path / "e" / "cluster.json").exists()
+
+
+def test_netns_without_root_is_refused_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterError, match="--netns: network namespaces need root"):
+        LocalCluster(tmp_path / "u", ClusterOptions(base_port=port_range(8), netns=True)).prepare()
+    assert not (tmp_path / "u" / "cluster.json").exists()
+
+
+def test_each_local_controller_gets_a_cni_agent_port_and_a_ready_network_configuration(tmp_path: Path) -> None:
+    cluster = planned(tmp_path / "c", lcs=2, ec2=True)
+    base = cluster.options.base_port
+    lcs = {p["id"]: p for p in json.loads(cluster.manifest_path.read_text())["processes"] if p["role"] == "localcontroller"}
+    # bootstrap, 2 GMs, 2 LCs, the EC2 API: then one agent port per local controller.
+    assert cluster.ec2_port == base + 5
+    for i, name in ((1, "lc-1"), (2, "lc-2")):
+        port = base + 5 + i
+        spec = lcs[name]
+        assert spec["cniAgent"] == f"http://127.0.0.1:{port}"
+        settings = cfg.load(Path(spec["config"]), "localcontroller").localcontroller
+        assert settings.cni_agent_port == port
+        conflist = json.loads(Path(spec["cniConfig"]).read_text())
+        [plugin] = conflist["plugins"]
+        assert plugin["type"] == "snooze-cni" and plugin["snooze"]["agent"] == spec["cniAgent"]
+        assert plugin["snooze"]["recordDir"] == settings.cni_record_directory, "the agent replays the plugin's records"
+        assert (port, f"{name}'s CNI agent") in cluster.ports(), "checked free before anything starts"
+    assert len({p["cniConfig"] for p in lcs.values()}) == 2
+
+
+def test_no_cni_agents_when_asked_or_with_many_local_controllers_per_process(tmp_path: Path) -> None:
+    for name, kw in (("off", {"cni": False}), ("many", {"lcs": 4, "lcs_per_process": 2, "ec2": False})):
+        cluster = planned(tmp_path / name, **kw)
+        specs = [p for p in cluster.processes if p["role"] == "localcontroller"]
+        assert specs and not any("cniAgent" in p for p in specs)
+        assert all(cfg.load(Path(p["config"]), "localcontroller").localcontroller.cni_agent_port == 0 for p in specs)
+        assert not any("CNI" in what for _port, what in cluster.ports())

@@ -5,6 +5,7 @@ woken; every reservation is gone afterwards. Only the local controllers are fake
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import Any
 
@@ -97,6 +98,37 @@ async def test_a_local_controller_refusing_for_capacity_sends_its_vm_elsewhere_o
     assert g.hosts.reservations.snapshot() == {}
 
 
+async def test_a_host_that_answered_counts_its_vms_once_while_another_host_is_still_starting() -> None:
+    # A VM is counted as reserved until its host answers, then as running: never as both.
+    # (Counted twice, lc-1 looked full to a concurrent batch while lc-2 was still starting.)
+    g = Group()
+    g.add_lc("lc-1")
+    g.add_lc("lc-2")
+    slow = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def late(body: dict[str, Any]) -> dict[str, Any]:
+        await slow.wait()
+        return {"results": [{"id": v["id"], "status": "RUNNING", "uuid": f"uuid-{v['id']}"} for v in body["vms"]]}
+
+    def quick(body: dict[str, Any]) -> dict[str, Any]:
+        answered.set()
+        return g._start("lc-1", body)
+
+    g.net.serve(20001, "lc.startVirtualMachines", late)
+    g.net.serve(20000, "lc.startVirtualMachines", quick)
+    first = asyncio.create_task(g.vms.start([vm("a", cpus=2), vm("b", cpus=2)]))
+    await answered.wait()
+    await asyncio.sleep(0)
+    assert g.hosts.taken_on("lc-1")[0] == 2.0, "lc-1's VM: running, no longer also reserved"
+    # lc-1 has room for 2 more vcpus: a concurrent batch gets it.
+    [res] = await g.vms.start([vm("c", cpus=2)])
+    assert (res["status"], res["localControllerId"]) == ("RUNNING", "lc-1")
+    slow.set()
+    assert {r["status"] for r in await first} == {"RUNNING"}
+    assert g.hosts.reservations.snapshot() == {}
+
+
 async def test_sleeping_capacity_is_woken_when_the_awake_hosts_are_full() -> None:
     g = Group()
     g.add_lc("lc-1", cpus=1)
@@ -133,3 +165,18 @@ async def test_a_malformed_vm_fails_alone() -> None:
     results = {r["id"]: r for r in await g.vms.start([vm("good"), {"id": "bad", "requested": [1, "lots", 0, 0]}])}
     assert results["good"]["status"] == "RUNNING"
     assert results["bad"]["errorCode"] == "BAD_SPECIFICATION" and "requested" in results["bad"]["message"]
+
+
+async def test_a_vm_whose_only_host_refused_it_for_a_while_says_why_not_that_capacity_was_short() -> None:
+    g = Group()
+    g.add_lc("lc-1")
+    g.add_lc("lc-2", cpus=1)  # too small for the VM: placement never picks it
+    g.net.serve(20000, "lc.startVirtualMachines", lambda body: {"results": [
+        {"id": v["id"], "status": "ERROR", "errorCode": "IMAGE_REPOSITORY_UNAVAILABLE",
+         "message": "the image repository did not answer"} for v in body["vms"]]})
+    [res] = await g.vms.start([vm("a", cpus=3)])
+    assert res["status"] == "ERROR"
+    assert res["errorCode"] == "IMAGE_REPOSITORY_UNAVAILABLE", res
+    assert "the image repository did not answer (on lc-1)" in res["message"], res["message"]
+    assert "no other host" in res["message"] and res["rejections"], "and why the other hosts could not take it"
+    assert g.hosts.reservations.snapshot() == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_docker_compose_file_is_valid_and_describes_the_deployment() -> None:
     compose = shutil.which("docker-compose")
     assert compose, "docker-compose is installed by scripts/setup"
-    check = subprocess.run([compose, "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    env = dict(os.environ, SNOOZE_CLUSTER_KEY="test-key")  # the compose file has no default key
+    check = subprocess.run([compose, "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert check.returncode == 0, check.stderr
     services = subprocess.run([compose, "-f", "docker-compose.yml", "config", "--services"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.split()
+                              capture_output=True, text=True, check=True, env=env).stdout.split()
     assert sorted(services) == sorted(
-        ["zookeeper", "bootstrap", "groupmanager-1", "groupmanager-2",
+        ["zookeeper", "bootstrap", "groupmanager-1", "groupmanager-2", "groupmanager-3",
          "localcontroller-1", "localcontroller-2", "localcontroller-3"]
     )
 

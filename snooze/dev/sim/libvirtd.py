@@ -8,6 +8,17 @@ migration ports, and QEMU runs as root with no cgroups, no security driver and n
 Nothing listens on TCP except the QEMU migration streams, which are bound to 127.0.0.1 by the
 caller (see ``localcontroller.hypervisor.migration``).
 
+With ``fabric=True`` (or ``networks`` made by the caller) each host also lives in its own
+network namespace (``snooze.dev.netns``): the daemon is started with ``ip netns exec NS``, so a
+guest's tap device is born in that namespace, and the hosts are joined by a bridge in a fabric
+namespace, so migration streams go to each host's fabric address (``migration_uri``
+``tcp://ADDRESS``). With ``vm_gateway`` (e.g. ``192.168.122.1/24``) every host namespace gets a
+bridge ``br-vm`` holding that address: guests plugged into it are reached with
+``ip netns exec NS …`` from their host's namespace only (equal subnets in separate namespaces
+never meet). ``private_dirs`` adds directories each host sees as its own (e.g. ``/var/lib/snooze``,
+so local controllers entering the host's mount namespace keep their caches and overlays at the
+same paths on every host, as separate machines would).
+
 A machine with ``libvirt-daemon`` but not ``libvirt-daemon-system`` has none of the ``/var``
 directories above (and ``/etc/libvirt`` comes only with ``libvirt-clients``). Where a mount
 point is missing, the namespace first covers its nearest existing parent with an overlay whose
@@ -32,7 +43,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,16 +51,21 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
+from snooze.dev import netns as _netns
+
 __all__ = [
     "DEFAULT_BASE_MIGRATION_PORT",
+    "HostNetwork",
     "LibvirtdCluster",
     "LibvirtdError",
     "LibvirtdHost",
+    "VM_BRIDGE",
     "MIGRATION_PORTS_PER_HOST",
     "QemuNotInstalled",
     "kvm_usable",
     "missing_components",
     "default_capabilities_cache",
+    "stop_recorded",
     "tiny_domain_xml",
 ]
 
@@ -90,6 +106,9 @@ _KVM_API_VERSION = 12
 _QEMU_USER = "libvirt-qemu"
 _QEMU_GROUPS = ("libvirt-qemu", "kvm")
 
+#: The bridge guests are plugged into in each host's network namespace (with ``vm_gateway``).
+VM_BRIDGE = "br-vm"
+
 
 class LibvirtdError(RuntimeError):
     """A private libvirtd could not be started or stopped."""
@@ -113,10 +132,30 @@ class LibvirtdHost:
     so the daemon picks one from its own range."""
     host_uuid: str
     migration_ports: range
+    netns: str | None = None
+    """The network namespace the daemon (and so every guest's tap) lives in, if any."""
+    address: str = "127.0.0.1"
+    """Its address on the fabric (where migration streams to it go), or 127.0.0.1."""
 
     @property
     def log_file(self) -> Path:
         return self.state_dir / "var/log/libvirt/libvirtd.log"
+
+    def enter_argv(self) -> list[str]:
+        """Prefix that runs a command inside this host: its mount namespace (its private
+        /run, /var/lib/libvirt, … and ``private_dirs``) and its network namespace, if any."""
+        argv = ["nsenter", f"--target={self.pid}", "--mount"]
+        if self.netns:
+            argv.append("--net")
+        return [*argv, "--"]
+
+
+@dataclass(frozen=True)
+class HostNetwork:
+    """A network namespace a host is started in (made by the caller) and its fabric address."""
+
+    netns: str
+    address: str
 
 
 def missing_components() -> list[str]:
@@ -368,9 +407,22 @@ class LibvirtdCluster:
         *,
         keep_files: bool = False,
         capabilities_cache: Path | None = None,
+        fabric: bool = False,
+        networks: Sequence[HostNetwork] | None = None,
+        vm_gateway: str | None = None,
+        private_dirs: Sequence[str] = (),
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
+        if fabric and networks is not None:
+            raise ValueError("fabric (namespaces made here) or networks (made by the caller), not both")
+        if networks is not None and len(networks) != count:
+            raise ValueError(f"{len(networks)} networks for {count} hosts")
+        if vm_gateway is not None and not (fabric or networks):
+            raise ValueError("vm_gateway needs the hosts in network namespaces (fabric or networks)")
+        for inside in private_dirs:
+            if not inside.startswith("/") or inside in ("/", "/usr", "/etc", "/tmp", "/proc", "/dev", "/sys"):
+                raise ValueError(f"private dir {inside!r} must be an absolute path that is no system directory")
         last_port = base_migration_port + count * MIGRATION_PORTS_PER_HOST - 1
         if base_migration_port < 1024 or last_port > 65535:
             raise ValueError(f"migration ports {base_migration_port}-{last_port} out of range")
@@ -380,6 +432,12 @@ class LibvirtdCluster:
         self.keep_files = keep_files
         self.capabilities_cache = (
             default_capabilities_cache() if capabilities_cache is None else capabilities_cache
+        )
+        self.vm_gateway = vm_gateway
+        self.private_dirs = tuple(private_dirs)
+        self.networks = list(networks) if networks is not None else None
+        self.fabric: _netns.Fabric | None = (
+            _netns.Fabric.for_state_dir(self.state_dir) if fabric else None
         )
         self._daemons: list[_Daemon] = []
 
@@ -416,9 +474,10 @@ class LibvirtdCluster:
         overlays = self._check_state_dir()
         deadline = time.monotonic() + timeout
         try:
+            networks = self._make_networks()
             # One after the other: the first fills the capabilities cache the others start from.
             for index in range(1, self.count + 1):
-                daemon = self._launch(index, overlays)
+                daemon = self._launch(index, overlays, networks[index - 1] if networks else None)
                 self._daemons.append(daemon)
                 self._wait_ready(daemon, deadline)
         except BaseException:
@@ -437,14 +496,51 @@ class LibvirtdCluster:
                 errors.append(f"{daemon.host.name}: {exc}")
             if not self.keep_files:
                 shutil.rmtree(daemon.host.state_dir, ignore_errors=True)
+        if self.fabric is not None:
+            try:
+                self.fabric.delete()
+            except _netns.NetnsError as exc:
+                errors.append(f"namespaces: {exc}")
         if errors:
             raise LibvirtdError("; ".join(errors))
 
+    def records(self) -> list[dict[str, object]]:
+        """What ``stop_recorded`` needs to stop these hosts from another process (JSON-ready):
+        a daemon is recognised by its mount namespace, which only it and its QEMUs entered."""
+        out: list[dict[str, object]] = []
+        for daemon in self._daemons:
+            host = daemon.host
+            out.append({
+                "name": host.name, "pid": host.pid, "uri": host.uri, "stateDir": str(host.state_dir),
+                "netns": host.netns, "address": host.address, "migrationUri": host.migration_uri,
+                "mountNamespace": list(daemon.namespace) if daemon.namespace else None,
+            })
+        return out
+
+    def _make_networks(self) -> list[HostNetwork] | None:
+        """The hosts' namespaces: made here with ``fabric``; each given ``br-vm`` with
+        ``vm_gateway``. Nothing is made in the root namespace."""
+        networks = self.networks
+        try:
+            if self.fabric is not None:
+                self.fabric.create()
+                networks = []
+                for index in range(1, self.count + 1):
+                    made = self.fabric.add_host(f"host{index}")
+                    networks.append(HostNetwork(made.netns, made.address))
+            if networks and self.vm_gateway:
+                for network in networks:
+                    _netns.add_bridge(network.netns, VM_BRIDGE, self.vm_gateway)
+        except _netns.NetnsError as exc:
+            raise LibvirtdError(str(exc)) from exc
+        return networks
+
     def _check_state_dir(self) -> list[_Overlay]:
         """Check the state dir suits the mounts; return the overlays the mounts need."""
-        overlays = _overlays([inside for inside, _ in _PRIVATE_DIRS])
+        private = self._private_dirs()
+        overlays = _overlays([inside for inside, _ in private])
         resolved = self.state_dir.resolve()
-        covered = [inside for inside, _ in _PRIVATE_DIRS] + [o.parent for o in overlays]
+        covered = [inside for inside, _ in private] + [o.parent for o in overlays]
         for inside in covered:
             hidden = Path(inside).resolve()
             if resolved == hidden or hidden in resolved.parents:
@@ -463,13 +559,21 @@ class LibvirtdCluster:
             )
         return overlays
 
-    def _launch(self, index: int, overlays: list[_Overlay]) -> _Daemon:
+    def _private_dirs(self) -> list[tuple[str, str]]:
+        extra = [(inside, "private" + inside) for inside in self.private_dirs]
+        return [*_PRIVATE_DIRS, *extra]
+
+    def _launch(self, index: int, overlays: list[_Overlay], network: HostNetwork | None = None) -> _Daemon:
         name = f"host{index}"
         host_dir = self.state_dir / name
         if host_dir.exists():
             shutil.rmtree(host_dir)
-        for _, sub in _PRIVATE_DIRS:
+        private = self._private_dirs()
+        for _, sub in private:
             (host_dir / sub).mkdir(parents=True, exist_ok=True)
+        # /var/lock is /run/lock on Debian: the daemon locks a guest's pty there for a console
+        # (virsh console), and the private /run starts empty.
+        (host_dir / "run/lock").mkdir(mode=0o1777)
         (host_dir / "nss").mkdir()
         _copy_xml_files(self.capabilities_cache, host_dir / _CAPABILITIES_SUBDIR)
         ports_start = self.base_migration_port + (index - 1) * MIGRATION_PORTS_PER_HOST
@@ -481,8 +585,12 @@ class LibvirtdCluster:
             for child in overlay.children:
                 (host_dir / overlay.layer / "upper" / child).mkdir(parents=True)
             (host_dir / overlay.layer / "work").mkdir()
-        mounts = list(_PRIVATE_DIRS) + _nss_files(host_dir / "nss")
+        mounts = private + _nss_files(host_dir / "nss")
         argv = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c"]
+        if network is not None:
+            # ip execs unshare (same PID) in a mount namespace whose /sys shows the namespace's
+            # own devices, which libvirt reads when it plugs a tap into br-vm.
+            argv = ["ip", "netns", "exec", network.netns, *argv]
         argv += [_NAMESPACE_SCRIPT, "sh", str(host_dir)]
         for overlay in overlays:
             argv += ["overlay", overlay.parent, overlay.layer]
@@ -510,9 +618,11 @@ class LibvirtdCluster:
             uri=f"qemu+unix:///system?socket={socket}",
             pid=process.pid,
             state_dir=host_dir,
-            migration_uri="tcp://127.0.0.1",
+            migration_uri=f"tcp://{network.address}" if network else "tcp://127.0.0.1",
             host_uuid=host_uuid,
             migration_ports=ports,
+            netns=network.netns if network else None,
+            address=network.address if network else "127.0.0.1",
         )
         return _Daemon(host, process)
 
@@ -530,17 +640,24 @@ class LibvirtdCluster:
             if time.monotonic() > deadline:
                 raise LibvirtdError(f"{host.name}: no socket at {socket} in time")
             time.sleep(0.02)
-        try:
-            # The daemon queues clients until its drivers are initialised.
-            conn = libvirt.open(host.uri)
+        while True:
             try:
-                reported = conn.getCapabilities()
-            finally:
-                conn.close()
-        except libvirt.libvirtError as exc:
-            raise LibvirtdError(
-                f"{host.name}: libvirtd does not answer: {exc}\n" + _log_tail(host.log_file)
-            ) from exc
+                # The daemon queues clients until its drivers are initialised; but between
+                # binding its socket (which makes the file) and listening on it, a connection is
+                # refused: that is retried until the deadline, a loaded machine stretching it.
+                conn = libvirt.open(host.uri)
+                try:
+                    reported = conn.getCapabilities()
+                finally:
+                    conn.close()
+                break
+            except libvirt.libvirtError as exc:
+                refused = "Connection refused" in str(exc)
+                if not refused or daemon.process.poll() is not None or time.monotonic() > deadline:
+                    raise LibvirtdError(
+                        f"{host.name}: libvirtd does not answer: {exc}\n" + _log_tail(host.log_file)
+                    ) from exc
+                time.sleep(0.05)
         if host.host_uuid not in reported:
             raise LibvirtdError(f"{host.name}: the daemon at {host.uri} is not the one started")
         namespace = _mount_namespace(daemon.process.pid)
@@ -573,6 +690,52 @@ class LibvirtdCluster:
             time.sleep(0.02)
         if leftovers:
             raise LibvirtdError(f"processes {leftovers} of {daemon.host.name} did not exit")
+
+
+def stop_recorded(records: Sequence[dict[str, object]], timeout: float = 10.0) -> int:
+    """Stop hosts recorded by ``LibvirtdCluster.records`` (in another process, maybe); returns
+    how many daemons were running. Their domains are destroyed, the daemon is terminated, and
+    whatever is left in its mount namespace is killed. A PID whose mount namespace is not the
+    recorded one (reused, or the host already gone) is never signalled."""
+    stopped = 0
+    for record in reversed(records):
+        recorded = record.get("mountNamespace")
+        pid = record.get("pid")
+        if not isinstance(recorded, list) or len(recorded) != 2 or not isinstance(pid, int):
+            continue
+        namespace = (int(recorded[0]), int(recorded[1]))
+        if _mount_namespace(pid) == namespace:
+            stopped += 1
+            if isinstance(record.get("uri"), str):
+                _destroy_all_domains(str(record["uri"]))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _mount_namespace(pid) == namespace and _alive(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.05)
+        leftovers = _pids_in_namespace(namespace) if namespace != _mount_namespace(os.getpid()) else []
+        for left in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(left, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while leftovers and time.monotonic() < deadline:
+            for left in leftovers:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(left, os.WNOHANG)
+            leftovers = [p for p in leftovers if _mount_namespace(p) == namespace and _alive(p)]
+            time.sleep(0.05)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    """Exists and is no zombie (init here may never reap an orphan)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return not stat.rsplit(") ", 1)[-1].startswith("Z")
 
 
 def _destroy_all_domains(uri: str) -> None:

@@ -177,8 +177,9 @@ async def test_listing_follows_the_pages(fake: FakeSnooze, with_total: bool) -> 
         first = await c.get_virtual_machine_descriptions(start=1, limit=2)
     assert [vm["virtualMachineId"] for vm in first["virtualMachines"]] == ["vm1", "vm2"]
     queries = [(r.method, r.query) for r in fake.calls("getVirtualMachineDescriptions")]
-    assert queries[:3] == [("GET", {"start": "0", "limit": "2"}), ("GET", {"start": "2", "limit": "2"}),
-                           ("GET", {"start": "4", "limit": "2"})]
+    # v=2: the paged form (an offset as start, the total in the answer), not the original's arrays.
+    assert queries[:3] == [("GET", {"start": "0", "limit": "2", "v": "2"}), ("GET", {"start": "2", "limit": "2", "v": "2"}),
+                           ("GET", {"start": "4", "limit": "2", "v": "2"})]
 
 
 async def test_a_json_error_keeps_code_message_field_and_status(fake: FakeSnooze) -> None:

@@ -16,7 +16,7 @@ from groupmanager.placement import (
 )
 
 THR = Thresholds.uniform(0.2, 0.9, 1.0)
-NAMES = ["sercon", "cost-aware"]
+NAMES = ["sercon", "cost-aware", "repack"]
 
 
 def loaded(hid, vms, cpu=10.0, mem_gib=10.0, **kw):

@@ -89,6 +89,7 @@ def test_plugin_without_place_is_refused(monkeypatch):
 
 def test_consolidation_names():
     assert make_consolidation_policy().name == "cost-aware"
+    assert make_consolidation_policy("repack").name == "repack"
     assert make_consolidation_policy("sercon").name == "sercon"
     with pytest.raises(UnknownPolicyError, match="sercon"):
         make_consolidation_policy("magic")
