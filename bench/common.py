@@ -10,10 +10,8 @@ import argparse
 import contextlib
 import http.client
 import json
-import random
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from snooze.dev.localcluster import ClusterOptions, LocalCluster, _alive
+from snooze.dev.ports import free_port_range
 
 T = TypeVar("T")
 
@@ -95,22 +94,12 @@ def hierarchy_lcs(h: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str,
 
 # -- the local cluster -------------------------------------------------------------------------
 def port_range(count: int, udp: bool = False) -> int:
-    """A base port with ``count`` consecutive free ports on 127.0.0.1 (TCP, and UDP too if ``udp``)."""
-    kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,)
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        if all(_free(p, kind) for p in range(base, base + count) for kind in kinds):
-            return base
-    raise BenchError("no free port range on 127.0.0.1")
-
-
-def _free(port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    """A base port with ``count`` consecutive free ports on 127.0.0.1 (TCP, and UDP too if
+    ``udp``), below the ephemeral range."""
+    try:
+        return free_port_range(count, udp=udp, address=HOST)
+    except (RuntimeError, ValueError) as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def public_options(opts: ClusterOptions) -> dict[str, Any]:

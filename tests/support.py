@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from snooze.dev.localcluster import ClusterOptions, LocalCluster
+from snooze.dev.ports import free_port_range
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient
 
@@ -50,20 +49,8 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
 
 
 def port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports on 127.0.0.1."""
-    for _ in range(200):
-        base = random.randint(20000, 40000)
-        ok = True
-        for p in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
+    """A base port with ``count`` consecutive free ports on 127.0.0.1, below the ephemeral range."""
+    return free_port_range(count)
 
 
 def http(method: str, url: str, body: bytes | str | None = None, timeout: float = 10.0,

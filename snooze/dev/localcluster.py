@@ -47,6 +47,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -63,14 +64,9 @@ from typing import Any
 
 from snooze import config as cfg
 from snooze.dev import netns
+from snooze.dev.ports import free_port, free_udp_port
 from snooze.dev.sim import libvirtd
-from snooze.dev.zookeeper import (
-    ZooKeeperEnsemble,
-    ZooKeeperError,
-    ZooKeeperServer,
-    free_port,
-    free_udp_port,
-)
+from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperError, ZooKeeperServer
 from snooze.procs import alive, kill_group, open_log, running
 
 #: The CNI agent's port in a local controller's own namespace (Contrail's agent's).
@@ -187,6 +183,16 @@ def _tail(log: str, lines: int = 15) -> str:
     except OSError:
         return ""
     return "; its last lines:\n" + "\n".join(text) if text else ""
+
+
+def _lines_about(log: str, ident: str, lines: int = 8) -> list[str]:
+    """The last warnings and errors of a shared log that name ``ident``."""
+    try:
+        text = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    word = re.compile(rf"\b{re.escape(ident)}\b")
+    return [line for line in text if (" ERROR " in line or " WARNING " in line) and word.search(line)][-lines:]
 
 
 def _http_json(url: str, timeout: float = 2.0) -> Any:
@@ -879,7 +885,35 @@ class LocalCluster:
             if last is not None and assigned_lcs(last) >= want:
                 return last
             time.sleep(0.2)
-        raise ClusterError(f"hierarchy did not form within {timeout}s; logs in {self.state_dir / 'logs'}")
+        raise ClusterError(f"hierarchy did not form within {timeout}s; {self._formation_report(want, last)}"
+                           f"; logs in {self.state_dir / 'logs'}")
+
+    def _formation_report(self, want: set[str], last: dict[str, Any] | None) -> str:
+        """What the last hierarchy showed, and the logs' tails that may say why (a test's
+        temporary directory may be gone by the time anyone reads the failure)."""
+        if last is None:
+            boot = next((p for p in self.processes if p["role"] == "bootstrap"), None)
+            return "the bootstrap gave no hierarchy" + (_tail(boot["log"]) if boot else "")
+        gms = last.get("groupManagerDescriptions", [])
+        missing = sorted(want - assigned_lcs(last))
+        leader = (last.get("groupLeaderDescription") or {}).get("id")
+        sizes = ", ".join(f"{gm.get('id')}: {len(gm.get('localControllers') or [])}" for gm in gms)
+        more = " ..." if len(missing) > 10 else ""
+        text = (f"leader {leader}, {len(gms)} group managers ({sizes}), {len(missing)} local controllers "
+                f"unassigned: {', '.join(missing[:10])}{more}")
+        by_id = {p["id"]: p for p in self.processes}
+        for lc in missing[:3]:
+            spec = by_id.get(lc)
+            if spec is None:
+                continue
+            if spec.get("process"):
+                # Many controllers share that log: only the problems it reports of this one.
+                lines = _lines_about(spec["log"], lc)
+                text += f"\n{lc} in {spec['log']}:\n" + ("\n".join(lines) if lines else "(no warning or error)")
+            else:
+                text += f"\n{lc}" + _tail(spec["log"])
+        return text + "".join(_tail(p["log"], 25) for p in self.processes
+                              if p["role"] == "groupmanager" and p["id"] == leader)
 
     def down(self) -> None:
         stop_manifest(self.state_dir, processes=self.processes, zk=self.zk, ensemble=self.ensemble, forwarder=self.forwarder,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from snooze.dev.ports import free_port
 from snooze.procs import open_log
 
 CLASSPATH_DIRS = ["/etc/zookeeper/conf", "/usr/share/java/zookeeper.jar", "/usr/share/java/zookeeper-jute.jar", "/usr/share/java/slf4j-api.jar", "/usr/share/java/slf4j-simple.jar"]
@@ -44,39 +44,6 @@ def four_letter(host: str, port: int, cmd: str, timeout: float = 1.0) -> str:
                 break
             chunks.append(data)
     return b"".join(chunks).decode("utf-8", "replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_udp_port(address: str = "127.0.0.1", *, attempts: int = 200) -> int:
-    """A UDP port free on ``address`` now, below the kernel's ephemeral range.
-
-    A simulated BMC's port is fixed before its process starts (the local controller's
-    wake-up options name it). Ports from ``bind(0)`` are ephemeral ones, which any UDP
-    client (ipmitool, a resolver) may hold for a moment when the BMC binds (CI saw
-    EADDRINUSE); ports below the range are never handed out that way.
-    """
-    low = 32768
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    low = max(low, 12000)
-    rng = random.SystemRandom()
-    for _ in range(attempts):
-        port = rng.randrange(10000, low)
-        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind((address, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free UDP port on {address} below {low}")
 
 
 def _classpath() -> str:

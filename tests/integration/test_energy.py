@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from snooze.dev.localcluster import LocalCluster
+from snooze.dev.ports import free_port
 from snooze.dev.sim.bmc import CallbackPower, SimulatedBMC
-from snooze.dev.zookeeper import free_port
 from tests.support import get, http, wait_for
 from tests.support import run_virtual_cluster as run
 

@@ -31,7 +31,8 @@ import pytest
 
 from snooze.coordination import Coordinator
 from snooze.dev.localcluster import host_xml
-from snooze.dev.zookeeper import ZooKeeperServer, free_port
+from snooze.dev.ports import free_port
+from snooze.dev.zookeeper import ZooKeeperServer
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

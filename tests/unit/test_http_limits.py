@@ -12,22 +12,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from snooze.dev.ports import free_port
 from snooze.http import GUARD, HttpLimits, VerbRouter, new_app, read_json, start_server
 
 WAIT = 15.0  # generous: how long a test waits for the server to act on a bound of 0.5 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

@@ -20,7 +20,8 @@ import pytest
 from snooze import config as cfg
 from snooze.cli import build_parser
 from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster, stop_manifest
-from snooze.dev.zookeeper import ZooKeeperServer, free_port
+from snooze.dev.ports import free_port
+from snooze.dev.zookeeper import ZooKeeperServer
 from snooze.procs import alive, open_log
 from tests.support import port_range, wait_for
 

@@ -14,7 +14,8 @@ import pytest
 from snooze import config as cfg
 from snooze.cli import build_parser
 from snooze.dev.localcluster import ClusterError, ClusterOptions, LocalCluster, _manifest_entries
-from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
+from snooze.dev.ports import free_port
+from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperServer
 from tests.support import port_range
 
 

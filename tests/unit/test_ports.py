@@ -1,0 +1,52 @@
+"""Ports chosen for processes started later lie below the kernel's ephemeral range, where no
+outgoing connection can take them in the meantime (CI saw both a local controller and a
+simulated BMC lose their port that way)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from snooze.dev.localcluster import _lines_about
+from snooze.dev.ports import ephemeral_low, free_port, free_port_range, free_udp_port
+
+
+def test_ephemeral_low_is_the_kernels_own() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert ephemeral_low() == max(low, 12000)
+
+
+def test_a_range_of_two_hundred_lies_below_the_ephemeral_range_and_is_free() -> None:
+    base = free_port_range(200)
+    assert 10000 <= base and base + 200 <= ephemeral_low()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", base + 199))
+
+
+def test_single_ports_too() -> None:
+    for port in (free_port(), free_udp_port()):
+        assert 10000 <= port < ephemeral_low()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", free_udp_port()))
+
+
+def test_a_range_that_cannot_fit_is_refused() -> None:
+    try:
+        free_port_range(ephemeral_low())
+    except ValueError as exc:
+        assert "no room" in str(exc)
+    else:
+        raise AssertionError("a range larger than the room below the ephemeral range was given")
+
+
+def test_a_shared_logs_problems_with_one_controller_are_found(tmp_path: Path) -> None:
+    log = tmp_path / "lcs-1.log"
+    log.write_text("\n".join([
+        "2026-12-02 03:05:03,977 localcontroller INFO snooze.service: localcontroller lc-76 starting",
+        "2026-12-02 03:05:04,368 localcontroller ERROR __main__: lc-76 cannot start: Address already in use",
+        "2026-12-02 03:05:04,369 localcontroller ERROR __main__: lc-761 cannot start: something else",
+        "2026-12-02 03:05:05,000 localcontroller WARNING x: lc-7 slow",
+    ]))
+    assert _lines_about(str(log), "lc-76") == [
+        "2026-12-02 03:05:04,368 localcontroller ERROR __main__: lc-76 cannot start: Address already in use"]
+    assert _lines_about(str(tmp_path / "missing.log"), "lc-76") == []
