@@ -147,6 +147,12 @@ class ErrorCode(StrEnum):
     INVALID_NETWORK_OBJECT = "INVALID_NETWORK_OBJECT", 400
     #: A network object names another that does not exist (a subnet's network, a guest's flavor).
     UNKNOWN_REFERENCE = "UNKNOWN_REFERENCE", 400
+    #: A versioned VIF object (snooze.vif) that does not read: unknown name or namespace, a
+    #: field of the wrong type or unknown to its version; the error's ``field`` names it.
+    INVALID_VIF_OBJECT = "INVALID_VIF_OBJECT", 400
+    #: A VIF object of a newer version than the receiver knows, or a host whose VIF objects are
+    #: newer than its group manager's: upgrade group managers before local controllers.
+    VIF_VERSION_TOO_NEW = "VIF_VERSION_TOO_NEW", 400
 
     # -- what the request names does not exist (404) -----------------------------------------
     NOT_FOUND = "NOT_FOUND", 404
@@ -201,6 +207,9 @@ class ErrorCode(StrEnum):
     #: A local controller's own re-check refused a start: nothing was started there.
     NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY = "NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY", 409, TEMPORARY
     MIGRATION_IN_PROGRESS = "MIGRATION_IN_PROGRESS", 409, TEMPORARY
+    #: No VIF plugin of the host can plug the VM's network (os-vif's NoMatchingPlugin):
+    #: another host may have one.
+    NO_MATCHING_VIF_PLUGIN = "NO_MATCHING_VIF_PLUGIN", 409, TEMPORARY
     #: Another writer took a name or an address in between: look again.
     CONFLICT = "CONFLICT", 409, TEMPORARY
 
@@ -234,6 +243,13 @@ class ErrorCode(StrEnum):
     BAD_REPLY = "BAD_REPLY", 502
     NO_ANSWER = "NO_ANSWER", 502
     MIGRATION_TIMEOUT = "MIGRATION_TIMEOUT", 504
+    #: A VIF plugin could not plug the VM's interface (os-vif's PlugException): what it made
+    #: was removed and nothing was started; another host may succeed.
+    VIF_PLUG_FAILED = "VIF_PLUG_FAILED", 502, TEMPORARY
+    #: A VIF plugin could not unplug an interface (os-vif's UnplugException).
+    VIF_UNPLUG_FAILED = "VIF_UNPLUG_FAILED", 502
+    #: The VIF library used before ``initialize()`` (os-vif's LibraryNotInitialized): a bug.
+    VIF_LIBRARY_NOT_INITIALIZED = "VIF_LIBRARY_NOT_INITIALIZED", 500
     #: A VM whose submission's dispatch failed on something no code path expected (a bug).
     DISPATCH_FAILED = "DISPATCH_FAILED", 500
     #: A VM whose record in ZooKeeper cannot be read (``snooze.records``): never started.
