@@ -45,9 +45,10 @@ from localcontroller.images.disks import (
 )
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import DEFAULT_STATE, PowerActionError, PowerSaver
+from localcontroller.vif.host import HostVifs, Plugging
 from snooze import capacity, metrics
 from snooze import config as cfg
-from snooze.codes import ErrorCode, VMStatus
+from snooze.codes import CodedError, ErrorCode, VMStatus
 from snooze.domainxml import DomainPolicy
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
@@ -77,6 +78,7 @@ from snooze.protocol.messages import (
 )
 from snooze.rpc import RpcError, api_error
 from snooze.service import Service, StartupError
+from snooze.vif.errors import NoMatchingPlugin
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,8 @@ class LocalController(Service):
         # the agent snooze-cni asks for containers' ports (both started with the role).
         self.firewall: FirewallDaemon | None = None
         self.cni_agent: CniAgent | None = None
+        # The VIF plugins that plug VMs' interfaces here ([localcontroller] vif_plugins), if any.
+        self.vifs: HostVifs | None = None
 
     def description(self) -> LocalControllerDescription:
         lc = self.settings.localcontroller
@@ -219,6 +223,11 @@ class LocalController(Service):
         if not self.settings.node.hostname and self.hypervisor.is_test_driver:
             self.hostname = f"{hv_host}-{self.settings.node.port}"
         self.monitor = HostMonitor(self.hypervisor, self.settings.monitoring.history)
+        if lc.vif_plugins:
+            try:
+                self.vifs = HostVifs(lc)
+            except (CodedError, ValueError, TypeError) as exc:
+                raise StartupError(f"[localcontroller] vif_plugins = {lc.vif_plugins!r}: {exc}") from exc
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
         self._register()
         self.spawn("join", self._join_loop())
@@ -288,6 +297,8 @@ class LocalController(Service):
             await self.firewall.close()
         if self.images is not None:
             await self.images.close()
+        if self.vifs is not None:
+            await asyncio.to_thread(self.vifs.close)  # the OVSDB connection's thread is joined
         await self.hypervisor.close()
 
     def _register(self) -> None:
@@ -363,10 +374,9 @@ class LocalController(Service):
             gm = GroupManagerDescription.from_json(reply["groupManager"])
             domains = [d.to_json() for d in await self.hypervisor.domains()]
             self.gm_detector.heard(gm.id)
-            joined = await self.rpc.call(
-                gm.address, LocalControllerJoin.KIND, LocalControllerJoin(self.description().to_json(), domains).to_wire(),
-                epoch=self.known_epoch, timeout=3,
-            )
+            join = LocalControllerJoin(self.description().to_json(), domains,
+                                       host_info=self.vifs.host_info() if self.vifs is not None else None)
+            joined = await self.rpc.call(gm.address, LocalControllerJoin.KIND, join.to_wire(), epoch=self.known_epoch, timeout=3)
         except (RpcError, KeyError, TypeError, ValueError) as exc:
             # Internal answers carry no Retry-After: the code says whether asking again can help.
             wait = self._backoff.delay(retryable=exc.code.retryable if isinstance(exc, RpcError) else True)
@@ -457,10 +467,19 @@ class LocalController(Service):
             except (TypeError, ValueError) as exc:
                 return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.BAD_SPECIFICATION,
                         "message": f"requested: {exc}"}
+            plugging: Plugging | None = None
+            if vm.get("vif") is not None:
+                # Its network card is plugged here by a VIF plugin, before libvirt starts it.
+                try:
+                    if self.vifs is None:
+                        raise NoMatchingPlugin(f"{self.id} loads no VIF plugin ([localcontroller] vif_plugins is empty)")
+                    plugging = self.vifs.read(vm["vif"])
+                except CodedError as exc:
+                    return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": exc.code, "message": exc.message}
             await self._check_room(requested)
             self._starting[vm_id] = requested
             self._busy_files.add(vm_id)
-            made = False
+            made = plugged = False
             try:
                 overlay = cidata = None
                 prepared: list[str] = []
@@ -477,11 +496,18 @@ class LocalController(Service):
                     str(vm.get("xml", "")), name=vm_id, mac=vm.get("mac"), test_driver=self.hypervisor.is_test_driver,
                     image_id=image_id, policy=self.hypervisor.policy, overlay=overlay, cidata=cidata,
                     accelerator=self.settings.localcontroller.accelerator, offered_types=self._offered_types,
+                    vif=(plugging.tap, plugging.wire_json) if plugging is not None else None,
                 )
                 changes = prepared + changes
-                info = await self.hypervisor.start(xml, checked=overlay is not None)
+                if plugging is not None:
+                    assert self.vifs is not None
+                    plugged = True  # a failed plug removed what it made; unplugging again is harmless
+                    await self.vifs.plug(plugging, HostVifs.instance(vm_id, xml))
+                # Checked already by adapt_domain_xml, before it added what this host made (the
+                # VM's files, the plugged tap).
+                info = await self.hypervisor.start(xml, checked=overlay is not None or plugging is not None)
                 self._requested[vm_id] = requested
-                made = False
+                made = plugged = False
                 if overlay is not None:
                     self.instances.write_record(vm_id, **{**(self.instances.read_record(vm_id) or {}), "state": "running"})
             finally:
@@ -490,8 +516,12 @@ class LocalController(Service):
                 if made:
                     # Never a half-started VM: whatever was made for it goes.
                     self.instances.remove(vm_id)
+                if plugged and self.vifs is not None:
+                    await self.vifs.unplug_domain(vm_id, xml)
         except HypervisorError as exc:
             return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": exc.code, "message": str(exc)}
+        except CodedError as exc:  # a VIF plugin's (PlugException): nothing was started
+            return {"id": vm_id, "status": VMStatus.ERROR, "errorCode": exc.code, "message": exc.message}
         log.info("started %s (%s)", vm_id, "; ".join(changes) or "template as given")
         self._network_changed()
         return {"id": vm_id, "status": info.state, "uuid": info.uuid, "xml": xml, "adaptations": changes}
@@ -576,12 +606,15 @@ class LocalController(Service):
             if allowed and domain.state not in allowed:
                 raise ApiError(ErrorCode.INVALID_STATE, f"{vm_id} is {domain.state}; {action} applies to {' or '.join(allowed)}",
                                field="virtualMachineId")
+            xml = await self.hypervisor.xml(vm_id) if action == "destroy" and self.vifs is not None else None
             # By UUID too: should the domain be replaced since it was looked at, nothing happens.
             info = await self.hypervisor.lifecycle(vm_id, action, uuid=domain.uuid)
         except HypervisorError as exc:
             raise api_error(exc) from exc
         if action == "destroy":
             self._drop_instance(vm_id)
+            if self.vifs is not None:
+                await self.vifs.unplug_domain(vm_id, xml)
         return {"ok": True, "domain": info.to_json() if info else None}
 
     async def _on_resize(self, msg: LocalControllerResize, _env: Envelope) -> Any:

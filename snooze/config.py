@@ -99,6 +99,9 @@ class GroupManagerSettings:
     rebalance_interval: float = opt(30.0, "Seconds between the leader's rebalancing rounds, which keep every group manager within one local controller of the mean by ordering a few to re-join another (docs/energy-handover.md); 0 = never.")
     rebalance_moves: int = opt(2, "Local controllers moved per rebalancing round, at most.")
     rebalance_quiet: float = opt(3.0, "No rebalancing until no group manager has joined or left for this many heartbeat timeouts (not during a failover).")
+    vif_plugins: list[str] = opt([], "VIF plugins, in order of preference, to plug the VMs' interfaces with on hosts that report them (os-vif's choice within each host's HostInfo, docs/networking.md); empty = none: a domain's interface is its template's and libvirt plugs it.")
+    vif_bridge: str = opt("br-vm", "The bridge plugged VM interfaces join (the VIF's bridge_name).")
+    vif_mtu: int = opt(0, "MTU of plugged VM interfaces and of their bridge; 0 = the host's default.")
     election_yield: bool = opt(True, "A group manager that wins the election while managing more local controllers than another contender steps aside once, so the one with fewer becomes leader (fewer LCs must move).")
 
 
@@ -130,6 +133,9 @@ class LocalControllerSettings:
     join_backoff_cap: float = opt(8.0, "Seconds: the largest ceiling of that random wait (a refusal that no retry can cure waits about this).")
     rejoin_spread: float = opt(2.0, "Seconds: a re-join (group manager lost, or ordered to move) first waits a random time up to this, so the hosts of a failed group manager do not all reach the leader at once.")
     firewall: str = opt("auto", "The guests' firewall groups as nftables rules in this host's table inet snooze, kept equal to ZooKeeper (localcontroller.firewall, docs/firewall.md): auto = on where nft can be run and the hypervisor is not libvirt's test driver; on = on, or a start error naming why nft cannot be used; off.")
+    vif_plugins: list[str] = opt([], "VIF plugins this host loads (entry point group snooze.vif: linux_bridge, ovs, noop) and reports to its group manager when it joins; a VM whose start order carries a VIF is plugged by them before libvirt starts it and unplugged after it is gone; empty = none.")
+    vif_ovsdb: str = opt("unix:/var/run/openvswitch/db.sock", "The ovs VIF plugin's Open vSwitch database (an ovsdbapp connection string: unix:PATH or tcp:ADDR:PORT).")
+    vif_datapath_type: str = opt("system", "The ovs VIF plugin's bridges' datapath: system (the kernel's) or netdev (userspace, no kernel module).")
     cni_agent_port: int = opt(0, "Port of the CNI agent on 127.0.0.1 that snooze-cni asks for containers' ports (localcontroller.cni, docs/cni.md; Contrail's is 9091); 0 = no agent.")
     cni_network: str = opt("default", "The network a container's port goes in when its CNI configuration names none.")
     cni_allocate: bool = opt(True, "The CNI agent makes a container's guest (its address) on the plugin's first request; false = only guests declared beforehand (POST /guests, type container) are answered, others polled as 404.")
@@ -405,6 +411,24 @@ def check_images(s: ImagesSettings) -> None:
         raise ConfigError(f"[images] pool: {s.pool!r} is not a valid pool name (letters, digits, '.', '_', '-')")
 
 
+_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,14}")
+
+
+def check_vif(s: Settings) -> None:
+    for section in ("groupmanager", "localcontroller"):
+        plugins = getattr(s, section).vif_plugins
+        if not all(isinstance(p, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,62}", p) for p in plugins) or len(set(plugins)) != len(plugins):
+            raise ConfigError(f"[{section}] vif_plugins must name plugins (e.g. [\"linux_bridge\"]), each once")
+    if not _IFNAME.fullmatch(s.groupmanager.vif_bridge):
+        raise ConfigError(f"[groupmanager] vif_bridge: {s.groupmanager.vif_bridge!r} is not a device name (1-15 characters)")
+    if s.groupmanager.vif_mtu and not 68 <= s.groupmanager.vif_mtu <= 65535:
+        raise ConfigError("[groupmanager] vif_mtu must be 0 (the host's default) or 68..65535")
+    if s.localcontroller.vif_datapath_type not in ("system", "netdev"):
+        raise ConfigError("[localcontroller] vif_datapath_type must be 'system' or 'netdev'")
+    if not s.localcontroller.vif_ovsdb.startswith(("unix:", "tcp:", "ssl:")):
+        raise ConfigError("[localcontroller] vif_ovsdb must be an OVSDB connection string: unix:PATH, tcp:ADDR:PORT or ssl:ADDR:PORT")
+
+
 def validate(s: Settings) -> None:
     if s.heartbeat.interval <= 0 or s.heartbeat.timeout <= s.heartbeat.interval:
         raise ConfigError("[heartbeat] need 0 < interval < timeout")
@@ -428,6 +452,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("[groupmanager] idle_time and reserved_nodes must be >= 0, wakeup_time > 0")
     if s.groupmanager.rebalance_interval < 0 or s.groupmanager.rebalance_moves < 0 or s.groupmanager.rebalance_quiet < 0:
         raise ConfigError("[groupmanager] rebalance_interval, rebalance_moves and rebalance_quiet must be >= 0")
+    check_vif(s)
     if len(s.localcontroller.network_capacity) != 2:
         raise ConfigError("[localcontroller] network_capacity must be [rx, tx]")
     # The template policy's own rules (a late import: snooze.domainxml imports this module).

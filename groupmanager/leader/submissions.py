@@ -111,6 +111,10 @@ def _address(value: Any) -> NetworkAddress | None:
         return None
 
 
+#: Refusals that say a group manager had no room: a VM no other could take either lacks capacity.
+CAPACITY_REFUSALS = (ErrorCode.NOT_ENOUGH_CAPACITY, ErrorCode.NOT_ENOUGH_LOCAL_CONTROLLER_CAPACITY)
+
+
 def _task_id(entry: VMRecord | RecordError) -> str | None:
     """The task a record names, readable or not (an unreadable one may still say)."""
     if isinstance(entry, VMRecord):
@@ -404,6 +408,18 @@ class Submissions:
     async def _dispatch(self, specs: list[VMSpec], records: dict[str, VMRecord]) -> None:
         pending = [s for s in specs if records[s.id].status is VMStatus.PENDING]
         excluded: dict[str, set[str]] = defaultdict(set)
+        # The last retryable refusal of each VM a group manager sent back (code, message): if no
+        # other can take it, the VM ends with that refusal (a plug that failed everywhere is
+        # VIF_PLUG_FAILED, not a lack of capacity); a capacity refusal stays NOT_ENOUGH_CAPACITY.
+        refused: dict[str, tuple[ErrorCode, str]] = {}
+
+        def give_up(rec: VMRecord, reason: str, rejections: dict[str, Any] | None = None) -> None:
+            last = refused.get(rec.vm_id)
+            if last is not None and last[0] not in CAPACITY_REFUSALS:
+                rec.fail(last[0], f"{last[1]}; no other group manager can host it: {reason}", rejections=rejections)
+            else:
+                rec.fail(ErrorCode.NOT_ENOUGH_CAPACITY, f"no group manager can host it: {reason}", rejections=rejections)
+
         for _round in range(4):
             if not pending:
                 return
@@ -421,8 +437,7 @@ class Submissions:
                         for s in pending]
             plan = self.policy.place(requests, views)
             for vm_id, rejection in plan.unplaced.items():
-                records[vm_id].fail(ErrorCode.NOT_ENOUGH_CAPACITY, f"no group manager can host it: {rejection.reason}",
-                                    rejections=dict(rejection.filtered))
+                give_up(records[vm_id], rejection.reason, dict(rejection.filtered))
             batches: dict[str, list[VMSpec]] = defaultdict(list)
             for p in plan.placements:
                 batches[p.host_id].append(by_id[p.vm_id])
@@ -442,6 +457,7 @@ class Submissions:
                         excluded[spec.id].add(gm_id)
                         rejections = res.get("rejections")
                         message = res.get("message")
+                        refused[spec.id] = (code, f"{code}: {message}" if message else str(code))
                         rec.bounce(str(message) if message is not None else None,
                                    rejections if isinstance(rejections, dict) else None)
                         pending.append(spec)
@@ -451,7 +467,10 @@ class Submissions:
             await self._place_guests([r for r in records.values() if r.flavor and r.status.started and r.lc_id])
         for spec in pending:
             rec = records[spec.id]
-            rec.fail(ErrorCode.NOT_ENOUGH_CAPACITY, rec.message or "no group manager could host it")
+            if spec.id in refused and refused[spec.id][0] not in CAPACITY_REFUSALS:
+                give_up(rec, "every attempt was refused")
+            else:
+                rec.fail(ErrorCode.NOT_ENOUGH_CAPACITY, rec.message or "no group manager could host it")
         await self.store.update_vms(records.values(), self.epoch)
 
     async def _serving(self, specs: list[VMSpec]) -> dict[str, set[str]]:

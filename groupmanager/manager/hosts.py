@@ -20,6 +20,7 @@ from groupmanager.placement import Thresholds
 from snooze import capacity
 from snooze.codes import STARTED, VMStatus
 from snooze.models import ZERO, Capacity, LocalControllerDescription, Status, add
+from snooze.vif.objects import HostInfo
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class LocalControllerRecord:
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
     vm_usage: dict[str, list[float]] = field(default_factory=dict)
     vm_requested: dict[str, Capacity] = field(default_factory=dict)
+    #: What the host's VIF plugins plug, at which versions (its join's ``hostInfo``); None: none.
+    host_info: HostInfo | None = None
 
     def add_vm(self, vm_id: str, requested: Capacity, state: VMStatus = VMStatus.RUNNING, *, uuid: str | None = None) -> None:
         """Record a VM that now runs here (started, or migrated in), before monitoring shows it."""

@@ -18,6 +18,7 @@ from groupmanager.manager.energy import EnergySaver
 from groupmanager.manager.hosts import Hosts, LocalControllerRecord
 from groupmanager.manager.inventory import Inventory
 from groupmanager.manager.reconfiguration import Reconfiguration
+from groupmanager.manager.vifs import vif_host_info
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from groupmanager.thresholds import thresholds_from
 from snooze.codes import STARTED, ErrorCode
@@ -169,10 +170,11 @@ class ManagerRole:
             domains = list(msg.domains)
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(ErrorCode.BAD_JOIN, f"bad join request: {exc}") from exc
+        host_info = vif_host_info(desc.id, msg.host_info)
         desc.group_manager_id = self.id
         desc.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in STARTED]
         self.lcs[desc.id] = LocalControllerRecord(
-            desc, domains, history=deque(maxlen=self.scope.settings.monitoring.history)
+            desc, domains, history=deque(maxlen=self.scope.settings.monitoring.history), host_info=host_info
         )
         self.detector.heard(desc.id)
         self.energy.on_joined(desc.id)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from groupmanager.manager.hosts import Hosts, LocalControllerRecord, Reservations
+from groupmanager.manager.vifs import vif_for
 from groupmanager.placement import HostView, PowerState, VMRequest, make_placement_policy
 from snooze.codes import STARTED, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
@@ -53,6 +54,7 @@ from snooze.protocol.messages import (
 from snooze.records import RecordError
 from snooze.rpc import RpcError, api_error
 from snooze.scope import Scope
+from snooze.vif.errors import NoMatchingPlugin, ObjectError
 
 log = logging.getLogger(__name__)
 
@@ -392,12 +394,30 @@ class VirtualMachines:
         # The subnet tells the local controller the prefix and gateway (its first address) of
         # each VM's address, for the guest's config drive: the VM's own subnet's CIDR (the
         # network model's), else the default one.
-        subnet = self.scope.settings.groupmanager.virtual_machine_subnet
+        gm = self.scope.settings.groupmanager
+        subnet = gm.virtual_machine_subnet
+        orders: list[dict[str, Any]] = []
+        refused: dict[str, dict[str, Any]] = {}
+        for v in batch:
+            order = {**v, "subnet": v.get("cidr") or subnet}
+            if gm.vif_plugins and rec.host_info is not None:
+                # The host plugs: its VIF, with the plugin and versions chosen within its HostInfo.
+                try:
+                    order["vif"] = vif_for(order, lc_id, rec.host_info, gm)
+                except (NoMatchingPlugin, ObjectError) as exc:
+                    refused[v["id"]] = {"id": v["id"], "status": VMStatus.ERROR, "errorCode": exc.code, "message": exc.message}
+                    continue
+            orders.append(order)
+        if refused:
+            sent = await self._start_on_orders(lc_id, addr, orders) if orders else []
+            by_id = {r["id"]: r for r in sent}
+            return [refused.get(v["id"]) or by_id[v["id"]] for v in batch]
+        return await self._start_on_orders(lc_id, addr, orders)
+
+    async def _start_on_orders(self, lc_id: str, addr: NetworkAddress, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         try:
             reply = await self.scope.rpc.call(addr, LocalControllerStartVirtualMachines.KIND,
-                                              LocalControllerStartVirtualMachines([{**v, "subnet": v.get("cidr") or subnet}
-                                                                                   for v in batch])
-                                              .to_wire(),
+                                              LocalControllerStartVirtualMachines(batch).to_wire(),
                                               epoch=self.scope.epoch, timeout=30 + len(batch) * 0.2)
             results = [r if isinstance(r, dict) else {} for r in reply["results"]]
             if len(results) != len(batch):

@@ -120,14 +120,56 @@ def retarget_disks(xml: str, paths: dict[str, str], copy: tuple[str, ...] = ()) 
     return ET.tostring(root, encoding="unicode"), copied
 
 
+#: The XML namespace of the VIF a local controller plugged, kept in the domain's <metadata>.
+VIF_XMLNS = "https://snooze.dev/xmlns/vif/1"
+ET.register_namespace("snooze", VIF_XMLNS)
+
+
+def attach_vif(root: ET.Element, devices: ET.Element, dev: str, mac: str | None, wire_json: str) -> list[str]:
+    """The domain's network card on the tap ``dev`` a VIF plugin made (libvirt's
+    ``<interface type='ethernet'>`` with ``<target dev=… managed='no'/>``: QEMU opens the
+    existing device), in place of the template's first interface; the VIF itself is kept in the
+    domain's metadata, so the local controller finds it again to unplug (after a restart too)."""
+    old = devices.find("interface")
+    model = old.find("model") if old is not None else None
+    iface = ET.Element("interface", {"type": "ethernet"})
+    if mac:
+        ET.SubElement(iface, "mac", {"address": _normalised(mac)})
+    ET.SubElement(iface, "target", {"dev": dev, "managed": "no"})
+    ET.SubElement(iface, "model", {"type": model.get("type", "virtio") if model is not None else "virtio"})
+    if old is not None:
+        devices.insert(list(devices).index(old), iface)
+        devices.remove(old)
+    else:
+        devices.append(iface)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for stale in metadata.findall(f"{{{VIF_XMLNS}}}vif"):
+        metadata.remove(stale)
+    ET.SubElement(metadata, f"{{{VIF_XMLNS}}}vif").text = wire_json
+    return [f"network card on tap {dev} (plugged by its VIF plugin)"]
+
+
+def vif_of(xml: str) -> str | None:
+    """The JSON of the VIF kept in a domain's metadata by ``attach_vif``, if any."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    el = root.find(f"metadata/{{{VIF_XMLNS}}}vif")
+    return el.text if el is not None and el.text else None
+
+
 def adapt_domain_xml(
     xml: str, *, name: str, mac: str | None, test_driver: bool, image_id: str | None, policy: DomainPolicy,
     overlay: Path | None = None, cidata: Path | None = None, accelerator: str = "auto",
-    offered_types: frozenset[str] = frozenset(),
+    offered_types: frozenset[str] = frozenset(), vif: tuple[str, str] | None = None,
 ) -> tuple[str, list[str]]:
     """The domain to define here. With ``overlay`` (an image of the repository, prepared by
     the local controller) the boot disk is that overlay and ``cidata`` is attached; without,
-    ``imageId`` names a file in the image store (the original's behaviour)."""
+    ``imageId`` names a file in the image store (the original's behaviour). With ``vif`` (the
+    tap a VIF plugin made, the VIF's JSON) the network card is that tap (``attach_vif``)."""
     root = check_on_host(xml, policy, test_driver=test_driver).root
     changes: list[str] = []
     if not test_driver:
@@ -153,6 +195,9 @@ def adapt_domain_xml(
                 iface.insert(0, mac_el)
             # As libvirt writes it (an older group manager may send the original's unpadded form).
             mac_el.set("address", _normalised(mac))
+    if vif is not None:
+        # (tap device, the VIF's wire form as JSON): after the MAC above, which it keeps.
+        changes += attach_vif(root, devices, vif[0], mac, vif[1])
     if overlay is not None and not test_driver:
         changes += attach_instance_disks(root, devices, overlay, cidata)
     elif image_id and not test_driver:

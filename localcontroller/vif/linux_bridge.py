@@ -40,12 +40,14 @@ class LinuxBridgePlugin(VifPlugin):
                     netlink.set_master(network.bridge_interface, vif.bridge_name)
             if netlink.ensure_tap(vif.vif_name, bridge=vif.bridge_name, mtu=mtu, guest_mac=vif.address):
                 made.append(vif.vif_name)
-        except netlink.VifNetlinkError as exc:
+        except Exception as exc:  # whatever failed (a library's bug too), what was made goes
             for name in reversed(made):
                 try:
                     netlink.delete_link(name)
                 except netlink.VifNetlinkError:
                     pass
+            if not isinstance(exc, netlink.VifNetlinkError):
+                raise
             raise PlugException(f"linux_bridge could not plug {vif.vif_name} of {instance.name or instance.uuid} "
                                 f"into {vif.bridge_name}: {exc}") from exc
 

@@ -68,12 +68,14 @@ class OvsPlugin(VifPlugin):
             self.db.plug_port(vif.bridge_name, vif.vif_name, datapath_type=datapath,
                               external_ids=self.external_ids(vif, instance), mtu=mtu,
                               tag=vif.network.vlan if vif.network is not None else None)
-        except (netlink.VifNetlinkError, OvsdbError) as exc:
+        except Exception as exc:  # whatever failed (a library's bug too), the tap made goes
             if made:
                 try:
                     netlink.delete_link(vif.vif_name)
                 except netlink.VifNetlinkError:
                     pass
+            if not isinstance(exc, (netlink.VifNetlinkError, OvsdbError)):
+                raise
             raise PlugException(f"ovs could not plug {vif.vif_name} of {instance.name or instance.uuid} "
                                 f"into {vif.bridge_name}: {exc}") from exc
 

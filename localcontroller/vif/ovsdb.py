@@ -27,6 +27,12 @@ class OvsdbError(Exception):
         self.reason = reason
 
 
+def _connected(conn: connection.Connection) -> bool:
+    """Whether the IDL's session is connected now (ovs's Idl keeps it in ``_session``)."""
+    session = getattr(conn.idl, "_session", None)
+    return bool(session is not None and session.is_connected())
+
+
 def _reason(exc: BaseException) -> str:
     """What an ovsdbapp error says (some of its exceptions cannot even print themselves)."""
     try:
@@ -50,6 +56,12 @@ class Ovsdb:
         self._lock = threading.Lock()
 
     def _connect(self, what: str) -> impl_idl.OvsdbIdl:
+        stale = self._conn is not None and not _connected(self._conn)
+        if stale:
+            # The server went away (ovsdb-server restarted or down): a new connection, which
+            # fails at once if it is still down, rather than a transaction that waits for the
+            # old one to come back until the timeout.
+            self.close()
         with self._lock:
             if self._api is None:
                 try:

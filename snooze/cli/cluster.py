@@ -52,9 +52,9 @@ def _options(args: argparse.Namespace) -> ClusterOptions:
         session_timeout=args.session_timeout, monitoring_interval=args.monitoring_interval,
         lc_cpus=args.lc_cpus, lc_memory_gib=args.lc_memory_gib,
         energy=args.energy, idle_time=args.idle_time, reserved_nodes=args.reserved_nodes,
-        netns=args.netns or args.hypervisor == "qemu", multicast=args.multicast, ec2=args.ec2, extra=_overrides(args.set),
+        netns=args.netns or args.hypervisor == "qemu" or bool(args.vif), multicast=args.multicast, ec2=args.ec2, extra=_overrides(args.set),
         hypervisor=args.hypervisor, lcs_per_process=args.lcs_per_process, zookeeper_ensemble=args.zookeeper_ensemble,
-        cni=args.cni,
+        cni=args.cni, vif=args.vif,
     )
 
 
@@ -377,6 +377,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="do not serve a CNI agent on each local controller (default: served, its URL and a ready "
                          "snooze-cni network configuration list in cluster.json as cniAgent and cniConfig; "
                          "never with --lcs-per-process above 1)")
+    up.add_argument("--vif", choices=["linux_bridge", "ovs"], default="",
+                    help="plug every VM's network card with this VIF plugin (docs/networking.md) before "
+                         "libvirt starts it; with ovs each host runs its own Open vSwitch (userspace datapath) in its "
+                         "namespace, its OVSDB socket in cluster.json as ovsdb; implies --netns (default: none, a "
+                         "domain's interface is its template's)")
     up.add_argument("--no-demo", dest="demo", action="store_false",
                     help="do not submit the demo virtual cluster of 3 VMs (default: submit it)")
     up.set_defaults(func=reports_errors(cmd_cluster_up))

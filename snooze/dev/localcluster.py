@@ -63,11 +63,14 @@ from pathlib import Path
 from typing import Any
 
 from snooze import config as cfg
-from snooze.dev import netns
+from snooze.dev import netns, ovs
 from snooze.dev.ports import free_port, free_udp_port
 from snooze.dev.sim import libvirtd
 from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperError, ZooKeeperServer
 from snooze.procs import alive, kill_group, open_log, running
+
+#: ``ClusterOptions.vif``: none, or a VIF plugin every host loads.
+VIF_PLUGINS = ("", "linux_bridge", "ovs")
 
 #: The CNI agent's port in a local controller's own namespace (Contrail's agent's).
 CNI_AGENT_PORT = 9091
@@ -173,6 +176,12 @@ class ClusterOptions:
     # its namespace, else on the ports after the last role's (and the EC2 API's). Not with
     # lcs_per_process > 1 (a scale test's simulated hosts run no containers).
     cni: bool = True
+    # VIF plugging (os-vif's model, docs/networking.md): "" (none: a domain's interface is its
+    # template's), "linux_bridge" or "ovs". Each group manager chooses it and each local
+    # controller loads it; with "ovs" every host runs its own ovsdb-server and ovs-vswitchd
+    # (userspace datapath) in its namespace, and cluster.json names its OVSDB ("ovsdb").
+    # Implies netns (the plugins make devices in the hosts' namespaces, never in the root one).
+    vif: str = ""
 
 
 def _tail(log: str, lines: int = 15) -> str:
@@ -214,6 +223,12 @@ class LocalCluster:
         self.hypervisors: libvirtd.LibvirtdCluster | None = None
         self.repository_host: libvirtd.LibvirtdCluster | None = None
         self.qemu_dir: Path | None = None
+        if self.options.vif not in VIF_PLUGINS:
+            raise ClusterError(f"vif must be one of {', '.join(repr(v) for v in VIF_PLUGINS)}, not {self.options.vif!r}")
+        if self.options.vif and not self.options.netns:
+            # The plugins make bridges and taps: only in namespaces of the cluster's own.
+            self.options = dataclasses.replace(self.options, netns=True)
+        self.switches: dict[str, ovs.OvsSwitch] = {}
         if self.options.hypervisor == "qemu" and not self.options.netns:
             # Hosts live in namespaces joined by the fabric: so does every process.
             self.options = dataclasses.replace(self.options, netns=True)
@@ -347,9 +362,16 @@ class LocalCluster:
                 join_backoff_base=lc_defaults.join_backoff_base * scale,
                 join_backoff_cap=max(lc_defaults.join_backoff_base * scale, lc_defaults.join_backoff_cap * scale),
                 rejoin_spread=lc_defaults.rejoin_spread * scale)
+        if o.vif and role == "groupmanager":
+            data.setdefault("groupmanager", {})["vif_plugins"] = [o.vif]
+        if o.vif and role == "localcontroller":
+            data.setdefault("localcontroller", {})["vif_plugins"] = [o.vif]
+            if o.vif == "ovs":
+                data["localcontroller"].update(vif_ovsdb=f"unix:{self._ovs_dir(node_id) / 'db.sock'}", vif_datapath_type="netdev")
         if role == "groupmanager" and o.energy:
-            data["groupmanager"] = {"energy_management": True, "idle_time": o.idle_time, "reserved_nodes": o.reserved_nodes,
-                                    "wakeup_time": max(30.0, 4 * o.heartbeat_timeout)}
+            data.setdefault("groupmanager", {}).update({"energy_management": True, "idle_time": o.idle_time,
+                                                        "reserved_nodes": o.reserved_nodes,
+                                                        "wakeup_time": max(30.0, 4 * o.heartbeat_timeout)})
         for dotted, value in o.extra.items():
             section, key = dotted.split(".", 1)
             if section in cfg.ROLE_SECTIONS[role]:
@@ -702,10 +724,10 @@ class LocalCluster:
                     self.zk.wait_ready(30.0, stop=stopping)
             except ZooKeeperError as exc:
                 raise (Interrupted(str(exc)) if stopping() else ClusterError(str(exc))) from exc
-            if self.qemu:
+            if self.qemu or o.vif == "ovs":
                 assert self.fabric is not None
-                # Short: libvirt's socket paths must fit in 108 bytes. Recorded before anything
-                # is started in it.
+                # Short: libvirt's and OVS's socket paths must fit in 108 bytes. Recorded before
+                # anything is started in it.
                 self.qemu_dir = Path(tempfile.mkdtemp(prefix=f"{self.fabric.prefix}-qemu-", dir="/tmp"))
                 self.write_manifest()
             self.processes = self.plan()
@@ -716,6 +738,8 @@ class LocalCluster:
                 self._start_forwarder()
             if self.qemu:
                 self._start_hypervisors(stopping)
+            if o.vif == "ovs":
+                self._start_switches(stopping)
             spawned: set[str] = set()
             for spec in self.processes:
                 if stopping():
@@ -768,6 +792,45 @@ class LocalCluster:
         for spec, host in zip(lcs, self.hypervisors.hosts, strict=True):
             if host.uri != spec["hypervisorUri"] or host.name != spec["host"]:
                 raise ClusterError(f"{spec['id']}: host {host.name} at {host.uri}, not {spec['hypervisorUri']}")
+
+    def _ovs_dir(self, lc_id: str) -> Path:
+        assert self.qemu_dir is not None
+        return self.qemu_dir / f"ovs-{lc_id}"
+
+    def _start_switches(self, stopping: Callable[[], bool]) -> None:
+        """Each local controller's own Open vSwitch, ``ovs-vswitchd`` in its namespace."""
+        missing = ovs.available()
+        if missing is not None:
+            raise ClusterError(f"--vif ovs: {missing}")
+        for spec in self.processes:
+            if spec["role"] != "localcontroller":
+                continue
+            if stopping():
+                raise Interrupted("interrupted while starting the hosts' Open vSwitch")
+            switch = ovs.OvsSwitch(self._ovs_dir(spec["id"]), netns=spec["netns"])
+            self.switches[spec["id"]] = switch
+            try:
+                switch.start()
+            except (ovs.OvsError, OSError, subprocess.SubprocessError) as exc:
+                raise ClusterError(f"{spec['id']}'s Open vSwitch: {exc}") from exc
+            finally:
+                spec.update(ovsdb=switch.remote, ovs={"dir": str(switch.directory), "pids": switch.pids()})
+                self.write_manifest()
+
+    def kill_ovsdb(self, lc_id: str) -> None:
+        """SIGKILL the ovsdb-server of ``lc_id``'s host (--vif ovs), as a crash would."""
+        self.switches[lc_id].kill_ovsdb()
+        self._record_switch(lc_id)
+
+    def start_ovsdb(self, lc_id: str) -> None:
+        """Start the ovsdb-server of ``lc_id``'s host again, on its database."""
+        self.switches[lc_id].start_ovsdb()
+        self._record_switch(lc_id)
+
+    def _record_switch(self, lc_id: str) -> None:
+        spec = next(p for p in self.processes if p["id"] == lc_id)
+        spec["ovs"]["pids"] = self.switches[lc_id].pids()
+        self.write_manifest()
 
     def _host_records(self) -> list[dict[str, Any]]:
         """Every QEMU host's record, the local controllers' and then the repository's."""
@@ -832,11 +895,15 @@ class LocalCluster:
             data["localControllerProcesses"] = [
                 {"id": name, "pid": members[0].get("pid"), "log": members[0]["log"], "members": [m["id"] for m in members]}
                 for name, members in groups.items()]
+        if self.qemu_dir is not None:
+            # The hosts' short-path state (libvirtd's, Open vSwitch's), removed by `down`.
+            data["qemuDir"] = str(self.qemu_dir)
+        if self.options.vif:
+            data["vif"] = self.options.vif
         if self.qemu:
             data.update({
                 "hypervisor": "qemu",
                 "images": self.images_url,
-                "qemuDir": str(self.qemu_dir) if self.qemu_dir else None,
                 "hypervisors": self.hypervisors.records() if self.hypervisors else [],
                 "repositoryHost": self.repository_host.records()[0] if self.repository_host and self.repository_host.hosts
                 else None,
@@ -925,6 +992,10 @@ class LocalCluster:
                 with contextlib.suppress(Exception):
                     hosts.stop()
         self.hypervisors = self.repository_host = None
+        for switch in self.switches.values():
+            with contextlib.suppress(Exception):
+                switch.stop()  # reaps its daemons (stopped above)
+        self.switches = {}
         self.qemu_dir = None
         for proc in self._children.values():
             with contextlib.suppress(Exception):
@@ -969,6 +1040,11 @@ def _manifest_entries(path: Path) -> list[tuple[str, int, str]]:
     data = _read_manifest(path)
     entries = [(str(p.get("id")), int(p["pid"]), str(p.get("config", "")))
                for p in data.get("processes", []) if isinstance(p, dict) and isinstance(p.get("pid"), int)]
+    for p in data.get("processes", []):
+        switch = p.get("ovs") if isinstance(p, dict) else None
+        if isinstance(switch, dict) and isinstance(switch.get("pids"), dict):
+            entries += [(f"{p.get('id')}-{name}", pid, str(switch.get("dir"))) for name, pid in switch["pids"].items()
+                        if isinstance(pid, int)]
     forwarder = data.get("forwarder")
     if isinstance(forwarder, dict) and isinstance(forwarder.get("pid"), int):
         entries.append(("forwarder", forwarder["pid"], str(forwarder.get("marker", ""))))
@@ -1129,6 +1205,11 @@ def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = N
             stopped += 1
         if pid:
             seen.add(pid)
+    for spec in procs:
+        # Each host's Open vSwitch (--vif ovs), after its local controller; the marker is its dir.
+        switch = spec.get("ovs") if isinstance(spec, dict) else None
+        if isinstance(switch, dict) and isinstance(switch.get("pids"), dict):
+            stopped += sum(1 for pid in switch["pids"].values() if isinstance(pid, int) and kill_group(pid, str(switch.get("dir"))))
     fwd = forwarder or data.get("forwarder")
     if isinstance(fwd, dict) and isinstance(fwd.get("pid"), int) and kill_group(fwd["pid"], str(fwd.get("marker", ""))):
         stopped += 1

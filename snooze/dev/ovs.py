@@ -101,7 +101,9 @@ class OvsSwitch:
             self._procs[name] = subprocess.Popen(
                 self._argv(name, *args, f"--pidfile={self.directory / (name + '.pid')}",
                            f"--log-file={self.directory / (name + '.log')}", "--no-chdir"),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env())
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
+                # Its own process group: a launcher stops it by PID with killpg, never ours.
+                start_new_session=True)
 
     def _check(self, name: str) -> None:
         proc = self._procs.get(name)
@@ -111,6 +113,10 @@ class OvsSwitch:
     def pid(self, name: str) -> int | None:
         proc = self._procs.get(name)
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    def pids(self) -> dict[str, int]:
+        """The running daemons' PIDs by name (for a launcher's record)."""
+        return {name: proc.pid for name, proc in self._procs.items() if proc.poll() is None}
 
     def kill_ovsdb(self) -> None:
         """SIGKILL ``ovsdb-server`` (the database file stays), as a crash would."""

@@ -223,6 +223,9 @@ class LocalControllerJoin(Message):
     KIND: ClassVar[str] = "lc.join"
     local_controller: dict[str, Any] = wire("localController")
     domains: list[Any] = dataclasses.field(default_factory=list)
+    #: The host's VIF plugins and object versions (a ``snooze.vif`` HostInfo's wire form);
+    #: absent from a host that plugs nothing (and from one older than VIF plugging).
+    host_info: dict[str, Any] | None = wire("hostInfo", None)
 
 
 @dataclasses.dataclass(frozen=True)
