@@ -77,11 +77,17 @@ def test_the_original_drivers_and_web_uis_calls(cluster_factory: Any, capsys: py
     repository = call(leader, "list_nodes (leader)")
     gms = repository["groupManagerDescriptions"]
     assert len(gms) == 2 and all(gm["listenSettings"]["controlDataAddress"] for gm in gms)
-    seen = set()
-    for gm in gms:
-        for lc in call(gm["listenSettings"]["controlDataAddress"], "list_nodes (each GM)")["localControllerDescriptions"]:
-            seen |= set(lc.get("virtualMachineMetaData") or {})
-    assert "orig-vm" in seen
+
+    def seen_by_the_managers() -> set[str]:
+        seen: set[str] = set()
+        for gm in call(leader, "list_nodes (leader)")["groupManagerDescriptions"]:
+            for lc in call(gm["listenSettings"]["controlDataAddress"], "list_nodes (each GM)")["localControllerDescriptions"]:
+                seen |= set(lc.get("virtualMachineMetaData") or {})
+        return seen
+
+    # Eventually: a host the leader is moving to another group manager (rebalancing, when both
+    # hosts were first given to one) is listed by neither for a moment (CI saw it).
+    wait_for(lambda: "orig-vm" in seen_by_the_managers(), 30, "orig-vm in a group manager's repository")
 
     def vm_gm() -> dict[str, Any]:
         found = call(leader, "list_nodes (leader)")["groupManagerDescriptions"]
