@@ -46,6 +46,7 @@ from localcontroller.images.disks import (
 from localcontroller.monitoring import HostMonitor
 from localcontroller.power import DEFAULT_STATE, PowerActionError, PowerSaver
 from localcontroller.vif.host import HostVifs, Plugging
+from localcontroller.vrs.agent import VrsAgent
 from snooze import capacity, metrics
 from snooze import config as cfg
 from snooze.codes import CodedError, ErrorCode, VMStatus
@@ -125,7 +126,8 @@ class LocalController(Service):
     def __init__(self, settings: cfg.Settings) -> None:
         super().__init__(settings)
         lc = settings.localcontroller
-        self.hypervisor = LibvirtHypervisor(lc.hypervisor_uri, policy=DomainPolicy.from_settings(settings.templates))
+        self.hypervisor = LibvirtHypervisor(lc.hypervisor_uri, policy=DomainPolicy.from_settings(settings.templates),
+                                            events=lc.vrs)
         self.total: Capacity = (0.0, 0.0, 0.0, 0.0)
         self.status = Status.ACTIVE
         self.gm: GroupManagerDescription | None = None
@@ -172,6 +174,8 @@ class LocalController(Service):
         self.cni_agent: CniAgent | None = None
         # The VIF plugins that plug VMs' interfaces here ([localcontroller] vif_plugins), if any.
         self.vifs: HostVifs | None = None
+        # Nuage VRS's tables in the host's OVSDB, kept in step with lifecycle events ([localcontroller] vrs).
+        self.vrs: VrsAgent | None = None
 
     def description(self) -> LocalControllerDescription:
         lc = self.settings.localcontroller
@@ -228,6 +232,9 @@ class LocalController(Service):
                 self.vifs = HostVifs(lc)
             except (CodedError, ValueError, TypeError) as exc:
                 raise StartupError(f"[localcontroller] vif_plugins = {lc.vif_plugins!r}: {exc}") from exc
+        if lc.vrs:
+            self.vrs = VrsAgent(self.hypervisor, lc.vif_ovsdb, lc.vrs_audit_interval)
+            await self.vrs.start(self.spawn, self.every)
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
         self._register()
         self.spawn("join", self._join_loop())
@@ -297,6 +304,8 @@ class LocalController(Service):
             await self.firewall.close()
         if self.images is not None:
             await self.images.close()
+        if self.vrs is not None:
+            await self.vrs.close()
         if self.vifs is not None:
             await asyncio.to_thread(self.vifs.close)  # the OVSDB connection's thread is joined
         await self.hypervisor.close()

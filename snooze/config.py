@@ -136,6 +136,8 @@ class LocalControllerSettings:
     vif_plugins: list[str] = opt([], "VIF plugins this host loads (entry point group snooze.vif: linux_bridge, ovs, noop) and reports to its group manager when it joins; a VM whose start order carries a VIF is plugged by them before libvirt starts it and unplugged after it is gone; empty = none.")
     vif_ovsdb: str = opt("unix:/var/run/openvswitch/db.sock", "The ovs VIF plugin's Open vSwitch database (an ovsdbapp connection string: unix:PATH or tcp:ADDR:PORT).")
     vif_datapath_type: str = opt("system", "The ovs VIF plugin's bridges' datapath: system (the kernel's) or netdev (userspace, no kernel module).")
+    vrs: bool = opt(False, "Keep Nuage VRS's Nuage_VM_Table and Nuage_Port_Table in this host's OVSDB (vif_ovsdb; its schema extended with them, docs/networking.md) in step with libvirt's lifecycle events of the domains plugged here, with a periodic audit (localcontroller.vrs); needs the ovs VIF plugin.")
+    vrs_audit_interval: float = opt(10.0, "Seconds between two audits that make the Nuage tables equal to the domains running here (rows lost with an ovsdb-server restart come back, rows of domains gone are removed).")
     cni_agent_port: int = opt(0, "Port of the CNI agent on 127.0.0.1 that snooze-cni asks for containers' ports (localcontroller.cni, docs/cni.md; Contrail's is 9091); 0 = no agent.")
     cni_network: str = opt("default", "The network a container's port goes in when its CNI configuration names none.")
     cni_allocate: bool = opt(True, "The CNI agent makes a container's guest (its address) on the plugin's first request; false = only guests declared beforehand (POST /guests, type container) are answered, others polled as 404.")
@@ -425,6 +427,10 @@ def check_vif(s: Settings) -> None:
         raise ConfigError("[groupmanager] vif_mtu must be 0 (the host's default) or 68..65535")
     if s.localcontroller.vif_datapath_type not in ("system", "netdev"):
         raise ConfigError("[localcontroller] vif_datapath_type must be 'system' or 'netdev'")
+    if s.localcontroller.vrs and "ovs" not in s.localcontroller.vif_plugins:
+        raise ConfigError("[localcontroller] vrs needs the ovs VIF plugin (vif_plugins = [\"ovs\"]): its rows go to vif_ovsdb")
+    if s.localcontroller.vrs_audit_interval <= 0:
+        raise ConfigError("[localcontroller] vrs_audit_interval must be > 0")
     if not s.localcontroller.vif_ovsdb.startswith(("unix:", "tcp:", "ssl:")):
         raise ConfigError("[localcontroller] vif_ovsdb must be an OVSDB connection string: unix:PATH, tcp:ADDR:PORT or ssl:ADDR:PORT")
 

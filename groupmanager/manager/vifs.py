@@ -7,6 +7,7 @@ them."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import uuid
 from typing import Any
 
@@ -58,7 +59,10 @@ def vif_for(vm: dict[str, Any], lc_id: str, host: o.HostInfo, settings: GroupMan
     vm_id = str(vm["id"])
     cidr = str(vm.get("cidr") or vm.get("subnet") or settings.virtual_machine_subnet)
     ip = vm.get("ip")
-    subnet = o.Subnet(cidr=cidr, ips=[str(ip)] if ip else [])
+    # The gateway the guest's config drive gets too: the subnet's first address.
+    net = ipaddress.ip_network(cidr, strict=False)
+    gateway = str(vm.get("gateway") or next(net.hosts(), net.network_address))
+    subnet = o.Subnet(cidr=str(net), gateway=gateway, ips=[str(ip)] if ip else [])
     network = o.Network(id=str(vm.get("network") or "default"), bridge=settings.vif_bridge, subnets=[subnet],
                         should_provide_bridge=True, mtu=settings.vif_mtu or None)
     common: dict[str, Any] = {"id": str(uuid.uuid5(VIF_NAMESPACE, vm_id)), "address": _mac(vm.get("mac")),

@@ -12,6 +12,7 @@ whose image does not exist are removed; every change is listed so that users can
 from __future__ import annotations
 
 import os
+import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -142,6 +143,11 @@ def attach_vif(root: ET.Element, devices: ET.Element, dev: str, mac: str | None,
         devices.remove(old)
     else:
         devices.append(iface)
+    if root.find("uuid") is None:
+        # Its UUID chosen here, so that the plug's vm-uuid and the VRS tables name the domain's.
+        uuid_el = ET.Element("uuid")
+        uuid_el.text = str(uuidlib.uuid4())
+        root.insert(1, uuid_el)
     metadata = root.find("metadata")
     if metadata is None:
         metadata = ET.SubElement(root, "metadata")

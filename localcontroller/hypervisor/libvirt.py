@@ -134,13 +134,45 @@ class _DaemonWorker(Executor):
             self._thread.join()
 
 
+_EVENTS_LOCK = threading.Lock()
+_events_running = False
+
+
+def _run_event_loop() -> None:
+    """libvirt's default event implementation, once per process, on a daemon thread of its own;
+    a connection delivers domain events only if this ran before it was opened."""
+    global _events_running
+    with _EVENTS_LOCK:
+        if _events_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def loop() -> None:
+            while True:
+                try:
+                    libvirt.virEventRunDefaultImpl()
+                except libvirt.libvirtError:  # a callback's error: the loop goes on
+                    continue
+
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+        _events_running = True
+
+
+#: A lifecycle event's receiver: (domain name, domain UUID, event type, detail), called on
+#: libvirt's event thread.
+LifecycleCallback = Callable[[str, str, int, int], None]
+
+
 class LibvirtHypervisor:
-    def __init__(self, uri: str, policy: DomainPolicy | None = None) -> None:
+    def __init__(self, uri: str, policy: DomainPolicy | None = None, *, events: bool = False) -> None:
         self.uri = uri
         # What a domain defined here may contain ([templates]); the defaults when not given.
         self.policy = policy or DomainPolicy.default()
         self._conn: libvirt.virConnect | None = None
         self._pool = _DaemonWorker("libvirt")
+        # Domain lifecycle events wanted (watch_lifecycle): the event loop runs before open().
+        self.events = events
+        self._callbacks: list[int] = []
 
     @property
     def is_test_driver(self) -> bool:
@@ -164,6 +196,8 @@ class LibvirtHypervisor:
         """Connect; HypervisorUnavailable with libvirt's one-line reason (e.g. the socket it tried)."""
 
         def do() -> None:
+            if self.events:
+                _run_event_loop()
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
@@ -172,8 +206,29 @@ class LibvirtHypervisor:
 
         await self._run(f"open {self.uri}", do)
 
+    async def watch_lifecycle(self, callback: LifecycleCallback) -> None:
+        """``callback`` for every domain lifecycle event of this connection (libvirt's
+        VIR_DOMAIN_EVENT_ID_LIFECYCLE), on libvirt's event thread; needs ``events``."""
+        if not self.events:
+            raise HypervisorError("lifecycle events need a hypervisor opened with events=True")
+
+        def relay(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            try:
+                callback(dom.name(), dom.UUIDString(), int(event), int(detail))
+            except Exception:  # never into libvirt's loop
+                pass
+
+        def do() -> None:
+            self._callbacks.append(self._c().domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay, None))
+
+        await self._run("watch lifecycle events", do)
+
     async def close(self) -> None:
         def do() -> None:
+            for cb in self._callbacks:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._c().domainEventDeregisterAny(cb)
+            self._callbacks = []
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

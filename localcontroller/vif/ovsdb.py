@@ -117,6 +117,19 @@ class Ovsdb:
             txn.add(api.del_port(port, bridge=bridge, if_exists=True))
         self._run(f"unplug {port} from {bridge}", build)
 
+    def transact(self, what: str, build: Any) -> None:
+        """``build(api, txn)`` adds commands to one transaction (ovsdbapp's generic ``db_*``)."""
+        self._run(what, build)
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        """Every row of ``table`` as a dict of its columns, with ``_uuid``."""
+        api = self._connect(f"read {table}")
+        try:
+            return list(api.db_list(table).execute(check_error=True))
+        except (ovs_exc.OvsdbAppException, ovs_exc.TimeoutException, idlutils.RowNotFound, RuntimeError) as exc:
+            self.close()
+            raise OvsdbError(f"read {table}", _reason(exc)) from exc
+
     def ports(self, bridge: str) -> list[str]:
         api = self._connect(f"list the ports of {bridge}")
         try:

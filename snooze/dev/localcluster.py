@@ -367,7 +367,9 @@ class LocalCluster:
         if o.vif and role == "localcontroller":
             data.setdefault("localcontroller", {})["vif_plugins"] = [o.vif]
             if o.vif == "ovs":
-                data["localcontroller"].update(vif_ovsdb=f"unix:{self._ovs_dir(node_id) / 'db.sock'}", vif_datapath_type="netdev")
+                # With Nuage VRS's tables kept in each host's OVSDB, audited every 2 s.
+                data["localcontroller"].update(vif_ovsdb=f"unix:{self._ovs_dir(node_id) / 'db.sock'}", vif_datapath_type="netdev",
+                                               vrs=True, vrs_audit_interval=2.0)
         if role == "groupmanager" and o.energy:
             data.setdefault("groupmanager", {}).update({"energy_management": True, "idle_time": o.idle_time,
                                                         "reserved_nodes": o.reserved_nodes,

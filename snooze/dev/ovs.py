@@ -3,7 +3,8 @@
 files, logs) in one directory of ours, ``ovs-vswitchd`` inside a network namespace we made.
 
 Nothing is shared with a system Open vSwitch: ``OVS_RUNDIR``, ``OVS_DBDIR`` and ``OVS_LOGDIR``
-point at the private directory, the database is created from the packaged schema, and both
+point at the private directory, the database is created from the packaged schema (with the
+Nuage VRS tables added, ``snooze.vif.vrs_schema``), and both
 daemons are our children, stopped by their PIDs. Bridges must use the userspace datapath
 (``datapath_type=netdev``): the machine has no openvswitch kernel module.
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from snooze.procs import open_log
+from snooze.vif import vrs_schema
 
 __all__ = ["OVS_SCHEMA", "OvsError", "OvsSwitch", "available"]
 
@@ -71,7 +73,9 @@ class OvsSwitch:
     def start(self, timeout: float = 15.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.db_path.exists():
-            subprocess.run(["ovsdb-tool", "create", str(self.db_path), str(self.schema)], check=True,
+            # The packaged schema with the Nuage VRS tables (Nuage_VM_Table, Nuage_Port_Table).
+            schema = vrs_schema.write_extended(self.schema, self.directory / "vswitch-nuage.ovsschema")
+            subprocess.run(["ovsdb-tool", "create", str(self.db_path), str(schema)], check=True,
                            capture_output=True, env=self._env())
         self.start_ovsdb(timeout)
         self.vsctl("--no-wait", "init")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from snooze.protocol.messages import LocalControllerJoin
 from snooze.rpc import RpcClient, RpcError
 from snooze.vif.objects import HostInfo, HostPluginInfo, HostVIFInfo
 from snooze.vif.versioned import newest_versions, to_wire
-from tests.support import get, http, response
+from tests.support import get, http, response, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,37 @@ def ovs_ports(c: LocalCluster, lc_id: str) -> set[str]:
     return set(vsctl(c, lc_id, "list-ports", "br-vm").split())
 
 
+def nuage(c: LocalCluster, lc_id: str, table: str) -> list[dict[str, Any]]:
+    """Every row of a Nuage table of the host's OVSDB, read with ovsdb-client (the server's own
+    schema: the Open vSwitch tools know nothing of these tables)."""
+    db = spec(c, lc_id)["ovsdb"]
+    out = subprocess.run(["ovsdb-client", "-f", "json", "dump", db, "Open_vSwitch", table],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    dump = json.loads(out)
+    rows = [dict(zip(dump["headings"], row, strict=True)) for row in dump["data"]]
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, list) and v and v[0] == "set":
+            return sorted(plain(x) for x in v[1])
+        if isinstance(v, list) and v and v[0] == "map":
+            return {k: x for k, x in v[1]}
+        return v
+    return [{k: plain(v) for k, v in r.items()} for r in rows]
+
+
+def transact(c: LocalCluster, lc_id: str, *ops: dict[str, Any]) -> None:
+    subprocess.run(["ovsdb-client", "transact", spec(c, lc_id)["ovsdb"], json.dumps(["Open_vSwitch", *ops])],
+                   capture_output=True, text=True, check=True, timeout=10)
+
+
+def vm_rows(c: LocalCluster, lc_id: str) -> dict[str, dict[str, Any]]:
+    return {r["vm_name"]: r for r in nuage(c, lc_id, "Nuage_VM_Table")}
+
+
+def port_rows(c: LocalCluster, lc_id: str) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in nuage(c, lc_id, "Nuage_Port_Table")}
+
+
 def host_of(meta: dict[str, Any]) -> str:
     return str(meta["virtualMachineLocation"]["localControllerId"])
 
@@ -74,6 +106,13 @@ def test_vms_are_plugged_into_their_hosts_open_vswitch_and_a_newer_host_is_refus
         link = json.loads(netns.ip("-j", "link", "show", tap, netns=spec(c, lc)["netns"]))[0]
         assert link["address"] == "fe" + ids["attached-mac"][2:], "the tap was made for this VM's MAC"
         assert vsctl(c, lc, "get", "Bridge", "br-vm", "datapath_type") == "netdev"
+        # Nuage VRS's rows: the port, then the entity, Started/Booted, Running/Booted.
+        entity = wait_for(lambda lc=lc, name=name: vm_rows(c, lc).get(name), 15, f"{name}'s Nuage_VM_Table row")
+        assert (entity["event"], entity["event_type"], entity["state"], entity["reason"]) == (2, 0, 1, 1), entity
+        assert entity["vm_uuid"] == ids["vm-uuid"] and entity["ports"] == tap and entity["type"] == 0, entity
+        port = port_rows(c, lc)[tap]
+        assert (port["mac"], port["bridge"], port["ip_addr"], port["subnet_mask"], port["gateway"]) == (
+            ids["attached-mac"], "br-vm", meta["ipAddress"], "255.255.255.0", "192.168.122.1"), port
     assert sum(len(taps(c, lc["id"])) for lc in lcs) == 2
 
     # Destroyed: its port and tap go, the bridge and the other VM's stay.
@@ -85,6 +124,18 @@ def test_vms_are_plugged_into_their_hosts_open_vswitch_and_a_newer_host_is_refus
     left = ovs_ports(c, lc_gone) - (before_kept if host_of(kept) == lc_gone else set())
     assert not left and not (taps(c, lc_gone) - (before_kept if host_of(kept) == lc_gone else set()))
     assert ovs_ports(c, host_of(kept)) == before_kept and vsctl(c, lc_gone, "list-br") == "br-vm"
+    wait_for(lambda: "web-1" not in vm_rows(c, lc_gone) and tap_name("web-1") not in port_rows(c, lc_gone), 15,
+             "web-1's Nuage rows removed after its destroy")
+    assert "web-2" in vm_rows(c, host_of(kept))
+
+    # The audit: a row removed behind Snooze's back comes back, a stale one goes.
+    lc_kept = host_of(kept)
+    transact(c, lc_kept, {"op": "delete", "table": "Nuage_VM_Table", "where": [["vm_name", "==", "web-2"]]},
+             {"op": "insert", "table": "Nuage_VM_Table", "row": {"vm_uuid": "00000000-0000-0000-0000-00000000dead",
+                                                                  "vm_name": "ghost", "ports": "tapghost"}},
+             {"op": "insert", "table": "Nuage_Port_Table", "row": {"name": "tapghost", "mac": "52:54:00:de:ad:00"}})
+    wait_for(lambda: set(vm_rows(c, lc_kept)) == {"web-2"} and set(port_rows(c, lc_kept)) == {tap_name("web-2")}, 15,
+             "the audit restoring web-2's row and removing the ghost's")
 
     # The OVSDB of every host down: the VM fails, cleanly, with the plug's code.
     for lc in lcs:
@@ -96,6 +147,8 @@ def test_vms_are_plugged_into_their_hosts_open_vswitch_and_a_newer_host_is_refus
     # Back: the local controllers connect again, the next VM is plugged.
     for lc in lcs:
         c.start_ovsdb(lc["id"])
+    # The rows survived in the database file; after the restart the audit keeps them right.
+    wait_for(lambda: "web-2" in vm_rows(c, lc_kept), 15, "web-2's row after the OVSDB restart")
     again = submit(c, ["web-4"])["web-4"]
     assert again["status"] == "RUNNING", again
     assert tap_name("web-4") in ovs_ports(c, host_of(again))
