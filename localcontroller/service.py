@@ -505,7 +505,7 @@ class LocalController(Service):
                     str(vm.get("xml", "")), name=vm_id, mac=vm.get("mac"), test_driver=self.hypervisor.is_test_driver,
                     image_id=image_id, policy=self.hypervisor.policy, overlay=overlay, cidata=cidata,
                     accelerator=self.settings.localcontroller.accelerator, offered_types=self._offered_types,
-                    vif=(plugging.tap, plugging.wire_json) if plugging is not None else None,
+                    vif=(plugging.tap, plugging.wire_json, plugging.no_offload) if plugging is not None else None,
                 )
                 changes = prepared + changes
                 if plugging is not None:

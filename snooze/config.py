@@ -102,6 +102,7 @@ class GroupManagerSettings:
     vif_plugins: list[str] = opt([], "VIF plugins, in order of preference, to plug the VMs' interfaces with on hosts that report them (os-vif's choice within each host's HostInfo, docs/networking.md); empty = none: a domain's interface is its template's and libvirt plugs it.")
     vif_bridge: str = opt("br-vm", "The bridge plugged VM interfaces join (the VIF's bridge_name).")
     vif_mtu: int = opt(0, "MTU of plugged VM interfaces and of their bridge; 0 = the host's default.")
+    vif_uplink: str = opt("", "The host interface the VM bridge reaches the other hosts through (the VIF network's bridge_interface; the plugin puts it on the bridge, or its VLAN sub-interface with a VLAN); empty = none.")
     election_yield: bool = opt(True, "A group manager that wins the election while managing more local controllers than another contender steps aside once, so the one with fewer becomes leader (fewer LCs must move).")
 
 
@@ -421,6 +422,8 @@ def check_vif(s: Settings) -> None:
         plugins = getattr(s, section).vif_plugins
         if not all(isinstance(p, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,62}", p) for p in plugins) or len(set(plugins)) != len(plugins):
             raise ConfigError(f"[{section}] vif_plugins must name plugins (e.g. [\"linux_bridge\"]), each once")
+    if s.groupmanager.vif_uplink and not _IFNAME.fullmatch(s.groupmanager.vif_uplink):
+        raise ConfigError(f"[groupmanager] vif_uplink: {s.groupmanager.vif_uplink!r} is not a device name (1-15 characters)")
     if not _IFNAME.fullmatch(s.groupmanager.vif_bridge):
         raise ConfigError(f"[groupmanager] vif_bridge: {s.groupmanager.vif_bridge!r} is not a device name (1-15 characters)")
     if s.groupmanager.vif_mtu and not 68 <= s.groupmanager.vif_mtu <= 65535:

@@ -64,7 +64,8 @@ def vif_for(vm: dict[str, Any], lc_id: str, host: o.HostInfo, settings: GroupMan
     gateway = str(vm.get("gateway") or next(net.hosts(), net.network_address))
     subnet = o.Subnet(cidr=str(net), gateway=gateway, ips=[str(ip)] if ip else [])
     network = o.Network(id=str(vm.get("network") or "default"), bridge=settings.vif_bridge, subnets=[subnet],
-                        should_provide_bridge=True, mtu=settings.vif_mtu or None)
+                        should_provide_bridge=True, mtu=settings.vif_mtu or None,
+                        bridge_interface=settings.vif_uplink or None)
     common: dict[str, Any] = {"id": str(uuid.uuid5(VIF_NAMESPACE, vm_id)), "address": _mac(vm.get("mac")),
                               "network": network, "plugin": choice.plugin, "vif_name": tap_name(vm_id)}
     vif: o.VIFBase

@@ -126,7 +126,8 @@ VIF_XMLNS = "https://snooze.dev/xmlns/vif/1"
 ET.register_namespace("snooze", VIF_XMLNS)
 
 
-def attach_vif(root: ET.Element, devices: ET.Element, dev: str, mac: str | None, wire_json: str) -> list[str]:
+def attach_vif(root: ET.Element, devices: ET.Element, dev: str, mac: str | None, wire_json: str,
+               no_offload: bool = False) -> list[str]:
     """The domain's network card on the tap ``dev`` a VIF plugin made (libvirt's
     ``<interface type='ethernet'>`` with ``<target dev=… managed='no'/>``: QEMU opens the
     existing device), in place of the template's first interface; the VIF itself is kept in the
@@ -138,6 +139,12 @@ def attach_vif(root: ET.Element, devices: ET.Element, dev: str, mac: str | None,
         ET.SubElement(iface, "mac", {"address": _normalised(mac)})
     ET.SubElement(iface, "target", {"dev": dev, "managed": "no"})
     ET.SubElement(iface, "model", {"type": model.get("type", "virtio") if model is not None else "virtio"})
+    if no_offload:
+        # Open vSwitch's userspace datapath reads the tap as plain packets: a guest's packets
+        # with a checksum left for the host to fill (virtio's offload) would leave it unfilled.
+        # QEMU then offers the guest no checksum or segmentation offload.
+        driver = ET.SubElement(iface, "driver")
+        ET.SubElement(driver, "host", {k: "off" for k in ("csum", "gso", "tso4", "tso6", "ecn", "ufo")})
     if old is not None:
         devices.insert(list(devices).index(old), iface)
         devices.remove(old)
@@ -170,7 +177,7 @@ def vif_of(xml: str) -> str | None:
 def adapt_domain_xml(
     xml: str, *, name: str, mac: str | None, test_driver: bool, image_id: str | None, policy: DomainPolicy,
     overlay: Path | None = None, cidata: Path | None = None, accelerator: str = "auto",
-    offered_types: frozenset[str] = frozenset(), vif: tuple[str, str] | None = None,
+    offered_types: frozenset[str] = frozenset(), vif: tuple[str, str, bool] | None = None,
 ) -> tuple[str, list[str]]:
     """The domain to define here. With ``overlay`` (an image of the repository, prepared by
     the local controller) the boot disk is that overlay and ``cidata`` is attached; without,
@@ -202,8 +209,8 @@ def adapt_domain_xml(
             # As libvirt writes it (an older group manager may send the original's unpadded form).
             mac_el.set("address", _normalised(mac))
     if vif is not None:
-        # (tap device, the VIF's wire form as JSON): after the MAC above, which it keeps.
-        changes += attach_vif(root, devices, vif[0], mac, vif[1])
+        # (tap device, the VIF's wire form as JSON, no offload): after the MAC above, which it keeps.
+        changes += attach_vif(root, devices, vif[0], mac, vif[1], vif[2])
     if overlay is not None and not test_driver:
         changes += attach_instance_disks(root, devices, overlay, cidata)
     elif image_id and not test_driver:

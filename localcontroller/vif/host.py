@@ -22,7 +22,7 @@ from localcontroller.vif.library import VifLibrary
 from snooze.codes import CodedError
 from snooze.config import LocalControllerSettings
 from snooze.vif.errors import ObjectError
-from snooze.vif.objects import InstanceInfo, VIFBase
+from snooze.vif.objects import InstanceInfo, VIFBase, VIFOpenVSwitch, VIFPortProfileOpenVSwitch
 from snooze.vif.versioned import from_wire, to_wire
 
 __all__ = ["HostVifs", "Plugging"]
@@ -37,10 +37,13 @@ class Plugging:
     vif: VIFBase
     tap: str
     wire_json: str
+    #: The port is read by Open vSwitch's userspace datapath: the domain gets no checksum offload.
+    no_offload: bool = False
 
 
 class HostVifs:
     def __init__(self, settings: LocalControllerSettings) -> None:
+        self.datapath_type = settings.vif_datapath_type
         self.library = VifLibrary()
         self.library.initialize(settings.vif_plugins, {
             "ovs": {"ovsdb": settings.vif_ovsdb, "datapath_type": settings.vif_datapath_type}})
@@ -57,7 +60,11 @@ class HostVifs:
         tap = getattr(vif, "vif_name", None)
         if not isinstance(tap, str):
             raise ObjectError(f"a {type(vif).__name__} names no device for the domain", field="vif")
-        return Plugging(vif, tap, json.dumps(to_wire(vif), separators=(",", ":")))
+        profile = vif.port_profile
+        datapath = profile.datapath_type if isinstance(profile, VIFPortProfileOpenVSwitch) and profile.datapath_type != "system" \
+            else self.datapath_type
+        return Plugging(vif, tap, json.dumps(to_wire(vif), separators=(",", ":")),
+                        no_offload=isinstance(vif, VIFOpenVSwitch) and datapath == "netdev")
 
     @staticmethod
     def instance(name: str, xml: str) -> InstanceInfo:

@@ -67,7 +67,8 @@ class OvsPlugin(VifPlugin):
             made = netlink.ensure_tap(vif.vif_name, bridge=None, mtu=mtu, guest_mac=vif.address)
             self.db.plug_port(vif.bridge_name, vif.vif_name, datapath_type=datapath,
                               external_ids=self.external_ids(vif, instance), mtu=mtu,
-                              tag=vif.network.vlan if vif.network is not None else None)
+                              tag=vif.network.vlan if vif.network is not None else None,
+                              uplink=vif.network.bridge_interface if vif.network is not None else None)
         except Exception as exc:  # whatever failed (a library's bug too), the tap made goes
             if made:
                 try:

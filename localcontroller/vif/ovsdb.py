@@ -97,7 +97,7 @@ class Ovsdb:
             raise OvsdbError(what, _reason(exc)) from exc
 
     def plug_port(self, bridge: str, port: str, *, datapath_type: str, external_ids: Mapping[str, str],
-                  mtu: int | None = None, tag: int | None = None) -> None:
+                  mtu: int | None = None, tag: int | None = None, uplink: str | None = None) -> None:
         """In one transaction: the bridge (kept if it exists), the port and its interface (kept
         if they exist) with ``external_ids`` and the MTU; with ``tag``, an access port of that
         VLAN (Open vSwitch tags in userspace: no kernel VLAN support needed)."""
@@ -109,6 +109,9 @@ class Ovsdb:
                 columns["mtu_request"] = mtu
             txn.add(api.db_set("Interface", port, *columns.items()))
             txn.add(api.db_set("Port", port, ("tag", tag if tag else [])))
+            if uplink:
+                # The bridge's way to the other hosts (a trunk: every VLAN passes).
+                txn.add(api.add_port(bridge, uplink, may_exist=True))
         self._run(f"plug {port} into {bridge}", build)
 
     def unplug_port(self, bridge: str, port: str) -> None:

@@ -282,7 +282,7 @@ def run_guest_demo(cluster: Any, stop: StopRequest | None = None) -> None:
 
     say("starting 2 guests from snooze-tiny ...")
     try:
-        namespaces = {p["id"]: p["netns"] for p in cluster.processes if p["role"] == "localcontroller"}
+        namespaces = cluster.guest_namespaces()
         guests = localcluster.start_guests(cluster.bootstrap_url, 2, namespaces=namespaces, prefix="demo", stop=stop)
     except (OSError, ValueError, KeyError, localcluster.ClusterError) as exc:
         print(f"demo guests failed: {exc}", file=sys.stderr)
@@ -292,7 +292,8 @@ def run_guest_demo(cluster: Any, stop: StopRequest | None = None) -> None:
         say(f"  {guest['id']:<16} {guest['status']:<8} {guest['ipAddress'] or '-':<16} on {guest['localControllerId']}"
             + (f"  answered {guest['answer'].strip()!r} {guest['seconds']:.1f}s after submission" if guest.get("answer")
                else "  (no answer yet)"))
-        say(f"      ip netns exec {where['netns']} curl http://{guest['ipAddress']}/    snooze console {guest['id']}")
+        ns = namespaces.get(guest["localControllerId"]) or where["netns"]
+        say(f"      ip netns exec {ns} curl http://{guest['ipAddress']}/    snooze console {guest['id']}")
 
 
 def cmd_cluster_down(args: argparse.Namespace) -> int:

@@ -194,6 +194,25 @@ LABEL snooze
 
 RECIPE_VERSION = "1"
 
+# Two CGI programs of the guest's web server, so that a test sends one guest to another and
+# reads the outcome (guest to guest across hosts, issue 13): /cgi-bin/fetch?ADDRESS answers
+# what http://ADDRESS/ answered this guest, /cgi-bin/ping?ADDRESS "reached" or "unreachable".
+# Only a dotted IPv4 address is taken.
+CGI_FETCH = r"""#!/bin/sh
+echo "Content-Type: text/plain"
+echo ""
+a="$QUERY_STRING"
+case "$a" in ""|*[!0-9.]*) echo "bad address"; exit 0;; esac
+timeout 5 wget -q -O - "http://$a/" 2>/dev/null || echo "no answer from $a"
+"""
+CGI_PING = r"""#!/bin/sh
+echo "Content-Type: text/plain"
+echo ""
+a="$QUERY_STRING"
+case "$a" in ""|*[!0-9.]*) echo "bad address"; exit 0;; esac
+if ping -c 1 -W 2 "$a" >/dev/null 2>&1; then echo "reached $a"; else echo "unreachable $a"; fi
+"""
+
 
 class GuestImageError(RuntimeError):
     """The image cannot be built: a package missing, a tool failing."""
@@ -208,7 +227,7 @@ def image_path() -> Path:
 def recipe() -> str:
     """A digest of what makes the image, the kernel aside: a change rebuilds it."""
     digest = hashlib.sha256()
-    for part in (RECIPE_VERSION, INIT, UDHCPC_SCRIPT, SYSLINUX_CFG, " ".join(MODULES)):
+    for part in (RECIPE_VERSION, INIT, UDHCPC_SCRIPT, SYSLINUX_CFG, " ".join(MODULES), CGI_FETCH, CGI_PING):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -345,11 +364,13 @@ def build_initramfs(moddir: Path, busybox: Path = BUSYBOX) -> bytes:
         raise GuestImageError(f"{busybox} is dynamically linked (Debian's busybox package): install busybox-static")
     listing = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, timeout=30, check=True)
     applets = sorted({a for a in listing.stdout.split() if re.fullmatch(r"[A-Za-z0-9_.\-]+", a)} - {"busybox"})
-    for needed in ("sh", "mount", "insmod", "ip", "sed", "httpd", "setsid", "cttyhack", "udhcpc", "hostname"):
+    for needed in ("sh", "mount", "insmod", "ip", "sed", "httpd", "setsid", "cttyhack", "udhcpc", "hostname", "wget", "ping",
+                   "timeout"):
         if needed not in applets:
             raise GuestImageError(f"{busybox} has no {needed} applet")
     archive = Cpio()
-    for d in (".", "bin", "dev", "etc", "proc", "sys", "tmp", "run", "www", "cidata", "lib", "lib/modules", "root"):
+    for d in (".", "bin", "dev", "etc", "proc", "sys", "tmp", "run", "www", "www/cgi-bin", "cidata", "lib", "lib/modules",
+              "root"):
         archive.directory(d)
     archive.chardev("dev/console", 5, 1)
     archive.chardev("dev/null", 1, 3, 0o666)
@@ -363,6 +384,8 @@ def build_initramfs(moddir: Path, busybox: Path = BUSYBOX) -> bytes:
     archive.file("lib/modules/order", ("\n".join(names) + "\n").encode())
     archive.file("init", INIT.encode(), 0o755)
     archive.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
+    archive.file("www/cgi-bin/fetch", CGI_FETCH.encode(), 0o755)
+    archive.file("www/cgi-bin/ping", CGI_PING.encode(), 0o755)
     archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     archive.file("etc/group", b"root:x:0:\n")
     archive.file("etc/profile", b"export PATH=/bin PS1='\\h# '\n")

@@ -263,6 +263,20 @@ class LocalCluster:
         return f"{network.network_address + 1}/{network.prefixlen}"
 
     @property
+    def guest_network(self) -> bool:
+        """Guests on one network across hosts (``--hypervisor qemu --vif``), its gateway in the
+        fabric namespace; else each host's guests are on the host's own bridge."""
+        return self.qemu and bool(self.options.vif)
+
+    def guest_namespaces(self) -> dict[str, str]:
+        """Local controller id -> the namespace its guests are reached from."""
+        lcs = [p for p in self.processes if p["role"] == "localcontroller"]
+        if self.guest_network:
+            assert self.fabric is not None
+            return {p["id"]: self.fabric.netns for p in lcs}
+        return {p["id"]: p["netns"] for p in lcs if p.get("netns")}
+
+    @property
     def images_url(self) -> str | None:
         """The image repository's URL for clients here (the bootstrap's; with qemu only)."""
         return self.bootstrap_url if self.qemu else None
@@ -364,6 +378,8 @@ class LocalCluster:
                 rejoin_spread=lc_defaults.rejoin_spread * scale)
         if o.vif and role == "groupmanager":
             data.setdefault("groupmanager", {})["vif_plugins"] = [o.vif]
+            if self.guest_network:
+                data["groupmanager"]["vif_uplink"] = netns.GUEST_UPLINK
         if o.vif and role == "localcontroller":
             data.setdefault("localcontroller", {})["vif_plugins"] = [o.vif]
             if o.vif == "ovs":
@@ -736,6 +752,12 @@ class LocalCluster:
             if self.fabric is not None:
                 for spec in self.processes:
                     self._netns_call(self.fabric.add_host, spec["id"])
+                if self.guest_network:
+                    self._netns_call(self.fabric.add_guest_network, self.vm_gateway)
+                    for spec in self.processes:
+                        if spec["role"] == "localcontroller":
+                            spec["guestUplink"] = self._netns_call(self.fabric.add_guest_uplink, spec["id"],
+                                                                   no_tx_offload=o.vif == "ovs")
                 self.write_manifest()
                 self._start_forwarder()
             if self.qemu:
@@ -783,8 +805,11 @@ class LocalCluster:
         if not lcs:
             return
         networks = [libvirtd.HostNetwork(spec["netns"], spec["address"]) for spec in lcs]
+        # With --vif the hosts' VM bridges are made by their VIF plugin and joined by the guests'
+        # network, which holds the gateway (in the fabric); without, each host's br-vm holds it.
         self.hypervisors = libvirtd.LibvirtdCluster(self.qemu_dir, count=len(lcs), networks=networks,
-                                                    vm_gateway=self.vm_gateway, private_dirs=HOST_PRIVATE_DIRS)
+                                                    vm_gateway=None if self.options.vif else self.vm_gateway,
+                                                    private_dirs=HOST_PRIVATE_DIRS)
         try:
             self.hypervisors.start(timeout=120)
         except libvirtd.LibvirtdError as exc:
@@ -851,9 +876,9 @@ class LocalCluster:
         return upload_image(self.bootstrap_url, Path(path), name)
 
     # -- network namespaces --------------------------------------------------------------
-    def _netns_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _netns_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except netns.NetnsError as exc:
             raise ClusterError(str(exc)) from exc
 
@@ -902,6 +927,9 @@ class LocalCluster:
             data["qemuDir"] = str(self.qemu_dir)
         if self.options.vif:
             data["vif"] = self.options.vif
+        if self.guest_network and self.fabric is not None:
+            # Every guest is reached from the fabric namespace, on this bridge, wherever it runs.
+            data["guestNetwork"] = {"netns": self.fabric.netns, "bridge": netns.GUEST_BRIDGE, "gateway": self.vm_gateway}
         if self.qemu:
             data.update({
                 "hypervisor": "qemu",
@@ -1103,14 +1131,16 @@ def upload_image(bootstrap_url: str, path: Path, name: str, timeout: float = 300
 
 
 def guest_answer(namespace: str, address: str, timeout: float = 2.0) -> str | None:
-    """``GET http://ADDRESS/`` sent from inside ``namespace`` (a QEMU host's), once its route
-    to ``address`` is checked to be the host's VM bridge; the body, or None if no answer."""
+    """``GET http://ADDRESS/`` sent from inside ``namespace`` (a QEMU host's, or the fabric's
+    with a guest network), once its route to ``address`` is checked to be the host's VM bridge
+    (or the guests' network); the body, or None if no answer."""
     try:
         device = netns.route_device(namespace, address)
     except netns.NetnsError:
         return None
-    if device != libvirtd.VM_BRIDGE:
-        raise ClusterError(f"{address} is routed through {device}, not {libvirtd.VM_BRIDGE}, in {namespace}: not sent")
+    if device not in (libvirtd.VM_BRIDGE, netns.GUEST_BRIDGE):
+        raise ClusterError(f"{address} is routed through {device}, not {libvirtd.VM_BRIDGE} or {netns.GUEST_BRIDGE}, "
+                           f"in {namespace}: not sent")
 
     def get() -> str | None:
         try:

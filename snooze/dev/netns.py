@@ -72,6 +72,10 @@ CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 BRIDGE = "br0"
 INSIDE = "eth0"  # the process's end of its link, in its own namespace
+#: With --hypervisor qemu --vif: the guests' network across hosts, in the fabric namespace.
+GUEST_BRIDGE = "br-guests"
+#: A host's end of its link to GUEST_BRIDGE (its VIF plugin puts it on the host's VM bridge).
+GUEST_UPLINK = "vm-uplink"
 PREFIX = "snz"
 IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
@@ -295,6 +299,29 @@ class Fabric:
         ip("addr", "add", f"{host.address}/24", "dev", INSIDE, netns=host.netns)
         ip("link", "set", INSIDE, "up", netns=host.netns)
         return host
+
+    def add_guest_network(self, gateway: str) -> None:
+        """The guests' own network across hosts (``--hypervisor qemu --vif``): a bridge
+        ``br-guests`` in the fabric namespace holding the VM subnet's gateway (``A.B.C.D/P``);
+        each host joins it by an uplink (``add_guest_uplink``) that its VIF plugin puts on the
+        host's VM bridge. A client here reaches every guest, wherever it runs."""
+        add_bridge(self.netns, GUEST_BRIDGE, gateway)
+
+    def add_guest_uplink(self, process_id: str, *, no_tx_offload: bool = False) -> str:
+        """A veth from ``br-guests`` to ``process_id``'s namespace, named ``vm-uplink`` there (its
+        VIF plugin enslaves it); the fabric side's name is returned. ``no_tx_offload``: both
+        ends without transmit checksum offload (Open vSwitch's userspace datapath forwards
+        such packets with their checksums never filled in)."""
+        host = self.hosts[process_id]
+        link = f"g-{process_id}" if IFNAME.fullmatch(f"g-{process_id}") else f"g{host.link[1:]}"[:15]
+        ip("link", "add", link, "type", "veth", "peer", "name", GUEST_UPLINK, "netns", host.netns, netns=self.netns)
+        ip("link", "set", link, "master", GUEST_BRIDGE, "up", netns=self.netns)
+        ip("link", "set", GUEST_UPLINK, "up", netns=host.netns)
+        if no_tx_offload:
+            for ns, dev in ((self.netns, link), (host.netns, GUEST_UPLINK)):
+                subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"], capture_output=True,
+                               check=False, timeout=30)
+        return link
 
     def cut(self, process_id: str) -> None:
         set_link(self.netns, self.hosts[process_id].link, False)
