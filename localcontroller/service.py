@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import io
+import json
 import logging
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -31,7 +33,7 @@ from localcontroller.hypervisor import (
     MigrationFailed,
     NotEnoughCapacity,
 )
-from localcontroller.hypervisor.adapt import ACCELERATORS, adapt_domain_xml, retarget_disks
+from localcontroller.hypervisor.adapt import ACCELERATORS, adapt_domain_xml, retarget_disks, vif_of
 from localcontroller.hypervisor.errors import HypervisorUnavailable
 from localcontroller.hypervisor.libvirt import DomainInfo
 from localcontroller.images.cache import ImageCache
@@ -72,6 +74,7 @@ from snooze.protocol.messages import (
     LocalControllerStartVirtualMachines,
     LocalControllerVmAction,
     Monitoring,
+    PlugVif,
     PowerSave,
     PrepareMigration,
     ReceiveDomain,
@@ -80,6 +83,7 @@ from snooze.protocol.messages import (
 from snooze.rpc import RpcError, api_error
 from snooze.service import Service, StartupError
 from snooze.vif.errors import NoMatchingPlugin
+from snooze.vif.objects import InstanceInfo
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,7 @@ class LocalController(Service):
         scope.on_message(LocalControllerMigrate, self._on_migrate, order=True)
         scope.on_message(ReceiveDomain, self._on_receive_domain, order=True)
         scope.on_message(PrepareMigration, self._on_prepare_migration, order=True)
+        scope.on_message(PlugVif, self._on_plug_vif, order=True)
         scope.on_message(PowerSave, self._on_power_save, order=True)
         self.power = PowerSaver(
             commands=settings.localcontroller.power_commands or None,
@@ -692,7 +697,8 @@ class LocalController(Service):
             elif record and record.get("imageId") and method in ("nonshared-incremental", "nonshared-full"):
                 result = await self._migrate_with_disks(vm_id, domain.uuid, settings, dest_addr, env.epoch, record)
             else:
-                result = await self.hypervisor.migrate(vm_id, settings, uuid=domain.uuid)
+                async with self._vif_moving(vm_id, domain.uuid, dest_addr, env.epoch):
+                    result = await self.hypervisor.migrate(vm_id, settings, uuid=domain.uuid)
                 if record:
                     # Disks on shared storage moved with the domain: the destination owns them now.
                     self.instances.write_record(vm_id, **{**record, "host": dest_id})
@@ -728,7 +734,8 @@ class LocalController(Service):
             xml = await self.hypervisor.xml(vm_id, migratable=True)
             dest_xml, copied = retarget_disks(xml, there, copy=(str(inst.overlay),))
             try:
-                result = await self.hypervisor.migrate(vm_id, settings, uuid=uuid, dest_xml=dest_xml, migrate_disks=copied)
+                async with self._vif_moving(vm_id, uuid, dest, epoch):
+                    result = await self.hypervisor.migrate(vm_id, settings, uuid=uuid, dest_xml=dest_xml, migrate_disks=copied)
             except HypervisorError:
                 try:
                     await self.rpc.call(dest, PrepareMigration.KIND, PrepareMigration(vm_id=vm_id, cancel=True).to_wire(),
@@ -741,6 +748,49 @@ class LocalController(Service):
         if await self._domain(vm_id) is None:
             self._drop_instance(vm_id)
         return result
+
+    @contextlib.asynccontextmanager
+    async def _vif_moving(self, vm_id: str, uuid: str, dest: NetworkAddress, epoch: int) -> AsyncIterator[None]:
+        """Around a live migration of a plugged VM: its VIF plugged at the destination first (QEMU
+        there opens the tap), unplugged here once the domain left, or there if it did not."""
+        xml = await self.hypervisor.xml(vm_id)
+        raw = vif_of(xml)
+        if raw is None:
+            yield
+            return
+        try:
+            await self.rpc.call(dest, PlugVif.KIND, PlugVif(vm_id=vm_id, vif=json.loads(raw), uuid=uuid).to_wire(),
+                                epoch=epoch, timeout=60)
+        except (RpcError, ValueError) as exc:
+            raise MigrationFailed(f"the destination could not plug the network card of {vm_id}: {exc}") from exc
+        try:
+            yield
+        except BaseException:
+            try:
+                await self.rpc.call(dest, PlugVif.KIND, PlugVif(vm_id=vm_id, cancel=True, vif=json.loads(raw)).to_wire(),
+                                    epoch=epoch, timeout=30)
+            except RpcError as exc:
+                log.warning("could not ask the destination to unplug the network card of %s: %s", vm_id, exc)
+            raise
+        if self.vifs is not None and await self._domain(vm_id) is None:
+            await self.vifs.unplug_domain(vm_id, xml)
+
+    async def _on_plug_vif(self, msg: PlugVif, _env: Envelope) -> Any:
+        """Plug (or, with ``cancel``, unplug) the VIF of a VM about to be migrated here."""
+        vm_id, uuid = _target(msg.vm_id, msg.uuid)
+        if self.vifs is None:
+            raise ApiError(ErrorCode.NO_MATCHING_VIF_PLUGIN, f"{self.id} loads no VIF plugin", field="vif")
+        try:
+            plugging = self.vifs.read(msg.vif)
+            instance = InstanceInfo(uuid=uuid or HostVifs.instance(vm_id, "").uuid, name=vm_id)
+            if msg.cancel:
+                if await self._domain(vm_id) is None:
+                    await asyncio.to_thread(self.vifs.library.unplug, plugging.vif, instance)
+                return {"ok": True}
+            await self.vifs.plug(plugging, instance)
+        except CodedError as exc:
+            raise ApiError(exc.code, exc.message, field=exc.field or "vif") from exc
+        return {"ok": True, "tap": plugging.tap}
 
     async def _on_prepare_migration(self, msg: PrepareMigration, _env: Envelope) -> Any:
         """Make the files of a VM about to be migrated here (see ``_migrate_with_disks``)."""

@@ -52,6 +52,7 @@ __all__ = [
     "Message",
     "Migrate",
     "Monitoring",
+    "PlugVif",
     "PowerSave",
     "PrepareMigration",
     "ReceiveDomain",
@@ -429,6 +430,20 @@ class PrepareMigration(Message):
     cancel: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class PlugVif(Message):
+    """Before a live migration of a plugged VM, the source local controller asks the
+    destination to plug the VM's VIF (``vif``: its wire form; ``uuid``: the domain's) so that
+    QEMU there finds its tap; ``cancel``: the migration failed, unplug it again (unless the
+    domain runs there)."""
+
+    KIND: ClassVar[str] = "lc.plugVif"
+    vm_id: str = wire("vmId")
+    vif: dict[str, Any] | None = None
+    uuid: str | None = None
+    cancel: bool = False
+
+
 # -- power and reconfiguration -------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class EnergySaverSwitch(Message):
@@ -489,7 +504,7 @@ KINDS: dict[str, type[Message]] = {
         DescribeGroupManager, DescribeLocalController, Monitoring, VirtualClusterResponse, StartVirtualMachines,
         LocalControllerStartVirtualMachines, VmAction, LocalControllerVmAction, VmInfo, Resize, LocalControllerResize,
         Migrate, Reservation,
-        LocalControllerMigrate, ReceiveDomain, PrepareMigration, EnergySaverSwitch, PowerSave, Reconfigure, GroupManagerHeartbeat,
+        LocalControllerMigrate, ReceiveDomain, PrepareMigration, PlugVif, EnergySaverSwitch, PowerSave, Reconfigure, GroupManagerHeartbeat,
         LocalControllerHeartbeat, GroupLeaderHeartbeat, AdoptSleepingHosts, ReleaseLocalControllers,
     )
 }

@@ -7,6 +7,7 @@ its CGI programs), and a destroyed guest's tap is gone from its host."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from snooze.client import SyncSnoozeClient
 from snooze.dev import guestimage, netns
 from snooze.dev.localcluster import GUEST_IMAGE, LocalCluster, guest_answer
 from tests.integration.test_qemu_migration import _require_qemu
+from tests.netlab import Pinger
 from tests.support import fast_options, http, port_range, response, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,6 +53,18 @@ def ask(fabric: str, guest: str, path: str) -> str:
     return netns.call_in(fabric, get)
 
 
+def nuage_vm(c: LocalCluster, lc_id: str, name: str) -> tuple[int, int, int, int] | None:
+    """(event, event_type, state, reason) of ``name``'s Nuage_VM_Table row on a host, if any."""
+    out = subprocess.run(["ovsdb-client", "-f", "json", "dump", c.process(lc_id)["ovsdb"], "Open_vSwitch", "Nuage_VM_Table"],
+                         capture_output=True, text=True, check=True, timeout=10).stdout
+    dump = json.loads(out)
+    for row in dump["data"]:
+        r = dict(zip(dump["headings"], row, strict=True))
+        if r["vm_name"] == name:
+            return (r["event"], r["event_type"], r["state"], r["reason"])
+    return None
+
+
 def test_guests_on_two_hosts_reach_each_other_over_the_plugged_network(cluster: LocalCluster) -> None:
     manifest = json.loads(cluster.manifest_path.read_text())
     fabric = manifest["guestNetwork"]["netns"]
@@ -71,6 +85,31 @@ def test_guests_on_two_hosts_reach_each_other_over_the_plugged_network(cluster: 
     assert ask(fabric, address["near"], f"cgi-bin/ping?{address['far']}").strip() == f"reached {address['far']}"
     assert ask(fabric, address["near"], f"cgi-bin/fetch?{address['far']}").strip() == "far"
     assert ask(fabric, address["far"], f"cgi-bin/fetch?{address['near']}").strip() == "near"
+
+    # A live migration of "near" to the other host, pinged every 10 ms from the guests' network:
+    # it keeps its address, its tap (and with ovs its Nuage rows) move with it.
+    with Pinger(fabric, address["near"], netns.GUEST_BRIDGE) as ping:
+        time.sleep(1.0)
+        moved_at = time.monotonic()
+        status, body = http("POST", cluster.bootstrap_url + "/bootstrap?migrateVirtualMachine",
+                            json.dumps({"virtualMachineId": "near", "localControllerId": "lc-2"}), timeout=300)
+        assert status == 200 and body is True, body
+        done_at = time.monotonic()
+        time.sleep(2.0)
+    gap = ping.longest_gap(since=moved_at - 1.0)
+    print(f"[figure] {cluster.options.vif}: live migration in {done_at - moved_at:.1f} s, longest ping gap {gap * 1000:.0f} ms "
+          f"({len(ping.replies)} replies to {ping.sent} requests)")
+    assert ping.replies and ping.replies[-1] > done_at, "the guest answers pings after its migration"
+    assert gap < 30.0
+    assert tap_name("near") in netns.ip("-br", "link", netns=cluster.process("lc-2")["netns"])
+    wait_for(lambda: tap_name("near") not in netns.ip("-br", "link", netns=cluster.process("lc-1")["netns"]), 30,
+             "near's tap removed from its former host")
+    assert ask(fabric, address["far"], f"cgi-bin/fetch?{address['near']}").strip() == "near"
+    if cluster.options.vif == "ovs":
+        # Started/Migrated, then (QEMU resumes the guest there) Resumed/Migrated: Running/Migrated.
+        row = wait_for(lambda: nuage_vm(cluster, "lc-2", "near"), 30, "near's Nuage row at its new host")
+        assert row[:2] in ((2, 1), (4, 1)) and row[2:] == (1, 2), row
+        wait_for(lambda: nuage_vm(cluster, "lc-1", "near") is None, 30, "near's Nuage row gone from its former host")
 
     # Destroyed: its tap leaves its host; the other guest still answers.
     host = cluster.process("lc-2")["netns"]
