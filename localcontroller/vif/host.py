@@ -44,13 +44,15 @@ class Plugging:
 class HostVifs:
     def __init__(self, settings: LocalControllerSettings) -> None:
         self.datapath_type = settings.vif_datapath_type
+        self.pins = dict(settings.vif_object_versions)
         self.library = VifLibrary()
         self.library.initialize(settings.vif_plugins, {
             "ovs": {"ovsdb": settings.vif_ovsdb, "datapath_type": settings.vif_datapath_type}})
+        self.library.host_info(self.pins)  # a bad pin stops the start, naming it
 
     def host_info(self) -> dict[str, Any]:
         """The join's ``hostInfo``."""
-        return to_wire(self.library.host_info())
+        return to_wire(self.library.host_info(self.pins))
 
     def read(self, raw: Any) -> Plugging:
         """The VIF of a start order; a CodedError (INVALID_VIF_OBJECT, VIF_VERSION_TOO_NEW,
@@ -63,7 +65,8 @@ class HostVifs:
         profile = vif.port_profile
         datapath = profile.datapath_type if isinstance(profile, VIFPortProfileOpenVSwitch) and profile.datapath_type != "system" \
             else self.datapath_type
-        return Plugging(vif, tap, json.dumps(to_wire(vif), separators=(",", ":")),
+        # Kept as received (checked whole above): the versions its group manager sent.
+        return Plugging(vif, tap, json.dumps(raw, separators=(",", ":")),
                         no_offload=isinstance(vif, VIFOpenVSwitch) and datapath == "netdev")
 
     @staticmethod

@@ -24,7 +24,7 @@ from snooze.vif.errors import (
     UnplugException,
 )
 from snooze.vif.objects import HostInfo, InstanceInfo, VIFBase
-from snooze.vif.versioned import newest_versions
+from snooze.vif.versioned import ObjectError, newest_versions, parse_version
 
 __all__ = ["ENTRY_POINT_GROUP", "VifLibrary", "available_plugins"]
 
@@ -69,8 +69,29 @@ class VifLibrary:
             raise LibraryNotInitialized("the VIF library is used before initialize()")
         return self._plugins
 
-    def host_info(self) -> HostInfo:
-        return HostInfo(plugin_info=[p.describe() for p in self._loaded().values()], object_versions=newest_versions())
+    def host_info(self, pins: Mapping[str, str] | None = None) -> HostInfo:
+        """What this host plugs; with ``pins`` (object name -> version), no newer version of
+        those objects is claimed (a rolling upgrade's pins, as Nova's upgrade_levels)."""
+        ours = newest_versions()
+        pins = dict(pins or {})
+        for name, version in pins.items():
+            if name not in ours:
+                raise ObjectError(f"no versioned object {name!r} to pin", field=name)
+            if parse_version(version, field=name) > parse_version(ours[name]):
+                raise ObjectError(f"{name} pinned to {version}, newer than this version knows ({ours[name]})", field=name)
+
+        def capped(name: str, version: str) -> str:
+            return pins[name] if name in pins and parse_version(pins[name]) < parse_version(version) else version
+
+        plugins = []
+        for plugin in self._loaded().values():
+            info = plugin.describe()
+            for vif in info.vif_info:
+                vif.max_version = capped(vif.vif_object_name, vif.max_version)
+                for profile in vif.supported_port_profiles:
+                    profile.max_version = capped(profile.profile_object_name, profile.max_version)
+            plugins.append(info)
+        return HostInfo(plugin_info=plugins, object_versions={k: capped(k, v) for k, v in ours.items()})
 
     def plugin_for(self, vif: VIFBase) -> VifPlugin:
         plugin = self._loaded().get(vif.plugin)

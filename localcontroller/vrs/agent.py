@@ -5,9 +5,11 @@ in the host's ``Nuage_Port_Table`` and ``Nuage_VM_Table``:
 ==========================  ===================================================================
 Started/Booted (Restored…)  the port, then the entity, with the event and the state Running
 Started/Migrated            the same at the destination of a migration (the address unchanged)
-Stopped/Migrated            the event at the source, then its rows removed (the VM left)
-Stopped/other, Suspended,   the event and the state the entity is in after it
-Resumed, Shutdown, Crashed
+Stopped/*                   the event, then its rows removed: migrated (the VM left; the
+                            destination adds its own), destroyed, shut down, crashed or failed
+                            (off the network, whoever stopped it)
+Suspended, Resumed,         the event and the state the entity is in after it
+Shutdown, Crashed
 Undefined                   the entity and its ports removed (a destroy here also undefines)
 ==========================  ===================================================================
 
@@ -32,7 +34,7 @@ from localcontroller.hypervisor.libvirt import LibvirtHypervisor
 from localcontroller.vif.ovsdb import Ovsdb, OvsdbError
 from localcontroller.vrs.backend import Entity, VrsBackend, port_row
 from localcontroller.vrs.events import Event as VrsEvent
-from localcontroller.vrs.events import EventCategory, InvalidEvent, StartedDetail, StoppedDetail
+from localcontroller.vrs.events import EventCategory, InvalidEvent, StartedDetail
 from snooze.codes import CodedError
 from snooze.vif.objects import InstanceInfo, VIFBase
 from snooze.vif.versioned import from_wire
@@ -121,10 +123,13 @@ class VrsAgent:
             return
         await asyncio.to_thread(self.backend.post_event, entity)
         log.info("VRS: %s %s", name, event)
-        if event.category is EventCategory.STOPPED and event.detail is StoppedDetail.MIGRATED:
-            # It runs elsewhere now: its rows leave this host (the destination adds its own).
+        if event.category is EventCategory.STOPPED:
+            # Migrated: it runs elsewhere now (the destination adds its own rows); destroyed,
+            # shut down, crashed or failed (by Snooze or behind its back): off the network.
+            # The event was posted first, for whoever watches the table.
             self._known.pop(name, None)
             await asyncio.to_thread(self.backend.removed, known[0], [port_row(vif)["name"]])
+            log.info("VRS: %s (%s) removed after %s", name, known[0], event)
 
     async def _audit(self) -> None:
         running: list[Entity] = []

@@ -212,6 +212,15 @@ a="$QUERY_STRING"
 case "$a" in ""|*[!0-9.]*) echo "bad address"; exit 0;; esac
 if ping -c 1 -W 2 "$a" >/dev/null 2>&1; then echo "reached $a"; else echo "unreachable $a"; fi
 """
+# /cgi-bin/pinger?ADDRESS: pings ADDRESS every 10 ms for 15 s and answers ping's lines (one per
+# reply, with its seq=N): the caller finds the longest time without a reply (a migration's gap).
+CGI_PINGER = r"""#!/bin/sh
+echo "Content-Type: text/plain"
+echo ""
+a="$QUERY_STRING"
+case "$a" in ""|*[!0-9.]*) echo "bad address"; exit 0;; esac
+ping -i 0.01 -w 15 "$a" 2>&1
+"""
 
 
 class GuestImageError(RuntimeError):
@@ -227,7 +236,7 @@ def image_path() -> Path:
 def recipe() -> str:
     """A digest of what makes the image, the kernel aside: a change rebuilds it."""
     digest = hashlib.sha256()
-    for part in (RECIPE_VERSION, INIT, UDHCPC_SCRIPT, SYSLINUX_CFG, " ".join(MODULES), CGI_FETCH, CGI_PING):
+    for part in (RECIPE_VERSION, INIT, UDHCPC_SCRIPT, SYSLINUX_CFG, " ".join(MODULES), CGI_FETCH, CGI_PING, CGI_PINGER):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -386,6 +395,7 @@ def build_initramfs(moddir: Path, busybox: Path = BUSYBOX) -> bytes:
     archive.file("etc/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
     archive.file("www/cgi-bin/fetch", CGI_FETCH.encode(), 0o755)
     archive.file("www/cgi-bin/ping", CGI_PING.encode(), 0o755)
+    archive.file("www/cgi-bin/pinger", CGI_PINGER.encode(), 0o755)
     archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     archive.file("etc/group", b"root:x:0:\n")
     archive.file("etc/profile", b"export PATH=/bin PS1='\\h# '\n")

@@ -182,6 +182,9 @@ class ClusterOptions:
     # (userspace datapath) in its namespace, and cluster.json names its OVSDB ("ovsdb").
     # Implies netns (the plugins make devices in the hosts' namespaces, never in the root one).
     vif: str = ""
+    # Options of single local controllers ("lc-2" -> {"section.option": value}), over ``extra``
+    # (e.g. one host pinned to older VIF object versions, as in a rolling upgrade).
+    lc_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _tail(log: str, lines: int = 15) -> str:
@@ -430,7 +433,7 @@ class LocalCluster:
                 extra: dict[str, Any] = {"localcontroller.hypervisor_uri": uri, "localcontroller.remote_uri": uri,
                                          "localcontroller.migration_uri": f"tcp://{self.fabric.plan_host(f'lc-{i}').address}"}
                 cni, shown = self._cni(i)
-                add("localcontroller", f"lc-{i}", {**extra, **cni})
+                add("localcontroller", f"lc-{i}", {**extra, **cni, **o.lc_extra.get(f"lc-{i}", {})})
                 specs[-1].update({"host": f"host{i}", "hypervisorUri": uri, **shown})
                 continue
             xml = hosts / f"lc-{i}.xml"
@@ -445,7 +448,7 @@ class LocalCluster:
                     "localcontroller.wakeup_options": f"-I lanplus -H 127.0.0.1 -p {bmc_port} -U {o.bmc_user} -P {o.bmc_password}",
                 })
             cni, shown = self._cni(i)
-            add("localcontroller", f"lc-{i}", {**extra, **cni})
+            add("localcontroller", f"lc-{i}", {**extra, **cni, **o.lc_extra.get(f"lc-{i}", {})})
             specs[-1].update(shown)
             if o.energy:
                 specs[-1]["bmcPort"] = bmc_port

@@ -334,7 +334,10 @@ def test_through_the_api_a_stuck_post_copy_is_recorded_where_it_will_end_and_mig
         status, body = break_migration(unreachable=True)
         assert status == 409 and body["error"]["code"] == "MIGRATION_NEEDS_RECOVERY", body
         assert "paused at both hosts" in body["error"]["message"] and "migrateVirtualMachine" in body["error"]["message"]
-        meta = http("POST", b + "?getVirtualMachineMetaData", "pcapi-1")[1]
+        # The live state is what the hosts' monitoring last said: a sample taken while the guest
+        # still ran at the destination (before the cut) may be the latest for a moment.
+        meta = wait_for(lambda: (lambda m: m if m["status"] == "PAUSED" else None)(
+            http("POST", b + "?getVirtualMachineMetaData", "pcapi-1")[1]), 15, "pcapi-1 shown PAUSED at both hosts")
         assert meta["status"] == "PAUSED" and meta["errorCode"] == "MIGRATION_NEEDS_RECOVERY", meta
         assert "--postcopy-resume" in meta["message"]
         assert meta["virtualMachineLocation"]["localControllerId"] == target, "recorded where it will end"

@@ -20,7 +20,7 @@ from snooze.codes import ErrorCode
 from snooze.dev import netns
 from snooze.dev import ovs as devovs
 from snooze.vif import objects as o
-from snooze.vif.errors import LibraryNotInitialized, NoMatchingPlugin, PlugException
+from snooze.vif.errors import LibraryNotInitialized, NoMatchingPlugin, ObjectError, PlugException
 from tests.netlab import namespace_prefix
 
 pytestmark = pytest.mark.integration
@@ -210,5 +210,22 @@ def test_ovs_plug_with_the_ovsdb_down_fails_cleanly_and_works_once_it_is_back(ns
         switch.start_ovsdb()
         in_ns(ns, lib, "plug", ovs_vif("tap-b"))  # a new connection to the restarted server
         assert ovs_ports(switch) == ["tap-a", "tap-b"]
+    finally:
+        lib.close()
+
+
+def test_pins_make_a_host_claim_older_versions_as_during_a_rolling_upgrade() -> None:
+    lib = VifLibrary()
+    lib.initialize(["ovs"], {"ovs": {"ovsdb": "unix:/nonexistent/db.sock"}})  # connects only when plugging
+    try:
+        info = lib.host_info({"VIFPortProfileOpenVSwitch": "1.0", "Network": "1.0"})
+        [vif_info] = info.plugin("ovs").vif_info  # type: ignore[union-attr]
+        assert [p.max_version for p in vif_info.supported_port_profiles] == ["1.0"]
+        assert info.object_versions["VIFPortProfileOpenVSwitch"] == "1.0" and info.object_versions["Network"] == "1.0"
+        assert info.object_versions["VIFOpenVSwitch"] == "1.0" and info.object_versions["HostVIFInfo"] == "1.1"
+        with pytest.raises(ObjectError, match="pinned to 1.3, newer than this version knows"):
+            lib.host_info({"VIFPortProfileOpenVSwitch": "1.3"})
+        with pytest.raises(ObjectError, match="no versioned object 'VIFVHostUser'"):
+            lib.host_info({"VIFVHostUser": "1.0"})
     finally:
         lib.close()
