@@ -100,12 +100,13 @@ def migrations(plugin: str, count: int) -> list[tuple[float, float | None, float
             body = json.dumps({"virtualMachineTemplates": [
                 {"name": "mover", "vcpus": 1, "memory": 131072, "imageId": GUEST_IMAGE, "hostId": "lc-1"}]})
             req = urllib.request.Request(c.bootstrap_url + "/bootstrap?startVirtualCluster", data=body.encode(), method="POST")
-            task = json.loads(urllib.request.urlopen(req, timeout=60).read())
+            raw_task = urllib.request.urlopen(req, timeout=60).read().decode().strip()
+            task = json.loads(raw_task) if raw_task.startswith('"') else raw_task  # the original answers the id bare
             meta = None
             deadline = time.monotonic() + 180
             while meta is None and time.monotonic() < deadline:
                 req = urllib.request.Request(c.bootstrap_url + "/bootstrap?getVirtualClusterResponse",
-                                             data=json.dumps(task).encode(), method="POST")
+                                             data=task.encode(), method="POST")
                 raw = urllib.request.urlopen(req, timeout=30).read()
                 meta = (json.loads(raw) or {}).get("virtualMachineMetaData", [None])[0] if raw.strip() else None
                 time.sleep(0.2)
