@@ -275,7 +275,9 @@ def test_the_destination_daemon_dying_in_post_copy_is_reported_as_needing_recove
 def test_through_the_api_a_stuck_post_copy_is_recorded_where_it_will_end_and_migrating_again_resumes_it(
         cluster_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     # Snooze's template policy refuses QEMU pass-through, so this guest's memory is zero
-    # pages: 2 GiB of them still take ~5 s of post-copy at 1 MiB/s (a page header each).
+    # pages: 4 GiB of them take ~10 s of post-copy at 1 MiB/s (a page header each). With 2 GiB
+    # (~5 s) a slow machine sometimes cut the stream only after the guest had all its pages: the
+    # migration was reported stuck while the guest already ran at the destination (CI saw it).
     from tests.integration.test_live_migration_api import names as active_names
     from tests.support import get, http, wait_for
 
@@ -294,7 +296,7 @@ def test_through_the_api_a_stuck_post_copy_is_recorded_where_it_will_end_and_mig
         wait_for(lambda: {lc["id"] for lc in get(b + "?getLocalControllerList")["localControllers"]} == set(hosts),
                  30, "both QEMU local controllers in the hierarchy")
         status, task = http("POST", b + "?startVirtualCluster", json.dumps(
-            {"virtualMachineTemplates": [{"libVirtTemplate": tiny_domain_xml("pcapi-1", memory_kib=2 << 20)}]}))
+            {"virtualMachineTemplates": [{"libVirtTemplate": tiny_domain_xml("pcapi-1", memory_kib=4 << 20)}]}))
         assert status == 200, task
         response = wait_for(lambda: http("POST", b + "?getVirtualClusterResponse", task)[1] or None, 60, "the VM")
         assert response is not None
