@@ -28,8 +28,10 @@ from aiohttp import web
 from bootstrap.ec2 import Ec2Gateway, Ec2Options
 from bootstrap.images import ImagesApi
 from bootstrap.network import NetworkApi
+from bootstrap.tokens import TokensApi
 from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
+from snooze.auth.tokens import Role, TokenRecord, TokenStore, seed_record
 from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError
 from snooze.http import ApiError, HttpLimits, json_response, read_identifier, start_server
@@ -53,6 +55,7 @@ LEADER_CHANGE = (ErrorCode.NO_GROUP_LEADER, ErrorCode.NOT_GROUP_LEADER, ErrorCod
 
 class Bootstrap(Service):
     role = "bootstrap"
+    serves_users = True
 
     def __init__(self, settings: cfg.Settings) -> None:
         super().__init__(settings)
@@ -74,9 +77,17 @@ class Bootstrap(Service):
         # The network model (/networks, /subnets, ... /hypervisors), in this bootstrap's own
         # ZooKeeper session and root: see bootstrap/network. Always on; 503 without ZooKeeper.
         self.network = NetworkApi(self)
+        # API tokens (/tokens, admins only): see bootstrap/tokens and snooze.auth.
+        self.tokens = TokensApi(self)
 
     async def on_start(self) -> None:
         assert self.coord is not None
+        if self.settings.auth.seed_admin_token:
+            try:
+                seed = seed_record(self.settings.auth.seed_admin_token)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from exc
+            self.scope.spawn("auth.seed", self._seed_token(seed))
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
         self.keep_registered("bootstraps", lambda: {"id": self.id, "controlDataAddress": self.address.to_json()})
         if self.images is not None:
@@ -90,9 +101,11 @@ class Bootstrap(Service):
             return
         node = self.settings.node
         own = node.listen_address if node.listen_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        # Its calls carry a token of this process only: its clients are authenticated by their keys.
+        token = self.guard.mint_local("ec2-gateway", Role.ADMIN)
         gateway = Ec2Gateway(Ec2Options(f"http://{own}:{node.port}", region=ec2.region, keys=dict(ec2.access_keys),
                                         instance_types={k: list(v) for k, v in ec2.instance_types.items()},
-                                        images=list(ec2.images)))
+                                        images=list(ec2.images), token=token))
         if not ec2.access_keys:
             log.warning("[ec2] listen_port is set but [ec2] access_keys is empty: the EC2 API refuses every request")
         try:
@@ -107,6 +120,18 @@ class Bootstrap(Service):
             await self.images.stop()
         if self._ec2_runner is not None:
             await self._ec2_runner.cleanup()
+
+    async def _seed_token(self, rec: TokenRecord) -> None:
+        """``[auth] seed_admin_token`` in ZooKeeper, once it answers."""
+        assert self.coord is not None
+        store = TokenStore(self.coord)
+        while True:
+            try:
+                if await store.ensure(rec):
+                    log.info("seeded admin token %s ([auth] seed_admin_token)", rec.id)
+                return
+            except CoordinationError:
+                await asyncio.sleep(1.0)
 
     def _set_leader(self, value: Any) -> bool:
         with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -250,11 +275,11 @@ class Bootstrap(Service):
             d["warnings"] = list(self.leader_warnings)  # e.g. too few group managers
         return d
 
-    async def get_complete_hierarchy(self, _request: web.Request) -> Any:
-        return await self.leader_call(Hierarchy.KIND)
+    async def get_complete_hierarchy(self, request: web.Request) -> Any:
+        return await self.vms.hierarchy_for(request)
 
-    async def get_local_controller_list(self, _request: web.Request) -> Any:
-        hierarchy = await self.leader_call(Hierarchy.KIND)
+    async def get_local_controller_list(self, request: web.Request) -> Any:
+        hierarchy = await self.vms.hierarchy_for(request)
         lcs = [lc for gm in hierarchy["groupManagerDescriptions"] for lc in gm.get("localControllers", [])]
         return {"localControllers": lcs}
 

@@ -15,10 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from snooze.auth import Principal
+from snooze.auth.guard import ANONYMOUS, principal_of
 from snooze.codes import FINISHED, IN_FLIGHT, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
-from snooze.http import ApiError, bad_request, parse_json, read_body, read_identifier, read_json
+from snooze.http import (
+    Access,
+    ApiError,
+    bad_request,
+    parse_json,
+    read_body,
+    read_identifier,
+    read_json,
+)
 from snooze.ids import InvalidId, check_id
 from snooze.models import NetworkAddress, Status
 from snooze.protocol.messages import (
@@ -65,6 +75,11 @@ def _zookeeper_errors(handler: Callable[[web.Request], Awaitable[Any]]) -> Calla
             raise api_error(exc, "ZooKeeper") from exc
 
     return handle
+
+
+def _may_see(principal: Principal, rec: VMRecord) -> bool:
+    """An admin sees every VM, a user only those submitted with their token."""
+    return principal.admin or rec.owner == principal.user
 
 
 def _on_host(rec: VMRecord) -> bool:
@@ -123,17 +138,18 @@ class VirtualMachineVerbs:
         self.b = bootstrap
         z = _zookeeper_errors
         r = bootstrap.routes
-        r.add("bootstrap", "startVirtualCluster", self.start_virtual_cluster, ("POST",))
-        r.add("bootstrap", "getVirtualClusterResponse", self.get_virtual_cluster_response, ("POST",))
+        u = Access.USER  # a user's token: their own VMs only (checked here, by each VM's owner)
+        r.add("bootstrap", "startVirtualCluster", self.start_virtual_cluster, ("POST",), access=u)
+        r.add("bootstrap", "getVirtualClusterResponse", self.get_virtual_cluster_response, ("POST",), access=u)
         r.add("bootstrap", "getVirtualMachineMetaData", z(self.get_virtual_machine_metadata), ("GET", "POST"))
         r.add("bootstrap", "getVirtualMachineDescriptions", z(self.get_virtual_machine_descriptions), ("GET", "POST"))
         r.add("bootstrap", "getGroupManagerDescriptions", self.get_group_manager_descriptions, ("GET", "POST"))
         r.add("bootstrap", "getLocalControllerDescriptions", self.get_local_controller_descriptions, ("GET", "POST"))
         r.add("bootstrap", "migrateVirtualMachine", z(self.migrate_virtual_machine), ("POST",))
-        r.add("bootstrap", "resizeVirtualMachine", z(self.resize_virtual_machine), ("POST",))
+        r.add("bootstrap", "resizeVirtualMachine", z(self.resize_virtual_machine), ("POST",), access=u)
         r.add("bootstrap", "startReconfiguration", z(self.start_reconfiguration), ("POST",))
         for verb, action in ACTIONS.items():
-            r.add("bootstrap", verb, z(self._action_handler(action)), ("POST",))
+            r.add("bootstrap", verb, z(self._action_handler(action)), ("POST",), access=u)
 
     @property
     def store(self) -> Store:
@@ -144,6 +160,11 @@ class VirtualMachineVerbs:
     # -- submissions (forwarded to the leader) -------------------------------------------
     async def start_virtual_cluster(self, request: web.Request) -> Any:
         body = await read_json(request)
+        if isinstance(body, dict):
+            body.pop("owner", None)  # never the client's say
+            principal = principal_of(request)
+            if principal is not ANONYMOUS:
+                body["owner"] = principal.user
         # Sent again to the next leader if this one does not answer (cut off from the network):
         # a submission is idempotent (by its requestId, else by its VMs' names and templates),
         # so the next leader answers the same task if the first had recorded it, and nothing
@@ -169,14 +190,19 @@ class VirtualMachineVerbs:
             raise api_error(exc, "group leader") from exc
         if reply.get("response") is None:
             return web.Response(text="", content_type="application/json")
+        principal = principal_of(request)
+        vms = reply["response"].get("virtualMachineMetaData") if isinstance(reply["response"], dict) else None
+        if not principal.admin and any(isinstance(m, dict) and m.get("owner") != principal.user for m in vms or []):
+            raise ApiError(ErrorCode.UNKNOWN_TASK, f"no task {task_id!r}", field="taskId")
         return reply["response"]
 
     # -- finding a VM --------------------------------------------------------------------
-    async def _locate(self, vm_id: str) -> tuple[VMRecord, NetworkAddress, str]:
-        """(record, its group manager's address, its local controller id) or a 404/409/503."""
+    async def _locate(self, vm_id: str, principal: Principal = ANONYMOUS) -> tuple[VMRecord, NetworkAddress, str]:
+        """(record, its group manager's address, its local controller id) or a 404/409/503;
+        another user's VM is 404, as one that does not exist."""
         try:
             rec = await self.store.get_vm(vm_id)
-            if rec is None:
+            if rec is None or not _may_see(principal, rec):
                 raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no virtual machine {vm_id!r}", field="virtualMachineId")
             lc_id = rec.lc_id
             if not lc_id:
@@ -198,7 +224,7 @@ class VirtualMachineVerbs:
     def _action_handler(self, action: str) -> Any:
         async def handle(request: web.Request) -> Any:
             vm_id = await read_identifier(request, "virtualMachineId")
-            rec, gm_addr, lc_id = await self._locate(vm_id)
+            rec, gm_addr, lc_id = await self._locate(vm_id, principal_of(request))
             try:
                 # The record's domain UUID (when known): a delayed order never reaches a newer VM
                 # of the same name.
@@ -247,14 +273,14 @@ class VirtualMachineVerbs:
             raise bad_request("the body must be a ResizeRequest {\"virtualMachineLocation\", \"resizedCapacity\"}",
                               field="virtualMachineLocation")
         vm_id = _id(location.get("virtualMachineId"), "virtualMachineLocation.virtualMachineId")
-        _rec, gm_addr, lc_id = await self._locate(vm_id)
+        _rec, gm_addr, lc_id = await self._locate(vm_id, principal_of(request))
         try:
             await self.b.rpc.call(gm_addr, Resize.KIND,
                                   Resize(vm_id=vm_id, capacity=body.get("resizedCapacity"), local_controller_id=lc_id).to_wire(),
                                   epoch=self.b.known_epoch, timeout=90)
         except RpcError as exc:
             raise api_error(exc, "group manager") from exc
-        return await self.metadata_of(vm_id)
+        return await self.metadata_of(vm_id, principal_of(request))
 
     async def start_reconfiguration(self, request: web.Request) -> Any:
         """Run one group manager's consolidation now (the body: its id, as the original's)."""
@@ -281,9 +307,9 @@ class VirtualMachineVerbs:
             vm_id = _id(vm_id, "virtualMachineId")
         else:
             vm_id = await read_identifier(request, "virtualMachineId")
-        return await self.metadata_of(vm_id)
+        return await self.metadata_of(vm_id, principal_of(request))
 
-    async def metadata_of(self, vm_id: str) -> dict[str, Any]:
+    async def metadata_of(self, vm_id: str, principal: Principal = ANONYMOUS) -> dict[str, Any]:
         """The VM's metadata: its record, with its live state from its group manager (UNKNOWN
         with the reason when no group manager can say); 404 for a VM nobody knows."""
         readable = True
@@ -292,7 +318,7 @@ class VirtualMachineVerbs:
         except RecordError as exc:
             # Shown as the group leader reports it: ERROR, with why (and nowhere to ask about it).
             rec, readable = VMRecord.unreadable(exc), False
-        if rec is None:
+        if rec is None or not _may_see(principal, rec):
             raise ApiError(ErrorCode.VIRTUAL_MACHINE_NOT_FOUND, f"no virtual machine {vm_id!r}", field="virtualMachineId")
         spec = await self.store.get_spec(vm_id)
         live: dict[str, Any] | None = None
@@ -374,15 +400,17 @@ class VirtualMachineVerbs:
 
     async def get_virtual_machine_descriptions(self, request: web.Request) -> Any:
         q = await self._page(request)
+        principal = principal_of(request)
         ids = sorted(await self.store.vm_ids())
-        if q.group_manager is None and q.local_controller is None:
+        if q.group_manager is None and q.local_controller is None and principal.admin:
             page = [i["id"] for i in q.page([{"id": vm_id} for vm_id in ids])]
             records = await self.store.get_vms(page)
             total = len(ids)
         else:
-            # Filtered by where they run: every record is read (the original's UI pages hosts, not VMs).
+            # Filtered by where they run, or by owner: every record is read (the original's UI pages
+            # hosts, not VMs).
             every = await self.store.get_vms(ids)
-            chosen = [vm_id for vm_id in ids if vm_id in every
+            chosen = [vm_id for vm_id in ids if vm_id in every and _may_see(principal, every[vm_id])
                       and (q.local_controller is None or every[vm_id].lc_id == q.local_controller)
                       and (q.group_manager is None or every[vm_id].gm_id == q.group_manager)]
             page = [i["id"] for i in q.page([{"id": vm_id} for vm_id in chosen])]
@@ -415,10 +443,29 @@ class VirtualMachineVerbs:
             vms.append(meta)
         return q.answer("virtualMachines", vms, total, wrap=True)
 
+    async def hierarchy_for(self, request: web.Request) -> Any:
+        """The leader's hierarchy as the caller may see it: a user sees every group manager and
+        local controller, and of the VMs only their own."""
+        h = await self.b.leader_call(Hierarchy.KIND)
+        principal = principal_of(request)
+        if principal.admin or not isinstance(h, dict):
+            return h
+        try:
+            records = await self.store.get_vms(sorted(await self.store.vm_ids()))
+        except CoordinationError as exc:
+            raise api_error(exc, "ZooKeeper") from exc
+        owned = {vm_id for vm_id, rec in records.items() if _may_see(principal, rec)}
+        for gm in h.get("groupManagerDescriptions", []):
+            for lc in gm.get("localControllers", []) if isinstance(gm, dict) else []:
+                vms = lc.get("virtualMachineMetaData") if isinstance(lc, dict) else None
+                if isinstance(vms, dict):
+                    lc["virtualMachineMetaData"] = {k: v for k, v in vms.items() if k in owned}
+        return h
+
     async def get_group_manager_descriptions(self, request: web.Request) -> Any:
         """GroupManagerDescriptions: a JSON array, as the original's (``?v=2``: the paged object)."""
         q = await self._page(request)
-        h = await self.b.leader_call(Hierarchy.KIND)
+        h = await self.hierarchy_for(request)
         gms = sorted(h.get("groupManagerDescriptions", []), key=lambda gm: str(gm.get("id")))
         if q.group_manager is not None:
             gms = [gm for gm in gms if gm.get("id") == q.group_manager]
@@ -427,7 +474,7 @@ class VirtualMachineVerbs:
     async def get_local_controller_descriptions(self, request: web.Request) -> Any:
         """LocalControllerDescriptions: a JSON array, as the original's (``?v=2``: the paged object)."""
         q = await self._page(request)
-        h = await self.b.leader_call(Hierarchy.KIND)
+        h = await self.hierarchy_for(request)
         lcs = [lc for gm in h.get("groupManagerDescriptions", []) for lc in gm.get("localControllers", [])
                if q.group_manager is None or gm.get("id") == q.group_manager]
         if q.local_controller is not None:

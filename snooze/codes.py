@@ -154,6 +154,12 @@ class ErrorCode(StrEnum):
     #: newer than its group manager's: upgrade group managers before local controllers.
     VIF_VERSION_TOO_NEW = "VIF_VERSION_TOO_NEW", 400
 
+    # -- who asks (snooze.auth) ----------------------------------------------------------------
+    #: No token, or one that is malformed, unknown or revoked (answered with WWW-Authenticate).
+    UNAUTHORIZED = "UNAUTHORIZED", 401
+    #: A valid token whose role may not do this (a user asking an admin's verb).
+    FORBIDDEN = "FORBIDDEN", 403
+
     # -- what the request names does not exist (404) -----------------------------------------
     NOT_FOUND = "NOT_FOUND", 404
     UNKNOWN_METHOD = "UNKNOWN_METHOD", 404
@@ -164,6 +170,7 @@ class ErrorCode(StrEnum):
     IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND", 404
     #: No network object of that kind and id (snooze.network.store).
     NETWORK_OBJECT_NOT_FOUND = "NETWORK_OBJECT_NOT_FOUND", 404
+    TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND", 404
     #: A container's port not declared in the network model yet (the CNI agent; the plugin polls).
     CNI_PORT_NOT_DECLARED = "CNI_PORT_NOT_DECLARED", 404, TEMPORARY
     #: A local controller left its group manager between a plan and its order: nothing was
@@ -291,6 +298,8 @@ class ErrorCode(StrEnum):
 
 _BY_STATUS: dict[int, ErrorCode] = {
     400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     408: ErrorCode.REQUEST_TIMEOUT,

@@ -182,6 +182,13 @@ class ImagesSettings:
 
 
 @dataclass
+class AuthSettings:
+    enabled: bool = opt(True, "Require a bearer token (snooze token create) on every call of the public HTTP API but /health, /metrics and ping; tokens are kept hashed in ZooKeeper (docs/auth.md). Off only in the local demo cluster (snooze cluster up without --auth).")
+    seed_admin_token: str = opt("", "Bootstrap only: an admin token created in ZooKeeper at start when missing, as ID:SHA256 (its id and the SHA-256 of its secret; the local cluster's --auth makes one); empty = none. Make the first admin token of a deployment with snooze token create --zookeeper instead.")
+    audit_log: str = opt("", "File that every state-changing call of the public API is appended to, one JSON line each (time, user, role, token id, client, method, path, verb, status); empty = the process's log (logger snooze.audit).")
+
+
+@dataclass
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
@@ -192,6 +199,7 @@ class Settings:
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     ec2: Ec2Settings = field(default_factory=Ec2Settings)
     images: ImagesSettings = field(default_factory=ImagesSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def node_id(self, role: str) -> str:
         """``[node] id``, or one derived from this machine's identity, the role and the port:
@@ -322,9 +330,9 @@ def route_source(host: str, port: int) -> str:
 
 
 ROLE_SECTIONS = {
-    "bootstrap": ("node", "cluster", "heartbeat", "ec2", "images"),
-    "groupmanager": ("node", "cluster", "heartbeat", "monitoring", "groupmanager", "templates"),
-    "localcontroller": ("node", "cluster", "heartbeat", "monitoring", "localcontroller", "templates"),
+    "bootstrap": ("node", "cluster", "heartbeat", "auth", "ec2", "images"),
+    "groupmanager": ("node", "cluster", "heartbeat", "auth", "monitoring", "groupmanager", "templates"),
+    "localcontroller": ("node", "cluster", "heartbeat", "auth", "monitoring", "localcontroller", "templates"),
 }
 DEFAULT_PORTS = {"bootstrap": 5000, "groupmanager": 5001, "localcontroller": 5010}
 

@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +50,29 @@ MAX_JSON_DEPTH = 64
 # Integers msgpack (the internal envelopes) can carry: int64 and uint64.
 MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 INTERNAL_PATH = "/snooze/internal"
+
+
+class Access(StrEnum):
+    """What a public route needs when authentication is on (snooze.auth.guard)."""
+
+    #: No token: /health, /metrics, ping, the internal endpoint (HMAC-signed).
+    PUBLIC = "public"
+    #: Any valid token; reads only.
+    READ = "read"
+    #: Any valid token; the handler lets a user touch only what they own (their VMs).
+    USER = "user"
+    #: An admin's token.
+    ADMIN = "admin"
+
+
+def default_access(verb: str) -> Access:
+    """A verb's access unless its route says otherwise: reads (get*, has*) need a token, every
+    other verb an admin's."""
+    if verb == "ping":
+        return Access.PUBLIC
+    return Access.READ if verb.startswith(("get", "has")) else Access.ADMIN
+
+
 MSGPACK = "application/x-snooze-msgpack"
 
 
@@ -355,10 +379,41 @@ async def count_middleware(
             counts[(path, verb, request.method, str(status))] += 1
 
 
+#: Access of plain (non-verb) routes, by (method, route template), when not the default
+#: (GET and HEAD need a token, anything else an admin's): see ``set_access``.
+ROUTE_ACCESS: web.AppKey[dict[tuple[str, str], Access]] = web.AppKey("route_access", dict)
+_PUBLIC_PATHS = (INTERNAL_PATH, "/health", "/metrics")
+
+
+def set_access(app: web.Application, method: str, path: str, access: Access) -> None:
+    """``method path`` (a route template, e.g. ``/tokens/{id}``) needs ``access``."""
+    app[ROUTE_ACCESS][(method, path)] = access
+
+
+def route_access(request: web.Request) -> Access:
+    """What the request's route needs (snooze.auth.guard enforces it)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return Access.READ  # 404 for those who may look
+    path = resource.canonical
+    if path in _PUBLIC_PATHS:
+        return Access.PUBLIC
+    verbs = request.app.get(VERBS)
+    known = verbs.get(path.lstrip("/")) if verbs is not None else None
+    if known is not None:
+        entry = known.get(request.query_string.split("&", 1)[0].split("=", 1)[0])
+        return entry.access if entry is not None else Access.READ
+    override = request.app.get(ROUTE_ACCESS, {}).get((request.method, path))
+    if override is not None:
+        return override
+    return Access.READ if request.method in ("GET", "HEAD") else Access.ADMIN
+
+
 def new_app() -> web.Application:
     app = web.Application(middlewares=[count_middleware, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[REQUESTS] = Counter()
     app[VERBS] = {}
+    app[ROUTE_ACCESS] = {}
     return app
 
 
@@ -484,6 +539,7 @@ VerbHandler = Callable[[web.Request], Awaitable[Any]]
 class _Verb:
     methods: tuple[str, ...]
     handler: VerbHandler
+    access: Access = Access.ADMIN
 
 
 class VerbRouter:
@@ -495,11 +551,17 @@ class VerbRouter:
         if VERBS in app:
             app[VERBS] = self.verbs  # the request counter labels known verbs only
 
-    def add(self, prefix: str, verb: str, handler: VerbHandler, methods: tuple[str, ...] = ("GET", "POST")) -> None:
+    def add(self, prefix: str, verb: str, handler: VerbHandler, methods: tuple[str, ...] = ("GET", "POST"),
+            access: Access | None = None) -> None:
         if prefix not in self.verbs:
             self.verbs[prefix] = {}
             self.app.router.add_route("*", f"/{prefix}", self._dispatcher(prefix))
-        self.verbs[prefix][verb] = _Verb(methods, handler)
+        self.verbs[prefix][verb] = _Verb(methods, handler, access or default_access(verb))
+
+    def access(self, prefix: str, verb: str) -> Access | None:
+        """The access ``/prefix?verb`` needs; None for an unknown verb (answered 404)."""
+        entry = self.verbs.get(prefix, {}).get(verb)
+        return entry.access if entry is not None else None
 
     def _dispatcher(self, prefix: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def dispatch(request: web.Request) -> web.StreamResponse:

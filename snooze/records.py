@@ -84,6 +84,8 @@ _OPTIONAL = {
     # its template named.
     "subnet": "subnet", "network": "network", "flavor": "flavor", "firewallGroup": "fwgroup",
     "vlanGroup": "vlangroup",
+    # Who submitted it (snooze.auth): a user's token sees and touches only their own VMs.
+    "owner": "owner",
 }
 _KEYS = {**_CORE, **_OPTIONAL}
 
@@ -119,6 +121,7 @@ class VMRecord:
     flavor: str | None = None
     fwgroup: str | None = None
     vlangroup: str | None = None
+    owner: str | None = None
     #: Keys this version does not know (a newer writer's), kept and written back.
     extra: dict[str, Any] = field(default_factory=dict)
     #: The znode's version when read (-1: not read from ZooKeeper); not part of the JSON.
@@ -134,12 +137,12 @@ class VMRecord:
     def pending(cls, vm_id: str, task_id: str, requested: Capacity, ip: str | None, mac: str | None,
                 subnet: str = "", *, refused: tuple[ErrorCode, str] | None = None, subnet_id: str | None = None,
                 network: str | None = None, flavor: str | None = None, fwgroup: str | None = None,
-                vlangroup: str | None = None) -> VMRecord:
+                vlangroup: str | None = None, owner: str | None = None) -> VMRecord:
         """A newly submitted VM (PENDING), or ERROR ``NO_FREE_IP_ADDRESS`` when ``ip`` is None,
         or ERROR with ``refused`` (code, message: an unknown flavor, network …); ``subnet_id``
         … ``vlangroup``: the network model's objects it is tied to (``subnet``: for the message)."""
         rec = cls(vm_id, VMStatus.PENDING, task_id=task_id, requested=requested, ip=ip, mac=mac, submitted_at=time.time(),
-                  subnet=subnet_id, network=network, flavor=flavor, fwgroup=fwgroup, vlangroup=vlangroup)
+                  subnet=subnet_id, network=network, flavor=flavor, fwgroup=fwgroup, vlangroup=vlangroup, owner=owner)
         if refused is not None:
             rec.status, rec.error_code, rec.message = VMStatus.ERROR, refused[0], refused[1]
         elif ip is None:
@@ -241,6 +244,7 @@ class VMRecord:
             "rejections": dict(self.rejections or {}),
             "taskId": self.task_id,
             "lastMigration": self.last_migration,
+            "owner": self.owner,
         }
 
     # -- what the store needs --------------------------------------------------------------
@@ -476,4 +480,5 @@ def _read_fields(d: dict[str, Any]) -> dict[str, Any]:
         "flavor": _text(d.get("flavor"), "flavor"),
         "fwgroup": _text(d.get("firewallGroup"), "firewallGroup"),
         "vlangroup": _text(d.get("vlanGroup"), "vlanGroup"),
+        "owner": _text(d.get("owner"), "owner"),
     }

@@ -36,6 +36,8 @@ from prometheus_client.core import Metric
 
 from snooze import config as cfg
 from snooze import metrics
+from snooze.auth.guard import Guard
+from snooze.auth.tokens import TokenStore
 from snooze.coordination import CoordinationError, Coordinator
 from snooze.coordination.zk import DuplicateRegistration, describe_hosts
 from snooze.heartbeat import HeartbeatEndpoint
@@ -70,6 +72,9 @@ class StartupError(Exception):
 
 class Service:
     role = "service"
+    #: Whether users' tokens may call this role's public HTTP (snooze.auth): only the
+    #: bootstrap's; group managers' and local controllers' own verbs are for admins.
+    serves_users = False
 
     def __init__(self, settings: cfg.Settings) -> None:
         self.settings = settings
@@ -99,6 +104,8 @@ class Service:
         self.exit_code = 0
         #: Why the process stopped when it could not run (one line, printed by main_for).
         self.fatal: str | None = None
+        #: The public API's gate (snooze.auth.guard): tokens checked from ZooKeeper once started.
+        self.guard = Guard(None, enabled=settings.auth.enabled, audit_file=settings.auth.audit_log, users=self.serves_users)
         self.routes.add(self.role, "ping", self._ping)
         self.app.router.add_get("/health", self._health)
         self.metrics_registry = metrics.new_registry(self.metric_families)
@@ -212,6 +219,7 @@ class Service:
                         "cluster. Set [cluster] key (or the SNOOZE_CLUSTER_KEY environment variable) to a secret of your own")
         log.info("%s %s starting: listening on %s port %d, advertised to peers as %s", self.role, self.id,
                  s.node.listen_address, s.node.port, self.address.address)
+        self.guard.install(self.app)  # first of the middlewares, before the app is frozen
         try:
             self._runner = await start_server(self.app, s.node.listen_address, s.node.port, HttpLimits.from_settings(s.node))
             await self.heartbeat.start(s.node.listen_address, s.node.port)
@@ -233,8 +241,22 @@ class Service:
         # Restarts kazoo if its connection thread dies; when that keeps failing it crashes, and
         # so the process stops with code 1 instead of living on without ZooKeeper.
         self.spawn("zookeeper", self.coord.supervise())
+        if s.auth.enabled:
+            self.guard.store = TokenStore(self.coord)
+            self.scope.spawn("auth.tokens", self._mirror_tokens(self.guard.store))
         await self.on_start()
         log.info("%s %s started; peers reach it at %s; ZooKeeper at %s", self.role, self.id, self.address.url, self.coord.where)
+
+    async def _mirror_tokens(self, store: TokenStore) -> None:
+        """Watch the tokens (snooze.auth), once ZooKeeper answers: until then a call with a
+        token is answered 503, never 401."""
+        while True:
+            try:
+                await store.watch()
+                return
+            except CoordinationError as exc:
+                log.debug("tokens not watched yet: %s", exc)
+                await asyncio.sleep(1.0)
 
     async def on_start(self) -> None:
         """Role-specific start-up."""
@@ -315,6 +337,8 @@ class Service:
         yield metrics.counter("snooze_task_failures", "Failures of this process's background tasks.", self.scope.failures)
         yield metrics.counter("snooze_http_requests", "HTTP requests answered, by route, verb, method and status.",
                               {k: float(v) for k, v in self.app[REQUESTS].items()}, ("path", "verb", "method", "status"))
+        yield metrics.counter("snooze_auth_refused", "Public API calls refused by authentication, by reason (missing, "
+                              "invalid, forbidden).", {(k,): float(v) for k, v in self.guard.refused.items()}, ("reason",))
         guard = self.app.get(GUARD)
         if guard is not None:
             yield metrics.counter("snooze_http_connections_closed", "HTTP connections closed early, by reason.",

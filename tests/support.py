@@ -54,9 +54,11 @@ def port_range(count: int) -> int:
 
 
 def http(method: str, url: str, body: bytes | str | None = None, timeout: float = 10.0,
-         content_type: str = "application/json") -> tuple[int, Any]:
+         content_type: str = "application/json", token: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
+    sent = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()

@@ -72,6 +72,7 @@ class Ec2Options:
     instance_types: dict[str, list[int]] = field(default_factory=lambda: {"m1.small": [1, 1048576]})
     images: list[str] = field(default_factory=list)  # empty: any image id the cluster accepts
     owner_id: str = "snooze"
+    token: str | None = None  # what the gateway presents to the bootstrap (snooze.auth)
 
 
 class Ec2Error(Exception):
@@ -120,7 +121,7 @@ class Ec2Gateway:
 
     def __init__(self, options: Ec2Options, client_factory: Callable[[], SnoozeClient] | None = None) -> None:
         self.options = options
-        self._client_factory = client_factory or (lambda: SnoozeClient(options.bootstrap_url))
+        self._client_factory = client_factory or (lambda: SnoozeClient(options.bootstrap_url, token=options.token or ""))
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.router.add_route("*", "/", self._handle)
         self.app.on_cleanup.append(self._close)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from snooze.auth.guard import GATE
 from snooze.codes import FINISHED, ErrorCode
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
@@ -266,6 +267,9 @@ class ImagesApi:
         if request.version != (1, 1) or request.headers.get("Expect", "").lower() != "100-continue":
             raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect', '')[:40]}")
         try:
+            gate = request.app.get(GATE)
+            if gate is not None:
+                await gate.check(request)  # no body is asked of a client that may not send it
             self._precheck(request)
         except ApiError as exc:
             return self._refusal(exc)

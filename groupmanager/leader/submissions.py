@@ -168,6 +168,12 @@ class Submissions:
                 request_id = check_id(request_id, "requestId")
             except InvalidId as exc:
                 raise ApiError(ErrorCode.INVALID_REQUEST_ID, str(exc), field=exc.field) from exc
+        owner = body.get("owner")  # set by the bootstrap from the caller's token (snooze.auth)
+        if owner is not None:
+            try:
+                owner = check_id(owner, "owner")
+            except InvalidId as exc:
+                raise ApiError(ErrorCode.INVALID_TEMPLATE, str(exc), field=exc.field) from exc
         try:
             signature = fingerprint(body["virtualMachineTemplates"])
         except (RecursionError, TypeError, ValueError) as exc:
@@ -176,7 +182,7 @@ class Submissions:
         self._require_agreement()
         async with self._alloc:
             try:
-                known = await self._known_submission(specs, request_id, signature)
+                known = await self._known_submission(specs, request_id, signature, owner)
                 if known is not None:
                     log.info("virtual cluster %s submitted again: answering the same task", known)
                     return known
@@ -187,12 +193,12 @@ class Submissions:
             fresh = False
             for attempt in range(ALLOCATION_ATTEMPTS):
                 try:
-                    records, reservations, guests = await self._allocate(specs, task_id, fresh)
+                    records, reservations, guests = await self._allocate(specs, task_id, fresh, owner)
                 except CoordinationError as exc:
                     raise api_error(exc) from exc
                 task: dict[str, Any] = {"taskId": task_id, "state": TaskState.PENDING, "vmIds": [s.id for s in specs],
                                         "requestId": request_id, "fingerprint": signature,
-                                        "submittedAt": time.time(), "epoch": self.epoch}
+                                        "submittedAt": time.time(), "epoch": self.epoch, "owner": owner}
                 try:
                     task = await self.store.create_submission(task, list(records.values()), [s.to_json() for s in specs],
                                                               self.subnet, self.epoch, reservations, guests)
@@ -223,7 +229,8 @@ class Submissions:
                 self._ensure_progress(task)
         return task
 
-    async def _known_submission(self, specs: list[VMSpec], request_id: str | None, signature: str) -> str | None:
+    async def _known_submission(self, specs: list[VMSpec], request_id: str | None, signature: str,
+                                owner: str | None = None) -> str | None:
         """The task this request is a retry of, if any (call with the lock held)."""
         names = [s.id for s in specs]
         if request_id is not None:
@@ -244,7 +251,8 @@ class Submissions:
             task = await self._settled(task_id)
             if task is None:
                 continue
-            if task.get("requestId") == request_id and task.get("fingerprint") == signature and task.get("vmIds") == names:
+            if (task.get("requestId") == request_id and task.get("fingerprint") == signature and task.get("vmIds") == names
+                    and task.get("owner") == owner):  # another user's identical request is not theirs to see
                 self._ensure_progress(task)
                 return task_id
             if request_id is not None:
@@ -317,7 +325,8 @@ class Submissions:
         self._network_ready = True
 
     async def _allocate(self, specs: list[VMSpec], task_id: str,
-                        fresh: bool = False) -> tuple[dict[str, VMRecord], Reservations, dict[str, list[Op]]]:
+                        fresh: bool = False, owner: str | None = None
+                        ) -> tuple[dict[str, VMRecord], Reservations, dict[str, list[Op]]]:
         """Each VM's references checked, its flavor applied, its address planned in its
         subnet's pool (ops for the submission's own transaction), its record built (ERROR with
         the reason when a reference names nothing or its subnet is full), and for a VM with a
@@ -348,7 +357,7 @@ class Submissions:
             records[spec.id] = VMRecord.pending(
                 spec.id, task_id, spec.requested, ip, spec.mac if ip else None, subnet.id if subnet else self.subnet,
                 refused=net.refused, subnet_id=spec.subnet or (subnet.id if subnet else None), network=spec.network,
-                flavor=spec.flavor, fwgroup=spec.fwgroup, vlangroup=spec.vlangroup)
+                flavor=spec.flavor, fwgroup=spec.fwgroup, vlangroup=spec.vlangroup, owner=owner)
         return records, reservations, guests
 
     # -- dispatch ------------------------------------------------------------------------

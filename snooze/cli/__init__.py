@@ -11,6 +11,7 @@ One module per group of verbs, each adding its own to the parser with ``register
   repository;
 - ``snooze.cli.network`` — ``network``, ``subnet``, ``flavor``, ``fwgroup``, ``vlan`` (each
   ``create``, ``list``, ``show``, ``delete``): the network model;
+- ``snooze.cli.tokens`` — ``token create``, ``token list``, ``token revoke``: the API's tokens;
 - ``snooze.cli.console`` — ``console VM``, a guest's serial console (virsh);
 - ``snooze.cli.cluster`` — ``cluster up`` / ``cluster down``, a local cluster for development
   (the only part that loads ``snooze.dev``, and only when it runs).
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 
-from snooze.cli import cluster, console, hierarchy, images, network, virtualclusters, vms
+from snooze.cli import cluster, console, hierarchy, images, network, tokens, virtualclusters, vms
 from snooze.cli.target import add_target_options
 
 __all__ = ["build_parser", "main"]
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.register(sub)
     images.register(sub)
     network.register(sub)
+    tokens.register(sub)
     return p
 
 

@@ -54,7 +54,7 @@ def _options(args: argparse.Namespace) -> ClusterOptions:
         energy=args.energy, idle_time=args.idle_time, reserved_nodes=args.reserved_nodes,
         netns=args.netns or args.hypervisor == "qemu" or bool(args.vif), multicast=args.multicast, ec2=args.ec2, extra=_overrides(args.set),
         hypervisor=args.hypervisor, lcs_per_process=args.lcs_per_process, zookeeper_ensemble=args.zookeeper_ensemble,
-        cni=args.cni, vif=args.vif,
+        cni=args.cni, vif=args.vif, auth=args.auth,
     )
 
 
@@ -236,7 +236,7 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
             if qemu:
                 run_guest_demo(cluster, stop)
             else:
-                run_demo(manifest["bootstrapUrl"], stop)
+                run_demo(manifest["bootstrapUrl"], stop, cluster.admin_token)
         say("running; Ctrl-C stops everything")
         while not stop():
             time.sleep(0.2)
@@ -267,11 +267,11 @@ def format_hierarchy_summary(h: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(bootstrap_url: str, stop: StopRequest | None = None) -> None:
+def run_demo(bootstrap_url: str, stop: StopRequest | None = None, token: str | None = None) -> None:
     from snooze.dev import demo
 
     try:
-        demo.submit_demo(bootstrap_url, stop=stop)
+        demo.submit_demo(bootstrap_url, stop=stop, token=token)
     except (OSError, ValueError, KeyError) as exc:
         print(f"demo virtual cluster failed: {exc}", file=sys.stderr)
 
@@ -283,7 +283,8 @@ def run_guest_demo(cluster: Any, stop: StopRequest | None = None) -> None:
     say("starting 2 guests from snooze-tiny ...")
     try:
         namespaces = cluster.guest_namespaces()
-        guests = localcluster.start_guests(cluster.bootstrap_url, 2, namespaces=namespaces, prefix="demo", stop=stop)
+        guests = localcluster.start_guests(cluster.bootstrap_url, 2, namespaces=namespaces, prefix="demo", stop=stop,
+                                           token=cluster.admin_token)
     except (OSError, ValueError, KeyError, localcluster.ClusterError) as exc:
         print(f"demo guests failed: {exc}", file=sys.stderr)
         return
@@ -374,6 +375,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--no-ec2", dest="ec2", action="store_false",
                     help="do not serve the EC2-compatible API (default: on the port after the last local controller's, "
                          "with a demo key pair in cluster.json; never with --netns)")
+    up.add_argument("--auth", action="store_true",
+                    help="require a token on the public API, as a deployment does (docs/auth.md): an admin token is "
+                         "made and written into cluster.json as adminToken, which the snooze command then uses "
+                         "(default: off, anyone who reaches the bootstrap may do anything)")
     up.add_argument("--no-cni", dest="cni", action="store_false",
                     help="do not serve a CNI agent on each local controller (default: served, its URL and a ready "
                          "snooze-cni network configuration list in cluster.json as cniAgent and cniConfig; "

@@ -43,6 +43,7 @@ __all__ = [
     "record_last_cluster",
     "resolve",
     "resolve_state_dir",
+    "token",
 ]
 
 # Where ``snooze cluster up`` (and so ``./scripts/run``) keeps a cluster when not told otherwise.
@@ -83,6 +84,9 @@ def add_target_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
                              "else the cluster you started last")
     parser.add_argument("--url", "--bootstrap", dest="url", metavar="URL", default=default,
                         help="the bootstrap at URL, e.g. http://127.0.0.1:5000; default: $SNOOZE_URL")
+    parser.add_argument("--token", metavar="TOKEN", default=default,
+                        help="the API token to present (snooze token create); default: $SNOOZE_TOKEN, else "
+                             "the adminToken of a local cluster started with --auth")
 
 
 def _state_home(env: Mapping[str, str]) -> Path:
@@ -173,17 +177,38 @@ def resolve(url: str | None = None, state_dir: str | os.PathLike[str] | None = N
     return Target(_local_url(path, source), path, source)
 
 
-def bootstrap_url(args: argparse.Namespace) -> str:
-    """The bootstrap that the command's arguments choose, by this module's rule; says so on stderr
-    if it was guessed."""
+def _target(args: argparse.Namespace) -> Target:
     # ``bootstrap``: the attribute of parsers built before --url (which still accepts --bootstrap).
     url = getattr(args, "url", None) or getattr(args, "bootstrap", None)
     target = resolve(url, getattr(args, "state_dir", None))
     if target.guessed:
         print(f"snooze: {target.describe()}", file=sys.stderr, flush=True)
-    return target.url
+    return target
+
+
+def bootstrap_url(args: argparse.Namespace) -> str:
+    """The bootstrap that the command's arguments choose, by this module's rule; says so on stderr
+    if it was guessed."""
+    return _target(args).url
+
+
+def token(args: argparse.Namespace, target: Target | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The API token: ``--token``, ``SNOOZE_TOKEN``, else the ``adminToken`` of the local
+    cluster chosen (one started with ``--auth``); None: no token."""
+    env = os.environ if env is None else env
+    given = getattr(args, "token", None) or env.get("SNOOZE_TOKEN")
+    if given:
+        return str(given)
+    if target is not None and target.state_dir is not None:
+        try:
+            value = json.loads((target.state_dir / "cluster.json").read_text()).get("adminToken")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return str(value) if value else None
+    return None
 
 
 def client(args: argparse.Namespace) -> SyncSnoozeClient:
-    """A client of the bootstrap that the command's arguments choose."""
-    return SyncSnoozeClient(bootstrap_url(args), timeout=getattr(args, "http_timeout", 30.0))
+    """A client of the bootstrap that the command's arguments choose, with its token."""
+    target = _target(args)
+    return SyncSnoozeClient(target.url, timeout=getattr(args, "http_timeout", 30.0), token=token(args, target))

@@ -71,8 +71,10 @@ class SnoozeClient:
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, prefix: str = BOOTSTRAP, timeout: float = 30.0,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, token: str | None = None) -> None:
         self.base_url = normalise_url(base_url)
+        #: The bearer token every call presents (snooze.auth); default: $SNOOZE_TOKEN.
+        self.token = token if token is not None else os.environ.get("SNOOZE_TOKEN") or None
         self.prefix = prefix.strip("/")
         self.timeout = timeout
         self._session = session
@@ -97,6 +99,8 @@ class SnoozeClient:
         return f"{self.base_url}/{self.prefix}?{verb}"
 
     # -- the transport ------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _session_for_call(self) -> aiohttp.ClientSession:
         # Created on first use so that the session belongs to the loop that runs the calls.
@@ -116,7 +120,7 @@ class SnoozeClient:
         total = max(self.timeout, timeout or 0.0)
         if params:
             url += "".join(f"&{k}={v}" for k, v in params.items())
-        headers = {"Accept": "application/json, text/plain"}
+        headers = {"Accept": "application/json, text/plain", **self.auth_headers()}
         data: bytes | None = None
         if json_body is not None:
             data = json.dumps(json_body).encode()
@@ -155,7 +159,7 @@ class SnoozeClient:
         url = f"{self.base_url}{path}"
         try:
             async with self._session_for_call().request(
-                    method, url, data=data, params=params, headers={"Accept": "application/json", **(headers or {})},
+                    method, url, data=data, params=params, headers={"Accept": "application/json", **self.auth_headers(), **(headers or {})},
                     timeout=timeout or aiohttp.ClientTimeout(total=self.timeout)) as resp:
                 body = await resp.read()
                 status = resp.status
@@ -339,6 +343,20 @@ class SnoozeClient:
 
 
     # -- the image repository (/images) ------------------------------------------------------
+
+    # -- API tokens (admins; snooze.auth) -----------------------------------------------------
+    async def create_token(self, user: str, role: str = "user", name: str = "") -> dict[str, Any]:
+        """A new token ``{id, token, user, role, name, created}``: the token is shown only here."""
+        value = await self._rest("POST", "/tokens", data=json.dumps({"user": user, "role": role, "name": name}),
+                                 headers=_JSON)
+        return cast(dict[str, Any], _expect(value, dict, "/tokens"))
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        data = _expect(await self._rest("GET", "/tokens"), dict, "/tokens")
+        return cast(list[dict[str, Any]], _expect(data.get("tokens", []), list, "/tokens"))
+
+    async def revoke_token(self, token_id: str) -> bool:
+        return bool(_expect(await self._rest("DELETE", f"/tokens/{quote(token_id, safe='')}"), bool, "/tokens/ID"))
 
     async def list_images(self) -> list[dict[str, Any]]:
         """Every image of the repository (``GET /images``), sorted by id."""

@@ -83,9 +83,10 @@ def _shutdown(runner: _LoopThread, client: SnoozeClient) -> None:
 class SyncSnoozeClient:
     """The blocking twin of ``SnoozeClient``: same constructor, same methods, same errors."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, *, prefix: str = BOOTSTRAP, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str = DEFAULT_URL, *, prefix: str = BOOTSTRAP, timeout: float = 30.0,
+                 token: str | None = None) -> None:
         self._runner = _LoopThread()
-        self._client = SnoozeClient(base_url, prefix=prefix, timeout=timeout)
+        self._client = SnoozeClient(base_url, prefix=prefix, timeout=timeout, token=token)
         self._finalizer = weakref.finalize(self, _shutdown, self._runner, self._client)
 
     @property
@@ -186,6 +187,15 @@ class SyncSnoozeClient:
 
     def get_image(self, image_id: str) -> dict[str, Any]:
         return self._runner.run(self._client.get_image(image_id))
+
+    def create_token(self, user: str, role: str = "user", name: str = "") -> dict[str, Any]:
+        return self._runner.run(self._client.create_token(user, role, name))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        return self._runner.run(self._client.list_tokens())
+
+    def revoke_token(self, token_id: str) -> bool:
+        return self._runner.run(self._client.revoke_token(token_id))
 
     def delete_image(self, image_id: str) -> bool:
         return self._runner.run(self._client.delete_image(image_id))

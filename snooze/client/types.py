@@ -56,6 +56,8 @@ class VirtualMachineMetaDataJson(TypedDict, total=False):
     ipAddress: str | None
     macAddress: str | None
     xmlRepresentation: str
+    taskId: str | None  # the submission it came from (this server's addition)
+    owner: str | None  # the user whose token submitted it (snooze.auth; this server's addition)
 
 
 class VirtualClusterResponseJson(TypedDict, total=False):

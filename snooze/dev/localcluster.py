@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from snooze import config as cfg
+from snooze.auth.tokens import Role, TokenRecord, make_token, seed_value
 from snooze.dev import netns, ovs
 from snooze.dev.ports import free_port, free_udp_port
 from snooze.dev.sim import libvirtd
@@ -185,6 +186,9 @@ class ClusterOptions:
     # Options of single local controllers ("lc-2" -> {"section.option": value}), over ``extra``
     # (e.g. one host pinned to older VIF object versions, as in a rolling upgrade).
     lc_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The public API needs a token (snooze.auth): every role with [auth] enabled, an admin token
+    # seeded by the bootstrap and given in cluster.json ("adminToken"), audit logs in logs/.
+    auth: bool = False
 
 
 def _tail(log: str, lines: int = 15) -> str:
@@ -207,8 +211,12 @@ def _lines_about(log: str, ident: str, lines: int = 8) -> list[str]:
     return [line for line in text if (" ERROR " in line or " WARNING " in line) and word.search(line)][-lines:]
 
 
-def _http_json(url: str, timeout: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _http_json(url: str, timeout: float = 2.0, token: str | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(token)), timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
 
 
@@ -223,6 +231,11 @@ class LocalCluster:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self.fabric: netns.Fabric | None = None
         self.forwarder: dict[str, Any] | None = None
+        # With auth: the admin token the bootstrap seeds (its record) and the token itself.
+        self.admin_record: TokenRecord | None = None
+        self.admin_token: str | None = None
+        if self.options.auth:
+            self.admin_record, self.admin_token = make_token("admin", Role.ADMIN, "local cluster")
         self.hypervisors: libvirtd.LibvirtdCluster | None = None
         self.repository_host: libvirtd.LibvirtdCluster | None = None
         self.qemu_dir: Path | None = None
@@ -354,6 +367,12 @@ class LocalCluster:
                 data["heartbeat"]["multicast_interface"] = address
         if role != "bootstrap":
             data["monitoring"] = {"interval": o.monitoring_interval, "summary_interval": o.monitoring_interval}
+        data["auth"] = {"enabled": o.auth}
+        if o.auth:
+            data["auth"]["audit_log"] = str(self.state_dir / "logs" / f"audit-{node_id}.jsonl")
+            if role == "bootstrap":
+                assert self.admin_record is not None
+                data["auth"]["seed_admin_token"] = seed_value(self.admin_record)
         if role != "localcontroller" and o.lcs > LIMIT_PER_ADDRESS // 2 and self.fabric is None:
             # Every process here is one client address (127.0.0.1): the per-address limit, meant
             # for one client host, would count the whole cluster. Each local controller may hold
@@ -876,7 +895,7 @@ class LocalCluster:
             path = guestimage.ensure_image()  # built from Debian packages when missing
         except Exception as exc:
             raise ClusterError(f"cannot build the guest image: {exc}") from exc
-        return upload_image(self.bootstrap_url, Path(path), name)
+        return upload_image(self.bootstrap_url, Path(path), name, token=self.admin_token)
 
     # -- network namespaces --------------------------------------------------------------
     def _netns_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -930,6 +949,8 @@ class LocalCluster:
             data["qemuDir"] = str(self.qemu_dir)
         if self.options.vif:
             data["vif"] = self.options.vif
+        if self.admin_token:
+            data["adminToken"] = self.admin_token  # cluster.json is mode 0600, like the configs
         if self.guest_network and self.fabric is not None:
             # Every guest is reached from the fabric namespace, on this bridge, wherever it runs.
             data["guestNetwork"] = {"netns": self.fabric.netns, "bridge": netns.GUEST_BRIDGE, "gateway": self.vm_gateway}
@@ -964,7 +985,8 @@ class LocalCluster:
 
     def hierarchy(self, timeout: float = 5.0) -> dict[str, Any] | None:
         try:
-            hierarchy: dict[str, Any] | None = _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=timeout)
+            hierarchy: dict[str, Any] | None = _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=timeout,
+                                                          token=self.admin_token)
             return hierarchy
         except (OSError, ValueError, urllib.error.URLError):
             return None
@@ -1108,7 +1130,7 @@ def _delete_namespaces(state_dir: Path, data: dict[str, Any], names: list[str] |
         raise ClusterError(str(exc)) from exc
 
 
-def upload_image(bootstrap_url: str, path: Path, name: str, timeout: float = 300.0) -> dict[str, Any]:
+def upload_image(bootstrap_url: str, path: Path, name: str, timeout: float = 300.0, token: str | None = None) -> dict[str, Any]:
     """PUT ``path`` to the repository at ``bootstrap_url`` as ``name`` with its checksum; an
     image of that name already there is kept. Returns the repository's record of it."""
     digest = hashlib.sha256()
@@ -1120,7 +1142,7 @@ def upload_image(bootstrap_url: str, path: Path, name: str, timeout: float = 300
         with open(path, "rb") as body:
             request = urllib.request.Request(url, data=body, method="PUT", headers={
                 "Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream",
-                "X-Snooze-Checksum": f"sha256:{digest.hexdigest()}"})
+                "X-Snooze-Checksum": f"sha256:{digest.hexdigest()}", **_auth(token)})
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 record: dict[str, Any] = json.loads(resp.read())
                 return record
@@ -1129,7 +1151,7 @@ def upload_image(bootstrap_url: str, path: Path, name: str, timeout: float = 300
             raise ClusterError(f"uploading {path} as {name}: HTTP {exc.code}: {exc.read()[:300]!r}") from exc
     except OSError as exc:
         raise ClusterError(f"uploading {path} as {name}: {exc}") from exc
-    existing: dict[str, Any] = _http_json(url, timeout=10)
+    existing: dict[str, Any] = _http_json(url, timeout=10, token=token)
     return existing
 
 
@@ -1157,7 +1179,7 @@ def guest_answer(namespace: str, address: str, timeout: float = 2.0) -> str | No
 
 def start_guests(bootstrap_url: str, count: int, *, image: str = GUEST_IMAGE, memory_kib: int = 131072,
                  namespaces: dict[str, str] | None = None, prefix: str = "guest", timeout: float = 180.0,
-                 stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+                 stop: Callable[[], bool] | None = None, token: str | None = None) -> list[dict[str, Any]]:
     """Start ``count`` VMs from ``image`` in one virtual cluster and, with ``namespaces`` (LC id
     -> its host's namespace, as cluster.json gives them), wait until each answers over HTTP. Returns per VM: id, status, ipAddress, localControllerId,
     answer (None if it did not answer in time), seconds (from submission to its answer)."""
@@ -1166,13 +1188,14 @@ def start_guests(bootstrap_url: str, count: int, *, image: str = GUEST_IMAGE, me
     templates = [{"name": f"{prefix}-{suffix}-{i}", "vcpus": 1, "memory": memory_kib, "imageId": image,
                   "networkCapacityDemand": {"rxBytes": 1024.0, "txBytes": 1024.0}} for i in range(1, count + 1)]
     started = time.monotonic()
-    task = _post_text(bootstrap_url + "/bootstrap?startVirtualCluster", json.dumps({"virtualMachineTemplates": templates}))
+    task = _post_text(bootstrap_url + "/bootstrap?startVirtualCluster", json.dumps({"virtualMachineTemplates": templates}),
+                      token=token)
     deadline = started + timeout
     response: dict[str, Any] | None = None
     while response is None:
         if stopping() or time.monotonic() > deadline:
             raise ClusterError(f"virtual cluster {task} did not finish in time")
-        body = _post_text(bootstrap_url + "/bootstrap?getVirtualClusterResponse", task)
+        body = _post_text(bootstrap_url + "/bootstrap?getVirtualClusterResponse", task, token=token)
         response = json.loads(body) if body.strip() else None
         if response is None:
             time.sleep(0.2)
@@ -1194,8 +1217,9 @@ def start_guests(bootstrap_url: str, count: int, *, image: str = GUEST_IMAGE, me
     return guests
 
 
-def _post_text(url: str, body: str, timeout: float = 10.0) -> str:
-    request = urllib.request.Request(url, data=body.encode(), method="POST", headers={"Content-Type": "application/json"})
+def _post_text(url: str, body: str, timeout: float = 10.0, token: str | None = None) -> str:
+    request = urllib.request.Request(url, data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **_auth(token)})
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         return str(resp.read().decode())
 

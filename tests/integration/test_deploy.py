@@ -83,12 +83,15 @@ def test_a_cluster_deployed_as_the_guide_says_forms_runs_a_vm_and_stops_on_sigte
                            for role, port, _, log in procs)
 
         bootstrap = f"127.0.0.1:{base}"
+        # The first admin token, as the guide makes it (the API needs one: [auth] is on by default).
+        token = run_block("admin-token", tmp_path, BIN, {"ZOOKEEPER": zookeeper.address}).strip()
+        assert token.startswith("snz_"), token
         lc_ports = {port for role, port, _, _ in procs if role == "localcontroller"}
 
         def formed() -> dict[str, Any] | None:
             for role, port, proc, _ in procs:
                 assert _alive(proc), f"{role} on {port} exited with {proc.returncode}{logs()}"
-            hierarchy: dict[str, Any] = json.loads(run_block("hierarchy", tmp_path, BIN, {"BOOTSTRAP": bootstrap}))
+            hierarchy: dict[str, Any] = json.loads(run_block("hierarchy", tmp_path, BIN, {"BOOTSTRAP": bootstrap, "SNOOZE_TOKEN": token}))
             gms = hierarchy.get("groupManagerDescriptions", [])
             placed = {lc["controlDataAddress"]["port"]
                       for gm in gms for lc in gm.get("localControllers", [])}
@@ -120,11 +123,13 @@ def test_a_cluster_deployed_as_the_guide_says_forms_runs_a_vm_and_stops_on_sigte
         # A VM starts on one of the local controllers.
         b = f"http://{bootstrap}/bootstrap"
         body = {"virtualMachineTemplates": [{"name": "vm1", "vcpus": 1, "memory": 524288}]}
-        status, task = http("POST", b + "?startVirtualCluster", json.dumps(body))
+        status, refused = http("POST", b + "?startVirtualCluster", json.dumps(body))
+        assert status == 401, refused  # a deployment's API is not open to anyone
+        status, task = http("POST", b + "?startVirtualCluster", json.dumps(body), token=token)
         assert status == 200, task
 
         def answered() -> dict[str, Any] | None:
-            status, got = http("POST", b + "?getVirtualClusterResponse", str(task))
+            status, got = http("POST", b + "?getVirtualClusterResponse", str(task), token=token)
             assert status == 200, got
             return got or None
 

@@ -193,7 +193,7 @@ def test_each_compose_local_controller_simulates_its_own_host() -> None:
 
 def test_guide_has_the_blocks_its_test_runs_and_the_readme_links_it() -> None:
     found = blocks()
-    assert {"key", "configure", "test-hypervisor", "health", "hierarchy"} <= set(found)
+    assert {"key", "configure", "test-hypervisor", "health", "admin-token", "hierarchy"} <= set(found)
     # What the configure block changes are real keys of the shipped configs, each on one line.
     for role in ROLES:
         text = (ROOT / "configs" / f"{role}.toml").read_text()
