@@ -26,9 +26,11 @@ written here (device nodes included, no root needed), the FAT volume is made wit
 qcow2. Packages: linux-image-amd64 busybox-static syslinux syslinux-common mtools dosfstools
 qemu-utils (``scripts/install-qemu.sh``).
 
-Default output: ``/var/cache/snooze/guest/snooze-tiny.qcow2`` (``SNOOZE_GUEST_IMAGE``
-overrides). Beside it ``snooze-tiny.qcow2.json`` records what it was built from; ``ensure_image``
-builds when the image is missing or was built by another recipe (the init script changed).
+Default output: ``/var/cache/snooze/guest/snooze-tiny-RECIPE.qcow2`` (``SNOOZE_GUEST_IMAGE``
+overrides), RECIPE a digest of what makes it, so that checkouts of different versions on one
+machine each keep their own image instead of rebuilding a shared one in turn. Beside it
+``….qcow2.json`` records what it was built from; ``ensure_image`` builds when the image is
+missing or was built by another recipe (the init script changed).
 Command line: ``python -m snooze.dev.guestimage [--output PATH] [--force]``
 (``scripts/build-guest-image``).
 """
@@ -57,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "DEFAULT_PATH",
+    "DEFAULT_DIR",
     "IMAGE_NAME",
     "GuestImageError",
     "READY_PREFIX",
@@ -69,7 +71,7 @@ __all__ = [
 ]
 
 IMAGE_NAME = "snooze-tiny"
-DEFAULT_PATH = Path("/var/cache/snooze/guest") / f"{IMAGE_NAME}.qcow2"
+DEFAULT_DIR = Path("/var/cache/snooze/guest")
 ENV_PATH = "SNOOZE_GUEST_IMAGE"
 READY_PREFIX = "snooze-tiny: ready"
 """The console line the guest prints when it serves HTTP: ``snooze-tiny: ready NAME ADDRESS``."""
@@ -228,9 +230,14 @@ class GuestImageError(RuntimeError):
 
 
 def image_path() -> Path:
-    """Where the image is: ``$SNOOZE_GUEST_IMAGE`` when set, else ``DEFAULT_PATH``."""
+    """Where the image is: ``$SNOOZE_GUEST_IMAGE`` when set, else ``default_path()``."""
     value = os.environ.get(ENV_PATH, "").strip()
-    return Path(value) if value else DEFAULT_PATH
+    return Path(value) if value else default_path()
+
+
+def default_path() -> Path:
+    """``DEFAULT_DIR/snooze-tiny-RECIPE.qcow2``: this version's image, beside other versions'."""
+    return DEFAULT_DIR / f"{IMAGE_NAME}-{recipe()}.qcow2"
 
 
 def recipe() -> str:
@@ -485,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build-guest-image", description=(
         f"Build the {IMAGE_NAME} guest disk (qcow2) from Debian packages: {PACKAGES}."))
     parser.add_argument("--output", type=Path, default=None,
-                        help=f"where to write it (default ${ENV_PATH} or {DEFAULT_PATH})")
+                        help=f"where to write it (default ${ENV_PATH} or {DEFAULT_DIR}/{IMAGE_NAME}-RECIPE.qcow2)")
     parser.add_argument("--force", action="store_true", help="build even when an up-to-date image exists")
     parser.add_argument("--print-path", action="store_true", help="only print where the image is (or would be)")
     args = parser.parse_args(argv)
