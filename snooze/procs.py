@@ -60,21 +60,28 @@ def _reap(pid: int) -> None:
 
 
 def kill_group(pid: int, marker: str, timeout: float = 8.0) -> bool:
-    """SIGTERM the process group ``pid`` leads, SIGKILL it after ``timeout``; only if it is ours.
+    """SIGTERM the process group ``pid`` leads (or ``pid`` alone if it leads none), SIGKILL it
+    after ``timeout``; only if it is ours.
 
     Returns True if the process was running (and so was stopped).
     """
     if not running(pid, marker):
         return False
+    try:
+        leader = os.getpgid(pid) == pid
+    except OSError:
+        leader = False
+    # A process that leads no group (one started without a session of its own) is signalled alone.
+    send = os.killpg if leader else os.kill
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
+        send(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and alive(pid):
         _reap(pid)
         time.sleep(0.05)
     if alive(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+            send(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and alive(pid):
             _reap(pid)

@@ -1115,6 +1115,22 @@ def _servers(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in servers if isinstance(s, dict) and isinstance(s.get("pid"), int)] if isinstance(servers, list) else []
 
 
+def _stop_strays(state_dir: Path, data: dict[str, Any], names: list[str] | None = None) -> int:
+    """Stop the processes running in the cluster's namespaces whose command line names its
+    state dir (its roles' configs are there); returns how many."""
+    recorded = [n for n in [*(names or []), *(data.get("namespaces") or [])] if isinstance(n, str)]
+    if not recorded:
+        return 0
+    prefix = netns.Fabric.for_state_dir(state_dir).prefix + "-"
+    marker = str(state_dir.resolve())
+    stopped = 0
+    for name in dict.fromkeys(recorded + netns.namespaces(prefix)):
+        for pid in netns.namespace_pids(name):
+            if running(pid, marker) and kill_group(pid, marker):
+                stopped += 1
+    return stopped
+
+
 def _delete_namespaces(state_dir: Path, data: dict[str, Any], names: list[str] | None = None,
                        leftovers: bool = False) -> list[str]:
     """Delete the namespaces a cluster recorded (and, with ``leftovers`` or when it recorded
@@ -1288,6 +1304,9 @@ def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = N
         ensemble.stop()
     else:
         stopped += sum(1 for server in _servers(data) if kill_group(server["pid"], str(server.get("dataDir") or "zoo.cfg")))
+    # Processes of this cluster its record does not name (started by an ``up`` killed before it
+    # wrote their PIDs) still run in its namespaces: stopped too, known by their command lines.
+    stopped += _stop_strays(state_dir, data, namespaces)
     # Only now that nothing runs in them: a namespace still in use would outlive its name.
     _delete_namespaces(state_dir, data, namespaces)
     if not any(running(pid, marker) for _name, pid, marker in _manifest_entries(manifest)):

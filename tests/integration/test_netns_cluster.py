@@ -242,6 +242,21 @@ def test_down_after_a_crashed_up_removes_its_namespaces(killed_up: Path, env: di
     down = snooze(env, "cluster", "down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
     assert ours(prefix) == []
+    # Nothing of it runs any more, also a process the killed up started but never recorded.
+    assert _running_with(str(state.resolve())) == []
+
+
+def _running_with(marker: str) -> list[int]:
+    """Live processes whose command line holds ``marker`` (zombies have none)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def test_the_next_up_removes_namespaces_a_dead_cluster_left(tmp_path: Path) -> None:
