@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from bootstrap.ec2 import Ec2Gateway, Ec2Options
+from bootstrap.events import EventsApi
 from bootstrap.images import ImagesApi
 from bootstrap.network import NetworkApi
 from bootstrap.tokens import TokensApi
@@ -79,6 +80,8 @@ class Bootstrap(Service):
         self.network = NetworkApi(self)
         # API tokens (/tokens, admins only): see bootstrap/tokens and snooze.auth.
         self.tokens = TokensApi(self)
+        # The cluster's event stream (/events, server-sent events): see bootstrap/events.
+        self.event_stream = EventsApi(self)
 
     async def on_start(self) -> None:
         assert self.coord is not None
@@ -89,6 +92,7 @@ class Bootstrap(Service):
                 raise StartupError(str(exc)) from exc
             self.scope.spawn("auth.seed", self._seed_token(seed))
         self.coord.watch_json(self.coord.path("leader"), self._on_leader)
+        self.scope.spawn("events.follow", self.event_stream.follow())
         self.keep_registered("bootstraps", lambda: {"id": self.id, "controlDataAddress": self.address.to_json()})
         if self.images is not None:
             await self.images.start()

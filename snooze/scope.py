@@ -34,6 +34,7 @@ from typing import Any, Protocol, TypeVar
 from snooze import config as cfg
 from snooze.coordination import Coordinator
 from snooze.coordination.store import Store
+from snooze.events import EventKind, EventLog
 from snooze.heartbeat import Handler as HeartbeatHandler
 from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import InternalEndpoint, InternalHandler
@@ -110,6 +111,7 @@ class Scope:
         self._epoch = epoch
         self._on_critical = on_critical
         self._store: Store | None = None
+        self._events: EventLog | None = None
         self._registrations: list[Registration] = []
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._drain: set[asyncio.Task[Any]] = set()
@@ -139,6 +141,20 @@ class Scope:
     def epoch(self) -> int:
         """The newest leader epoch this process has seen."""
         return self._epoch()
+
+    # -- events --------------------------------------------------------------------------
+    def attach_events(self, events: EventLog) -> None:
+        """The process's event log (the root scope's; its children emit through it)."""
+        self._events = events
+
+    def emit(self, kind: EventKind, **data: Any) -> None:
+        """Record an event in the cluster's stream (snooze.events); never waits. Dropped when
+        the process has no event log yet (before its first ZooKeeper session)."""
+        scope: Scope | None = self
+        while scope is not None and scope._events is None:
+            scope = scope._parent
+        if scope is not None and scope._events is not None:
+            scope._events.emit(kind, **data)
 
     @property
     def closed(self) -> bool:

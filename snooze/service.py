@@ -40,6 +40,7 @@ from snooze.auth.guard import Guard
 from snooze.auth.tokens import TokenStore
 from snooze.coordination import CoordinationError, Coordinator
 from snooze.coordination.zk import DuplicateRegistration, describe_hosts
+from snooze.events import EventLog
 from snooze.heartbeat import HeartbeatEndpoint
 from snooze.http import (
     GUARD,
@@ -92,6 +93,7 @@ class Service:
             multicast_interface=settings.heartbeat.multicast_interface or self.address.address, window=window,
         )
         self.coord: Coordinator | None = None
+        self.events: EventLog | None = None
         self.rpc = RpcClient(self.key, self.id)
         #: Everything this process registered and started; each role gets a child of it.
         self.scope = Scope(
@@ -241,6 +243,10 @@ class Service:
         # Restarts kazoo if its connection thread dies; when that keeps failing it crashes, and
         # so the process stops with code 1 instead of living on without ZooKeeper.
         self.spawn("zookeeper", self.coord.supervise())
+        # The cluster's event stream (snooze.events): written in batches, never waited for.
+        self.events = EventLog(self.coord, self.id, lambda: self.known_epoch)
+        self.scope.attach_events(self.events)
+        self.scope.spawn("events", self.events.run())
         if s.auth.enabled:
             self.guard.store = TokenStore(self.coord)
             self.scope.spawn("auth.tokens", self._mirror_tokens(self.guard.store))
@@ -270,6 +276,9 @@ class Service:
         connected = self.coord is None or self.coord.connected
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.on_stop(), 2 * self.scope.grace if connected else 1.0)
+        if self.events is not None and connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.events.flush(), 1.0)  # what happened on the way out
         # Every task and role scope left, with a bounded grace: a hung task cannot hang the stop.
         await self.scope.close()
         if self.coord is not None:

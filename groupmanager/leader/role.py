@@ -18,6 +18,7 @@ is refused with ``NO_GROUP_MANAGER``, saying so, and the leader logs it (rate-li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Protocol
@@ -28,6 +29,8 @@ from groupmanager.leader.members import GroupManagerRecord, GroupManagers
 from groupmanager.leader.submissions import Submissions, sweep_interval
 from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError
+from snooze.events import EventKind
+from snooze.events import trim as trim_events
 from snooze.http import ApiError
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
@@ -110,6 +113,9 @@ class LeaderRole:
         scope.every("leader.heartbeat", lambda: hb.interval, self._heartbeat)
         scope.every("leader.peers", lambda: max(hb.interval, 1.0), self._refresh_peers)
         self.placement.start()
+        scope.every("leader.events-trim", lambda: 60.0, self._trim_events)
+        scope.emit(EventKind.GROUP_LEADER_ELECTED, groupManagerId=self.id, epoch=self.epoch,
+                   address=scope.address.to_json())
 
     async def stop(self) -> None:
         await self.scope.close()
@@ -127,6 +133,7 @@ class LeaderRole:
         assert coord is not None
         for gone in set(self.gms) - names:
             log.info("group manager %s left", gone)
+            self.scope.emit(EventKind.GROUP_MANAGER_FAILED, groupManagerId=gone)
             del self.gms[gone]
             self.placement.membership_change()
             # Its sleeping hosts go to another group manager now, not at the next round.
@@ -139,8 +146,10 @@ class LeaderRole:
             if gm_id == self.id or gm_id in self.gms:
                 continue
             try:
-                self.gms[gm_id] = GroupManagerRecord(GroupManagerDescription.from_json(data))
+                desc = GroupManagerDescription.from_json(data)
+                self.gms[gm_id] = GroupManagerRecord(desc)
                 self.placement.membership_change()
+                self.scope.emit(EventKind.GROUP_MANAGER_JOINED, groupManagerId=gm_id, address=desc.address.to_json())
             except (KeyError, TypeError, ValueError):
                 log.warning("unreadable group manager znode %s", gm_id)
 
@@ -215,6 +224,7 @@ class LeaderRole:
         if rec is None:
             self.gms[desc.id] = GroupManagerRecord(desc)
             self.placement.membership_change()
+            self.scope.emit(EventKind.GROUP_MANAGER_JOINED, groupManagerId=desc.id, address=desc.address.to_json())
         else:
             rec.description = desc
             rec.last_seen = time.monotonic()
@@ -262,7 +272,14 @@ class LeaderRole:
         else:
             chosen, self._rr = choose_group_manager(self.scope.settings.groupmanager.assignment_policy, candidates, self._rr)
         chosen.assigned_since_summary += 1
+        self.scope.emit(EventKind.LOCAL_CONTROLLER_ASSIGNED, localControllerId=lc_id, groupManagerId=chosen.description.id)
         return {"groupManager": chosen.description.to_json(), "epoch": self.epoch}
+
+    async def _trim_events(self) -> None:
+        coord = self.scope.coord
+        if coord is not None:
+            with contextlib.suppress(CoordinationError):
+                await trim_events(coord)
 
     async def _on_start_vc(self, env: Envelope) -> Any:
         assert self.submissions is not None

@@ -64,6 +64,7 @@ from snooze.coordination.store import (
     TooLarge,
 )
 from snooze.domainxml import DomainPolicy
+from snooze.events import EventKind
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, add
@@ -387,6 +388,10 @@ class Submissions:
         await self.store.set_task(task, self.epoch)
         ok = sum(1 for r in records.values() if r.status.started)
         log.info("virtual cluster %s done: %d/%d VMs started", task_id, ok, len(records))
+        for rec in records.values():
+            self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=rec.vm_id, status=rec.status,
+                            errorCode=rec.error_code, localControllerId=rec.lc_id, groupManagerId=rec.gm_id,
+                            taskId=task_id, owner=rec.owner)
 
     async def _wait_ready(self) -> None:
         """Right after a failover, wait until the group managers have re-joined and report

@@ -33,6 +33,7 @@ from typing import Any
 from groupmanager.manager.hosts import Hosts, LocalControllerRecord
 from groupmanager.power import WakeupError, make_wakeup_driver
 from snooze.coordination import CoordinationError
+from snooze.events import EventKind
 from snooze.models import LocalControllerDescription, Status
 from snooze.protocol import Envelope
 from snooze.protocol.messages import AdoptSleepingHosts, EnergySaverSwitch, PowerSave
@@ -150,6 +151,8 @@ class EnergySaver:
             return
         self.power_downs += 1
         log.info("powered %s down (%s); it stays as wakeable capacity", lc_id, self.settings.power_saving_action)
+        self.scope.emit(EventKind.HOST_POWERED_DOWN, localControllerId=lc_id, groupManagerId=self.scope.id,
+                        action=self.settings.power_saving_action)
         await self._record_sleeping(lc_id)
 
     # -- sleeping hosts in ZooKeeper -----------------------------------------------------
@@ -279,6 +282,8 @@ class EnergySaver:
             self.rejoined.pop(lc_id, None)
         self.wakeups += 1
         log.info("woke %s in %.2fs", lc_id, time.monotonic() - t0)
+        self.scope.emit(EventKind.HOST_WOKEN, localControllerId=lc_id, groupManagerId=self.scope.id,
+                        seconds=round(time.monotonic() - t0, 3))
         return None
 
     async def _mark_wakeup(self, lc_id: str) -> None:

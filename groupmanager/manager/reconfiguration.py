@@ -47,6 +47,7 @@ from groupmanager.placement import (
     relocate_underloaded,
 )
 from snooze.codes import ErrorCode
+from snooze.events import EventKind
 from snooze.http import ApiError
 from snooze.models import ZERO, Capacity, Status
 from snooze.protocol import Envelope
@@ -226,6 +227,9 @@ class Reconfiguration:
             released = await self.power.release(candidates)
             report = self._report(what, plan, outcome, candidates, time.monotonic() - t0)
             report["powered_down"] = released
+            self.scope.emit(EventKind.RECONFIGURATION, groupManagerId=self.scope.id, what=what, policy=report["policy"],
+                            migrations=len(outcome.applied), failed=len(outcome.failed), poweredDown=list(released or []),
+                            seconds=report["duration"])
         self.last_report = report
         return report
 

@@ -22,6 +22,7 @@ from groupmanager.manager.vifs import vif_host_info
 from groupmanager.manager.vms import Migrations, VirtualMachines
 from groupmanager.thresholds import thresholds_from
 from snooze.codes import STARTED, ErrorCode
+from snooze.events import EventKind
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
 from snooze.models import (
@@ -182,6 +183,8 @@ class ManagerRole:
         # What its hypervisor has is the truth: records that disagree are settled (inventory.py).
         self.inventory.joined(desc.id)
         log.info("local controller %s joined with %d domains", desc.id, len(domains))
+        self.scope.emit(EventKind.LOCAL_CONTROLLER_JOINED, localControllerId=desc.id, groupManagerId=self.id,
+                        domains=len(domains))
         return {"groupManagerId": self.id, "epoch": self.scope.epoch}
 
     async def _on_monitoring(self, msg: Monitoring, _env: Envelope) -> Any:
@@ -250,6 +253,7 @@ class ManagerRole:
             if self.lcs.pop(lc_id, None) is not None:
                 self.inventory.left(lc_id)
                 log.warning("local controller %s is silent; dropped", lc_id)
+                self.scope.emit(EventKind.LOCAL_CONTROLLER_FAILED, localControllerId=lc_id, groupManagerId=self.id)
 
     def summary(self) -> dict[str, Any]:
         active = passive = used = requested = ZERO

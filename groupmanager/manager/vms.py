@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from groupmanager.placement import HostView, PowerState, VMRequest, make_placeme
 from snooze.codes import STARTED, ErrorCode, VMStatus
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import DEFAULT_SUBNET
+from snooze.events import EventKind
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
 from snooze.models import ZERO, Capacity, NetworkAddress, Status
@@ -284,7 +286,7 @@ class VirtualMachines:
     # -- starting VMs --------------------------------------------------------------------
     async def _on_start(self, msg: StartVirtualMachines, _env: Envelope) -> Any:
         vms = [v for v in msg.vms if isinstance(v, dict) and v.get("id")]
-        results = await self.start(vms)
+        results = await self.start(vms)  # their states are events of the leader, which records them
         return {"results": results, "summary": self.summary()}
 
     async def start(self, vms: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -489,6 +491,8 @@ class VirtualMachines:
             return await self._gone(lc_id, vm_id)
         if isinstance(reply.get("domain"), dict):
             rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [reply["domain"]]
+            self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=vm_id, status=reply["domain"].get("state"),
+                            action=action, localControllerId=lc_id, groupManagerId=self.scope.id)
         return reply
 
     async def _on_resize(self, msg: Resize, _env: Envelope) -> Any:
@@ -550,6 +554,8 @@ class VirtualMachines:
             rec.remove_vm(vm_id)
         self.reservations.release_vm(vm_id)
         await self.forget(vm_id)
+        self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=vm_id, status=VMStatus.DESTROYED,
+                        localControllerId=lc_id, groupManagerId=self.scope.id)
         return {"ok": True, "domain": None}
 
     async def forget(self, vm_id: str) -> None:
@@ -721,6 +727,22 @@ class Migrations:
 
     async def migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None, *,
                       expected_uuid: str | None = None) -> dict[str, Any]:
+        """Live-migrate ``vm_id`` from ``source_lc`` to ``dest``; its start and its end (finished,
+        or failed with the code) are events of the cluster's stream."""
+        where = {"virtualMachineId": vm_id, "fromLocalControllerId": source_lc,
+                 "toLocalControllerId": str(dest.get("id")) if isinstance(dest, dict) else None, "groupManagerId": self.scope.id}
+        self.scope.emit(EventKind.MIGRATION_STARTED, **where)
+        began = time.monotonic()
+        try:
+            result = await self._migrate(vm_id, source_lc, dest, requested_hint, expected_uuid=expected_uuid)
+        except ApiError as exc:
+            self.scope.emit(EventKind.MIGRATION_FAILED, **where, errorCode=exc.code, message=exc.message)
+            raise
+        self.scope.emit(EventKind.MIGRATION_FINISHED, **where, seconds=round(time.monotonic() - began, 3))
+        return result
+
+    async def _migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None, *,
+                       expected_uuid: str | None = None) -> dict[str, Any]:
         # Everything that can refuse the request is checked before anything is reserved.
         dest_id, dest_addr, settings, dest_gm = self._destination(dest)
         timeout = migration_timeout(settings)
