@@ -182,6 +182,12 @@ class ImagesSettings:
 
 
 @dataclass
+class EventsSettings:
+    amqp_url: str = opt("", "Group managers: the RabbitMQ broker the group leader publishes the cluster's events to (docs/events.md), e.g. amqp://USER:PASSWORD@HOST:5672/; empty = none (they are still served by the bootstrap's /events).")
+    amqp_exchange: str = opt("snooze", "The topic exchange they are published to (durable, made if missing); each event's routing key names its kind, e.g. vm.state, groupleader.elected.")
+
+
+@dataclass
 class AuthSettings:
     enabled: bool = opt(True, "Require a bearer token (snooze token create) on every call of the public HTTP API but /health, /metrics and ping; tokens are kept hashed in ZooKeeper (docs/auth.md). Off only in the local demo cluster (snooze cluster up without --auth).")
     seed_admin_token: str = opt("", "Bootstrap only: an admin token created in ZooKeeper at start when missing, as ID:SHA256 (its id and the SHA-256 of its secret; the local cluster's --auth makes one); empty = none. Make the first admin token of a deployment with snooze token create --zookeeper instead.")
@@ -200,6 +206,7 @@ class Settings:
     ec2: Ec2Settings = field(default_factory=Ec2Settings)
     images: ImagesSettings = field(default_factory=ImagesSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
 
     def node_id(self, role: str) -> str:
         """``[node] id``, or one derived from this machine's identity, the role and the port:
@@ -331,7 +338,7 @@ def route_source(host: str, port: int) -> str:
 
 ROLE_SECTIONS = {
     "bootstrap": ("node", "cluster", "heartbeat", "auth", "ec2", "images"),
-    "groupmanager": ("node", "cluster", "heartbeat", "auth", "monitoring", "groupmanager", "templates"),
+    "groupmanager": ("node", "cluster", "heartbeat", "auth", "events", "monitoring", "groupmanager", "templates"),
     "localcontroller": ("node", "cluster", "heartbeat", "auth", "monitoring", "localcontroller", "templates"),
 }
 DEFAULT_PORTS = {"bootstrap": 5000, "groupmanager": 5001, "localcontroller": 5010}

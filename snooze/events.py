@@ -123,6 +123,7 @@ class EventLog:
         self.written = 0
         self.dropped = 0
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
 
     def emit(self, kind: EventKind, **data: Any) -> None:
         if len(self.queue) >= MAX_QUEUE:
@@ -142,15 +143,18 @@ class EventLog:
             raise CoordinationError(f"events not written: {failed[0]!r}")
 
     async def flush(self) -> int:
-        """Write what is queued (in order); returns how many. CoordinationError leaves them queued."""
+        """Write what is queued (in order); returns how many. CoordinationError leaves them queued.
+        One flush at a time (the log's task and a caller's ``flush_events``): two would write a
+        batch twice and take the next one off the queue unwritten."""
         done = 0
-        while self.queue:
-            batch = list(self.queue)[:BATCH]
-            await self.coord.call(self._write, batch)
-            for _ in batch:
-                self.queue.popleft()
-            done += len(batch)
-            self.written += len(batch)
+        async with self._flushing:
+            while self.queue:
+                batch = list(self.queue)[:BATCH]
+                await self.coord.call(self._write, batch)
+                for _ in batch:
+                    self.queue.popleft()
+                done += len(batch)
+                self.written += len(batch)
         return done
 
     async def run(self) -> None:
@@ -210,7 +214,8 @@ class EventFeed:
         self.dir = coord.path("events")
         self.last = -1  # the newest event read
         self.subscribers: set[Subscription] = set()
-        self._changed = asyncio.Event()
+        #: Set by the children watch when the log changed (cleared by whoever reads after it).
+        self.changed = asyncio.Event()
         self._started = False
 
     async def start(self) -> None:
@@ -219,7 +224,7 @@ class EventFeed:
             return
         names = await self.coord.call(self._names)
         self.last = max((s for n in names if (s := seq_of(n)) is not None), default=-1)
-        await self.coord.watch_children(self.dir, lambda _names: self._changed.set())
+        await self.coord.watch_children(self.dir, lambda _names: self.changed.set())
         self._started = True
 
     def _names(self) -> list[str]:
@@ -261,14 +266,14 @@ class EventFeed:
     async def run(self) -> None:
         """Read what the watch says is new and deliver it (a task of the bootstrap)."""
         while True:
-            await self._changed.wait()
-            self._changed.clear()
+            await self.changed.wait()
+            self.changed.clear()
             try:
                 events = await self.read_after(self.last)
             except CoordinationError as exc:
                 log.debug("events not read: %s", exc)
                 await asyncio.sleep(1.0)
-                self._changed.set()
+                self.changed.set()
                 continue
             if events:
                 self.last = events[-1].seq

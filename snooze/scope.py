@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from snooze import config as cfg
-from snooze.coordination import Coordinator
+from snooze.coordination import CoordinationError, Coordinator
 from snooze.coordination.store import Store
 from snooze.events import EventKind, EventLog
 from snooze.heartbeat import Handler as HeartbeatHandler
@@ -155,6 +155,17 @@ class Scope:
             scope = scope._parent
         if scope is not None and scope._events is not None:
             scope._events.emit(kind, **data)
+
+    async def flush_events(self) -> None:
+        """Write the events emitted so far now, before what follows makes their outcome visible
+        (a submission marked done, an answer to a client): a crash after that point loses none.
+        ZooKeeper away: they stay queued for the log's own task."""
+        scope: Scope | None = self
+        while scope is not None and scope._events is None:
+            scope = scope._parent
+        if scope is not None and scope._events is not None:
+            with contextlib.suppress(CoordinationError):
+                await scope._events.flush()
 
     @property
     def closed(self) -> bool:

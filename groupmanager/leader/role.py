@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from groupmanager.leader.assignment import choose_group_manager
 from groupmanager.leader.balance import Placement
 from groupmanager.leader.members import GroupManagerRecord, GroupManagers
+from groupmanager.leader.publisher import EventPublisher
 from groupmanager.leader.submissions import Submissions, sweep_interval
 from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError
@@ -114,6 +115,10 @@ class LeaderRole:
         scope.every("leader.peers", lambda: max(hb.interval, 1.0), self._refresh_peers)
         self.placement.start()
         scope.every("leader.events-trim", lambda: 60.0, self._trim_events)
+        events = scope.settings.events
+        if events.amqp_url:
+            # The event log to RabbitMQ, from where the previous leader stopped (publisher.py).
+            scope.spawn("leader.events-publish", EventPublisher(coord, events.amqp_url, events.amqp_exchange).run())
         scope.emit(EventKind.GROUP_LEADER_ELECTED, groupManagerId=self.id, epoch=self.epoch,
                    address=scope.address.to_json())
 

@@ -383,15 +383,18 @@ class Submissions:
         for rec in records.values():
             rec.release_address()  # the failed ones': nothing holds them
         await self.store.update_vms(records.values(), self.epoch, subnet=self.subnet)
+        for rec in records.values():
+            self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=rec.vm_id, status=rec.status,
+                            errorCode=rec.error_code, localControllerId=rec.lc_id, groupManagerId=rec.gm_id,
+                            taskId=task_id, owner=rec.owner)
+        # In the log before the task shows done: a leader lost right after loses none of them
+        # (the next one, resuming the task, may write them again).
+        await self.scope.flush_events()
         task["state"] = TaskState.DONE
         task["finishedAt"] = time.time()
         await self.store.set_task(task, self.epoch)
         ok = sum(1 for r in records.values() if r.status.started)
         log.info("virtual cluster %s done: %d/%d VMs started", task_id, ok, len(records))
-        for rec in records.values():
-            self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=rec.vm_id, status=rec.status,
-                            errorCode=rec.error_code, localControllerId=rec.lc_id, groupManagerId=rec.gm_id,
-                            taskId=task_id, owner=rec.owner)
 
     async def _wait_ready(self) -> None:
         """Right after a failover, wait until the group managers have re-joined and report

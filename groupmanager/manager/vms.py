@@ -493,6 +493,7 @@ class VirtualMachines:
             rec.domains = [d for d in rec.domains if d.get("name") != vm_id] + [reply["domain"]]
             self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=vm_id, status=reply["domain"].get("state"),
                             action=action, localControllerId=lc_id, groupManagerId=self.scope.id)
+            await self.scope.flush_events()  # in the log before the caller hears of it
         return reply
 
     async def _on_resize(self, msg: Resize, _env: Envelope) -> Any:
@@ -556,6 +557,7 @@ class VirtualMachines:
         await self.forget(vm_id)
         self.scope.emit(EventKind.VIRTUAL_MACHINE_STATE, virtualMachineId=vm_id, status=VMStatus.DESTROYED,
                         localControllerId=lc_id, groupManagerId=self.scope.id)
+        await self.scope.flush_events()  # in the log before the caller hears of it
         return {"ok": True, "domain": None}
 
     async def forget(self, vm_id: str) -> None:
@@ -737,8 +739,10 @@ class Migrations:
             result = await self._migrate(vm_id, source_lc, dest, requested_hint, expected_uuid=expected_uuid)
         except ApiError as exc:
             self.scope.emit(EventKind.MIGRATION_FAILED, **where, errorCode=exc.code, message=exc.message)
+            await self.scope.flush_events()
             raise
         self.scope.emit(EventKind.MIGRATION_FINISHED, **where, seconds=round(time.monotonic() - began, 3))
+        await self.scope.flush_events()  # in the log before the caller hears of it
         return result
 
     async def _migrate(self, vm_id: str, source_lc: str, dest: dict[str, Any], requested_hint: Any = None, *,

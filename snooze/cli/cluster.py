@@ -54,7 +54,7 @@ def _options(args: argparse.Namespace) -> ClusterOptions:
         energy=args.energy, idle_time=args.idle_time, reserved_nodes=args.reserved_nodes,
         netns=args.netns or args.hypervisor == "qemu" or bool(args.vif), multicast=args.multicast, ec2=args.ec2, extra=_overrides(args.set),
         hypervisor=args.hypervisor, lcs_per_process=args.lcs_per_process, zookeeper_ensemble=args.zookeeper_ensemble,
-        cni=args.cni, vif=args.vif, auth=args.auth,
+        cni=args.cni, vif=args.vif, auth=args.auth, events=args.events,
     )
 
 
@@ -225,6 +225,10 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
                 + (f", multicast heartbeats on {manifest['multicastGroup']}" if manifest.get("multicastGroup") else ""))
             say(f"            cut a process off: ip -n {fabric['netns']} link set INTERFACE down "
                 f"(INTERFACE: cluster.json fabric.links, e.g. {next(iter(fabric['links'].values()))})")
+        say(f"events:     {manifest['bootstrapUrl']}/events   (server-sent events; curl -N)"
+            + (f", and RabbitMQ {manifest['rabbitmq']['url']} exchange snooze" if manifest.get("rabbitmq") else ""))
+        if manifest.get("adminToken"):
+            say("auth:       the API needs a token; cluster.json's adminToken is an admin's, which the snooze command uses")
         say(f"state dir:  {manifest['stateDir']}  (cluster.json, logs/, config/)")
         h = cluster.hierarchy(timeout=30.0)
         if h:
@@ -379,6 +383,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="require a token on the public API, as a deployment does (docs/auth.md): an admin token is "
                          "made and written into cluster.json as adminToken, which the snooze command then uses "
                          "(default: off, anyone who reaches the bootstrap may do anything)")
+    up.add_argument("--events", choices=["rabbitmq"], default="",
+                    help="also publish the event stream to a private RabbitMQ broker started with the cluster "
+                         "(docs/events.md; its URL in cluster.json as rabbitmq.url; not with --netns) "
+                         "(default: the bootstrap's /events only)")
     up.add_argument("--no-cni", dest="cni", action="store_false",
                     help="do not serve a CNI agent on each local controller (default: served, its URL and a ready "
                          "snooze-cni network configuration list in cluster.json as cniAgent and cniConfig; "

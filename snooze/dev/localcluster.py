@@ -66,6 +66,7 @@ from snooze import config as cfg
 from snooze.auth.tokens import Role, TokenRecord, make_token, seed_value
 from snooze.dev import netns, ovs
 from snooze.dev.ports import free_port, free_udp_port
+from snooze.dev.rabbitmq import RabbitMQError, RabbitMQServer, stop_recorded_broker
 from snooze.dev.sim import libvirtd
 from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperError, ZooKeeperServer
 from snooze.procs import alive, kill_group, open_log, running
@@ -189,6 +190,9 @@ class ClusterOptions:
     # The public API needs a token (snooze.auth): every role with [auth] enabled, an admin token
     # seeded by the bootstrap and given in cluster.json ("adminToken"), audit logs in logs/.
     auth: bool = False
+    # "rabbitmq": a private RabbitMQ broker (snooze.dev.rabbitmq) the group leader publishes the
+    # event stream to (cluster.json: "rabbitmq" with its URL); "" = none. Not with netns.
+    events: str = ""
 
 
 def _tail(log: str, lines: int = 15) -> str:
@@ -232,6 +236,7 @@ class LocalCluster:
         self.fabric: netns.Fabric | None = None
         self.forwarder: dict[str, Any] | None = None
         # With auth: the admin token the bootstrap seeds (its record) and the token itself.
+        self.rabbitmq: RabbitMQServer | None = None
         self.admin_record: TokenRecord | None = None
         self.admin_token: str | None = None
         if self.options.auth:
@@ -368,6 +373,8 @@ class LocalCluster:
         if role != "bootstrap":
             data["monitoring"] = {"interval": o.monitoring_interval, "summary_interval": o.monitoring_interval}
         data["auth"] = {"enabled": o.auth}
+        if role == "groupmanager" and self.rabbitmq is not None:
+            data["events"] = {"amqp_url": self.rabbitmq.url}
         if o.auth:
             data["auth"]["audit_log"] = str(self.state_dir / "logs" / f"audit-{node_id}.jsonl")
             if role == "bootstrap":
@@ -764,6 +771,8 @@ class LocalCluster:
                     self.zk.wait_ready(30.0, stop=stopping)
             except ZooKeeperError as exc:
                 raise (Interrupted(str(exc)) if stopping() else ClusterError(str(exc))) from exc
+            if o.events == "rabbitmq":
+                self._start_rabbitmq(stopping)
             if self.qemu or o.vif == "ovs":
                 assert self.fabric is not None
                 # Short: libvirt's and OVS's socket paths must fit in 108 bytes. Recorded before
@@ -926,6 +935,18 @@ class LocalCluster:
                           "target": f"{boot['address']}:{boot['port']}"}
         self.write_manifest()
 
+    def _start_rabbitmq(self, stopping: Callable[[], bool]) -> None:
+        if self.fabric is not None:
+            raise ClusterError("--events rabbitmq runs its broker on 127.0.0.1, which the namespaces of --netns do not reach")
+        self.rabbitmq = RabbitMQServer(self.state_dir / "rabbitmq")
+        try:
+            self.rabbitmq.launch()
+            self.write_manifest()
+            self.rabbitmq.wait_ready(60.0, stop=stopping)
+        except RabbitMQError as exc:
+            raise (Interrupted(str(exc)) if stopping() else ClusterError(str(exc))) from exc
+        self.write_manifest()  # with the broker's VM, now that it runs
+
     def manifest(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "stateDir": str(self.state_dir),
@@ -950,7 +971,9 @@ class LocalCluster:
         if self.options.vif:
             data["vif"] = self.options.vif
         if self.admin_token:
-            data["adminToken"] = self.admin_token  # cluster.json is mode 0600, like the configs
+            data["adminToken"] = self.admin_token
+        if self.rabbitmq is not None:
+            data["rabbitmq"] = self.rabbitmq.record()  # cluster.json is mode 0600, like the configs
         if self.guest_network and self.fabric is not None:
             # Every guest is reached from the fabric namespace, on this bridge, wherever it runs.
             data["guestNetwork"] = {"netns": self.fabric.netns, "bridge": netns.GUEST_BRIDGE, "gateway": self.vm_gateway}
@@ -1038,6 +1061,10 @@ class LocalCluster:
                               if p["role"] == "groupmanager" and p["id"] == leader)
 
     def down(self) -> None:
+        if self.rabbitmq is not None:
+            with contextlib.suppress(Exception):
+                self.rabbitmq.stop()
+            self.rabbitmq = None
         stop_manifest(self.state_dir, processes=self.processes, zk=self.zk, ensemble=self.ensemble, forwarder=self.forwarder,
                       namespaces=self.fabric.namespaces + self.fabric.created if self.fabric else None,
                       hypervisors=self._host_records() if self.qemu else None, qemu_dir=self.qemu_dir)
@@ -1288,6 +1315,10 @@ def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = N
     fwd = forwarder or data.get("forwarder")
     if isinstance(fwd, dict) and isinstance(fwd.get("pid"), int) and kill_group(fwd["pid"], str(fwd.get("marker", ""))):
         stopped += 1
+    # The event broker (--events rabbitmq) after the group managers that published to it.
+    broker = data.get("rabbitmq")
+    if isinstance(broker, dict):
+        stopped += stop_recorded_broker(broker)
     # The QEMU hosts after their local controllers: their guests are destroyed with them.
     hosts = hypervisors if hypervisors is not None else _recorded_hosts(data)
     if isinstance(hosts, list):
