@@ -43,6 +43,8 @@ class EventsApi:
         self.b = bootstrap
         self.feed: EventFeed | None = None
         self._owners: dict[str, str | None] = {}
+        #: Set when the bootstrap stops: open streams end at once (else they hold its stop up).
+        self.closing = asyncio.Event()
         bootstrap.app.router.add_get("/events", self.stream)
 
     async def follow(self) -> None:
@@ -135,12 +137,17 @@ class EventsApi:
             for ev in await shown(backlog):
                 await resp.write(_frame(ev))
             sent = max([sent] + [ev.seq for ev in backlog])
-            while True:
-                try:
-                    got = await asyncio.wait_for(sub.get(), KEEPALIVE)
-                except TimeoutError:
-                    await resp.write(b": keepalive\n\n")
+            while not self.closing.is_set():
+                next_event = asyncio.ensure_future(sub.get())
+                closing = asyncio.ensure_future(self.closing.wait())
+                done, _ = await asyncio.wait({next_event, closing}, timeout=KEEPALIVE, return_when=asyncio.FIRST_COMPLETED)
+                closing.cancel()
+                if next_event not in done:
+                    next_event.cancel()
+                    if not self.closing.is_set():
+                        await resp.write(b": keepalive\n\n")
                     continue
+                got = next_event.result()
                 if got is None:
                     break  # fell behind: the client reconnects with Last-Event-ID
                 if got.seq <= sent:
@@ -148,8 +155,8 @@ class EventsApi:
                 sent = got.seq
                 if (kinds is None or got.kind in kinds) and await self.visible(principal, got):
                     await resp.write(_frame(got))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the client went away
         finally:
             sub.close()
         with contextlib.suppress(ConnectionError):

@@ -120,6 +120,7 @@ class Bootstrap(Service):
         log.info("EC2 API on %s:%d (region %s)", node.listen_address, ec2.listen_port, ec2.region)
 
     async def on_stop(self) -> None:
+        self.event_stream.closing.set()  # open /events streams end, not hold the stop up
         if self.images is not None:
             await self.images.stop()
         if self._ec2_runner is not None:
