@@ -90,6 +90,40 @@ def kill_group(pid: int, marker: str, timeout: float = 8.0) -> bool:
     return True
 
 
+def kill_groups(targets: list[tuple[int, str]], timeout: float = 8.0) -> int:
+    """``kill_group`` for many processes at once: every one is sent SIGTERM first, then all are
+    waited for together (a cluster's roles stop in the time of the slowest, not of their sum),
+    SIGKILL for those still there after ``timeout``. Only ours (``running(pid, marker)``).
+    Returns how many were running."""
+    mine = [(pid, pid == _pgid(pid)) for pid, marker in targets if running(pid, marker)]
+
+    def send(sig: int) -> None:
+        for pid, leader in mine:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                (os.killpg if leader else os.kill)(pid, sig)
+
+    send(signal.SIGTERM)
+    for limit, then in ((timeout, signal.SIGKILL), (5.0, None)):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and any(alive(pid) for pid, _ in mine):
+            for pid, _ in mine:
+                _reap(pid)
+            time.sleep(0.05)
+        if then is None or not any(alive(pid) for pid, _ in mine):
+            break
+        send(then)
+    for pid, _ in mine:
+        _reap(pid)
+    return len(mine)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def open_log(path: str | os.PathLike[str], title: str) -> BinaryIO:
     """Open a process's log for appending, after a separator line naming this run and its time.
 

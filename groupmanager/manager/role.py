@@ -51,6 +51,11 @@ __all__ = ["LocalControllerRecord", "ManagerNode", "ManagerRole"]
 
 log = logging.getLogger(__name__)
 
+#: A refused join (its ZooKeeper registration not seen yet, the leader settling) is retried after
+#: this pause, doubled each time up to JOIN_RETRY_MAX seconds.
+JOIN_RETRY_FIRST = 0.1
+JOIN_RETRY_MAX = 0.5
+
 
 class ManagerNode(Protocol):
     """What the manager role needs of its group manager process besides its scope."""
@@ -136,6 +141,7 @@ class ManagerRole:
             self._leader_changed.set()
 
     async def _join_loop(self) -> None:
+        pause = JOIN_RETRY_FIRST
         while self.running:
             await self._leader_changed.wait()
             self._leader_changed.clear()
@@ -150,14 +156,16 @@ class ManagerRole:
                 self.joined_epoch = int(reply.get("epoch", leader.epoch))
                 self.node.see_epoch(self.joined_epoch)
                 log.info("joined group leader %s (epoch %d)", leader.id, self.joined_epoch)
+                pause = JOIN_RETRY_FIRST
                 await self._send_summary()
-            except RpcError as exc:  # refused or unreachable: said once per 10 s per reason, retried every 0.5 s
+            except RpcError as exc:  # refused or unreachable: said once per 10 s per reason, retried
                 self._join_refused(str(exc.code), "could not join group leader %s: %s; retrying", leader.id, exc)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(pause)
+                pause = min(JOIN_RETRY_MAX, 2 * pause)
                 self._leader_changed.set()
             except Exception as exc:  # a reply this version cannot read
                 log.info("could not join group leader %s: %s; retrying", leader.id, exc, exc_info=True)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(JOIN_RETRY_MAX)
                 self._leader_changed.set()
 
     # -- local controllers ---------------------------------------------------------------

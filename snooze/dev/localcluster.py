@@ -69,7 +69,7 @@ from snooze.dev.ports import free_port, free_udp_port
 from snooze.dev.rabbitmq import RabbitMQError, RabbitMQServer, stop_recorded_broker
 from snooze.dev.sim import libvirtd
 from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperError, ZooKeeperServer
-from snooze.procs import alive, kill_group, open_log, running
+from snooze.procs import alive, kill_group, kill_groups, open_log, running
 
 #: ``ClusterOptions.vif``: none, or a VIF plugin every host loads.
 VIF_PLUGINS = ("", "linux_bridge", "ovs")
@@ -1298,15 +1298,15 @@ def stop_manifest(state_dir: Path, *, processes: list[dict[str, Any]] | None = N
     manifest = state_dir / "cluster.json"
     data = _read_manifest(manifest)
     procs = processes if processes is not None else data.get("processes", [])
-    stopped = 0
-    seen: set[int] = set()
-    for spec in reversed(procs):
+    # Every role at once, waited for together (local controllers sharing a process share its
+    # PID: it is stopped once). One after the other, each stop also set off elections and
+    # re-joins among those still running, for nothing.
+    targets: dict[int, str] = {}
+    for spec in procs:
         pid = spec.get("pid")
-        # Local controllers sharing a process share its PID: it is stopped once.
-        if pid and pid not in seen and kill_group(pid, spec["config"]):
-            stopped += 1
-        if pid:
-            seen.add(pid)
+        if isinstance(pid, int) and pid not in targets:
+            targets[pid] = str(spec["config"])
+    stopped = kill_groups(list(targets.items()))
     for spec in procs:
         # Each host's Open vSwitch (--vif ovs), after its local controller; the marker is its dir.
         switch = spec.get("ovs") if isinstance(spec, dict) else None
