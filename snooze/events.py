@@ -25,12 +25,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from snooze.codes import EventKind
 from snooze.coordination import CoordinationError, Coordinator
 
-__all__ = ["Event", "EventFeed", "EventKind", "EventLog", "Subscription"]
+__all__ = ["Event", "EventFeed", "EventKind", "EventLog", "Subscription", "topic"]
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +43,9 @@ RETENTION = 10_000
 MAX_BEHIND = 5_000
 
 
-class EventKind(StrEnum):
-    """What happened (the original's notification types)."""
-
-    GROUP_LEADER_ELECTED = "GROUP_LEADER_ELECTED"
-    GROUP_MANAGER_JOINED = "GROUP_MANAGER_JOINED"
-    GROUP_MANAGER_FAILED = "GROUP_MANAGER_FAILED"
-    LOCAL_CONTROLLER_JOINED = "LOCAL_CONTROLLER_JOINED"
-    LOCAL_CONTROLLER_FAILED = "LOCAL_CONTROLLER_FAILED"
-    LOCAL_CONTROLLER_ASSIGNED = "LOCAL_CONTROLLER_ASSIGNED"
-    VIRTUAL_MACHINE_STATE = "VIRTUAL_MACHINE_STATE"
-    MIGRATION_STARTED = "MIGRATION_STARTED"
-    MIGRATION_FINISHED = "MIGRATION_FINISHED"
-    MIGRATION_FAILED = "MIGRATION_FAILED"
-    HOST_POWERED_DOWN = "HOST_POWERED_DOWN"
-    HOST_WOKEN = "HOST_WOKEN"
-    RECONFIGURATION = "RECONFIGURATION"
-
-    @property
-    def topic(self) -> str:
-        """Its routing key on a topic exchange: ``groupleader.elected``, ``vm.state`` …"""
-        return _TOPICS[self]
+def topic(kind: EventKind) -> str:
+    """Its routing key on a topic exchange: ``groupleader.elected``, ``vm.state`` …"""
+    return _TOPICS[kind]
 
 
 _TOPICS = {

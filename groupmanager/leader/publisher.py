@@ -18,7 +18,7 @@ import logging
 
 from snooze.amqp import AmqpError, AmqpPublisher
 from snooze.coordination import CoordinationError, Coordinator
-from snooze.events import EventFeed
+from snooze.events import EventFeed, topic
 
 __all__ = ["EventPublisher"]
 
@@ -62,7 +62,7 @@ class EventPublisher:
                         self.feed.changed.clear()  # before the read: a change after it wakes the wait below
                         events = await self.feed.read_after(cursor, BATCH)
                         for ev in events:
-                            await self.amqp.publish(ev.kind.topic, ev.to_json(), message_id=str(ev.seq), kind=str(ev.kind),
+                            await self.amqp.publish(topic(ev.kind), ev.to_json(), message_id=str(ev.seq), kind=str(ev.kind),
                                                     timestamp=ev.time)
                             cursor = ev.seq
                             self.published += 1
