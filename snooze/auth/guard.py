@@ -168,6 +168,8 @@ class Guard:
                 resp = json_response(exc.to_json(), exc.status)
                 if exc.status == 401:
                     resp.headers["WWW-Authenticate"] = 'Bearer realm="snooze"'
+                elif exc.status == 503:
+                    resp.headers["Retry-After"] = "1"  # the tokens are read as soon as ZooKeeper answers
                 return resp
             request[_KEY] = principal
             response = await handler(request)

@@ -147,5 +147,5 @@ async def test_without_its_token_store_yet_a_process_answers_503_not_401() -> No
     guard = Guard(None, enabled=True)
     _rec, stranger = make_token("bob", Role.USER)
     async with TestClient(TestServer(_app(guard))) as client:
-        status, body, _ = await _call(client, "GET", "/images", stranger)
-    assert (status, body["error"]["code"]) == (503, "ZOOKEEPER_UNAVAILABLE")
+        status, body, headers = await _call(client, "GET", "/images", stranger)
+    assert (status, body["error"]["code"]) == (503, "ZOOKEEPER_UNAVAILABLE") and headers["Retry-After"] == "1"
