@@ -23,7 +23,7 @@ from aiohttp import web
 from snooze.auth import Principal
 from snooze.auth.guard import principal_of
 from snooze.codes import ErrorCode
-from snooze.coordination import CoordinationError
+from snooze.coordination import CoordinationError, once_reachable
 from snooze.events import Event, EventFeed, EventKind
 from snooze.http import ApiError, bad_request, json_response
 from snooze.records import RecordError
@@ -51,12 +51,7 @@ class EventsApi:
         """Follow the log once ZooKeeper answers (a task of the bootstrap)."""
         assert self.b.coord is not None
         feed = EventFeed(self.b.coord)
-        while True:
-            try:
-                await feed.start()
-                break
-            except CoordinationError:
-                await asyncio.sleep(1.0)
+        await once_reachable(feed.start, "the event log")
         self.feed = feed
         await feed.run()
 

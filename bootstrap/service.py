@@ -34,7 +34,7 @@ from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
 from snooze.auth.tokens import Role, TokenRecord, TokenStore, seed_record
 from snooze.codes import ErrorCode
-from snooze.coordination import CoordinationError
+from snooze.coordination import CoordinationError, once_reachable
 from snooze.http import ApiError, HttpLimits, json_response, read_identifier, start_server
 from snooze.models import GroupManagerDescription, NetworkAddress
 from snooze.protocol import Envelope
@@ -130,13 +130,8 @@ class Bootstrap(Service):
         """``[auth] seed_admin_token`` in ZooKeeper, once it answers."""
         assert self.coord is not None
         store = TokenStore(self.coord)
-        while True:
-            try:
-                if await store.ensure(rec):
-                    log.info("seeded admin token %s ([auth] seed_admin_token)", rec.id)
-                return
-            except CoordinationError:
-                await asyncio.sleep(1.0)
+        if await once_reachable(lambda: store.ensure(rec), "the seeded admin token"):
+            log.info("seeded admin token %s ([auth] seed_admin_token)", rec.id)
 
     def _set_leader(self, value: Any) -> bool:
         with contextlib.suppress(KeyError, TypeError, ValueError):

@@ -38,7 +38,7 @@ from snooze import config as cfg
 from snooze import metrics
 from snooze.auth.guard import Guard
 from snooze.auth.tokens import TokenStore
-from snooze.coordination import CoordinationError, Coordinator
+from snooze.coordination import CoordinationError, Coordinator, once_reachable
 from snooze.coordination.zk import DuplicateRegistration, describe_hosts
 from snooze.events import EventLog
 from snooze.heartbeat import HeartbeatEndpoint
@@ -249,20 +249,10 @@ class Service:
         self.scope.spawn("events", self.events.run())
         if s.auth.enabled:
             self.guard.store = TokenStore(self.coord)
-            self.scope.spawn("auth.tokens", self._mirror_tokens(self.guard.store))
+            # Watched once ZooKeeper answers: until then a call with a token is answered 503, not 401.
+            self.scope.spawn("auth.tokens", once_reachable(self.guard.store.watch, "the API tokens"))
         await self.on_start()
         log.info("%s %s started; peers reach it at %s; ZooKeeper at %s", self.role, self.id, self.address.url, self.coord.where)
-
-    async def _mirror_tokens(self, store: TokenStore) -> None:
-        """Watch the tokens (snooze.auth), once ZooKeeper answers: until then a call with a
-        token is answered 503, never 401."""
-        while True:
-            try:
-                await store.watch()
-                return
-            except CoordinationError as exc:
-                log.debug("tokens not watched yet: %s", exc)
-                await asyncio.sleep(1.0)
 
     async def on_start(self) -> None:
         """Role-specific start-up."""

@@ -6,6 +6,6 @@ asyncio loop with ``call_soon_threadsafe``).
 """
 
 from snooze.coordination.election import LeaderElection
-from snooze.coordination.zk import CoordinationError, Coordinator, SessionState
+from snooze.coordination.zk import CoordinationError, Coordinator, SessionState, once_reachable
 
-__all__ = ["CoordinationError", "Coordinator", "LeaderElection", "SessionState"]
+__all__ = ["CoordinationError", "Coordinator", "LeaderElection", "SessionState", "once_reachable"]

@@ -644,3 +644,15 @@ class Coordinator:
         await self.call(self.client.ensure_path, path)
         # kazoo's ChildrenWatch reads the children where it is created: off the loop.
         await self.call(lambda: self.client.ChildrenWatch(path, on_change, allow_session_lost=True))
+
+
+async def once_reachable(fn: Callable[[], Awaitable[T]], what: str, interval: float = 1.0) -> T:
+    """``fn()``'s result, called again every ``interval`` seconds while it fails with a
+    CoordinationError (ZooKeeper not reachable yet): for a role's start-up work that must not
+    block its start nor give up."""
+    while True:
+        try:
+            return await fn()
+        except CoordinationError as exc:
+            log.debug("%s: ZooKeeper not reachable yet: %s", what, exc)
+            await asyncio.sleep(interval)
