@@ -26,8 +26,6 @@ class GroupManagerRecord:
     #: does not answer in time), and when that came (monotonic).
     last_description: dict[str, Any] | None = None
     last_answer: float | None = None
-    #: It joined this leader (a record made from its ZooKeeper registration has not yet).
-    joined: bool = False
 
 
 class GroupManagers:

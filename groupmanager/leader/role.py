@@ -227,13 +227,12 @@ class LeaderRole:
         await self._registered(desc)
         rec = self.gms.get(desc.id)
         if rec is None:
-            self.gms[desc.id] = rec = GroupManagerRecord(desc)
+            self.gms[desc.id] = GroupManagerRecord(desc)
             self.placement.membership_change()
             self.scope.emit(EventKind.GROUP_MANAGER_JOINED, groupManagerId=desc.id, address=desc.address.to_json())
         else:
             rec.description = desc
             rec.last_seen = time.monotonic()
-        rec.joined = True
         log.info("group manager %s joined", desc.id)
         return {"epoch": self.epoch, "groupLeaderId": self.id}
 
@@ -249,10 +248,10 @@ class LeaderRole:
     async def _on_assign(self, msg: AssignLocalController, _env: Envelope) -> Any:
         self._require_leading()
         settle = min(1.0, 2 * self.scope.settings.heartbeat.interval)
-        if (time.monotonic() - self.started_at < settle and len(self.gms) < 2
-                and not (self.gms and all(r.joined for r in self.gms.values()))):
-            # Just elected: let the group managers join before spreading local controllers (with
-            # one group manager besides the leader, once it joined there is nothing to wait for).
+        if time.monotonic() - self.started_at < settle and len(self.gms) < 2:
+            # Just elected: let the group managers join before spreading local controllers. (Not
+            # shortened once the only one known joined: another may not have registered yet, and
+            # every local controller would go to the first.)
             raise ApiError(ErrorCode.LEADER_SETTLING, "the group leader was just elected; retry")
         exclude = set(msg.exclude)
         candidates = [r for r in self.alive_gms() if r.description.id not in exclude] or self.alive_gms()
