@@ -30,6 +30,7 @@ from bootstrap.events import EventsApi
 from bootstrap.images import ImagesApi
 from bootstrap.network import NetworkApi
 from bootstrap.tokens import TokensApi
+from bootstrap.ui import Dashboard
 from bootstrap.vms import VirtualMachineVerbs
 from snooze import config as cfg
 from snooze.auth.tokens import Role, TokenRecord, TokenStore, seed_record
@@ -82,6 +83,8 @@ class Bootstrap(Service):
         self.tokens = TokensApi(self)
         # The cluster's event stream (/events, server-sent events): see bootstrap/events.
         self.event_stream = EventsApi(self)
+        # The web dashboard (/ui/): plain files, a client of this API: see bootstrap/ui.
+        self.dashboard = Dashboard(self)
 
     async def on_start(self) -> None:
         assert self.coord is not None

@@ -326,4 +326,10 @@ class ManagerRole:
         for lc in out.get("localControllers") or []:
             # Domains on the host that no VM record accounts for (see inventory.py).
             lc["orphanVirtualMachines"] = list(self.inventory.orphans.get(lc.get("id"), ()))
+            # What its VMs use (monitoring) and what placement counts as taken there (VMs'
+            # requests and reservations): the dashboard's capacity bars, beside totalCapacity.
+            held = self.lcs.get(lc.get("id"))
+            if held is not None:
+                lc["usedCapacity"] = list(held.usage)
+                lc["requestedCapacity"] = list(self.hosts.taken_on(held.description.id))
         return out

@@ -208,6 +208,7 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
             print(f"snooze: cannot record this as the cluster you started last: {exc}", file=sys.stderr)
         say(f"hierarchy formed in {time.monotonic() - t0:.1f}s")
         say(f"bootstrap:  {manifest['bootstrapUrl']}   (try: curl '{manifest['bootstrapUrl']}/bootstrap?getCompleteHierarchy')")
+        say(f"dashboard:  {manifest['bootstrapUrl']}/ui/" + ("   (give it the adminToken of cluster.json)" if manifest.get("adminToken") else ""))
         if manifest.get("ec2"):
             e = manifest["ec2"]
             say(f"ec2 API:    {e['url']}  region {e['region']}, access key {e['accessKey']} (its secret: cluster.json)")
