@@ -110,17 +110,21 @@ class Bootstrap(Service):
         own = node.listen_address if node.listen_address not in ("0.0.0.0", "::", "") else "127.0.0.1"
         # Its calls carry a token of this process only: its clients are authenticated by their keys.
         token = self.guard.mint_local("ec2-gateway", Role.ADMIN)
-        gateway = Ec2Gateway(Ec2Options(f"http://{own}:{node.port}", region=ec2.region, keys=dict(ec2.access_keys),
+        # With TLS, over https to this port too (so [node] tls_cert must name this address).
+        own_url = NetworkAddress(own, node.port).base_url(tls=self.server_tls is not None)
+        gateway = Ec2Gateway(Ec2Options(own_url, region=ec2.region, keys=dict(ec2.access_keys),
                                         instance_types={k: list(v) for k, v in ec2.instance_types.items()},
-                                        images=list(ec2.images), token=token))
+                                        images=list(ec2.images), token=token, ca=node.tls_ca))
         if not ec2.access_keys:
             log.warning("[ec2] listen_port is set but [ec2] access_keys is empty: the EC2 API refuses every request")
         try:
-            self._ec2_runner = await start_server(gateway.app, node.listen_address, ec2.listen_port, HttpLimits.from_settings(node))
+            self._ec2_runner = await start_server(gateway.app, node.listen_address, ec2.listen_port, HttpLimits.from_settings(node),
+                                                  self.server_tls)
         except OSError as exc:
             raise StartupError(f"[node] listen_address = {node.listen_address!r}, [ec2] listen_port = {ec2.listen_port}: "
                                f"cannot listen there: {exc.strerror or exc}") from exc
-        log.info("EC2 API on %s:%d (region %s)", node.listen_address, ec2.listen_port, ec2.region)
+        log.info("EC2 API on %s:%d (region %s%s)", node.listen_address, ec2.listen_port, ec2.region,
+                 ", https" if self.server_tls is not None else "")
 
     async def on_stop(self) -> None:
         self.event_stream.closing.set()  # open /events streams end, not hold the stop up

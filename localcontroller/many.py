@@ -8,7 +8,8 @@ and ZooKeeper stay real separate processes. It is a development mode: in product
 runs its own local controller.
 
 One controller that stops (a power-saving order in ``power_test_mode``, a critical failure)
-stops alone; the others go on. SIGTERM or SIGINT stops them all. Start-ups are spread: at most
+stops alone; the others go on. SIGTERM or SIGINT stops them all; SIGHUP makes each read its
+config file again for its cluster keys (``Service.reload``). Start-ups are spread: at most
 ``--start-concurrency`` at a time, so that a few hundred do not hit ZooKeeper in one instant.
 
 Run: ``python -m localcontroller.many --config lc-1.toml --config lc-2.toml …``
@@ -63,6 +64,8 @@ async def run_all(services: list[LocalController], start_concurrency: int = 20) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stopping.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: [s.reload() for s in services])
     gate = asyncio.Semaphore(max(1, start_concurrency))
     codes = await asyncio.gather(*(_run_one(s, gate, stopping) for s in services))
     return next((c for c in codes if c), 0)
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = cfg.load(path, "localcontroller", {})
             service = LocalController(settings)
+            service.config_file = path  # what SIGHUP reads again
         except (cfg.ConfigError, ValueError) as exc:
             print(f"snooze-localcontroller: configuration error in {path}: {exc}", file=sys.stderr)
             return 2

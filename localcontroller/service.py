@@ -219,6 +219,8 @@ class LocalController(Service):
         if lc.image_repository:
             if not lc.image_repository.startswith(("http://", "https://")):
                 raise StartupError("[localcontroller] image_repository must be an http:// or https:// URL (or empty)")
+            if self.images is not None:
+                self.images.tls = self.client_tls  # with TLS: an https repository checked with [node] tls_ca
             for name in ("image_cache_directory", "instance_directory"):
                 if not str(getattr(lc, name)).startswith("/"):
                     raise StartupError(f"[localcontroller] {name} must be an absolute path")

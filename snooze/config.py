@@ -41,12 +41,17 @@ class NodeSettings:
     http_body_timeout: float = opt(30.0, "Seconds a client has to send a request's whole body; then it gets 408 and the connection is closed.")
     http_idle_timeout: float = opt(60.0, "Seconds an idle keep-alive HTTP connection (or one trickling its next request's headers) is kept; keep it above 15 (the RPC client's reuse time).")
     http_max_connections_per_client: int = opt(256, "Open HTTP connections one client address may hold; more are answered 429 and closed. 0 = no limit. All processes of a local cluster share 127.0.0.1.")
+    tls_cert: str = opt("", "PEM certificate (or chain) the HTTP listeners present (the control port, and the bootstrap's EC2 API): set with tls_key, they serve https only, and this process calls its peers over https. Every process of a cluster must agree (docs/deploy.md, TLS); its names must include the advertised address. Empty = plain HTTP.")
+    tls_key: str = opt("", "PEM private key of tls_cert, unencrypted, readable by this process only (mode 0600 or 0640); both or neither.")
+    tls_ca: str = opt("", "PEM bundle of the certificate authorities the peers' certificates are checked against when TLS is on (with tls_cert); empty = the system's trusted authorities.")
 
 
 @dataclass
 class ClusterSettings:
     name: str = opt("snooze", "Cluster name; zeroconf discovery only finds clusters of the same name.")
-    key: str = opt("snooze-insecure-development-key", "Shared secret for the HMAC on every internal message. Change it in production.")
+    key: str = opt("snooze-insecure-development-key", "Shared secret for the HMAC on every internal message, and the key this process signs with. Change it in production, to a random one (64 hex digits, say): its fingerprint is public.")
+    accept_keys: list[str] = opt([], "Other keys whose signatures are accepted too, during a key rotation (docs/deploy.md): the new key before every process signs with it, then the old one until every process does. A running process reads key and accept_keys again on SIGHUP. Empty outside a rotation.")
+    key_file: str = opt("", "A file holding the keys instead (key = \"...\" and, during a rotation, accept_keys = [...], in TOML), read at start and on SIGHUP; it replaces key and accept_keys, and SNOOZE_CLUSTER_KEY. Readable by this process only (mode 0600 or 0640). Empty = none.")
     zookeeper: str = opt("127.0.0.1:2181", "ZooKeeper connect string (host:port[,host:port]); empty = discover it with zeroconf.")
     zk_root: str = opt("/snooze", "ZooKeeper path under which this cluster keeps its state.")
     session_timeout: float = opt(10.0, "ZooKeeper session timeout in seconds (the server clamps it to 2..20 tickTime).")
@@ -454,6 +459,40 @@ def check_vif(s: Settings) -> None:
         raise ConfigError("[localcontroller] vif_ovsdb must be an OVSDB connection string: unix:PATH, tcp:ADDR:PORT or ssl:ADDR:PORT")
 
 
+def check_keys(s: ClusterSettings) -> None:
+    if not s.key:
+        raise ConfigError("[cluster] key must not be empty")
+    if not all(isinstance(k, str) and k for k in s.accept_keys):
+        raise ConfigError("[cluster] accept_keys must be a list of keys (non-empty strings)")
+
+
+def read_key_file(s: ClusterSettings) -> None:
+    """``[cluster] key`` and ``accept_keys`` from ``[cluster] key_file``; ConfigError naming it."""
+    where = f"[cluster] key_file = {s.key_file!r}"
+    try:
+        data = tomllib.loads(Path(s.key_file).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        # Not the parser's message: it may quote the line, and so the key.
+        raise ConfigError(f"{where}: not TOML (key = \"...\", accept_keys = [...])") from exc
+    unknown = sorted(set(data) - {"key", "accept_keys"})
+    if unknown or not isinstance(data.get("key"), str) or not isinstance(data.get("accept_keys", []), list):
+        raise ConfigError(f"{where}: it must hold key = \"...\" and optionally accept_keys = [...], nothing else"
+                          + (f" (found {', '.join(unknown)})" if unknown else ""))
+    s.key, s.accept_keys = data["key"], list(data.get("accept_keys", []))
+    check_keys(s)
+
+
+def check_tls(s: NodeSettings) -> None:
+    """Both of ``[node] tls_cert`` and ``tls_key``, or neither; ``tls_ca`` only with them."""
+    if bool(s.tls_cert) != bool(s.tls_key):
+        given, missing = ("tls_cert", "tls_key") if s.tls_cert else ("tls_key", "tls_cert")
+        raise ConfigError(f"[node] {given} is set but [node] {missing} is empty: give both (TLS) or neither (plain HTTP)")
+    if s.tls_ca and not s.tls_cert:
+        raise ConfigError("[node] tls_ca is set without [node] tls_cert and tls_key: it only checks peers when TLS is on")
+
+
 def validate(s: Settings) -> None:
     if s.heartbeat.interval <= 0 or s.heartbeat.timeout <= s.heartbeat.interval:
         raise ConfigError("[heartbeat] need 0 < interval < timeout")
@@ -485,6 +524,8 @@ def validate(s: Settings) -> None:
 
     check_settings(s.templates)
     check_heartbeat(s.heartbeat)
+    check_keys(s.cluster)
+    check_tls(s.node)
     check_ec2(s.ec2)
     check_images(s.images)
 
@@ -515,6 +556,8 @@ def load(path: str | Path | None, role: str, overrides: dict[str, Any] | None = 
         section, key = dotted.split(".", 1)
         data.setdefault(section, {})[key] = value
     settings = from_dict(data)
+    if settings.cluster.key_file:
+        read_key_file(settings.cluster)
     if settings.node.port == 0:
         settings.node.port = DEFAULT_PORTS[role]
     return settings

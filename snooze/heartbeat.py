@@ -34,10 +34,12 @@ from snooze.protocol import (
     DEFAULT_WINDOW,
     BadSignature,
     Envelope,
+    Keyring,
     OutOfOrder,
     ProtocolError,
     RejectionLog,
     ReplayGuard,
+    as_keyring,
     decode,
     encode,
 )
@@ -66,12 +68,13 @@ class _Protocol(asyncio.DatagramProtocol):
 
 class HeartbeatEndpoint:
     def __init__(
-        self, key: bytes, sender: str, *, multicast_group: str = "", ttl: int = 1,
+        self, key: bytes | Keyring, sender: str, *, multicast_group: str = "", ttl: int = 1,
         multicast_interface: str = "", window: float = DEFAULT_WINDOW, clock: Callable[[], float] = time.time,
     ) -> None:
         """``multicast_interface``: address (or host name) of the interface multicast is joined
-        and sent on; empty = the address ``start`` binds to, which must then be a specific one."""
-        self.key = key
+        and sent on; empty = the address ``start`` binds to, which must then be a specific one.
+        ``key``: the cluster key, or the process's keyring (shared: a reload changes it here too)."""
+        self.keys = as_keyring(key)
         self.sender = sender
         self.guard = ReplayGuard(window, monotonic=True, clock=clock)
         self._log_refusal = RejectionLog(log)
@@ -166,7 +169,7 @@ class HeartbeatEndpoint:
     def send(self, kind: str, epoch: int, body: Any, peers: Iterable[NetworkAddress]) -> None:
         if self._transport is None:
             return
-        data = encode(self.key, kind, self.sender, epoch, body)
+        data = encode(self.keys.signing, kind, self.sender, epoch, body)
         for peer in peers:
             try:
                 self._transport.sendto(data, (peer.address, peer.port))
@@ -176,13 +179,13 @@ class HeartbeatEndpoint:
         if self._mtransport is not None and self.multicast is not None:
             # Its own nonce: a peer that gets both copies must not count one as a replay.
             try:
-                self._mtransport.sendto(encode(self.key, kind, self.sender, epoch, body), self.multicast)
+                self._mtransport.sendto(encode(self.keys.signing, kind, self.sender, epoch, body), self.multicast)
             except OSError:
                 self.dropped["send_error"] += 1
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
-            env = decode(self.key, data)
+            env = decode(self.keys.accepted, data)
         except ProtocolError as exc:
             self.dropped[exc.reason] += 1
             if isinstance(exc, BadSignature):  # garbage is not worth a line; another key is

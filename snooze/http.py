@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from snooze.ids import InvalidId, check_id
 from snooze.protocol import (
     DEFAULT_WINDOW,
     Envelope,
+    Keyring,
     ProtocolError,
     RejectionLog,
     ReplayGuard,
+    as_keyring,
     decode,
     encode,
 )
@@ -417,8 +420,10 @@ def new_app() -> web.Application:
     return app
 
 
-async def start_server(app: web.Application, host: str, port: int, limits: HttpLimits | None = None) -> web.AppRunner:
-    """Serve ``app`` on ``host:port`` under ``limits``; the runner's ``cleanup()`` stops it."""
+async def start_server(app: web.Application, host: str, port: int, limits: HttpLimits | None = None,
+                       ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` under ``limits``, https only with ``ssl_context`` (``snooze.tls``);
+    the runner's ``cleanup()`` stops it."""
     limits = limits or HttpLimits()
     guard = ConnectionGuard(limits)
     app[GUARD] = guard
@@ -430,7 +435,7 @@ async def start_server(app: web.Application, host: str, port: int, limits: HttpL
     await runner.setup()
     assert runner.server is not None
     guard.install(runner.server)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
@@ -596,10 +601,10 @@ class InternalEndpoint:
     """
 
     def __init__(
-        self, app: web.Application, key: bytes, sender: str, epoch: Callable[[], int],
+        self, app: web.Application, key: bytes | Keyring, sender: str, epoch: Callable[[], int],
         *, window: float = DEFAULT_WINDOW,
     ) -> None:
-        self.key = key
+        self.keys = as_keyring(key)  # the process's keyring, shared: a reload changes it here too
         self.sender = sender
         self.epoch = epoch
         self.handlers: dict[str, tuple[InternalHandler, bool]] = {}
@@ -612,7 +617,7 @@ class InternalEndpoint:
         self.handlers[kind] = (handler, order)
 
     def _reply(self, request: Envelope, kind: str, body: Any, status: int = 200) -> web.Response:
-        data = encode(self.key, kind, self.sender, self.epoch(), body, reply_to=request.nonce)
+        data = encode(self.keys.signing, kind, self.sender, self.epoch(), body, reply_to=request.nonce)
         return web.Response(body=data, status=status, content_type=MSGPACK)
 
     def _reject(self, request: Envelope, code: ErrorCode, message: str) -> web.Response:
@@ -629,7 +634,7 @@ class InternalEndpoint:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         try:
-            env = decode(self.key, await read_body(request))
+            env = decode(self.keys.accepted, await read_body(request))
         except ProtocolError as exc:
             return self._refuse(exc, str(request.remote))
         try:

@@ -62,8 +62,12 @@ class NetworkAddress:
 
     @property
     def url(self) -> str:
+        return self.base_url()
+
+    def base_url(self, *, tls: bool = False) -> str:
+        """``http://ADDRESS:PORT``, or ``https://`` when the cluster runs TLS (``[node] tls_cert``)."""
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}"
+        return f"{'https' if tls else 'http'}://{host}:{self.port}"
 
 
 @dataclass

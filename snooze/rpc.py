@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,15 @@ import aiohttp
 from snooze.codes import CodedError, ErrorCode
 from snooze.http import INTERNAL_PATH, MSGPACK, ApiError
 from snooze.models import NetworkAddress
-from snooze.protocol import BadSignature, ProtocolError, decode, encode, new_nonce
+from snooze.protocol import (
+    BadSignature,
+    Keyring,
+    ProtocolError,
+    as_keyring,
+    decode,
+    encode,
+    new_nonce,
+)
 from snooze.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -100,16 +109,20 @@ def api_error(exc: CodedError, who: str = "", *, unreachable: ErrorCode | None =
 
 
 class RpcClient:
-    def __init__(self, key: bytes, sender: str) -> None:
-        self.key = key
+    def __init__(self, key: bytes | Keyring, sender: str, *, tls: ssl.SSLContext | None = None) -> None:
+        """``key``: the cluster key, or the process's keyring (shared: a reload changes it here
+        too). ``tls``: peers are called over https and their certificates checked with it (the
+        cluster's TLS, ``[node] tls_cert``); None = plain http."""
+        self.keys = as_keyring(key)
         self.sender = sender
+        self.tls = tls
         self._session: aiohttp.ClientSession | None = None
         self._report = RateLimitedLog(log)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, force_close=False)
+                connector=aiohttp.TCPConnector(limit=256, force_close=False, ssl=self.tls if self.tls is not None else True)
             )
         return self._session
 
@@ -128,13 +141,14 @@ class RpcClient:
         leader is not left holding one idle connection per host of the cluster.
         """
         nonce = new_nonce()
-        data = encode(self.key, kind, self.sender, epoch, body, nonce=nonce)
+        data = encode(self.keys.signing, kind, self.sender, epoch, body, nonce=nonce)
+        url = peer.base_url(tls=self.tls is not None)
         headers = {"Content-Type": MSGPACK}
         if not keep_alive:
             headers["Connection"] = "close"
         try:
             async with self._http().post(
-                peer.url + INTERNAL_PATH,
+                url + INTERNAL_PATH,
                 data=data,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
@@ -142,13 +156,13 @@ class RpcClient:
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError as exc:
-            raise RpcError(ErrorCode.TIMEOUT, f"{kind} to {peer.url} timed out after {timeout}s") from exc
+            raise RpcError(ErrorCode.TIMEOUT, f"{kind} to {url} timed out after {timeout}s") from exc
         except (aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise RpcError(ErrorCode.UNREACHABLE, f"{kind} to {peer.url}: {exc}") from exc
+            raise RpcError(ErrorCode.UNREACHABLE, f"{kind} to {url}: {exc}") from exc
         try:
-            env = decode(self.key, raw)
+            env = decode(self.keys.accepted, raw)
         except ProtocolError as exc:
             refusal = _plain_refusal(raw)
             if _key_mismatch(status, refusal, exc):
@@ -157,10 +171,10 @@ class RpcClient:
                 # The peer could not accept our envelope (key, version, replay window): it
                 # answers in plain JSON, since it will not sign an answer to what it refused.
                 code, message, field = refusal
-                raise RpcError(code, f"{kind} to {peer.url}: {message}", status, field) from exc
-            raise RpcError(ErrorCode.BAD_REPLY, f"{kind} to {peer.url}: HTTP {status}, {exc}", status) from exc
+                raise RpcError(code, f"{kind} to {url}: {message}", status, field) from exc
+            raise RpcError(ErrorCode.BAD_REPLY, f"{kind} to {url}: HTTP {status}, {exc}", status) from exc
         if env.reply_to != nonce:
-            raise RpcError(ErrorCode.BAD_REPLY, f"{kind} to {peer.url}: the reply answers another request", status)
+            raise RpcError(ErrorCode.BAD_REPLY, f"{kind} to {url}: the reply answers another request", status)
         if env.kind == "error":
             body = env.body if isinstance(env.body, dict) else {}
             field = body.get("field")

@@ -13,6 +13,10 @@ the process is connected (200 ``{"status": "ok"}``) or what it waits for (503 ``
 "waiting", "detail": "waiting for ZooKeeper at HOST:PORT"}``), and SIGTERM stops it whatever the
 session's state. A start-up that cannot succeed (a hypervisor that cannot be opened, a port in
 use, a live process with the same id) ends the process with one line naming the cause.
+
+SIGHUP reads the config file again and takes its cluster keys (``[cluster] key``,
+``accept_keys``, ``key_file``), nothing else: the keys can be rotated without a restart
+(docs/deploy.md). ``/health`` and ``/metrics`` show the keys' fingerprints.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
@@ -35,7 +41,7 @@ from aiohttp import web
 from prometheus_client.core import Metric
 
 from snooze import config as cfg
-from snooze import metrics
+from snooze import metrics, tls
 from snooze.auth.guard import Guard
 from snooze.auth.tokens import TokenStore
 from snooze.coordination import CoordinationError, Coordinator, once_reachable
@@ -53,6 +59,7 @@ from snooze.http import (
     start_server,
 )
 from snooze.models import NetworkAddress
+from snooze.protocol import Keyring
 from snooze.rpc import RpcClient
 from snooze.scope import Scope
 
@@ -82,19 +89,28 @@ class Service:
         self.id = settings.node_id(self.role)
         self.hostname = settings.hostname()
         self.address = NetworkAddress(settings.advertise_address(), settings.node.port)
-        self.key = settings.cluster.key.encode()
+        #: The keys this process signs with and accepts, shared by the internal endpoint, the
+        #: heartbeat endpoint and the RPC client: ``reload`` (SIGHUP) changes them in all three.
+        self.keys = Keyring(settings.cluster.key.encode(), (k.encode() for k in settings.cluster.accept_keys))
+        #: What ``reload`` reads again: the config file and the overrides given with it (main_for).
+        self.config_file: str | None = None
+        self.config_overrides: dict[str, Any] = {}
+        #: With ``[node] tls_cert`` (loaded by ``start``): what the listeners serve with, and what
+        #: peers' certificates are checked with (then they are called over https).
+        self.server_tls: ssl.SSLContext | None = None
+        self.client_tls: ssl.SSLContext | None = None
         self.known_epoch = 0
         self.app = new_app()
         self.routes = VerbRouter(self.app)
         window = settings.cluster.replay_window
-        self.internal = InternalEndpoint(self.app, self.key, self.id, lambda: self.known_epoch, window=window)
+        self.internal = InternalEndpoint(self.app, self.keys, self.id, lambda: self.known_epoch, window=window)
         self.heartbeat = HeartbeatEndpoint(
-            self.key, self.id, multicast_group=settings.heartbeat.multicast_group, ttl=settings.heartbeat.multicast_ttl,
+            self.keys, self.id, multicast_group=settings.heartbeat.multicast_group, ttl=settings.heartbeat.multicast_ttl,
             multicast_interface=settings.heartbeat.multicast_interface or self.address.address, window=window,
         )
         self.coord: Coordinator | None = None
         self.events: EventLog | None = None
-        self.rpc = RpcClient(self.key, self.id)
+        self.rpc = RpcClient(self.keys, self.id)
         #: Everything this process registered and started; each role gets a child of it.
         self.scope = Scope(
             self.role, node_id=self.id, address=self.address, settings=settings, rpc=self.rpc,
@@ -183,7 +199,7 @@ class Service:
             # Nobody else can listen on our own address and port: that was this process's
             # previous run, whose session has not expired yet.
             return
-        answer = await _health_of(other)
+        answer = await _health_of(other, self.client_tls)
         if isinstance(answer, dict) and answer.get("id") == self.id:
             raise DuplicateRegistration(
                 f"refusing to start: id {self.id} is already used by a live {answer.get('role', 'process')} at "
@@ -196,7 +212,8 @@ class Service:
         """(HTTP status, body) of ``GET /health``: 200 when the ZooKeeper session is CONNECTED,
         503 with what the process waits for otherwise."""
         s = self.settings.cluster
-        body: dict[str, Any] = {"role": self.role, "id": self.id}
+        # The keys' fingerprints (never the keys): what a key rotation waits to see everywhere.
+        body: dict[str, Any] = {"role": self.role, "id": self.id, "keys": self.keys.describe()}
         coord = self.coord
         if coord is not None and coord.connected:
             return 200, {"status": HEALTH_OK, **body, "zookeeper": coord.state.value}
@@ -222,8 +239,16 @@ class Service:
         log.info("%s %s starting: listening on %s port %d, advertised to peers as %s", self.role, self.id,
                  s.node.listen_address, s.node.port, self.address.address)
         self.guard.install(self.app)  # first of the middlewares, before the app is frozen
+        if s.node.tls_cert:
+            try:
+                self.server_tls = tls.server_context(s.node.tls_cert, s.node.tls_key)
+                self.client_tls = tls.client_context(s.node.tls_ca)
+            except tls.TlsError as exc:
+                raise StartupError(str(exc)) from exc
+            self.rpc.tls = self.client_tls  # before any call: its connections are made on first use
         try:
-            self._runner = await start_server(self.app, s.node.listen_address, s.node.port, HttpLimits.from_settings(s.node))
+            self._runner = await start_server(self.app, s.node.listen_address, s.node.port, HttpLimits.from_settings(s.node),
+                                              self.server_tls)
             await self.heartbeat.start(s.node.listen_address, s.node.port)
         except OSError as exc:
             if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
@@ -252,7 +277,8 @@ class Service:
             # Watched once ZooKeeper answers: until then a call with a token is answered 503, not 401.
             self.scope.spawn("auth.tokens", once_reachable(self.guard.store.watch, "the API tokens"))
         await self.on_start()
-        log.info("%s %s started; peers reach it at %s; ZooKeeper at %s", self.role, self.id, self.address.url, self.coord.where)
+        log.info("%s %s started; peers reach it at %s; ZooKeeper at %s", self.role, self.id,
+                 self.address.base_url(tls=self.server_tls is not None), self.coord.where)
 
     async def on_start(self) -> None:
         """Role-specific start-up."""
@@ -283,6 +309,8 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._stop.set)
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             # SIGTERM while a start-up step still waits (a hypervisor, a discovery) ends it.
             starting = asyncio.ensure_future(self.start())
@@ -315,6 +343,37 @@ class Service:
     def request_stop(self) -> None:
         self._stop.set()
 
+    # -- reload (SIGHUP) -----------------------------------------------------------------
+    def reload(self) -> bool:
+        """Read the config file again (with the same overrides) and take its ``[cluster] key``
+        and ``accept_keys``, nothing else: a key rotation without a restart (docs/deploy.md).
+        What changed is logged by fingerprint, never a key; a config that cannot be read or is
+        invalid is logged and the keys stay as they were. True if the new keys were taken."""
+        if self.config_file is None:
+            log.warning("SIGHUP: this process was started without --config: nothing to read again; keys unchanged")
+            return False
+        try:
+            fresh = cfg.load(self.config_file, self.role, self.config_overrides)
+        except cfg.ConfigError as exc:
+            log.error("SIGHUP: %s: configuration error: %s; the cluster keys stay as they were", self.config_file, exc)
+            return False
+        new = fresh.cluster
+        changes = self.keys.replace(new.key.encode(), (k.encode() for k in new.accept_keys))
+        running = self.settings.cluster
+        running.key, running.accept_keys, running.key_file = new.key, list(new.accept_keys), new.key_file
+        if "cluster.key" in self.config_overrides and not new.key_file:
+            log.warning("SIGHUP: [cluster] key is set by SNOOZE_CLUSTER_KEY or --set, which a reload cannot change "
+                        "(use [cluster] key_file to rotate keys without a restart)")
+        ignored = [name for name in _changed_options(self.settings, fresh, self.role)
+                   if name not in ("cluster.key", "cluster.accept_keys", "cluster.key_file")]
+        if ignored:
+            log.warning("SIGHUP: %s changed in %s: only the cluster keys are taken without a restart",
+                        ", ".join(ignored), self.config_file)
+        keys = self.keys.describe()
+        log.info("SIGHUP: cluster keys %s: signing with %s, accepting %s", "; ".join(changes) if changes else "unchanged",
+                 keys["signing"], ", ".join(keys["accepted"]))
+        return True
+
     # -- metrics -------------------------------------------------------------------------
     def metric_families(self) -> Iterable[Metric]:
         """What every role reports on ``/metrics`` (snooze.metrics), then ``role_metric_families``."""
@@ -325,6 +384,11 @@ class Service:
         yield metrics.gauge("snooze_zookeeper_state", "The ZooKeeper session's state (1 for the current one).",
                             {(state,): 1.0}, ("state",))
         yield metrics.gauge("snooze_leader_epoch", "The newest group leader epoch this process has seen.", self.known_epoch)
+        keys = self.keys.describe()
+        yield metrics.gauge("snooze_cluster_keys", "The cluster keys this process holds, by fingerprint (first 8 hex "
+                            "digits of the key's SHA-256) and use: signing (also accepted), or accepted only.",
+                            {(fp, "signing" if fp == keys["signing"] else "accepted"): 1.0 for fp in keys["accepted"]},
+                            ("fingerprint", "use"))
         yield metrics.counter("snooze_heartbeats_sent", "Heartbeat datagrams sent, by kind (one per receiver).",
                               {(k,): v for k, v in self.heartbeat.sent.items()}, ("kind",))
         yield metrics.counter("snooze_heartbeats_received", "Heartbeat datagrams received and accepted, by kind.",
@@ -388,11 +452,22 @@ def _registered_address(found: bytes) -> NetworkAddress | None:
         return None
 
 
-async def _health_of(address: NetworkAddress, timeout: float = 3.0) -> Any:
-    """Another process's ``GET /health`` answer (200 or 503), or None if it does not answer."""
+def _changed_options(running: cfg.Settings, fresh: cfg.Settings, role: str) -> list[str]:
+    """``SECTION.OPTION`` of every option of ``role`` whose value differs between the two."""
+    out: list[str] = []
+    for section in cfg.ROLE_SECTIONS[role]:
+        before, after = getattr(running, section), getattr(fresh, section)
+        out += [f"{section}.{f.name}" for f in dataclasses.fields(before) if getattr(before, f.name) != getattr(after, f.name)]
+    return out
+
+
+async def _health_of(address: NetworkAddress, client_tls: ssl.SSLContext | None = None, timeout: float = 3.0) -> Any:
+    """Another process's ``GET /health`` answer (200 or 503), or None if it does not answer;
+    over https, checked with ``client_tls``, when the cluster runs TLS."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.get(address.url + "/health") as resp:
+            async with session.get(address.base_url(tls=client_tls is not None) + "/health",
+                                   ssl=client_tls if client_tls is not None else True) as resp:
                 return await resp.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
@@ -445,6 +520,7 @@ def main_for(role: str, factory: Callable[[cfg.Settings], Service], argv: list[s
     except (cfg.ConfigError, ValueError) as exc:
         print(f"snooze-{role}: configuration error: {exc}", file=sys.stderr)
         return 2
+    service.config_file, service.config_overrides = args.config, overrides  # what SIGHUP reads again
     try:
         code = asyncio.run(service.run())
     except StartupError as exc:

@@ -73,6 +73,7 @@ class Ec2Options:
     images: list[str] = field(default_factory=list)  # empty: any image id the cluster accepts
     owner_id: str = "snooze"
     token: str | None = None  # what the gateway presents to the bootstrap (snooze.auth)
+    ca: str = ""  # with TLS: the authorities the bootstrap's certificate is checked against ("" = the system's)
 
 
 class Ec2Error(Exception):
@@ -121,7 +122,8 @@ class Ec2Gateway:
 
     def __init__(self, options: Ec2Options, client_factory: Callable[[], SnoozeClient] | None = None) -> None:
         self.options = options
-        self._client_factory = client_factory or (lambda: SnoozeClient(options.bootstrap_url, token=options.token or ""))
+        self._client_factory = client_factory or (lambda: SnoozeClient(options.bootstrap_url, token=options.token or "",
+                                                                              ca=options.ca))
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.router.add_route("*", "/", self._handle)
         self.app.on_cleanup.append(self._close)

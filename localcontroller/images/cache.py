@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ class ImageCache:
         # Paths handed out and not yet released (a VM being started on it): never evicted.
         self._held: dict[str, int] = {}
         self._session: aiohttp.ClientSession | None = None
+        #: With the cluster's TLS: the authorities an https repository is checked against.
+        self.tls: ssl.SSLContext | None = None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -93,7 +96,8 @@ class ImageCache:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=5))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout, sock_connect=5),
+                                                  connector=aiohttp.TCPConnector(ssl=self.tls if self.tls is not None else True))
         return self._session
 
     # -- the repository ------------------------------------------------------------------

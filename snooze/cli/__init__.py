@@ -13,7 +13,7 @@ One module per group of verbs, each adding its own to the parser with ``register
   ``create``, ``list``, ``show``, ``delete``): the network model;
 - ``snooze.cli.tokens`` — ``token create``, ``token list``, ``token revoke``: the API's tokens;
 - ``snooze.cli.console`` — ``console VM``, a guest's serial console (virsh);
-- ``snooze.cli.cluster`` — ``cluster up`` / ``cluster down``, a local cluster for development
+- ``snooze.cli.cluster`` — ``cluster up`` / ``cluster down`` / ``cluster rotate-key``, a local cluster for development
   (the only part that loads ``snooze.dev``, and only when it runs).
 
 and what they share: which cluster a verb talks to, decided in one place for all of them

@@ -1,7 +1,8 @@
-"""``snooze cluster up`` and ``snooze cluster down``: run a complete local cluster, and stop it.
+"""``snooze cluster up``, ``down`` and ``rotate-key``: run a complete local cluster, stop it, and
+replace its HMAC key while it runs (``snooze.dev.keyrotation``).
 
 The cluster itself is development tooling (``snooze.dev.localcluster``), imported only when
-one of these two commands runs: the rest of the ``snooze`` command, like all runtime code,
+one of these commands runs: the rest of the ``snooze`` command, like all runtime code,
 never loads ``snooze.dev`` (an import-linter contract names this module as the one exception).
 The state dir is chosen by the command's one rule (``snooze.cli.target``).
 
@@ -19,6 +20,7 @@ import contextlib
 import io
 import os
 import signal
+import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
@@ -54,13 +56,14 @@ def _options(args: argparse.Namespace) -> ClusterOptions:
         energy=args.energy, idle_time=args.idle_time, reserved_nodes=args.reserved_nodes,
         netns=args.netns or args.hypervisor == "qemu" or bool(args.vif), multicast=args.multicast, ec2=args.ec2, extra=_overrides(args.set),
         hypervisor=args.hypervisor, lcs_per_process=args.lcs_per_process, zookeeper_ensemble=args.zookeeper_ensemble,
-        cni=args.cni, vif=args.vif, auth=args.auth, events=args.events,
+        cni=args.cni, vif=args.vif, auth=args.auth, events=args.events, tls=args.tls,
     )
 
 
 #: What the local cluster sets for each process itself; --set may not change it.
 OWN_OPTIONS = ("node.id", "node.port", "node.listen_address", "node.advertise_address", "cluster.key",
-               "cluster.zookeeper")
+               "cluster.accept_keys", "cluster.key_file", "cluster.zookeeper", "node.tls_cert", "node.tls_key",
+               "node.tls_ca")
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -207,7 +210,8 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
         except OSError as exc:  # the cluster runs; only guessing it later will not work
             print(f"snooze: cannot record this as the cluster you started last: {exc}", file=sys.stderr)
         say(f"hierarchy formed in {time.monotonic() - t0:.1f}s")
-        say(f"bootstrap:  {manifest['bootstrapUrl']}   (try: curl '{manifest['bootstrapUrl']}/bootstrap?getCompleteHierarchy')")
+        curl = f"curl --cacert {manifest['caCert']}" if manifest.get("caCert") else "curl"
+        say(f"bootstrap:  {manifest['bootstrapUrl']}   (try: {curl} '{manifest['bootstrapUrl']}/bootstrap?getCompleteHierarchy')")
         say(f"dashboard:  {manifest['bootstrapUrl']}/ui/" + ("   (give it the adminToken of cluster.json)" if manifest.get("adminToken") else ""))
         if manifest.get("ec2"):
             e = manifest["ec2"]
@@ -230,6 +234,9 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
             + (f", and RabbitMQ {manifest['rabbitmq']['url']} exchange snooze" if manifest.get("rabbitmq") else ""))
         if manifest.get("adminToken"):
             say("auth:       the API needs a token; cluster.json's adminToken is an admin's, which the snooze command uses")
+        if manifest.get("caCert"):
+            say(f"tls:        https only; certificates signed by {manifest['caCert']} (cluster.json caCert, which the "
+                "snooze command checks them with)")
         say(f"state dir:  {manifest['stateDir']}  (cluster.json, logs/, config/)")
         h = cluster.hierarchy(timeout=30.0)
         if h:
@@ -241,7 +248,7 @@ def _run_cluster(args: argparse.Namespace, stop: StopRequest) -> int:
             if qemu:
                 run_guest_demo(cluster, stop)
             else:
-                run_demo(manifest["bootstrapUrl"], stop, cluster.admin_token)
+                run_demo(manifest["bootstrapUrl"], stop, cluster.admin_token, cluster.client_tls())
         say("running; Ctrl-C stops everything")
         while not stop():
             time.sleep(0.2)
@@ -272,11 +279,12 @@ def format_hierarchy_summary(h: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(bootstrap_url: str, stop: StopRequest | None = None, token: str | None = None) -> None:
+def run_demo(bootstrap_url: str, stop: StopRequest | None = None, token: str | None = None,
+             context: ssl.SSLContext | None = None) -> None:
     from snooze.dev import demo
 
     try:
-        demo.submit_demo(bootstrap_url, stop=stop, token=token)
+        demo.submit_demo(bootstrap_url, stop=stop, token=token, context=context)
     except (OSError, ValueError, KeyError) as exc:
         print(f"demo virtual cluster failed: {exc}", file=sys.stderr)
 
@@ -315,8 +323,24 @@ def cmd_cluster_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_rotate_key(args: argparse.Namespace) -> int:
+    from snooze.dev import keyrotation
+
+    state, source = resolve_state_dir(getattr(args, "state_dir", None))
+    if source == "last started":
+        print(f"snooze: rotating the key of the cluster in {state}, the one you started last", file=sys.stderr)
+    if not (state / "cluster.json").exists():
+        raise CliError(f"no cluster running from {state} (no cluster.json there)", NO_CLUSTER)
+    try:
+        keyrotation.rotate_key(state, timeout=args.timeout, say=say)
+    except keyrotation.RotationError as exc:
+        raise CliError(str(exc)) from exc
+    say("the cluster signs and accepts the new key only (its config files hold it)")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``cluster up`` and ``cluster down`` to the ``snooze`` command's subparsers."""
+    """Add ``cluster up``, ``cluster down`` and ``cluster rotate-key`` to the ``snooze`` command's subparsers."""
     c = subparsers.add_parser("cluster", help="run a complete local cluster").add_subparsers(dest="action", required=True)
     up = c.add_parser("up", formatter_class=HelpFormatter,
                       help="start ZooKeeper, bootstrap, group managers and local controllers",
@@ -397,6 +421,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          "libvirt starts it; with ovs each host runs its own Open vSwitch (userspace datapath) in its "
                          "namespace, its OVSDB socket in cluster.json as ovsdb; implies --netns (default: none, a "
                          "domain's interface is its template's)")
+    up.add_argument("--tls", action="store_true",
+                    help="serve every HTTP listener over https with a certificate for 127.0.0.1 signed by an authority "
+                         "made for this cluster (in the state dir's tls/; the bootstrap's URL in cluster.json is https "
+                         "and the authority's certificate its caCert, which the snooze command checks it with); the "
+                         "processes call each other over https too (not with --netns) (default: plain http)")
     up.add_argument("--no-demo", dest="demo", action="store_false",
                     help="do not submit the demo virtual cluster of 3 VMs (default: submit it)")
     up.set_defaults(func=reports_errors(cmd_cluster_up))
@@ -404,3 +433,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     down.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
                       help="the cluster's state dir (default: $SNOOZE_STATE_DIR, else the cluster you started last)")
     down.set_defaults(func=reports_errors(cmd_cluster_down))
+    rotate = c.add_parser("rotate-key", formatter_class=HelpFormatter,
+                          help="replace a running local cluster's HMAC key, without a restart",
+                          description="Replace the key of a running local cluster in three phases, each written into "
+                                      "every process's config and taken on SIGHUP, the next one started once every "
+                                      "process shows it on GET /health (the keys' fingerprints): every process accepts "
+                                      "the new key; every process signs with it; every process forgets the old one. "
+                                      "No message is refused on the way (docs/deploy.md).")
+    rotate.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="the cluster's state dir (default: $SNOOZE_STATE_DIR, else the cluster you started last)")
+    rotate.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="give up a phase if a process has not confirmed it by then (the cluster keeps working)")
+    rotate.set_defaults(func=reports_errors(cmd_cluster_rotate_key))

@@ -9,6 +9,10 @@ In order, the first that is given wins:
    ``$XDG_STATE_HOME/snooze/last-cluster``, by default ``~/.local/state/snooze/last-cluster``);
    the command then says on stderr which cluster it guessed.
 
+A bootstrap served over https (TLS) is checked against ``--ca FILE``, else ``SNOOZE_CA``, else
+the ``caCert`` of the local cluster's ``cluster.json`` (``snooze cluster up --tls``), else the
+system's authorities.
+
 Nothing else: there is no silent default address, which once showed another user's cluster.
 A local cluster that is named or guessed but no longer runs is an error that says so
 (``NO_CLUSTER``), rather than a connection refused further on. ``snooze cluster up`` and
@@ -37,6 +41,7 @@ __all__ = [
     "Target",
     "add_target_options",
     "bootstrap_url",
+    "ca_file",
     "client",
     "last_cluster_file",
     "new_cluster_state_dir",
@@ -61,6 +66,7 @@ class Target:
     url: str
     state_dir: Path | None
     source: str  # "--url", "--state-dir", "SNOOZE_URL", "SNOOZE_STATE_DIR" or "last started"
+    ca: str | None = None  # a local cluster's CA file (cluster.json caCert), when it runs TLS
 
     @property
     def guessed(self) -> bool:
@@ -87,6 +93,10 @@ def add_target_options(parser: argparse.ArgumentParser, *, top_level: bool) -> N
     parser.add_argument("--token", metavar="TOKEN", default=default,
                         help="the API token to present (snooze token create); default: $SNOOZE_TOKEN, else "
                              "the adminToken of a local cluster started with --auth")
+    parser.add_argument("--ca", metavar="FILE", default=default,
+                        help="PEM file of the authorities an https bootstrap's certificate is checked against; "
+                             "default: $SNOOZE_CA, else the caCert of a local cluster started with --tls, else "
+                             "the system's")
 
 
 def _state_home(env: Mapping[str, str]) -> Path:
@@ -142,8 +152,8 @@ def resolve_state_dir(state_dir: str | os.PathLike[str] | None,
     raise CliError(f"no cluster to talk to: {_HOW_TO_CHOOSE}", NO_CLUSTER)
 
 
-def _local_url(state_dir: Path, source: str) -> str:
-    """The bootstrap URL of the running local cluster in ``state_dir``."""
+def _local_url(state_dir: Path, source: str) -> tuple[str, str | None]:
+    """The bootstrap URL of the running local cluster in ``state_dir``, and its CA file (TLS)."""
     if source == "last started":
         what, hint = f"the cluster you started last, in {state_dir},", _HOW_TO_CHOOSE
     else:
@@ -152,6 +162,7 @@ def _local_url(state_dir: Path, source: str) -> str:
     try:
         data = json.loads(manifest.read_text())
         url = str(data["bootstrapUrl"])
+        ca = str(data["caCert"]) if data.get("caCert") else None
     except FileNotFoundError:
         raise CliError(f"{what} is not running (no cluster.json there); {hint}", NO_CLUSTER) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -159,7 +170,7 @@ def _local_url(state_dir: Path, source: str) -> str:
     bootstrap = next((p for p in data.get("processes", []) if isinstance(p, dict) and p.get("role") == "bootstrap"), None)
     if bootstrap is not None and not running(bootstrap.get("pid"), str(bootstrap.get("config", ""))):
         raise CliError(f"{what} is not running (its bootstrap is gone); {hint}", NO_CLUSTER)
-    return url.rstrip("/")
+    return url.rstrip("/"), ca
 
 
 def resolve(url: str | None = None, state_dir: str | os.PathLike[str] | None = None,
@@ -170,11 +181,13 @@ def resolve(url: str | None = None, state_dir: str | os.PathLike[str] | None = N
         return Target(url.rstrip("/"), None, "--url")
     if state_dir:
         path = Path(state_dir).resolve()
-        return Target(_local_url(path, "--state-dir"), path, "--state-dir")
+        url, ca = _local_url(path, "--state-dir")
+        return Target(url, path, "--state-dir", ca)
     if env.get("SNOOZE_URL"):
         return Target(env["SNOOZE_URL"].rstrip("/"), None, "SNOOZE_URL")
     path, source = resolve_state_dir(None, env)
-    return Target(_local_url(path, source), path, source)
+    url, ca = _local_url(path, source)
+    return Target(url, path, source, ca)
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -208,7 +221,18 @@ def token(args: argparse.Namespace, target: Target | None = None, env: Mapping[s
     return None
 
 
+def ca_file(args: argparse.Namespace, target: Target | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The CA file an https bootstrap is checked against: ``--ca``, ``SNOOZE_CA``, else the
+    ``caCert`` of the local cluster chosen; None: the system's authorities."""
+    env = os.environ if env is None else env
+    given = getattr(args, "ca", None) or env.get("SNOOZE_CA")
+    if given:
+        return str(given)
+    return target.ca if target is not None else None
+
+
 def client(args: argparse.Namespace) -> SyncSnoozeClient:
-    """A client of the bootstrap that the command's arguments choose, with its token."""
+    """A client of the bootstrap that the command's arguments choose, with its token and CA file."""
     target = _target(args)
-    return SyncSnoozeClient(target.url, timeout=getattr(args, "http_timeout", 30.0), token=token(args, target))
+    return SyncSnoozeClient(target.url, timeout=getattr(args, "http_timeout", 30.0), token=token(args, target),
+                            ca=ca_file(args, target))

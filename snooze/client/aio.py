@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ from snooze.client.types import (
     VirtualMachineMetaDataJson,
 )
 from snooze.codes import TaskState
+from snooze.tls import TlsError, client_context
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 BOOTSTRAP = "bootstrap"
@@ -65,16 +67,21 @@ def normalise_url(base_url: str) -> str:
 class SnoozeClient:
     """Calls one Snooze endpoint — a bootstrap by default, or a group leader (``prefix="groupmanager"``).
 
-    ``base_url`` is ``http://HOST:PORT``; methods are the API's verbs in snake_case and return
-    the decoded JSON in the original's shapes. Use as ``async with SnoozeClient(url) as c:`` or
-    call ``close()``; a caller-provided ``session`` is left open.
+    ``base_url`` is ``http://HOST:PORT`` (or ``https://`` for a cluster with TLS); methods are
+    the API's verbs in snake_case and return the decoded JSON in the original's shapes. Use as
+    ``async with SnoozeClient(url) as c:`` or call ``close()``; a caller-provided ``session`` is
+    left open.
     """
 
     def __init__(self, base_url: str = DEFAULT_URL, *, prefix: str = BOOTSTRAP, timeout: float = 30.0,
-                 session: aiohttp.ClientSession | None = None, token: str | None = None) -> None:
+                 session: aiohttp.ClientSession | None = None, token: str | None = None,
+                 ca: str | None = None) -> None:
         self.base_url = normalise_url(base_url)
         #: The bearer token every call presents (snooze.auth); default: $SNOOZE_TOKEN.
         self.token = token if token is not None else os.environ.get("SNOOZE_TOKEN") or None
+        #: The PEM file of the authorities an https bootstrap's certificate is checked against
+        #: (a local cluster's: cluster.json's caCert); default: $SNOOZE_CA, else the system's.
+        self.ca = ca if ca is not None else os.environ.get("SNOOZE_CA") or None
         self.prefix = prefix.strip("/")
         self.timeout = timeout
         self._session = session
@@ -105,9 +112,24 @@ class SnoozeClient:
     def _session_for_call(self) -> aiohttp.ClientSession:
         # Created on first use so that the session belongs to the loop that runs the calls.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()  # timeouts are per request (see request())
+            context: ssl.SSLContext | bool = True  # https: the system's authorities
+            if self.ca:
+                try:
+                    context = client_context(self.ca, option="the CA file (--ca, SNOOZE_CA)")
+                except TlsError as exc:
+                    raise SnoozeClientError(BAD_REQUEST, str(exc), "ca") from exc
+            # Timeouts are per request (see request()).
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
             self._owns_session = True
         return self._session
+
+    def _unreachable(self, exc: aiohttp.ClientError) -> SnoozeClientError:
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            hint = ("give the authority that signed it with --ca FILE or SNOOZE_CA (a local cluster's: its "
+                    "cluster.json caCert)" if not self.ca else f"it is not signed by an authority of {self.ca}")
+            return SnoozeClientError(UNREACHABLE, f"cannot reach {self.base_url}: its certificate cannot be "
+                                     f"verified ({exc.certificate_error}); {hint}")
+        return SnoozeClientError(UNREACHABLE, f"cannot reach {self.base_url}: {exc}")
 
     async def request(self, method: str, verb: str, *, params: Mapping[str, Any] | None = None,
                       json_body: Any = None, text_body: str | None = None,
@@ -137,7 +159,7 @@ class SnoozeClient:
         except TimeoutError as exc:
             raise SnoozeClientError(TIMEOUT, f"no answer from {url} within {total:g}s") from exc
         except aiohttp.ClientError as exc:
-            raise SnoozeClientError(UNREACHABLE, f"cannot reach {self.base_url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if status >= 300:
             raise _error_from_response(status, body, url)
         return status, ctype, body
@@ -167,7 +189,7 @@ class SnoozeClient:
         except TimeoutError as exc:
             raise SnoozeClientError(TIMEOUT, f"no answer from {url} in time") from exc
         except aiohttp.ClientError as exc:
-            raise SnoozeClientError(UNREACHABLE, f"cannot reach {self.base_url}: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if status >= 300:
             raise _error_from_response(status, body, url)
         return _decode(body, path), answer_headers

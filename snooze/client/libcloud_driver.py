@@ -100,9 +100,11 @@ class SnoozeNodeDriver(NodeDriver):
 
     def __init__(self, key: str = "127.0.0.1", secret: str | int = "5000", secure: bool = False,
                  host: str | None = None, port: str | int | None = None, *, timeout: float = 30.0,
-                 token: str | None = None, **kwargs: Any) -> None:
+                 token: str | None = None, ca: str | None = None, **kwargs: Any) -> None:
         """``key`` is the bootstrap's host (or a whole URL) and ``secret`` its port, as in the seed;
-        ``token``: the API token when the cluster requires one (default: $SNOOZE_TOKEN)."""
+        ``token``: the API token when the cluster requires one (default: $SNOOZE_TOKEN);
+        ``secure=True`` (or an ``https://`` URL): a bootstrap with TLS, its certificate checked
+        against ``ca``, a PEM file of authorities (default: $SNOOZE_CA, else the system's)."""
         host = host or key
         port = port if port is not None else secret
         if "://" in host:
@@ -113,7 +115,7 @@ class SnoozeNodeDriver(NodeDriver):
             key=host, secret=str(port), secure=secure, host=host, port=int(port) if port else None, **kwargs
         )
         self.bootstrap_url = url
-        self.client = SyncSnoozeClient(url, timeout=timeout, token=token)
+        self.client = SyncSnoozeClient(url, timeout=timeout, token=token, ca=ca)
 
     def close(self) -> None:
         self.client.close()

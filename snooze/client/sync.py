@@ -84,9 +84,9 @@ class SyncSnoozeClient:
     """The blocking twin of ``SnoozeClient``: same constructor, same methods, same errors."""
 
     def __init__(self, base_url: str = DEFAULT_URL, *, prefix: str = BOOTSTRAP, timeout: float = 30.0,
-                 token: str | None = None) -> None:
+                 token: str | None = None, ca: str | None = None) -> None:
         self._runner = _LoopThread()
-        self._client = SnoozeClient(base_url, prefix=prefix, timeout=timeout, token=token)
+        self._client = SnoozeClient(base_url, prefix=prefix, timeout=timeout, token=token, ca=ca)
         self._finalizer = weakref.finalize(self, _shutdown, self._runner, self._client)
 
     @property

@@ -7,7 +7,13 @@ is all ``down`` needs to stop exactly what ``up`` started. It is rewritten after
 starts, so even an ``up`` killed half-way leaves a record of what it started.
 
 Each cluster has its own random key (the HMAC on every internal message): it is written only
-in the roles' config files, mode 0600, in a state dir of mode 0700.
+in the roles' config files, mode 0600, in a state dir of mode 0700. ``snooze cluster
+rotate-key`` replaces it while the cluster runs (``snooze.dev.keyrotation``).
+
+With ``tls`` (``snooze cluster up --tls``) every HTTP listener serves https with a certificate
+for 127.0.0.1 signed by an authority of this cluster's own (``snooze.dev.tlscerts``, in
+``tls/``); ``cluster.json`` gives the bootstrap's URL as https and the authority's certificate
+as ``caCert``, which the ``snooze`` command checks the bootstrap with.
 
 A state dir whose recorded processes are all gone (the machine rebooted, ``up`` was killed) is
 stale: the next ``up`` cleans it up. Only PIDs recorded there, and only while they still run
@@ -51,6 +57,7 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -68,6 +75,7 @@ from snooze.dev import netns, ovs
 from snooze.dev.ports import free_port, free_udp_port
 from snooze.dev.rabbitmq import RabbitMQError, RabbitMQServer, stop_recorded_broker
 from snooze.dev.sim import libvirtd
+from snooze.dev.tlscerts import TlsFiles, TlsFilesError, make_local_tls
 from snooze.dev.zookeeper import ZooKeeperEnsemble, ZooKeeperError, ZooKeeperServer
 from snooze.procs import alive, kill_group, kill_groups, open_log, running
 
@@ -193,6 +201,9 @@ class ClusterOptions:
     # "rabbitmq": a private RabbitMQ broker (snooze.dev.rabbitmq) the group leader publishes the
     # event stream to (cluster.json: "rabbitmq" with its URL); "" = none. Not with netns.
     events: str = ""
+    # Every HTTP listener serves https with a certificate of this cluster's own authority
+    # (cluster.json: caCert); peers call each other over https. Not with netns.
+    tls: bool = False
 
 
 def _tail(log: str, lines: int = 15) -> str:
@@ -219,8 +230,8 @@ def _auth(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _http_json(url: str, timeout: float = 2.0, token: str | None = None) -> Any:
-    with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(token)), timeout=timeout) as resp:
+def _http_json(url: str, timeout: float = 2.0, token: str | None = None, context: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=_auth(token)), timeout=timeout, context=context) as resp:
         return json.loads(resp.read() or b"null")
 
 
@@ -244,6 +255,7 @@ class LocalCluster:
         self.hypervisors: libvirtd.LibvirtdCluster | None = None
         self.repository_host: libvirtd.LibvirtdCluster | None = None
         self.qemu_dir: Path | None = None
+        self._client_tls: ssl.SSLContext | None = None
         if self.options.vif not in VIF_PLUGINS:
             raise ClusterError(f"vif must be one of {', '.join(repr(v) for v in VIF_PLUGINS)}, not {self.options.vif!r}")
         if self.options.vif and not self.options.netns:
@@ -270,7 +282,25 @@ class LocalCluster:
 
     @property
     def bootstrap_url(self) -> str:
-        return f"http://127.0.0.1:{self.options.base_port}"
+        return f"{'https' if self.options.tls else 'http'}://127.0.0.1:{self.options.base_port}"
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        """With ``tls``: the authority's certificate, and the certificate and key every process serves with."""
+        if not self.options.tls:
+            return None
+        directory = self.state_dir / "tls"
+        return TlsFiles(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """With ``tls``: what a client here checks the processes' certificates with (made once
+        the authority's certificate exists, then kept)."""
+        files = self.tls_files
+        if files is None:
+            return None
+        if self._client_tls is None:
+            self._client_tls = ssl.create_default_context(cafile=str(files.ca))
+        return self._client_tls
 
     @property
     def qemu(self) -> bool:
@@ -363,6 +393,8 @@ class LocalCluster:
             "cluster": {"key": o.key, "zookeeper": self.zookeeper_address, "session_timeout": o.session_timeout},
             "heartbeat": {"interval": o.heartbeat_interval, "timeout": o.heartbeat_timeout},
         }
+        if (files := self.tls_files) is not None:
+            data["node"].update(tls_cert=str(files.cert), tls_key=str(files.key), tls_ca=str(files.ca))
         if role == "bootstrap" and self.ec2_port is not None:
             data["ec2"] = {"listen_port": self.ec2_port, "access_keys": {o.ec2_access_key: o.ec2_secret_key}}
         if self.fabric is not None:
@@ -664,6 +696,8 @@ class LocalCluster:
             raise ClusterError("multicast heartbeats need --netns (loopback has no multicast)")
         if o.netns and o.energy:
             raise ClusterError("--energy is not supported with --netns (the simulated BMCs listen on 127.0.0.1)")
+        if o.netns and o.tls:
+            raise ClusterError("--tls is not supported with --netns (its certificate names 127.0.0.1, not the namespaces' addresses)")
         if o.lcs_per_process < 1 or o.zookeeper_ensemble < 1:
             raise ClusterError("--lcs-per-process and --zookeeper-ensemble must be >= 1")
         if o.lcs_per_process > 1 and (o.netns or o.energy):
@@ -706,8 +740,9 @@ class LocalCluster:
         _remove_qemu_dir(self.state_dir, stale.get("qemuDir"))
         _delete_namespaces(self.state_dir, stale)
         self.manifest_path.unlink(missing_ok=True)
-        # Its configs hold its key; the next cluster writes its own.
+        # Its configs hold its key (and tls/ its TLS key); the next cluster writes its own.
         shutil.rmtree(self.state_dir / "config", ignore_errors=True)
+        shutil.rmtree(self.state_dir / "tls", ignore_errors=True)
         return True
 
     def prepare(self) -> bool:
@@ -740,6 +775,12 @@ class LocalCluster:
         stopping = stop or (lambda: False)
         self.prepare()
         o = self.options
+        if self.tls_files is not None:
+            self._client_tls = None  # a new authority
+            try:
+                make_local_tls(self.tls_files.ca.parent)
+            except TlsFilesError as exc:
+                raise ClusterError(str(exc)) from exc
         # Simulated hosts start empty, so the cluster's durable state starts empty too.
         shutil.rmtree(self.state_dir / "zookeeper", ignore_errors=True)
         # ZooKeeper expires sessions on tick boundaries: a tick of a tenth of the session timeout
@@ -972,6 +1013,8 @@ class LocalCluster:
             data["vif"] = self.options.vif
         if self.admin_token:
             data["adminToken"] = self.admin_token
+        if self.tls_files is not None:
+            data["caCert"] = str(self.tls_files.ca)
         if self.rabbitmq is not None:
             data["rabbitmq"] = self.rabbitmq.record()  # cluster.json is mode 0600, like the configs
         if self.guest_network and self.fabric is not None:
@@ -987,7 +1030,8 @@ class LocalCluster:
             })
         if self.ec2_port is not None:
             # A demo key pair of this cluster only (cluster.json is mode 0600, like the configs).
-            data["ec2"] = {"url": f"http://127.0.0.1:{self.ec2_port}/", "accessKey": self.options.ec2_access_key,
+            data["ec2"] = {"url": f"{'https' if self.options.tls else 'http'}://127.0.0.1:{self.ec2_port}/",
+                           "accessKey": self.options.ec2_access_key,
                            "secretKey": self.options.ec2_secret_key, "region": cfg.Ec2Settings().region}
         if self.fabric is not None:
             assert self.zk is not None
@@ -1009,7 +1053,7 @@ class LocalCluster:
     def hierarchy(self, timeout: float = 5.0) -> dict[str, Any] | None:
         try:
             hierarchy: dict[str, Any] | None = _http_json(self.bootstrap_url + "/bootstrap?getCompleteHierarchy", timeout=timeout,
-                                                          token=self.admin_token)
+                                                          token=self.admin_token, context=self.client_tls())
             return hierarchy
         except (OSError, ValueError, urllib.error.URLError):
             return None

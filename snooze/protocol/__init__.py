@@ -12,7 +12,8 @@ whose timestamp is outside its window (``[cluster] replay_window``, 30 s by defa
 cluster's clocks must agree within it) or whose nonce it already accepted. ``reply_to`` is
 empty on a request and the request's nonce on its reply; the RPC client checks it, so a
 captured reply cannot be passed off as the answer to another request. All of it is under the
-HMAC: none of it can be changed without the key.
+HMAC: none of it can be changed without the key. A receiver may accept more than one key
+while the cluster's key is rotated (``snooze.protocol.keys``); a sender signs with one.
 
 Versions. The rule is os-vif's: a receiver reads every version from ``MIN_PROTOCOL_VERSION``
 up to its own and refuses newer ones, so upgrade group managers before local controllers.
@@ -44,6 +45,7 @@ from snooze.protocol.envelope import (
     encode,
     new_nonce,
 )
+from snooze.protocol.keys import Keyring, as_keyring, fingerprint
 from snooze.protocol.replay import DEFAULT_WINDOW, RejectionLog, ReplayGuard
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "BadSignature",
     "Envelope",
+    "Keyring",
     "MalformedMessage",
     "ObsoleteVersion",
     "OutOfOrder",
@@ -63,7 +66,9 @@ __all__ = [
     "Replayed",
     "StaleTimestamp",
     "UnknownVersion",
+    "as_keyring",
     "decode",
     "encode",
+    "fingerprint",
     "new_nonce",
 ]

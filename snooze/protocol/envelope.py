@@ -7,6 +7,7 @@ import hmac
 import math
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -131,8 +132,12 @@ def encode(
     return MAGIC + _mac(key, payload) + payload
 
 
-def decode(key: bytes, data: bytes) -> Envelope:
+def decode(key: bytes | Iterable[bytes], data: bytes) -> Envelope:
     """Check and unpack one message; raises a ProtocolError subclass, nothing else.
+
+    ``key``: the cluster key, or every key accepted (during a key rotation, ``Keyring.accepted``):
+    a message signed with any of them is authentic. Each is compared in constant time, and all
+    are compared, so the time taken does not tell which one matched.
 
     This checks authenticity and shape only; freshness (timestamp window, nonce not seen
     before) is the receiver's ``ReplayGuard``, which keeps the state that needs.
@@ -143,7 +148,11 @@ def decode(key: bytes, data: bytes) -> Envelope:
         raise MalformedMessage("not a snooze message")
     mac = data[len(MAGIC) : len(MAGIC) + _MAC_LEN]
     payload = data[len(MAGIC) + _MAC_LEN :]
-    if not hmac.compare_digest(mac, _mac(key, payload)):
+    keys = (key,) if isinstance(key, (bytes, bytearray)) else tuple(key)
+    matched = False
+    for k in keys:
+        matched |= hmac.compare_digest(mac, _mac(k, payload))
+    if not matched:
         raise BadSignature("HMAC does not match the cluster key")
     try:
         fields = msgpack.unpackb(payload, raw=False, strict_map_key=False)

@@ -149,7 +149,8 @@ def test_a_process_started_before_zookeeper_becomes_ok_and_still_stops_when_it_g
         ids = {}
         for p in (lc, gm, bs):
             body = wait_for(lambda p=p: ok(p), 30, f"{p.role} healthy once ZooKeeper is up")
-            assert body == {"status": "ok", "role": p.role, "id": body["id"], "zookeeper": "CONNECTED"}
+            assert body == {"status": "ok", "role": p.role, "id": body["id"], "keys": body["keys"], "zookeeper": "CONNECTED"}
+            assert body["keys"]["accepted"] == [body["keys"]["signing"]]  # fingerprints: one key outside a rotation
             ids[p.role] = body["id"]
         # Each registered itself once connected; the group manager, alone, leads.
         for folder, role in (("localcontrollers", "localcontroller"), ("bootstraps", "bootstrap")):
