@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,6 +27,19 @@ from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError, once_reachable
 from snooze.events import Event, EventFeed, EventKind
 from snooze.http import ApiError, bad_request, json_response
+from snooze.openapi import (
+    Body,
+    Operation,
+    Param,
+    array,
+    component,
+    describe,
+    integer,
+    number,
+    obj,
+    ref,
+    string,
+)
 from snooze.records import RecordError
 
 if TYPE_CHECKING:
@@ -34,6 +48,9 @@ if TYPE_CHECKING:
 __all__ = ["EventsApi"]
 
 KEEPALIVE = 15.0
+#: An event id or a count as the query or Last-Event-ID give it: plain decimal digits.
+_WHOLE = re.compile(r"-?[0-9]{1,19}")
+MAX_SEQ = 2**63 - 1
 _VM_KINDS = {EventKind.VIRTUAL_MACHINE_STATE, EventKind.MIGRATION_STARTED, EventKind.MIGRATION_FINISHED,
              EventKind.MIGRATION_FAILED}
 
@@ -46,6 +63,7 @@ class EventsApi:
         #: Set when the bootstrap stops: open streams end at once (else they hold its stop up).
         self.closing = asyncio.Event()
         bootstrap.app.router.add_get("/events", self.stream)
+        _describe(bootstrap.app)
 
     async def follow(self) -> None:
         """Follow the log once ZooKeeper answers (a task of the bootstrap)."""
@@ -77,25 +95,24 @@ class EventsApi:
 
     # -- the endpoint --------------------------------------------------------------------
     def _params(self, request: web.Request) -> tuple[int | None, set[EventKind] | None, int]:
-        raw = request.headers.get("Last-Event-ID") or request.query.get("after")
+        # A blank Last-Event-ID is none (an EventSource that has seen no event id sends none).
+        header = request.headers.get("Last-Event-ID", "").strip()
+        raw, where = (header, "Last-Event-ID") if header else (request.query.get("after"), "after")
         after: int | None = None
         if raw is not None:
-            try:
-                after = int(raw)
-            except ValueError:
-                raise bad_request("Last-Event-ID / after must be an event id (a whole number)", field="after") from None
-            if after < -1:
-                raise bad_request("after must be -1 or more", field="after")
+            if not _WHOLE.fullmatch(raw):
+                raise bad_request(f"{where} must be an event id (a whole number)", field=where)
+            after = int(raw)
+            if not -1 <= after <= MAX_SEQ:
+                raise bad_request(f"{where} must be from -1 to {MAX_SEQ}", field=where)
         kinds: set[EventKind] | None = None
         if request.query.get("kinds"):
             try:
                 kinds = {EventKind(k.strip()) for k in request.query["kinds"].split(",") if k.strip()}
             except ValueError:
                 raise bad_request(f"kinds: each one of {', '.join(k.value for k in EventKind)}", field="kinds") from None
-        try:
-            limit = int(request.query.get("limit", "1000"))
-        except ValueError:
-            limit = -1
+        raw_limit = request.query.get("limit", "1000")
+        limit = int(raw_limit) if _WHOLE.fullmatch(raw_limit) else -1
         if not 1 <= limit <= 10_000:
             raise bad_request("limit must be a whole number from 1 to 10000", field="limit")
         return after, kinds, limit
@@ -161,3 +178,26 @@ class EventsApi:
 
 def _frame(ev: Event) -> bytes:
     return f"id: {ev.seq}\nevent: {ev.kind}\ndata: {json.dumps(ev.to_json(), sort_keys=True)}\n\n".encode()
+
+
+def _describe(app: web.Application) -> None:
+    """This module's part of the OpenAPI document (snooze.openapi)."""
+    event = obj({"id": integer(), "kind": string(enum=[k.value for k in EventKind]), "source": string(),
+                 "epoch": integer(), "time": number(), "data": obj()}, required=("id", "kind", "source", "epoch", "time", "data"))
+    component(app, "Event", event)
+    describe(app, "GET", "/events", Operation(
+        "The cluster's event stream (server-sent events), or one page of it in JSON",
+        "Without `format=json`: a `text/event-stream` that stays open, each event as `id: SEQ`, `event: KIND`, "
+        "`data: EVENT`, a comment line every 15 s; reconnect with `Last-Event-ID` to miss none. With `format=json`: "
+        "at most `limit` events after `after`, and the id of the last one read.",
+        params=(Param("after", "query", integer(minimum=-1, maximum=2**63 - 1),
+                      "Start after this event id (-1: from the oldest kept); default: new events only"),
+                Param("Last-Event-ID", "header", string(pattern=r"^\s*(-?[0-9]{1,19})?\s*$"),
+                      "As `after` (a reconnecting client); blank: none"),
+                Param("kinds", "query", string(), "Only these kinds (comma separated)"),
+                Param("limit", "query", integer(minimum=1, maximum=10_000), "format=json: at most this many (default 1000)"),
+                Param("format", "query", string(enum=["json"]), "json: one answer instead of a stream")),
+        answers={200: (Body(obj({"events": array(ref("Event")), "last": integer()}, required=("events", "last")),
+                            description="The events (format=json), or the stream"),
+                       Body(string(), "text/event-stream"))},
+        errors=(503,)))

@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from bootstrap.ec2 import Ec2Gateway, Ec2Options
 from bootstrap.events import EventsApi
 from bootstrap.images import ImagesApi
 from bootstrap.network import NetworkApi
+from bootstrap.openapi import describe_bootstrap
 from bootstrap.tokens import TokensApi
 from bootstrap.ui import Dashboard
 from bootstrap.vms import VirtualMachineVerbs
@@ -38,6 +40,7 @@ from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError, once_reachable
 from snooze.http import ApiError, HttpLimits, json_response, read_identifier, start_server
 from snooze.models import GroupManagerDescription, NetworkAddress
+from snooze.openapi import serve as serve_openapi
 from snooze.protocol import Envelope
 from snooze.protocol.messages import EnergySaverSwitch, Hierarchy, VirtualClusterResponse
 from snooze.rpc import RpcError, api_error
@@ -83,6 +86,9 @@ class Bootstrap(Service):
         self.tokens = TokensApi(self)
         # The cluster's event stream (/events, server-sent events): see bootstrap/events.
         self.event_stream = EventsApi(self)
+        # The OpenAPI document of the public API (GET /openapi.json): see bootstrap/openapi.
+        describe_bootstrap(self.app)
+        serve_openapi(self.app, title="Snooze", version=version("snooze"))
         # The web dashboard (/ui/): plain files, a client of this API: see bootstrap/ui.
         self.dashboard = Dashboard(self)
 

@@ -10,10 +10,22 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from snooze.auth.tokens import Role, TokenStore, check_user
+from snooze.auth.tokens import Role, TokenStore, check_networks, check_user
 from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError
 from snooze.http import Access, ApiError, bad_request, json_response, read_json, set_access
+from snooze.openapi import (
+    Body,
+    Operation,
+    array,
+    boolean,
+    component,
+    describe,
+    number,
+    obj,
+    ref,
+    string,
+)
 from snooze.rpc import api_error
 
 if TYPE_CHECKING:
@@ -30,6 +42,7 @@ class TokensApi:
         app.router.add_post("/tokens", self.create)
         app.router.add_delete("/tokens/{id}", self.revoke)
         set_access(app, "GET", "/tokens", Access.ADMIN)
+        _describe(app)
 
     def _store(self) -> TokenStore:
         if self.b.guard.store is not None:
@@ -49,8 +62,8 @@ class TokensApi:
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         if not isinstance(body, dict):
-            raise bad_request('the body must be {"user", "role", "name"}', field="body")
-        unknown = sorted(set(body) - {"user", "role", "name"})
+            raise bad_request('the body must be {"user", "role", "name", "networks"}', field="body")
+        unknown = sorted(set(body) - {"user", "role", "name", "networks"})
         if unknown:
             raise bad_request(f"unknown field {unknown[0]!r}", field=unknown[0])
         try:
@@ -65,7 +78,11 @@ class TokensApi:
         if not isinstance(name, str) or len(name) > 200:
             raise bad_request("name must be a string of at most 200 characters", field="name")
         try:
-            rec, token = await self._store().create(user, role, name)
+            networks = check_networks(body.get("networks", []))
+        except ValueError as exc:
+            raise bad_request(str(exc), field="networks") from exc
+        try:
+            rec, token = await self._store().create(user, role, name, networks)
         except CoordinationError as exc:
             raise api_error(exc, "ZooKeeper") from exc
         return json_response({**rec.public(), "token": token}, 201)
@@ -79,3 +96,25 @@ class TokensApi:
         if not done:
             raise ApiError(ErrorCode.TOKEN_NOT_FOUND, f"no token {token_id[:40]!r}", field="id")
         return json_response(True)
+
+
+def _describe(app: web.Application) -> None:
+    """This module's part of the OpenAPI document (snooze.openapi)."""
+    public = {"id": string(), "user": string(), "role": string(enum=[r.value for r in Role]), "name": string(),
+              "created": number(), "networks": array(string())}
+    token = obj(public, required=("id", "user", "role"))
+    component(app, "Token", token)
+    describe(app, "GET", "/tokens", Operation(
+        "The API tokens (never a secret nor its digest)",
+        answers={200: (Body(obj({"tokens": array(ref("Token"))}, required=("tokens",))),)}, errors=(503,)))
+    describe(app, "POST", "/tokens", Operation(
+        "Make a token; the answer shows it this once",
+        request=(Body(obj({"user": string(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$", minLength=1, maxLength=64),
+                           "role": string(enum=[r.value for r in Role], default=Role.USER.value),
+                           "name": string(maxLength=200),
+                           "networks": array(string(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", maxLength=63), maxItems=1000)},
+                          required=("user",), extra=False)),),
+        answers={201: (Body(obj({**public, "token": string()}, required=("id", "user", "role", "token"))),)},
+        errors=(503,)))
+    describe(app, "DELETE", "/tokens/{id}", Operation(
+        "Revoke a token", answers={200: (Body(boolean(const=True)),)}, errors=(404, 503)))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bootstrap.openapi import ID, id_body, ok
 from snooze.auth import Principal
 from snooze.auth.guard import ANONYMOUS, principal_of
 from snooze.codes import FINISHED, IN_FLIGHT, ErrorCode, VMStatus
@@ -31,6 +32,22 @@ from snooze.http import (
 )
 from snooze.ids import InvalidId, check_id
 from snooze.models import NetworkAddress, Status
+from snooze.openapi import (
+    TEXT,
+    Body,
+    Operation,
+    Param,
+    any_of,
+    array,
+    boolean,
+    describe_verb,
+    integer,
+    nullable,
+    number,
+    obj,
+    ref,
+    string,
+)
 from snooze.protocol.messages import (
     Hierarchy,
     Migrate,
@@ -98,6 +115,12 @@ def _orphaned(lc_id: str) -> str:
     return f"local controller {lc_id} is not reachable (no group manager manages it)"
 
 
+def _check_v(v: Any) -> None:
+    """``v``: absent, 1 (the original's answers) or 2 (the paged object); else a 400."""
+    if isinstance(v, bool) or v not in (None, "1", "2", 1, 2):
+        raise bad_request(f"v must be 1 (the original's answer) or 2 (the paged object), got {ascii(v)[:40]}", field="v")
+
+
 @dataclass
 class LiveView:
     """The hierarchy as the VM listing reads it."""
@@ -150,6 +173,7 @@ class VirtualMachineVerbs:
         r.add("bootstrap", "startReconfiguration", z(self.start_reconfiguration), ("POST",))
         for verb, action in ACTIONS.items():
             r.add("bootstrap", verb, z(self._action_handler(action)), ("POST",), access=u)
+        _describe(bootstrap.app)
 
     @property
     def store(self) -> Store:
@@ -165,6 +189,8 @@ class VirtualMachineVerbs:
             principal = principal_of(request)
             if principal is not ANONYMOUS:
                 body["owner"] = principal.user
+            if not principal.admin:
+                await self._check_networks(principal, body.get("virtualMachineTemplates"))
         # Sent again to the next leader if this one does not answer (cut off from the network):
         # a submission is idempotent (by its requestId, else by its VMs' names and templates),
         # so the next leader answers the same task if the first had recorded it, and nothing
@@ -175,6 +201,26 @@ class VirtualMachineVerbs:
         except RpcError as exc:
             raise api_error(exc, "group leader") from exc
         return web.Response(text=str(reply["taskId"]), content_type="text/plain")
+
+    async def _check_networks(self, principal: Principal, templates: Any) -> None:
+        """403 for a template on a network (or a subnet of one) not granted to a user's token;
+        the leader checks the rest of the submission."""
+        if not isinstance(templates, list):
+            return
+        for i, t in enumerate(templates):
+            if not isinstance(t, dict):
+                continue
+            where = f"virtualMachineTemplates[{i}]"
+            net = t.get("network")
+            if isinstance(net, str) and net and not principal.may_use_network(net):
+                raise ApiError(ErrorCode.FORBIDDEN, f"{where}.network: network {net[:80]!r} is not granted to this token",
+                               field=f"{where}.network")
+            sub = t.get("subnet")
+            if isinstance(sub, str) and sub:
+                subnet = await self.b.network.subnet(sub)
+                if subnet is not None and not principal.may_use_network(subnet.network):
+                    raise ApiError(ErrorCode.FORBIDDEN, f"{where}.subnet: subnet {sub[:80]!r} is on a network not "
+                                   "granted to this token", field=f"{where}.subnet")
 
     @property
     def submission_timeout(self) -> float:
@@ -189,7 +235,7 @@ class VirtualMachineVerbs:
         except RpcError as exc:
             raise api_error(exc, "group leader") from exc
         if reply.get("response") is None:
-            return web.Response(text="", content_type="application/json")
+            return web.Response(text="", content_type="text/plain")  # not placed yet: an empty answer
         principal = principal_of(request)
         vms = reply["response"].get("virtualMachineMetaData") if isinstance(reply["response"], dict) else None
         if not principal.admin and any(isinstance(m, dict) and m.get("owner") != principal.user for m in vms or []):
@@ -349,14 +395,16 @@ class VirtualMachineVerbs:
         """The original's HostListRequest (``start``, ``limit``, ``numberOfMonitoringEntries``,
         ``groupManagerId``, ``localControllerId``), from a POST body or the query string."""
         params: dict[str, Any] = dict(request.query)
+        _check_v(params.get("v"))
         if request.method == "POST":
             raw = await read_body(request)
             if raw.strip():
                 body = parse_json(raw)
                 if not isinstance(body, dict):
                     raise bad_request("body must be a HostListRequest object {\"start\", \"limit\", ...}", field="body")
+                _check_v(body.get("v"))
                 params.update(body)
-        paged = str(params.get("v", "")) == "2"
+        paged = str(params.get("v")) == "2"
         start = params.get("start")
         offset, cursor = 0, None
         if isinstance(start, bool):
@@ -482,3 +530,86 @@ class VirtualMachineVerbs:
         lcs.sort(key=lambda lc: str(lc["id"]))
         return q.answer("localControllers", q.page(lcs), len(lcs), wrap=False)
 
+
+
+# -- the OpenAPI document's declarations of these verbs (snooze.openapi) ----------------------
+def _describe(app: web.Application) -> None:
+    vm_id = id_body("virtualMachineId", "The VM's id")
+    blank = string(maxLength=0)
+    start = any_of(integer(minimum=0, maximum=MAX_START), ID, blank)
+    listing = (
+        Param("start", "query", start, "A whole number: the offset of the first entry; an id: the first entry's (the original's)"),
+        Param("limit", "query", integer(minimum=1, maximum=MAX_PAGE), "Entries per page (default 100)"),
+        Param("groupManagerId", "query", any_of(ID, blank), "Only this group manager's"),
+        Param("localControllerId", "query", any_of(ID, blank), "Only this local controller's"),
+        Param("numberOfMonitoringEntries", "query", {}, "The original's; ignored"),
+        Param("v", "query", string(enum=["1", "2"]), "2: a paged object {KEY, start, limit, total} instead of the original's shape"),
+    )
+    host_list = Body(obj({
+        "start": any_of(start, {"type": "null"}),
+        "limit": any_of(integer(minimum=1, maximum=MAX_PAGE), string(pattern=r"^\s*[0-9]{1,6}\s*$")),
+        "groupManagerId": nullable(any_of(ID, blank)), "localControllerId": nullable(any_of(ID, blank)),
+        "numberOfMonitoringEntries": {}, "v": any_of(integer(enum=[1, 2]), string(enum=["1", "2"]), {"type": "null"}),
+    }), description="The original's HostListRequest")
+
+    def paged(name: str, item: dict[str, Any], original: dict[str, Any]) -> dict[int, tuple[Body, ...]]:
+        v2 = obj({name: array(item), "start": integer(minimum=0), "limit": integer(minimum=1), "total": integer(minimum=0)},
+                 required=(name, "start", "limit", "total"))
+        return ok(any_of(original, v2), "The original's shape; with v=2 the paged object")
+
+    def listed(summary: str, answers: dict[int, tuple[Body, ...]]) -> dict[str, Operation]:
+        return {"GET": Operation(summary, answers=answers, errors=(503,), params=listing),
+                "POST": Operation(summary, "The body is the original's HostListRequest (may be empty); "
+                                  "`?v=2` asks for the paged object.", answers=answers, errors=(503,),
+                                  request=(host_list,), request_required=False, params=listing[-1:])}
+
+    vms = ref("VirtualMachineMetaData")
+    describe_verb(app, "bootstrap", "getVirtualMachineDescriptions", listed(
+        "The VMs (a user's token: that user's only)",
+        paged("virtualMachines", vms, obj({"virtualMachines": array(vms)}, required=("virtualMachines",)))))
+    gms = ref("GroupManagerDescription")
+    describe_verb(app, "bootstrap", "getGroupManagerDescriptions", listed(
+        "The group managers, sorted by id", paged("groupManagers", gms, array(gms))))
+    lcs = ref("LocalControllerDescription")
+    describe_verb(app, "bootstrap", "getLocalControllerDescriptions", listed(
+        "The local controllers, sorted by id", paged("localControllers", lcs, array(lcs))))
+    describe_verb(app, "bootstrap", "startVirtualCluster", Operation(
+        "Submit a virtual cluster; answers its task id",
+        "Checked whole before anything is allocated: a bad template is a 400 naming its field "
+        "(`virtualMachineTemplates[2].memory`). Idempotent by `requestId`.",
+        request=(Body(ref("VirtualClusterSubmission")),),
+        answers={200: (Body(string(minLength=1), TEXT, "The task id, bare (the seed's curl prints it)"),)},
+        errors=(404, 409, 503)))
+    describe_verb(app, "bootstrap", "getVirtualClusterResponse", Operation(
+        "The response of a submitted virtual cluster (the body: its task id)",
+        request=id_body("taskId", "The task id"),
+        answers={200: (Body(ref("VirtualClusterResponse"), description="The response; an empty text/plain body while it "
+                            "is being placed"), Body(string(maxLength=0), TEXT))},
+        errors=(404, 503)))
+    describe_verb(app, "bootstrap", "getVirtualMachineMetaData", {
+        "GET": Operation("A VM's metadata, its live state from its host", answers=ok(vms), errors=(404, 503),
+                         params=(Param("id", "query", any_of(ID, blank), "The VM's id (or as virtualMachineId)"),
+                                 Param("virtualMachineId", "query", any_of(ID, blank)))),
+        "POST": Operation("A VM's metadata, its live state from its host (the body: its id)", answers=ok(vms),
+                          errors=(404, 503), request=vm_id),
+    })
+    describe_verb(app, "bootstrap", "migrateVirtualMachine", Operation(
+        "Migrate a VM to another local controller",
+        request=(Body(obj({"virtualMachineId": ID, "localControllerId": ID},
+                          required=("virtualMachineId", "localControllerId"))),),
+        answers=ok(boolean()), errors=(404, 409, 503)))
+    describe_verb(app, "bootstrap", "resizeVirtualMachine", Operation(
+        "Change a VM's capacity; answers its new metadata",
+        "The original's ResizeRequest: `resizedCapacity` is `[cpu, memory KiB, rx, tx]`, -1 keeps one.",
+        request=(Body(obj({"virtualMachineLocation": obj({"virtualMachineId": ID}, required=("virtualMachineId",)),
+                           "resizedCapacity": array(number(minimum=-1), minItems=4, maxItems=4)},
+                          required=("virtualMachineLocation", "resizedCapacity"))),),
+        answers=ok(vms), errors=(404, 409, 503)))
+    describe_verb(app, "bootstrap", "startReconfiguration", Operation(
+        "Run one group manager's consolidation now (the body: its id)",
+        "Answers false when a reconfiguration was already under way.",
+        request=id_body("groupManagerId", "The group manager's id"), answers=ok(boolean()), errors=(404, 409, 503)))
+    for verb, action in ACTIONS.items():
+        describe_verb(app, "bootstrap", verb, Operation(
+            f"{action.capitalize()} a VM (the body: its id)", "Answers whether its host carried the order out.",
+            request=vm_id, answers=ok(boolean()), errors=(404, 409, 503)))

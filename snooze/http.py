@@ -354,13 +354,32 @@ def _route_of(request: web.Request) -> tuple[str, str]:
     resource = route.resource
     if resource is None:
         return "unmatched", ""
+    found = verb_of(request)
+    if found is None:
+        return resource.canonical, ""
+    prefix, verb = found
+    # Both forms of a verb (``/prefix?verb``, ``/prefix/verb``) count as one.
+    return f"/{prefix}", (verb if verb in request.app[VERBS].get(prefix, {}) else "unknown")
+
+
+def verb_of(request: web.Request) -> tuple[str, str] | None:
+    """(prefix, verb) of a request to a verb route, in either form: the original's
+    ``/prefix?verb`` (any verb, known or not) or its path form ``/prefix/verb``; None for any
+    other route."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
     path = resource.canonical
     verbs = request.app.get(VERBS)
-    known = verbs.get(path.lstrip("/")) if verbs is not None else None
-    if known is None:
-        return path, ""
-    verb = request.query_string.split("&", 1)[0].split("=", 1)[0]
-    return path, (verb if verb in known else "unknown")
+    if verbs is None:
+        return None
+    prefix = path.lstrip("/")
+    if prefix in verbs:
+        return prefix, request.query_string.split("&", 1)[0].split("=", 1)[0]
+    prefix, _, verb = prefix.partition("/")
+    if verb in verbs.get(prefix, {}):
+        return prefix, verb
+    return None
 
 
 @web.middleware
@@ -398,18 +417,21 @@ def route_access(request: web.Request) -> Access:
     resource = request.match_info.route.resource
     if resource is None:
         return Access.READ  # 404 for those who may look
-    path = resource.canonical
+    found = verb_of(request)
+    if found is not None:
+        entry = request.app[VERBS][found[0]].get(found[1])
+        return entry.access if entry is not None else Access.READ
+    return plain_route_access(request.app, request.method, resource.canonical)
+
+
+def plain_route_access(app: web.Application, method: str, path: str) -> Access:
+    """What ``method path`` (a route template, not a verb route) needs."""
     if path in _PUBLIC_PATHS:
         return Access.PUBLIC
-    verbs = request.app.get(VERBS)
-    known = verbs.get(path.lstrip("/")) if verbs is not None else None
-    if known is not None:
-        entry = known.get(request.query_string.split("&", 1)[0].split("=", 1)[0])
-        return entry.access if entry is not None else Access.READ
-    override = request.app.get(ROUTE_ACCESS, {}).get((request.method, path))
+    override = app.get(ROUTE_ACCESS, {}).get((method, path))
     if override is not None:
         return override
-    return Access.READ if request.method in ("GET", "HEAD") else Access.ADMIN
+    return Access.READ if method in ("GET", "HEAD") else Access.ADMIN
 
 
 def new_app() -> web.Application:
@@ -548,7 +570,12 @@ class _Verb:
 
 
 class VerbRouter:
-    """Routes ``/prefix?verb`` to handlers; a handler returns JSON-able data or a Response."""
+    """Routes ``/prefix?verb`` to handlers; a handler returns JSON-able data or a Response.
+
+    Each verb is also served at its path form ``/prefix/verb`` (same handler, same access,
+    same answers; the query string then holds only the verb's own parameters): the form the
+    OpenAPI document (``snooze.openapi``) describes, since a path there cannot carry a query.
+    """
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -561,6 +588,8 @@ class VerbRouter:
         if prefix not in self.verbs:
             self.verbs[prefix] = {}
             self.app.router.add_route("*", f"/{prefix}", self._dispatcher(prefix))
+        if verb not in self.verbs[prefix]:
+            self.app.router.add_route("*", f"/{prefix}/{verb}", self._path_form(prefix, verb))
         self.verbs[prefix][verb] = _Verb(methods, handler, access or default_access(verb))
 
     def access(self, prefix: str, verb: str) -> Access | None:
@@ -577,14 +606,24 @@ class VerbRouter:
                 raise not_found(
                     f"unknown method {verb!r} on /{prefix}; known: {known}", field="method", code=ErrorCode.UNKNOWN_METHOD
                 )
-            if request.method not in entry.methods:
-                raise ApiError(ErrorCode.METHOD_NOT_ALLOWED, f"{verb} needs {' or '.join(entry.methods)}", field="method")
-            result = await entry.handler(request)
-            if isinstance(result, web.StreamResponse):
-                return result
-            return json_response(result)
+            return await _answer(verb, entry, request)
 
         return dispatch
+
+    def _path_form(self, prefix: str, verb: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await _answer(verb, self.verbs[prefix][verb], request)
+
+        return serve
+
+
+async def _answer(verb: str, entry: _Verb, request: web.Request) -> web.StreamResponse:
+    if request.method not in entry.methods:
+        raise ApiError(ErrorCode.METHOD_NOT_ALLOWED, f"{verb} needs {' or '.join(entry.methods)}", field="method")
+    result = await entry.handler(request)
+    if isinstance(result, web.StreamResponse):
+        return result
+    return json_response(result)
 
 
 InternalHandler = Callable[[Envelope], Awaitable[Any]]

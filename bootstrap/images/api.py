@@ -26,12 +26,27 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bootstrap.openapi import ID
 from snooze.auth.guard import GATE
 from snooze.codes import FINISHED, ErrorCode
 from snooze.coordination import CoordinationError
 from snooze.coordination.store import Store
 from snooze.http import GUARD, ApiError, bad_request, json_response
 from snooze.ids import InvalidId, check_id
+from snooze.openapi import (
+    Body,
+    Operation,
+    Param,
+    array,
+    boolean,
+    component,
+    describe,
+    integer,
+    nullable,
+    obj,
+    ref,
+    string,
+)
 from snooze.records import VMRecord
 from snooze.rpc import api_error
 
@@ -87,8 +102,11 @@ class ImagesApi:
         router.add_get("/images/{id}/content", self.get_content)
         router.add_get("/images/{id}", self.get_image)
         router.add_delete("/images/{id}", self.delete_image)
-        self._upload = router.add_route("PUT", "/images/{name:.*}", self.put_image, expect_handler=self._expect)
+        # Any name (slashes, newlines: '.' would not match those, and the request would find no
+        # route and be answered 405), refused 400 by the id check, not by routing.
+        self._upload = router.add_route("PUT", r"/images/{name:[\s\S]*}", self.put_image, expect_handler=self._expect)
         app.middlewares.insert(0, self._upload_middleware)
+        _describe(app)
 
     async def start(self) -> None:
         """Prepare the directory (and pool) when possible; a repository that cannot be used
@@ -371,3 +389,35 @@ class ImagesApi:
         if received < length:
             raise bad_request(f"the body was cut short: {received} of {length} bytes", field="body",
                               code=ErrorCode.BODY_INCOMPLETE)
+
+
+def _describe(app: web.Application) -> None:
+    """This module's part of the OpenAPI document (snooze.openapi)."""
+    component(app, "Image", obj({
+        "id": string(), "name": string(), "format": string(), "capacity": integer(minimum=0), "allocation": integer(minimum=0),
+        "backingStore": nullable(string()), "path": string(), "size": integer(minimum=0), "checksum": string(),
+        "usedBy": nullable(array(string(), description="The VMs that use it (null: ZooKeeper could not say)")),
+    }, required=("id", "format", "size", "checksum")))
+    image = (Body(ref("Image")),)
+    by_id = (Param("id", "path", ID, "The image's id"),)
+    describe(app, "GET", "/images", Operation(
+        "The images, sorted by id", answers={200: (Body(obj({"images": array(ref("Image"))}, required=("images",))),)},
+        errors=(503,)))
+    describe(app, "GET", "/images/{id}", Operation("One image", params=by_id, answers={200: image}, errors=(404, 503)))
+    checksum = string(pattern=r"^sha256:[0-9a-fA-F]{64}$")
+    describe(app, "GET", "/images/{id}/content", Operation(
+        "The image's bytes, streamed", params=by_id,
+        answers={200: (Body(string(contentMediaType="application/octet-stream"), "application/octet-stream",
+                            headers={CHECKSUM_HEADER: (checksum, True), FORMAT_HEADER: (string(), True)}),)},
+        errors=(404, 503)))
+    describe(app, "DELETE", "/images/{id}", Operation(
+        "Delete an image (409 while a VM that is not finished uses it)", params=by_id,
+        answers={200: (Body(boolean(const=True)),)}, errors=(404, 409, 503)))
+    describe(app, "PUT", "/images/{name}", Operation(
+        "Upload an image (streamed; a Content-Length is needed)",
+        "Refused before the body is read when it cannot be taken (`Expect: 100-continue` is answered only then).",
+        request=(Body(string(contentMediaType="application/octet-stream"), "application/octet-stream"),),
+        params=(Param("name", "path", ID, "The image's id"), Param("format", "query", string(enum=list(FORMATS)), "raw: a raw disk (else found from the bytes)"),
+                Param(CHECKSUM_HEADER, "header", checksum, "The body's checksum: the upload is refused if it differs"),
+                Param(FORMAT_HEADER, "header", string(enum=list(FORMATS)), "As ?format")),
+        answers={201: image}, errors=(409, 411, 413, 503)))

@@ -139,8 +139,11 @@ class ImageStore:
             raise RepositoryUnavailable(f"cannot stage an upload in {self.staging}: {exc.strerror or exc}") from exc
 
     def free_bytes(self) -> int:
+        where = self.directory
+        while not where.exists() and where != where.parent:
+            where = where.parent  # made at the first upload, with its parents: their file system
         try:
-            st = os.statvfs(self.directory if self.directory.exists() else self.directory.parent)
+            st = os.statvfs(where)
         except OSError:
             return 0
         return st.f_bavail * st.f_frsize

@@ -33,18 +33,24 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from bootstrap.openapi import ID
+from snooze import openapi as oa
+from snooze.auth.guard import principal_of
 from snooze.codes import CodedError, ErrorCode
 from snooze.coordination import CoordinationError, Coordinator
 from snooze.http import ApiError, bad_request, json_response, parse_json
-from snooze.ids import check_id
+from snooze.ids import check_id, is_valid_id
+from snooze.network import model
 from snooze.network.model import (
     Guest,
     Hypervisor,
+    Network,
     NetworkObject,
     NetworkObjectError,
     Subnet,
@@ -93,17 +99,23 @@ def _path_key(request: web.Request, kind: str, name: str = "id") -> str:
     return check_id(raw, name)
 
 
+#: The largest znode version (ZooKeeper's are signed 32-bit integers).
+MAX_VERSION = 2**31 - 1
+#: A version as ``If-Match`` or ``?version=`` give it: ``"7"``, ``W/"7"`` or ``7``.
+VERSION_RE = re.compile(r'(?:W/)?(?:"([0-9]{1,10})"|([0-9]{1,10}))')
+
+
 def _version(value: str | None, where: str) -> int | None:
-    """A version from ``If-Match`` (``"7"``, ``W/"7"``, ``7``) or ``?version=7``; None if not given."""
-    if value is None or not value.strip():
+    """A version from ``If-Match`` (``"7"``, ``W/"7"``, ``7``) or ``?version=7``; None if not
+    given, a 400 naming ``where`` if given but not a version (blank included)."""
+    if value is None:
         return None
-    text = value.strip()
-    if text.startswith("W/"):
-        text = text[2:]
-    text = text.strip('"')
-    if not (text.isascii() and text.isdigit() and len(text) <= 10):
+    found = VERSION_RE.fullmatch(value.strip())
+    # ZooKeeper's versions are 32-bit: a larger one must never reach kazoo, whose connection
+    # thread dies packing it (the bootstrap's whole session lost, for one bad header).
+    if found is None or int(found.group(1) or found.group(2)) > MAX_VERSION:
         raise bad_request(f"{where}: {ascii(value)[:40]} is not a version (the ETag of a GET, e.g. \"3\")", field=where)
-    return int(text)
+    return int(found.group(1) or found.group(2))
 
 
 def _etag(version: int) -> str:
@@ -160,6 +172,7 @@ class NetworkApi:
         r.add_get("/hypervisors/{id}", self.get_hypervisor)
         r.add_put("/hypervisors/{id}/subnets/{subnet}", self.serve_subnet)
         r.add_delete("/hypervisors/{id}/subnets/{subnet}", self.unserve_subnet)
+        _describe(bootstrap.app)
 
     @staticmethod
     def _handler(fn: Callable[[web.Request, str], Awaitable[web.StreamResponse]], kind: str) -> Handler:
@@ -195,11 +208,41 @@ class NetworkApi:
         except CodedError as exc:
             raise api_error(exc) from exc
 
+    async def subnet(self, key: str) -> Subnet | None:
+        """Subnet ``key``, None if there is none (for the bootstrap's other checks)."""
+        if not is_valid_id(key):
+            return None
+        try:
+            obj, _version = await self._call(self.store().get, "subnets", key)
+        except ApiError as exc:
+            if exc.code is ErrorCode.NETWORK_OBJECT_NOT_FOUND:
+                return None
+            raise
+        return obj if isinstance(obj, Subnet) else None
+
+    # -- what a user's token may see ---------------------------------------------------------
+    @staticmethod
+    def _visible(request: web.Request, obj: NetworkObject) -> bool:
+        """A network, and its subnets and guests, are seen by admins and by the users' tokens it
+        is granted to (snooze.auth: ``networks``); the default network by every token."""
+        principal = principal_of(request)
+        if principal.admin:
+            return True
+        if isinstance(obj, Network):
+            return principal.may_use_network(obj.id)
+        if isinstance(obj, (Subnet, Guest)):
+            return principal.may_use_network(obj.network)
+        return True
+
+    def _not_found(self, kind: str, key: str) -> ApiError:
+        """What a missing object answers: the same for one a token may not see."""
+        return ApiError(ErrorCode.NETWORK_OBJECT_NOT_FOUND, f"no {SINGULAR[kind]} {key}", field="id")
+
     # -- the generic endpoints -----------------------------------------------------------------
-    async def list_objects(self, _request: web.Request, kind: str) -> web.Response:
+    async def list_objects(self, request: web.Request, kind: str) -> web.Response:
         store = self.store()
         objects: list[NetworkObject] = await self._call(store.objects, kind)
-        return json_response({kind: [o.to_json() for o in objects]})
+        return json_response({kind: [o.to_json() for o in objects if self._visible(request, o)]})
 
     def _answer(self, obj: NetworkObject, version: int, status: int = 200) -> web.Response:
         resp = json_response(obj.to_json(), status)
@@ -209,6 +252,8 @@ class NetworkApi:
     async def get_object(self, request: web.Request, kind: str) -> web.Response:
         key = _path_key(request, kind)
         obj, version = await self._call(self.store().get, kind, key)
+        if not self._visible(request, obj):
+            raise self._not_found(kind, key)
         return self._answer(obj, version)
 
     def _read_object(self, kind: str, body: Any, key: str | None = None) -> NetworkObject:
@@ -272,7 +317,9 @@ class NetworkApi:
     # -- a subnet's addresses ------------------------------------------------------------------
     async def _subnet(self, request: web.Request) -> str:
         key = _path_key(request, "subnets")
-        await self._call(self.store().get, "subnets", key)  # 404 if there is no such subnet
+        subnet, _version = await self._call(self.store().get, "subnets", key)  # 404 if there is no such subnet
+        if not self._visible(request, subnet):
+            raise self._not_found("subnets", key)
         return key
 
     async def list_addresses(self, request: web.Request) -> web.Response:
@@ -386,6 +433,131 @@ class NetworkApi:
             raise
         log.info("hypervisor %s no longer serves subnet %s", hv_id, subnet)
         return json_response(hv.to_json())
+
+
+# -- the OpenAPI document's declarations (snooze.openapi) -----------------------------------------
+def _schemas(response: bool) -> dict[str, oa.Schema]:
+    """Each kind's object, in Loch Ness's field names (``snooze.network.model``): as a request
+    body (unknown fields refused; an optional field left out, null, or "" for a text, takes its
+    default) or as answered (every field present, null where not set)."""
+
+    def opt(schema: oa.Schema, *, text: bool = False, null: bool = False) -> oa.Schema:
+        if response:
+            return oa.nullable(schema) if null else schema
+        return oa.any_of(schema, {"type": "null"}, *([oa.string(maxLength=0)] if text else []))
+
+    text = oa.string(maxLength=model.MAX_TEXT)
+    meta = opt(oa.obj(extra=text if response else oa.nullable(text), maxProperties=model.MAX_METADATA,
+                      propertyNames=oa.string(minLength=1, maxLength=255)))
+    address = oa.string(minLength=1, description="An IP address")
+    ref = opt(ID, text=True, null=True)  # an optional reference to another object
+    rate = opt(oa.integer(minimum=0, maximum=model.MAX_RATE_KIBPS))
+    port = opt(oa.integer(minimum=0, maximum=65535))
+    rule = oa.obj({
+        "source": opt(oa.string(minLength=1, description="A CIDR"), text=True, null=True), "group": ref,
+        "portStart": port, "portEnd": port, "protocol": oa.string(enum=list(model.PROTOCOLS)),
+        "action": oa.string(enum=list(model.ACTIONS)),
+    }, extra=response)
+    kinds: dict[str, tuple[dict[str, oa.Schema], tuple[str, ...]]] = {
+        "networks": ({"id": ID, "metadata": meta}, ("id",)),
+        "subnets": ({"id": ID, "metadata": meta, "network": ID,
+                     "cidr": oa.string(description="ADDRESS/PREFIX, host bits clear"),
+                     "gateway": opt(address, text=True, null=True), "start": opt(address, text=True),
+                     "end": opt(address, text=True), "dns": opt(oa.array(address, maxItems=model.MAX_DNS))},
+                    ("id", "network", "cidr")),
+        "flavors": ({"id": ID, "metadata": meta, "image": ref, "vcpus": oa.integer(minimum=1, maximum=model.MAX_VCPUS),
+                     "memory": oa.integer(minimum=1, maximum=model.MAX_MEMORY_KIB),
+                     "disk": opt(oa.integer(minimum=0, maximum=model.MAX_DISK_KIB)), "rx": rate, "tx": rate},
+                    ("id", "vcpus", "memory")),
+        "fwgroups": ({"id": ID, "metadata": meta, "rules": opt(oa.array(rule, maxItems=model.MAX_RULES))}, ("id",)),
+        "vlans": ({"tag": oa.integer(minimum=1, maximum=4094), "description": opt(text)}, ("tag",)),
+        "vlangroups": ({"id": ID, "description": opt(text), "metadata": meta,
+                        "vlans": opt(oa.array(oa.integer(minimum=1, maximum=4094), maxItems=4094, uniqueItems=True))},
+                       ("id",)),
+        "guests": ({"id": ID, "metadata": meta, "type": opt(oa.string(enum=list(model.GUEST_TYPES)), text=True),
+                    "flavor": ID, "network": ID, "subnet": ref, "fwgroup": ref, "vlangroup": ref, "hypervisor": ref,
+                    "mac": opt(oa.string(pattern=r"^[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}$"), text=True, null=True),
+                    "ip": opt(address, text=True, null=True),
+                    "bridge": opt(oa.string(pattern=r"^[A-Za-z0-9_.-]{1,15}$"), text=True, null=True)},
+                   ("id", "flavor", "network")),
+    }
+    return {kind: oa.obj(props, required=tuple(props) if response else required, extra=response)
+            for kind, (props, required) in kinds.items()}
+
+
+_COMPONENTS = {"networks": "Network", "subnets": "Subnet", "flavors": "Flavor", "fwgroups": "FirewallGroup", "vlans": "Vlan",
+               "vlangroups": "VlanGroup", "guests": "Guest"}
+
+
+def _describe(app: web.Application) -> None:
+    requests, answers = _schemas(False), _schemas(True)
+    etag = {"ETag": (oa.string(description="The object's version, for If-Match"), True)}
+    version = oa.string(pattern=f"^{VERSION_RE.pattern}$")
+    if_match = oa.Param("If-Match", "header", version, "The version this replaces (an ETag)")
+    for kind in RESOURCES:
+        name = _COMPONENTS[kind]
+        oa.component(app, name, answers[kind])
+        oa.component(app, f"{name}Input", requests[kind])
+        one = (oa.Body(oa.ref(name), headers=etag),)
+        key = (oa.Param("id", "path", oa.integer(minimum=1, maximum=4094) if kind == "vlans" else ID,
+                        "The VLAN's tag" if kind == "vlans" else "The object's id"),)
+        body = (oa.Body(oa.ref(f"{name}Input")),)
+        what = SINGULAR[kind]
+        oa.describe(app, "GET", f"/{kind}", oa.Operation(
+            f"Every {what}, sorted by {'tag' if kind == 'vlans' else 'id'}",
+            answers={200: (oa.Body(oa.obj({kind: oa.array(oa.ref(name))}, required=(kind,))),)}, errors=(503,)))
+        oa.describe(app, "POST", f"/{kind}", oa.Operation(
+            f"Make a {what}" + (" (its address is reserved for it: it must not name an ip)" if kind == "guests" else ""),
+            request=body, answers={201: (oa.Body(oa.ref(name), headers={**etag, "Location": (oa.string(), True)}),)},
+            errors=(404, 409, 503)))
+        oa.describe(app, "GET", f"/{kind}/{{id}}", oa.Operation(f"One {what}, with its version as ETag", params=key,
+                                                                answers={200: one}, errors=(404, 503)))
+        oa.describe(app, "PUT", f"/{kind}/{{id}}", oa.Operation(
+            f"Replace a {what} at a version (If-Match, or ?version=N)",
+            "Without a version: 428 (a blind overwrite could undo another writer's change); at one that is no longer "
+            "current: 409, nothing written.",
+            params=(*key, if_match, oa.Param("version", "query", version, "As If-Match")),
+            request=body, answers={200: one}, errors=(404, 409, 428, 503)))
+        oa.describe(app, "DELETE", f"/{kind}/{{id}}", oa.Operation(
+            f"Delete a {what} (409 naming its users while anything uses it)", params=(*key, if_match),
+            answers={200: (oa.Body(oa.boolean(const=True)),)}, errors=(404, 409, 503)))
+    subnet = (oa.Param("id", "path", ID, "The subnet's id"),)
+    oa.describe(app, "GET", "/subnets/{id}/addresses", oa.Operation(
+        "A subnet's reserved addresses", params=subnet,
+        answers={200: (oa.Body(oa.obj({"subnet": oa.string(), "addresses": oa.array(oa.obj(
+            {"address": oa.string(), "guest": oa.string()}, required=("address", "guest")))}, required=("subnet", "addresses"))),)},
+        errors=(404, 503)))
+    oa.describe(app, "POST", "/subnets/{id}/addresses", oa.Operation(
+        "Reserve an address of a subnet for an id", params=subnet,
+        request=(oa.Body(oa.obj({"guest": ID}, required=("guest",), extra=False)),),
+        answers={201: (oa.Body(oa.obj({"address": oa.string(), "subnet": oa.string(), "guest": oa.string()},
+                                      required=("address", "subnet", "guest"))),)},
+        errors=(404, 409, 503)))
+    oa.describe(app, "DELETE", "/subnets/{id}/addresses/{ip}", oa.Operation(
+        "Release a reserved address (409 while a guest holds it)", params=(*subnet, oa.Param("ip", "path", oa.string())),
+        answers={200: (oa.Body(oa.boolean(const=True)),)}, errors=(404, 409, 503)))
+    hypervisor = oa.obj({
+        "id": oa.string(), "metadata": oa.obj(), "config": oa.obj(), "subnets": oa.obj(extra=oa.string(), description="subnet id -> bridge"),
+        "alive": oa.boolean(), "ip": oa.nullable(oa.string()), "hostname": oa.nullable(oa.string()),
+        "total_resources": oa.nullable(oa.obj({r: oa.number() for r in ("cpu", "memory", "rx", "tx")})),
+        "guests": oa.array(oa.string()),
+    }, required=("id", "subnets"), description="Its record; a GET adds whether it is alive, its address and its guests")
+    oa.component(app, "Hypervisor", hypervisor)
+    hv = (oa.Param("id", "path", ID, "The local controller's id"),)
+    oa.describe(app, "GET", "/hypervisors", oa.Operation(
+        "The local controllers as hypervisors (registered ones and recorded ones)",
+        answers={200: (oa.Body(oa.obj({"hypervisors": oa.array(oa.ref("Hypervisor"))}, required=("hypervisors",))),)},
+        errors=(503,)))
+    oa.describe(app, "GET", "/hypervisors/{id}", oa.Operation(
+        "One hypervisor, with its guests", params=hv, answers={200: (oa.Body(oa.ref("Hypervisor")),)}, errors=(404, 503)))
+    served = (*hv, oa.Param("subnet", "path", ID, "The subnet's id"))
+    oa.describe(app, "PUT", "/hypervisors/{id}/subnets/{subnet}", oa.Operation(
+        "The hypervisor serves the subnet, on a bridge", params=served,
+        request=(oa.Body(oa.obj({"bridge": oa.string(pattern=r"^[A-Za-z0-9_.-]{1,15}$")}, required=("bridge",), extra=False)),),
+        answers={200: (oa.Body(oa.ref("Hypervisor")),)}, errors=(404, 409, 503)))
+    oa.describe(app, "DELETE", "/hypervisors/{id}/subnets/{subnet}", oa.Operation(
+        "The hypervisor no longer serves the subnet", params=served,
+        answers={200: (oa.Body(oa.ref("Hypervisor")),)}, errors=(404, 409, 503)))
 
 
 __all__ = ["MAX_BODY_BYTES", "RESOURCES", "InUseError", "NetworkApi"]

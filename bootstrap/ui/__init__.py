@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from snooze.http import Access, set_access
+from snooze.openapi import not_documented
 
 if TYPE_CHECKING:
     from bootstrap.service import Bootstrap
@@ -52,6 +53,7 @@ class Dashboard:
         for route in ("/ui", "/ui/", "/ui/{name}"):
             for method in ("GET", "HEAD"):
                 set_access(app, method, route, Access.PUBLIC)
+            not_documented(app, "GET", route, "the web dashboard's pages and files: for a browser, not an API")
 
     async def redirect(self, _request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently("/ui/")

@@ -27,7 +27,7 @@ from aiohttp import web
 from snooze.auth.tokens import Principal, Role, TokenRecord, TokenStore, make_token, parse_token
 from snooze.codes import ErrorCode
 from snooze.coordination import CoordinationError
-from snooze.http import Access, ApiError, count_middleware, json_response, route_access
+from snooze.http import Access, ApiError, count_middleware, json_response, route_access, verb_of
 
 __all__ = ["ANONYMOUS", "GATE", "Guard", "principal_of"]
 
@@ -45,6 +45,12 @@ def principal_of(request: web.Request) -> Principal:
     """Who made the request (ANONYMOUS when authentication is off)."""
     p = request.get(_KEY)
     return p if isinstance(p, Principal) else ANONYMOUS
+
+
+def _verb(request: web.Request) -> str:
+    """The verb of a verb route (``/prefix?verb`` or ``/prefix/verb``), else ""."""
+    found = verb_of(request)
+    return found[1] if found is not None else ""
 
 
 def bearer(request: web.Request) -> str | None:
@@ -153,10 +159,10 @@ class Guard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         access = route_access(request)
-        verb = request.query_string.split("&", 1)[0].split("=", 1)[0]
+        verb = _verb(request)
         # The original's reads that are POSTs (getVirtualClusterResponse, polled) are reads.
         audited = ((request.method not in _READS or access in (Access.USER, Access.ADMIN))
-                   and not (request.path.count("/") == 1 and verb.startswith(("get", "has"))))
+                   and not verb.startswith(("get", "has")))
         principal: Principal | None = None
         status = 500
         try:
@@ -183,7 +189,7 @@ class Guard:
                 self.audit(request, principal, status)
 
     def audit(self, request: web.Request, principal: Principal | None, status: int) -> None:
-        verb = request.query_string.split("&", 1)[0].split("=", 1)[0] if request.query_string else ""
+        verb = _verb(request)
         line: dict[str, Any] = {
             "time": round(time.time(), 3), "user": principal.user if principal else None,
             "role": str(principal.role) if principal else None, "token": principal.token_id if principal else None,

@@ -4,7 +4,8 @@ A token is ``snz_<id>_<secret>``: ``id`` (12 hex digits) names its znode, ``secr
 URL-safe characters, 256 bits) is shown once when the token is made and stored only as its
 SHA-256 (a random 256-bit secret needs no slow hash: nothing can be guessed from it). A token
 has a ``user`` and a ``role`` (``admin``: everything; ``user``: their own VMs, read-only
-hierarchy). Revoking deletes the znode: every process holding the tokens in memory follows the
+hierarchy, and the networks granted to the token, ``networks``, besides the default one).
+Revoking deletes the znode: every process holding the tokens in memory follows the
 children watch, so a revoked token stops working within the watch's delay (milliseconds).
 
 Checking a token reads no ZooKeeper on the request path: the tokens are mirrored in memory,
@@ -30,6 +31,8 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from snooze.coordination import CoordinationError, Coordinator
+from snooze.ids import InvalidId, check_id
+from snooze.network.model import DEFAULT_NETWORK
 
 __all__ = ["Principal", "Role", "TokenRecord", "TokenStore", "make_token", "parse_token"]
 
@@ -54,10 +57,16 @@ class Principal:
     user: str
     role: Role
     token_id: str = ""
+    #: The networks of the network model a user's token may put VMs on and see (an admin's: all).
+    networks: frozenset[str] = frozenset()
 
     @property
     def admin(self) -> bool:
         return self.role is Role.ADMIN
+
+    def may_use_network(self, network_id: str) -> bool:
+        """An admin may use every network, a user the default one and those granted to the token."""
+        return self.admin or network_id == DEFAULT_NETWORK or network_id in self.networks
 
 
 @dataclass(frozen=True)
@@ -68,25 +77,27 @@ class TokenRecord:
     digest: str  # hex SHA-256 of the secret
     name: str = ""
     created: float = 0.0
+    networks: tuple[str, ...] = ()  # granted to a user's token (Principal.networks)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "user": self.user, "role": str(self.role), "sha256": self.digest, "name": self.name,
-                "created": self.created}
+                "created": self.created, "networks": list(self.networks)}
 
     @classmethod
     def from_json(cls, d: Any) -> TokenRecord:
         return cls(str(d["id"]), str(d["user"]), Role(d["role"]), str(d["sha256"]), str(d.get("name", "")),
-                   float(d.get("created", 0.0)))
+                   float(d.get("created", 0.0)), tuple(str(n) for n in d.get("networks") or ()))
 
     def matches(self, secret: str) -> bool:
         return hmac.compare_digest(self.digest, _digest(secret))
 
     def principal(self) -> Principal:
-        return Principal(self.user, self.role, self.id)
+        return Principal(self.user, self.role, self.id, frozenset(self.networks))
 
     def public(self) -> dict[str, Any]:
         """What ``token list`` shows: never the digest."""
-        return {"id": self.id, "user": self.user, "role": str(self.role), "name": self.name, "created": self.created}
+        return {"id": self.id, "user": self.user, "role": str(self.role), "name": self.name, "created": self.created,
+                "networks": list(self.networks)}
 
 
 def check_user(user: object) -> str:
@@ -99,11 +110,25 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def make_token(user: str, role: Role | str, name: str = "") -> tuple[TokenRecord, str]:
+def check_networks(networks: object) -> tuple[str, ...]:
+    """Network ids to grant (snooze.ids), each once, at most 1,000; ValueError naming the bad one."""
+    if not isinstance(networks, (list, tuple)) or len(networks) > 1000:
+        raise ValueError("networks must be a list of at most 1000 network ids")
+    out: list[str] = []
+    for n in networks:
+        try:
+            out.append(check_id(n, "networks"))
+        except InvalidId as exc:
+            raise ValueError(str(exc)) from None
+    return tuple(dict.fromkeys(out))
+
+
+def make_token(user: str, role: Role | str, name: str = "", networks: tuple[str, ...] | list[str] = ()) -> tuple[TokenRecord, str]:
     """A new token: its record (to store) and the token string (to show once)."""
     token_id = secrets.token_hex(6)
     secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-    rec = TokenRecord(token_id, check_user(user), Role(role), _digest(secret), name[:200], time.time())
+    rec = TokenRecord(token_id, check_user(user), Role(role), _digest(secret), name[:200], time.time(),
+                      check_networks(list(networks)))
     return rec, f"{PREFIX}_{token_id}_{secret}"
 
 
@@ -207,8 +232,9 @@ class TokenStore:
         return rec.principal() if rec.matches(secret) else None
 
     # -- management ------------------------------------------------------------------------
-    async def create(self, user: str, role: Role | str, name: str = "") -> tuple[TokenRecord, str]:
-        rec, token = make_token(user, role, name)
+    async def create(self, user: str, role: Role | str, name: str = "", networks: tuple[str, ...] | list[str] = ()
+                     ) -> tuple[TokenRecord, str]:
+        rec, token = make_token(user, role, name, networks)
 
         def write() -> None:
             self.coord.client.ensure_path(self.dir)

@@ -1,5 +1,5 @@
 """The ``snooze token`` verbs (snooze.auth): ``token create --user U [--role admin|user]
-[--name N]``, ``token list``, ``token revoke ID``.
+[--name N] [--network ID ...]``, ``token list``, ``token revoke ID``.
 
 Through the bootstrap's ``/tokens`` with an admin's token (``--token``, ``SNOOZE_TOKEN``, or a
 local cluster's ``adminToken``); or, with ``--zookeeper HOST:PORT`` (and ``--zk-root``), straight
@@ -45,7 +45,7 @@ def _in_zookeeper(args: argparse.Namespace, fn: Callable[[Any], Awaitable[T]]) -
 def cmd_create(args: argparse.Namespace) -> int:
     if args.zookeeper:
         async def make(store: Any) -> dict[str, Any]:
-            rec, token = await store.create(args.user, args.role, args.name)
+            rec, token = await store.create(args.user, args.role, args.name, args.network)
             return {**rec.public(), "token": token}
 
         try:
@@ -54,7 +54,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             raise CliError(str(exc), ErrorCode.BAD_REQUEST) from exc
     else:
         with client(args) as api:
-            made = api.create_token(args.user, args.role, args.name)
+            made = api.create_token(args.user, args.role, args.name, args.network)
     print(json.dumps(made, indent=2) if args.json else made["token"])
     return 0
 
@@ -71,8 +71,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"tokens": tokens}, indent=2))
     else:
-        rows = [("ID", "USER", "ROLE", "NAME")] + [(str(t["id"]), str(t["user"]), str(t["role"]), str(t.get("name", "")))
-                                                  for t in tokens]
+        rows = [("ID", "USER", "ROLE", "NAME", "NETWORKS")] + [
+            (str(t["id"]), str(t["user"]), str(t["role"]), str(t.get("name", "")), ",".join(t.get("networks") or []))
+            for t in tokens]
         print(table(rows))
     return 0
 
@@ -109,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--role", choices=("admin", "user"), default="user",
                         help="admin: everything; user: own VMs and a read only view of the hierarchy")
     create.add_argument("--name", default="", help="a note: what the token is for")
+    create.add_argument("--network", action="append", default=[], metavar="ID",
+                        help="a network a user's token may put VMs on and see, besides the default one (repeat for more)")
     create.set_defaults(func=reports_errors(cmd_create))
     ls = verbs.add_parser("list", help="list the tokens (never their secrets)")
     common(ls)

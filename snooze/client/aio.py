@@ -367,10 +367,14 @@ class SnoozeClient:
     # -- the image repository (/images) ------------------------------------------------------
 
     # -- API tokens (admins; snooze.auth) -----------------------------------------------------
-    async def create_token(self, user: str, role: str = "user", name: str = "") -> dict[str, Any]:
-        """A new token ``{id, token, user, role, name, created}``: the token is shown only here."""
-        value = await self._rest("POST", "/tokens", data=json.dumps({"user": user, "role": role, "name": name}),
-                                 headers=_JSON)
+    async def create_token(self, user: str, role: str = "user", name: str = "",
+                           networks: list[str] | None = None) -> dict[str, Any]:
+        """A new token ``{id, token, user, role, name, created, networks}``: the token is shown
+        only here. ``networks``: those of the network model a user's token may use."""
+        body: dict[str, Any] = {"user": user, "role": role, "name": name}
+        if networks:
+            body["networks"] = list(networks)
+        value = await self._rest("POST", "/tokens", data=json.dumps(body), headers=_JSON)
         return cast(dict[str, Any], _expect(value, dict, "/tokens"))
 
     async def list_tokens(self) -> list[dict[str, Any]]:

@@ -188,8 +188,8 @@ class SyncSnoozeClient:
     def get_image(self, image_id: str) -> dict[str, Any]:
         return self._runner.run(self._client.get_image(image_id))
 
-    def create_token(self, user: str, role: str = "user", name: str = "") -> dict[str, Any]:
-        return self._runner.run(self._client.create_token(user, role, name))
+    def create_token(self, user: str, role: str = "user", name: str = "", networks: list[str] | None = None) -> dict[str, Any]:
+        return self._runner.run(self._client.create_token(user, role, name, networks))
 
     def list_tokens(self) -> list[dict[str, Any]]:
         return self._runner.run(self._client.list_tokens())

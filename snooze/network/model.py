@@ -503,7 +503,9 @@ class Guest(_Object):
     @classmethod
     def from_json(cls, d: Any) -> Guest:
         d, gid, metadata = cls._read(d)
-        kind = d.get("type") or "kvm"
+        kind = d.get("type")
+        if kind in (None, ""):
+            kind = "kvm"
         if kind not in GUEST_TYPES:
             raise NetworkObjectError("type", f"{_shown(kind)} is not one of {', '.join(GUEST_TYPES)}")
         mac = None
@@ -571,6 +573,11 @@ def object_from_json(kind: str, d: Any) -> NetworkObject:
     return cls.from_json(d)
 
 
+#: The network every VM without one is on (``[groupmanager] virtual_machine_subnet``): every
+#: token may use it; others are granted to a user's token (snooze.auth.tokens).
+DEFAULT_NETWORK = "default"
+
+
 def default_objects(cidr: str) -> tuple[Network, Subnet]:
     """Today's ``[groupmanager] virtual_machine_subnet`` as the default network: network
     ``default`` with one subnet ``default``, gateway the first host address, range the rest
@@ -578,7 +585,7 @@ def default_objects(cidr: str) -> tuple[Network, Subnet]:
     net = ipaddress.ip_network(cidr, strict=False)
     hosts = net.num_addresses - (2 if net.version == 4 and net.prefixlen <= 30 else 0)
     first = int(net.network_address) + (1 if net.version == 4 and net.prefixlen <= 30 else 0)
-    body: dict[str, Any] = {"id": "default", "network": "default", "cidr": str(net)}
+    body: dict[str, Any] = {"id": DEFAULT_NETWORK, "network": DEFAULT_NETWORK, "cidr": str(net)}
     if hosts > 2:
         body["gateway"] = str(ipaddress.ip_address(first))
-    return Network("default", {"origin": "virtual_machine_subnet"}), Subnet.from_json(body)
+    return Network(DEFAULT_NETWORK, {"origin": "virtual_machine_subnet"}), Subnet.from_json(body)

@@ -110,6 +110,34 @@ def test_tokens_roles_owners_revocation_and_audit(cluster_factory: Any, capsys: 
         assert api.get_virtual_machine_meta_data("alice-vm")["status"] == "RUNNING"
         assert api.suspend_virtual_machine("alice-vm") is True
 
+    # -- networks: a user's token uses and sees the default network and those granted --------
+    for i, net in enumerate(("blue", "red")):
+        assert http("POST", url + "/networks", json.dumps({"id": net}), token=admin)[0] == 201
+        assert http("POST", url + "/subnets", json.dumps({"id": f"{net}-s", "network": net, "cidr": f"10.77.{i}.0/24"}),
+                    token=admin)[0] == 201
+    status, dave = http("POST", url + "/tokens", json.dumps({"user": "dave", "networks": ["blue"]}), token=admin)
+    assert status == 201 and dave["networks"] == ["blue"], dave
+    assert http("POST", url + "/tokens", json.dumps({"user": "x", "networks": ["a/b"]}), token=admin)[1]["error"]["field"] == "networks"
+    capsys.readouterr()
+    assert snooze_main(["token", "create", "--state-dir", str(c.state_dir), "--user", "erin", "--network", "red", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["networks"] == ["red"]
+    dave = dave["token"]
+    assert {n["id"] for n in http("GET", url + "/networks", token=dave)[1]["networks"]} == {"default", "blue"}
+    assert {n["id"] for n in http("GET", url + "/networks", token=admin)[1]["networks"]} == {"default", "blue", "red"}
+    assert {s["id"] for s in http("GET", url + "/subnets", token=dave)[1]["subnets"]} == {"default", "blue-s"}
+    for path in ("/networks/red", "/subnets/red-s", "/subnets/red-s/addresses"):
+        status, answer = http("GET", url + path, token=dave)
+        assert (status, answer["error"]["code"]) == (404, "NETWORK_OBJECT_NOT_FOUND"), (path, answer)  # as if missing
+    assert http("GET", url + "/networks/blue", token=dave)[0] == 200
+    for template, field in (({"network": "red"}, "network"), ({"subnet": "red-s"}, "subnet")):
+        status, answer = http("POST", url + "/bootstrap?startVirtualCluster",
+                              json.dumps({"virtualMachineTemplates": [{"name": "dave-red", **TEMPLATE, **template}]}), token=dave)
+        assert (status, answer["error"]["code"], answer["error"]["field"]) == (
+            403, "FORBIDDEN", f"virtualMachineTemplates[0].{field}"), answer
+    with SyncSnoozeClient(url, token=dave) as api:
+        [vm] = api.submit_virtual_cluster([{"name": "dave-blue", **TEMPLATE, "network": "blue"}], timeout=60)["virtualMachineMetaData"]
+    assert vm["status"] == "RUNNING" and vm["ipAddress"].startswith("10.77.0."), vm
+
     # -- revocation: within a second every process refuses the token -----------------------
     status, _ = http("DELETE", url + f"/tokens/{made['id']}", token=admin)
     assert status == 200

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from snooze.auth import Role, make_token, parse_token
 from snooze.auth.guard import ANONYMOUS, Guard, principal_of
-from snooze.auth.tokens import TokenRecord, check_user, seed_record, seed_value
+from snooze.auth.tokens import TokenRecord, check_networks, check_user, seed_record, seed_value
 from snooze.http import Access, VerbRouter, default_access, new_app, set_access
 
 
@@ -30,6 +30,21 @@ def test_a_token_names_its_record_and_only_its_secret_matches() -> None:
     assert "sha256" not in rec.public()
     for bad in ("", "snz_", token + "x", token.replace("snz_", "abc_"), "snz_XYZ_" + "a" * 43):
         assert parse_token(bad) is None, bad
+
+
+def test_a_token_grants_its_networks_to_a_user_and_every_network_to_an_admin() -> None:
+    rec, _ = make_token("alice", Role.USER, networks=["blue", "green", "blue"])
+    assert rec.networks == ("blue", "green") and TokenRecord.from_json(rec.to_json()) == rec
+    assert rec.public()["networks"] == ["blue", "green"]
+    alice = rec.principal()
+    assert [alice.may_use_network(n) for n in ("blue", "green", "default", "red")] == [True, True, True, False]
+    admin = make_token("root", Role.ADMIN)[0].principal()
+    assert admin.may_use_network("red") and ANONYMOUS.may_use_network("red")
+    old = {k: v for k, v in rec.to_json().items() if k != "networks"}  # a token made before grants existed
+    assert TokenRecord.from_json(old).principal().networks == frozenset()
+    for bad in (["a/b"], ["x" * 64], "blue", [3], ["ok"] * 1001):
+        with pytest.raises(ValueError):
+            check_networks(bad)
 
 
 def test_users_and_seeds_are_checked() -> None:
