@@ -3,6 +3,7 @@ that no test reads anything beside the repository (``tests/outside_reads.py``)."
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,27 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 def pytest_configure(config: pytest.Config) -> None:
     # A clone has nothing beside it: a test that opens ../anything fails the run at the end.
     install_outside_reads_check(config, REPOSITORY)
+    # pytest-xdist worker I of N (scripts/test runs the suite on every core): ports are chosen in
+    # slice I of N (snooze.dev.ports), so two workers never pick the same ones at once.
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit():
+        os.environ["SNOOZE_PORT_SLICE"] = f"{worker[2:]}/{count}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``alone`` need the machine to themselves: the parallel run (xdist workers)
+    leaves them out, and scripts/test runs them afterwards with ``SNOOZE_TESTS_ALONE=1``, which
+    runs only them. A plain ``pytest`` runs everything, in one process."""
+    parallel = hasattr(config, "workerinput")
+    alone_phase = os.environ.get("SNOOZE_TESTS_ALONE") == "1"
+    if not (parallel or alone_phase):
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if (item.get_closest_marker("alone") is not None) == alone_phase else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ and, when the parent is the home directory, its hidden per-user files (``~/.cach
 ``~/.config``, …). When the repository sits directly under ``/`` every path is a sibling, and
 the check is off.
 
+Under pytest-xdist each worker watches its own opens and hands what it saw to the controller
+(``workeroutput``), which fails the run and reports them.
+
 Only opens made by the pytest process are seen; child processes (servers, curl) are not. Paths
 are compared as written (made absolute and normalised, symlinks not resolved), which keeps the
 hook cheap: it runs on every audit event of the process.
@@ -120,8 +123,19 @@ class OutsideReads:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        output = getattr(session.config, "workeroutput", None)
+        if output is not None:  # an xdist worker: the controller reports and fails the run
+            output["outside_reads"] = self.seen
+            return
         if self.seen and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """An xdist worker finished: what it saw counts as seen here."""
+        for path, users in (getattr(node, "workeroutput", None) or {}).get("outside_reads", {}).items():
+            mine = self.seen.setdefault(path, [])
+            mine.extend(u for u in users if u not in mine)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.seen:

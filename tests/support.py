@@ -49,8 +49,9 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
 
 
 def port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports on 127.0.0.1, below the ephemeral range."""
-    return free_port_range(count)
+    """A base port with ``count`` consecutive ports free on 127.0.0.1 for TCP and UDP (a role's
+    heartbeats use its port's UDP side, as LocalCluster.check_ports checks), below the ephemeral range."""
+    return free_port_range(count, udp=True)
 
 
 def http(method: str, url: str, body: bytes | str | None = None, timeout: float = 10.0,

@@ -244,6 +244,7 @@ class LocalCluster:
         self.ensemble: ZooKeeperEnsemble | None = None
         self.processes: list[dict[str, Any]] = []
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._spares: set[int] = set()  # ports handed out by _spare_port
         self.fabric: netns.Fabric | None = None
         self.forwarder: dict[str, Any] | None = None
         # With auth: the admin token the bootstrap seeds (its record) and the token itself.
@@ -499,7 +500,7 @@ class LocalCluster:
             xml.write_text(host_xml(o.lc_cpus, o.lc_memory_gib * 1024 * 1024, names))
             extra = {"localcontroller.hypervisor_uri": f"test://{xml}"}
             if o.energy:
-                bmc_port = free_udp_port()
+                bmc_port = self._spare_port(udp=True)
                 extra.update({
                     "localcontroller.power_test_mode": True,
                     "localcontroller.wakeup_driver": "IPMI",
@@ -626,7 +627,7 @@ class LocalCluster:
     def add_process(self, role: str, node_id: str, extra: dict[str, Any] | None = None, port: int | None = None) -> dict[str, Any]:
         """Start one more process of ``role`` (``extra``: "section.option" -> value)."""
         # In its own namespace any port is free; on 127.0.0.1 one must be found.
-        port = port or (self.options.base_port if self.fabric is not None else free_port())
+        port = port or (self.options.base_port if self.fabric is not None else self._spare_port())
         extra = dict(extra or {})
         if role == "localcontroller" and "localcontroller.hypervisor_uri" not in extra:
             xml = self.state_dir / "hosts" / f"{node_id}.xml"
@@ -663,6 +664,19 @@ class LocalCluster:
         self.write_manifest()
 
     # -- start-up ------------------------------------------------------------------------
+    def _spare_port(self, *, udp: bool = False) -> int:
+        """A free port for a helper of the cluster (ZooKeeper, a simulated BMC), outside the
+        roles' range and unlike any handed out before: chosen before the roles bind theirs, a
+        port merely free now could be one of them (CI saw a BMC take a local controller's)."""
+        o = self.options
+        planned = range(o.base_port, o.base_port + 2 + o.gms + o.lcs)
+        for _ in range(200):
+            port = free_udp_port() if udp else free_port()
+            if port not in planned and port not in self._spares:
+                self._spares.add(port)
+                return port
+        raise ClusterError(f"no free port outside {planned.start}..{planned.stop - 1}")
+
     def ports(self) -> list[tuple[int, str]]:
         """Every fixed port the cluster will listen on (on 127.0.0.1), with what listens there."""
         o = self.options
@@ -796,7 +810,7 @@ class LocalCluster:
             elif o.zookeeper_ensemble > 1:
                 self.ensemble = ZooKeeperEnsemble(self.state_dir / "zookeeper", o.zookeeper_ensemble, tick_ms)
             else:
-                self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or free_port(), tick_ms=tick_ms)
+                self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or self._spare_port(), tick_ms=tick_ms)
             if self.ensemble is not None:
                 self.ensemble.launch()
             else:

@@ -252,13 +252,15 @@ def test_an_image_in_use_is_not_deleted(repository: tuple[LocalCluster, Path], t
 
 
 @pytest.mark.slow
-def test_libvirt_storage_pool_mode(cluster_factory: Callable[..., LocalCluster], tmp_path: Path) -> None:
+def test_libvirt_storage_pool_mode(cluster_factory: Callable[..., LocalCluster], tmp_path: Path,
+                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     import libvirt
 
     from snooze.dev.sim.libvirtd import LibvirtdCluster
 
     directory = tmp_path / "pool"
-    with LibvirtdCluster(tmp_path / "libvirtd", count=1) as hosts:
+    # A short directory for the daemon: its socket's path must fit in 107 bytes.
+    with LibvirtdCluster(tmp_path_factory.mktemp("lv"), count=1) as hosts:
         uri = hosts.hosts[0].uri
         cluster = cluster_factory(gms=2, lcs=1, extra={"images.directory": str(directory), "images.libvirt_uri": uri,
                                                        "images.pool": "test-images"})

@@ -25,7 +25,7 @@ def pytest_configure(config):
 """
 
 
-def run_pytest(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[str]:
+def run_pytest(tmp_path: Path, test_source: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``tmp_path/repo`` holds the test; ``tmp_path/sibling/data.txt`` sits beside it."""
     (tmp_path / "sibling").mkdir()
     (tmp_path / "sibling" / "data.txt").write_text("from beside the repository\n")
@@ -37,7 +37,7 @@ def run_pytest(tmp_path: Path, test_source: str) -> subprocess.CompletedProcess[
     (repo / "test_reads.py").write_text(test_source)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_reads.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_reads.py"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=120,
     )
 
@@ -55,6 +55,20 @@ def test_a_test_that_opens_a_sibling_file_fails_the_run_and_is_named(tmp_path: P
     line = next(line for line in result.stdout.splitlines() if "opened by" in line)
     assert line.split() == [str(tmp_path / "sibling" / "data.txt"), "opened", "by",
                             "test_reads.py::test_reads_a_sibling"]
+
+
+def test_under_xdist_a_workers_read_fails_the_run_too(tmp_path: Path) -> None:
+    result = run_pytest(tmp_path, (
+        "def test_reads_a_sibling():\n"
+        "    assert open('../sibling/data.txt').read()\n"
+        "def test_reads_inside():\n"
+        "    assert open('inside.txt').read()\n"
+    ), "-n", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 passed" in result.stdout and "reads outside the repository" in result.stdout
+    line = next(line for line in result.stdout.splitlines() if "opened by" in line)
+    assert line.split()[:3] == [str(tmp_path / "sibling" / "data.txt"), "opened", "by"]
+    assert line.split()[3] == "test_reads.py::test_reads_a_sibling"
 
 
 def test_reads_at_collection_and_directory_listings_count_even_with_no_tests(tmp_path: Path) -> None:

@@ -8,7 +8,14 @@ import socket
 from pathlib import Path
 
 from snooze.dev.localcluster import _lines_about
-from snooze.dev.ports import ephemeral_low, free_port, free_port_range, free_udp_port
+from snooze.dev.ports import (
+    LOWEST,
+    ephemeral_low,
+    free_port,
+    free_port_range,
+    free_udp_port,
+    port_slice,
+)
 
 
 def test_ephemeral_low_is_the_kernels_own() -> None:
@@ -50,3 +57,12 @@ def test_a_shared_logs_problems_with_one_controller_are_found(tmp_path: Path) ->
     assert _lines_about(str(log), "lc-76") == [
         "2026-12-02 03:05:04,368 localcontroller ERROR __main__: lc-76 cannot start: Address already in use"]
     assert _lines_about(str(tmp_path / "missing.log"), "lc-76") == []
+
+
+def test_each_test_worker_chooses_in_its_own_slice() -> None:
+    low, high = LOWEST, ephemeral_low()
+    assert port_slice({}) == (low, high)
+    first, second = port_slice({"SNOOZE_PORT_SLICE": "0/2"}), port_slice({"SNOOZE_PORT_SLICE": "1/2"})
+    assert first[0] == low and first[1] == second[0] and second[1] <= high and second[1] - second[0] > 5000
+    for bad in ("2/2", "x/2", "1", "-1/2"):
+        assert port_slice({"SNOOZE_PORT_SLICE": bad}) == (low, high), bad
