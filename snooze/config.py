@@ -92,6 +92,7 @@ class GroupManagerSettings:
     consolidation_policy: str = opt("cost-aware", "Consolidation policy: 'cost-aware', 'repack' (cost-aware, then more hosts emptied by shifting VMs between kept hosts: fewer host-hours, more migrations per saved host-hour) or 'sercon' (the original's).")
     migration_budget: float = opt(0.0, "Migrations consolidation may start per hour and per active local controller (a token bucket holding at most two consolidation intervals' worth, at least one); 0 = no budget.")
     consolidation_headroom: float = opt(0.0, "Room consolidation leaves free on the hosts it keeps, as a multiple of the VMs that arrived since its last run (0 = none: pack as tightly as it can), so that hosts it empties are not woken again by the next submissions.")
+    consolidation_settle: float = opt(0.0, "Seconds after a woken local controller joined (and while one is waking) during which consolidation empties no host, since the hosts were short of room; 0 = consolidation never waits.")
     migration_cooldown: float = opt(0.0, "Seconds after a VM migrated before consolidation moves it again; 0 = instead, no host that received VMs within two consolidation intervals is emptied.")
     estimator: str = opt("average", "How a host's demand is estimated from its monitoring history: 'average', 'ewma' or 'static'.")
     estimator_window: int = opt(10, "How many of the latest monitoring samples the estimator reads (at most [monitoring] history).")
@@ -346,6 +347,10 @@ ROLE_SECTIONS = {
     "groupmanager": ("node", "cluster", "heartbeat", "auth", "events", "monitoring", "groupmanager", "templates"),
     "localcontroller": ("node", "cluster", "heartbeat", "auth", "monitoring", "localcontroller", "templates"),
 }
+#: [groupmanager] power_saving_action's values; the first powers the host off.
+POWER_SAVING_ACTIONS = ("SHUTDOWN", "SUSPEND_TO_RAM", "SUSPEND_TO_DISK", "SUSPEND_TO_BOTH")
+POWER_OFF = POWER_SAVING_ACTIONS[0]
+
 DEFAULT_PORTS = {"bootstrap": 5000, "groupmanager": 5001, "localcontroller": 5010}
 
 
@@ -510,7 +515,7 @@ def validate(s: Settings) -> None:
         t = getattr(s.groupmanager, name)
         if len(t) != 3 or not all(isinstance(x, (int, float)) and 0 <= x <= 1 for x in t) or not t[0] <= t[1] <= t[2]:
             raise ConfigError(f"[groupmanager] {name} must be [MIN, MID, MAX] with 0 <= MIN <= MID <= MAX <= 1")
-    if s.groupmanager.power_saving_action not in ("SHUTDOWN", "SUSPEND_TO_RAM", "SUSPEND_TO_DISK", "SUSPEND_TO_BOTH"):
+    if s.groupmanager.power_saving_action not in POWER_SAVING_ACTIONS:
         raise ConfigError("[groupmanager] power_saving_action must be SHUTDOWN, SUSPEND_TO_RAM, SUSPEND_TO_DISK or SUSPEND_TO_BOTH")
     if s.groupmanager.idle_time < 0 or s.groupmanager.reserved_nodes < 0 or s.groupmanager.wakeup_time <= 0:
         raise ConfigError("[groupmanager] idle_time and reserved_nodes must be >= 0, wakeup_time > 0")

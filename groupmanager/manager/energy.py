@@ -19,6 +19,15 @@ which adopts them as PASSIVE, wakeable capacity. A periodic check (``sync``) set
 message or a failed write left behind: entries naming this group manager that it does not hold
 are adopted, hosts it holds that were handed to another are forgotten, and an entry that could
 not be written at power-down is written again. See docs/energy-handover.md.
+
+Against flapping (a host emptied and powered down, then woken again by the next submissions,
+often before it has even finished shutting down): a host woken while it is still shutting down
+(SHUTDOWN ordered less than ``wakeup_time`` ago) is first waited for until its BMC reports it
+off, then powered on: a "power on" to a host still on does nothing, and the host would then end
+up off until the next check, seconds later. With ``consolidation_settle``, a wake-up (the
+powered hosts were short of room) also holds consolidation back for that long, as an
+autoscaler's scale-down stabilisation window (``settling``): fewer migrations, for a few more
+host-hours (docs/power.md, "Flapping").
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from groupmanager.manager.hosts import Hosts, LocalControllerRecord
-from groupmanager.power import WakeupError, make_wakeup_driver
+from groupmanager.power import WakeupDriver, WakeupError, make_wakeup_driver
+from snooze.config import POWER_OFF
 from snooze.coordination import CoordinationError
 from snooze.events import EventKind
 from snooze.models import LocalControllerDescription, Status
@@ -41,6 +51,9 @@ from snooze.rpc import RpcError
 from snooze.scope import Scope
 
 log = logging.getLogger(__name__)
+
+#: Seconds between power status queries while a host still shuts down (then up to the max).
+OFF_POLL, OFF_POLL_MAX = 0.1, 0.5
 
 
 class EnergySaver:
@@ -57,6 +70,13 @@ class EnergySaver:
         self.wakeups = 0
         self.power_downs = 0
         self.adopted = 0  # sleeping hosts taken over from a group manager that is gone
+        #: When a host last re-joined after a wake-up (monotonic), and which.
+        self.woken_at: float | None = None
+        self.woken_lc: str | None = None
+        #: Re-wakes that waited for a host still shutting down to be off first.
+        self.waited_off = 0
+        # lc id -> when SHUTDOWN was last ordered (a wake-up within wakeup_time waits for off).
+        self.down_at: dict[str, float] = {}
         #: Set by the manager role: called after hosts were adopted (send a summary now), and
         #: with a host handed to another group manager (forget it).
         self.on_adopted: Callable[[], Awaitable[None]] | None = None
@@ -97,7 +117,7 @@ class EnergySaver:
                     self.idle_since.pop(lc_id, None)
                 else:
                     self.idle_since.setdefault(lc_id, now)
-            idle = [k for k in active if now - self.idle_since.get(k, now) >= self.settings.idle_time]
+            idle = [k for k in active if k in self.idle_since and now - self.idle_since[k] >= self.settings.idle_time]
             room = len(active) - self.settings.reserved_nodes
             # Keep the busiest hosts on; among idle ones, sleep the ones idle longest.
             idle.sort(key=lambda k: self.idle_since[k])
@@ -123,6 +143,22 @@ class EnergySaver:
             self._mark_passive(chosen)
         await self._power_down_all(chosen)
         return chosen
+
+    def settling(self, now: float | None = None) -> str | None:
+        """Why hosts must not be emptied now (a host is waking, or re-joined within
+        consolidation_settle after a wake-up), or None. Consolidation waits while this is not None."""
+        window = float(getattr(self.settings, "consolidation_settle", 0.0) or 0.0)
+        if not self.enabled or window <= 0:
+            return None
+        waking = sorted(k for k, r in self.lcs.items() if r.description.status == Status.WAKING)
+        if waking:
+            return f"{', '.join(waking)} waking: the powered hosts were short of room"
+        if self.woken_at is None:
+            return None
+        ago = (time.monotonic() if now is None else now) - self.woken_at
+        if ago < window:
+            return f"{self.woken_lc} woken {ago:.1f}s ago, within consolidation_settle ({window:g}s)"
+        return None
 
     def _mark_passive(self, lc_ids: list[str]) -> None:
         # Called under the placement lock: from here on no plan can choose these hosts.
@@ -150,6 +186,7 @@ class EnergySaver:
             rec.description.status = Status.ACTIVE
             return
         self.power_downs += 1
+        self.down_at[lc_id] = time.monotonic()
         log.info("powered %s down (%s); it stays as wakeable capacity", lc_id, self.settings.power_saving_action)
         self.scope.emit(EventKind.HOST_POWERED_DOWN, localControllerId=lc_id, groupManagerId=self.scope.id,
                         action=self.settings.power_saving_action)
@@ -259,6 +296,8 @@ class EnergySaver:
         try:
             driver = make_wakeup_driver(rec.description.wakeup_settings)
             deadline = t0 + self.settings.wakeup_time
+            if self._shutting_down(lc_id, t0):
+                await self._until_off(lc_id, driver, deadline)
             await driver.wake()
             while True:
                 remaining = deadline - time.monotonic()
@@ -281,10 +320,33 @@ class EnergySaver:
         finally:
             self.rejoined.pop(lc_id, None)
         self.wakeups += 1
+        self.woken_at, self.woken_lc = time.monotonic(), lc_id
         log.info("woke %s in %.2fs", lc_id, time.monotonic() - t0)
         self.scope.emit(EventKind.HOST_WOKEN, localControllerId=lc_id, groupManagerId=self.scope.id,
                         seconds=round(time.monotonic() - t0, 3))
         return None
+
+    def _shutting_down(self, lc_id: str, now: float) -> bool:
+        """Whether ``lc_id`` may still be shutting down: SHUTDOWN ordered within wakeup_time."""
+        at = self.down_at.get(lc_id)
+        return (self.settings.power_saving_action == POWER_OFF and at is not None
+                and now - at < self.settings.wakeup_time)
+
+    async def _until_off(self, lc_id: str, driver: WakeupDriver, deadline: float) -> None:
+        """Wait until the BMC reports ``lc_id`` off (or cannot tell, or the deadline passes):
+        powering on a host that is still shutting down does nothing, and it then ends up off."""
+        pause = OFF_POLL
+        waited = False
+        while time.monotonic() < deadline:
+            if await driver.power_status() != "on":
+                break
+            waited = True
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(OFF_POLL_MAX, pause * 1.5)
+        if waited:
+            self.waited_off += 1
+            log.info("waited for %s to finish shutting down before powering it on", lc_id)
+        self.down_at.pop(lc_id, None)
 
     async def _mark_wakeup(self, lc_id: str) -> None:
         """Tell the leader where this host belongs when it asks for a group manager."""

@@ -78,9 +78,12 @@ class Mover(Protocol):
 
 
 class PowerDown(Protocol):
-    """What a run needs of ``EnergySaver``: powering down the hosts it emptied."""
+    """What a run needs of ``EnergySaver``: powering down the hosts it emptied, and whether
+    hosts were just woken (then consolidation waits: see ``settling``)."""
 
     async def release(self, lc_ids: list[str]) -> list[str]: ...
+
+    def settling(self) -> str | None: ...
 
 
 @dataclass
@@ -340,6 +343,13 @@ class Reconfiguration:
                 self.headroom * sum(v[2] for v in arrived), self.headroom * sum(v[3] for v in arrived))
 
     async def _consolidate(self, plan: Plan, outcome: _Outcome) -> list[str]:
+        settling = self.power.settling()
+        if settling is not None:
+            # A host was just woken because the room was short: emptying one now would power
+            # down a host the next submissions wake again (migrations and a wake-up for nothing).
+            plan.notes.append(f"consolidation waits: {settling}")
+            log.info("consolidation waits: %s", settling)
+            return []
         views = list(self._candidates(exclude=set()))
         budget = self._budget(len(views))
         step = self.policy.consolidate(views, self.thresholds, frozen=self._frozen(views), budget=budget,
