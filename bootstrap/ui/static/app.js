@@ -291,23 +291,30 @@ async function act(verbName, vmId, body) {
   refresh();
 }
 
+// Destroying is for good: a second click within CONFIRM_MS confirms. Which VMs await that
+// click is kept here, not in the button, so that a table redrawn meanwhile (an event, a
+// refresh) still shows "Confirm destroy" and takes the second click.
+const CONFIRM_MS = 4000;
+const confirming = new Map(); // VM id -> when its confirmation ends (ms since the epoch)
+
 function actionCell(vm) {
   const id = vm.virtualMachineId;
   const here = vm.virtualMachineLocation?.localControllerId;
   const buttons = ACTIONS.map(([name, label]) => {
     const destroy = name === "destroyVirtualMachine";
-    const b = h("button", { type: "button", class: destroy ? "danger" : "", dataset: { action: name, vm: id } }, label);
+    const armed = destroy && (confirming.get(id) || 0) > Date.now();
+    const b = h("button", { type: "button", class: destroy ? (armed ? "danger confirm" : "danger") : "", dataset: { action: name, vm: id } },
+      armed ? "Confirm destroy" : label);
+    if (armed) disarmLater(b, label, confirming.get(id) - Date.now());
     b.addEventListener("click", () => {
-      if (destroy && !b.classList.contains("confirm")) {
-        // Destroying is for good: a second click within 4 s confirms.
+      if (destroy && !((confirming.get(id) || 0) > Date.now())) {
+        confirming.set(id, Date.now() + CONFIRM_MS);
         b.classList.add("confirm");
         b.textContent = "Confirm destroy";
-        setTimeout(() => {
-          b.classList.remove("confirm");
-          b.textContent = label;
-        }, 4000);
+        disarmLater(b, label, CONFIRM_MS);
         return;
       }
+      if (destroy) confirming.delete(id);
       act(name, id);
     });
     return b;
@@ -324,6 +331,15 @@ function actionCell(vm) {
     act("migrateVirtualMachine", id, { virtualMachineId: id, localControllerId: select.value });
   });
   return h("td", { class: "actions" }, buttons, select, go);
+}
+
+function disarmLater(button, label, ms) {
+  setTimeout(() => {
+    if ((confirming.get(button.dataset.vm) || 0) > Date.now()) return; // armed again meanwhile
+    confirming.delete(button.dataset.vm);
+    button.classList.remove("confirm");
+    button.textContent = label;
+  }, ms);
 }
 
 const vmPager = new Pager($("vm-table"), {
