@@ -138,6 +138,7 @@ class LocalController(Service):
         self.leader: dict[str, Any] | None = None
         self.gm_detector = FailureDetector(settings.heartbeat.timeout)
         self._rejoin = asyncio.Event()
+        self._leader_seen = asyncio.Event()  # set whenever the leader is learnt (wakes a join waiting for one)
         self._excluded: deque[str] = deque(maxlen=4)
         self._backoff = Backoff(BackoffPolicy(lc.join_backoff_base, lc.join_backoff_cap, lc.rejoin_spread))
         self.monitor: HostMonitor | None = None
@@ -323,11 +324,24 @@ class LocalController(Service):
     # -- leader and group manager tracking -----------------------------------------------
     def _on_leader(self, value: Any | None) -> None:
         if value and self.see_epoch(int(value.get("epoch", 0))):
-            self.leader = value
+            self._learn_leader(value)
 
     def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if self.see_epoch(env.epoch) and isinstance(env.body, dict):
-            self.leader = env.body
+            self._learn_leader(env.body)
+
+    def _learn_leader(self, leader: dict[str, Any]) -> None:
+        self.leader = leader
+        self._leader_seen.set()
+
+    async def _until_leader(self, timeout: float) -> None:
+        """Wait until a leader is known, at most ``timeout`` seconds: a host that starts (or is
+        woken) before the leader's znode watch fired joins the moment it does, not a poll later."""
+        self._leader_seen.clear()
+        if self.leader is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._leader_seen.wait(), timeout)
 
     def _on_gm_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if self.gm is not None and env.sender == self.gm.id:
@@ -337,7 +351,7 @@ class LocalController(Service):
         self.see_epoch(env.epoch)
         log.info("ordered to re-join by %s (epoch %d)", env.sender, env.epoch)
         if msg.leader is not None:
-            self.leader = msg.leader  # the new leader, so we need not wait for its heartbeat
+            self._learn_leader(msg.leader)  # the new leader, so we need not wait for its heartbeat
         if self.gm is not None and msg.exclude:
             self._excluded.append(self.gm.id)
         self._rejoin.set()
@@ -355,7 +369,10 @@ class LocalController(Service):
                     await asyncio.sleep(self._backoff.first_rejoin_delay())
                 wait = await self._join_once()
                 if wait is not None:
-                    await asyncio.sleep(wait)
+                    if self.leader is None:
+                        await self._until_leader(wait)
+                    else:
+                        await asyncio.sleep(wait)
                     continue
             self._rejoin.clear()
             # Watch the group manager until it goes silent or we are told to move.
