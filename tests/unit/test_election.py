@@ -52,6 +52,7 @@ async def pair(zookeeper: ZooKeeperServer) -> AsyncIterator[tuple[Contender, Con
     await until(lambda: a.election.presenting, 15, "a elected")
     b = await contender(zookeeper, "b")
     try:
+        await queued(a, 2)
         yield a, b
     finally:
         for c in (a, b):
@@ -59,6 +60,17 @@ async def pair(zookeeper: ZooKeeperServer) -> AsyncIterator[tuple[Contender, Con
             c.task.cancel()
             await asyncio.gather(c.task, return_exceptions=True)
             await c.coord.stop()
+
+
+async def queued(leader: Contender, n: int, timeout: float = 15) -> None:
+    """Wait until ``n`` contenders are queued for the leader's lock: a contender just started
+    may not have its place yet (its lock znode), and a leader that steps down then wins again."""
+    lock = leader.coord.client.Lock(leader.coord.path("election"))
+    deadline = time.monotonic() + timeout
+    while len(await asyncio.to_thread(lock.contenders)) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {n} contenders")
+        await asyncio.sleep(0.05)
 
 
 async def until(predicate: object, timeout: float, what: str) -> None:
@@ -108,7 +120,7 @@ async def test_a_cut_off_leader_steps_down_on_its_own_timer_and_another_wins_whe
 async def test_a_short_outage_keeps_the_same_leader_and_term(zookeeper: ZooKeeperServer) -> None:
     # "Short" is shorter than the session: a session long enough that restarting ZooKeeper's JVM
     # on a loaded machine stays well within it.
-    session = 12.0
+    session = 20.0  # the fixture's server allows at most 20 s
     a = await contender(zookeeper, "a", session=session)
     b: Contender | None = None
     try:

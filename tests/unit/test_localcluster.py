@@ -78,10 +78,18 @@ def sleeper(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     marker = str(tmp_path / "config" / "gm-9.toml")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
     try:
+        running(proc, marker)
         yield proc, marker
     finally:
         proc.kill()
         proc.wait()
+
+
+def running(proc: subprocess.Popen[bytes], marker: str) -> None:
+    """Wait until ``proc`` runs its command: just after the fork its command line is still
+    the parent's (a loaded machine shows it for a while), and nothing would recognise it."""
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    wait_for(lambda: marker in cmdline.read_bytes().decode(errors="replace"), 10, f"process {proc.pid} running")
 
 
 def write_manifest(state: Path, processes: list[dict[str, object]], **extra: object) -> Path:
@@ -136,6 +144,7 @@ def test_down_signals_only_the_processes_it_started(tmp_path: Path, sleeper: tup
     assert not (tmp_path / "a" / "cluster.json").exists(), "nothing of it runs: the record goes"
     # Its own recorded process, in its own process group as the cluster starts them: stopped.
     own = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker], start_new_session=True)
+    running(own, marker)
     write_manifest(tmp_path / "b", [{"role": "groupmanager", "id": "gm-9", "pid": own.pid, "config": marker}])
     assert stop_manifest(tmp_path / "b") == 1
     assert own.wait(5) is not None and not alive(own.pid)
