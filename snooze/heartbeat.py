@@ -55,12 +55,33 @@ class MulticastError(ConfigError):
     """Multicast heartbeats cannot start on this host as configured; the message names the option."""
 
 
+#: Datagrams read per readiness event at most (see ``_Protocol.datagram_received``).
+DRAIN = 256
+MAX_DATAGRAM = 65536
+
+
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, endpoint: HeartbeatEndpoint) -> None:
+    def __init__(self, endpoint: HeartbeatEndpoint, sock: socket.socket | None = None) -> None:
         self.endpoint = endpoint
+        self.sock = sock
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.endpoint._received(data, addr)
+        # asyncio reads one datagram per readiness event, so a loop busy with many connections
+        # (a group leader while 2,000 hosts join) reads its heartbeats one per iteration: they
+        # queue in the socket until they are older than the replay window, and peers that are
+        # alive are declared dead. Read what is already there too, up to DRAIN of them.
+        if self.sock is None:
+            return
+        for _ in range(DRAIN):
+            try:
+                data, addr = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.endpoint.dropped["receive_error"] += 1
+                return
+            self.endpoint._received(data, addr[:2])
 
     def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
         self.endpoint.dropped["send_error"] += 1
@@ -99,9 +120,15 @@ class HeartbeatEndpoint:
         loop = asyncio.get_running_loop()
         if self.multicast:  # before binding anything: a bad interface must leave nothing open
             self.interface = await self._multicast_interface(address)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(address, port)
-        )
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            sock.setblocking(False)
+            sock.bind((address, port))
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self, sock), sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         self._transport = transport
         if self.interface is not None:
             try:
@@ -154,7 +181,8 @@ class HeartbeatEndpoint:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
             loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
+            sock.setblocking(False)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self, sock), sock=sock)
         except BaseException:
             sock.close()
             raise

@@ -93,6 +93,32 @@ async def test_heartbeats_reach_handlers_and_garbage_is_counted() -> None:
             e.close()
 
 
+async def test_heartbeats_waiting_in_the_socket_are_all_read_at_the_next_readiness() -> None:
+    """A loop busy elsewhere (here: blocked) lets heartbeats pile up in the socket; asyncio reads
+    one datagram per readiness event, so they would be read one per loop iteration, late. The
+    endpoint reads what is waiting at once: one iteration of the loop handles them all."""
+    got: list[int] = []
+    rx = HeartbeatEndpoint(b"key", "rx")
+    rx.on("ping", lambda env, addr: got.append(env.body["n"]))
+    await rx.start("127.0.0.1", 0)
+    assert rx._transport is not None
+    port = rx._transport.get_extra_info("sockname")[1]
+    tx = HeartbeatEndpoint(b"key", "tx")
+    await tx.start("127.0.0.1", 0)
+    try:
+        for n in range(40):  # sent while this loop does nothing else: all waiting in rx's socket
+            tx.send("ping", 1, {"n": n}, [NetworkAddress("127.0.0.1", port)])
+        time.sleep(0.2)  # (the loop is blocked: loopback delivers them meanwhile)
+        for _ in range(3):  # a few iterations: one to find the socket ready
+            await asyncio.sleep(0)
+            if got:
+                break
+        assert got == list(range(40)), got
+    finally:
+        for e in (rx, tx):
+            e.close()
+
+
 async def test_replayed_stale_and_out_of_order_heartbeats_never_reach_the_detector() -> None:
     clock = Clock()
     detector = FailureDetector(2.0, clock)
