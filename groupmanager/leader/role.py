@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any, Protocol
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 
 #: Why a lone leader cannot host local controllers (NO_GROUP_MANAGER's message, the warnings).
+#: Every this many rounds the leader reads every host's registration again, not only new ones.
+PEERS_FULL_READ = 10
+
 TOPOLOGY_ADVICE = ("the group leader does not manage local controllers: run at least 2 group managers, "
                    "3 to survive the loss of one")
 
@@ -79,6 +83,8 @@ class LeaderRole:
         self.members = GroupManagers(scope.settings.heartbeat.timeout)
         self.gms = self.members.records
         self.peers: dict[str, NetworkAddress] = {}  # LCs and bootstraps to heartbeat
+        self._peer_cache: dict[str, dict[str, NetworkAddress]] = {}  # folder -> id -> address
+        self._peer_rounds = 0
         self._rr = 0
         self.submissions: Submissions | None = None
         self.started_at = time.monotonic()
@@ -159,16 +165,33 @@ class LeaderRole:
                 log.warning("unreadable group manager znode %s", gm_id)
 
     async def _refresh_peers(self) -> None:
+        """The processes the leader's heartbeat goes to: every registered local controller and
+        bootstrap. Each round lists the registrations and reads only the new ones (2,000 hosts
+        are 2,000 reads); every PEERS_FULL_READ-th round reads them all again, in case one
+        re-registered with another address between two rounds."""
         coord = self.scope.coord
         assert coord is not None
+        self._peer_rounds += 1
+        full = self._peer_rounds % PEERS_FULL_READ == 1
         peers: dict[str, NetworkAddress] = {}
         try:
             for sub in ("localcontrollers", "bootstraps"):
-                for pid, data in (await coord.children_json(coord.path(sub))).items():
+                base = coord.path(sub)
+                names = await coord.children(base)
+                known = {} if full else self._peer_cache.get(sub, {})
+                new = [n for n in names if n not in known]
+                got = await coord.call(coord.fetch, [f"{base}/{n}" for n in new]) if new else {}
+                current: dict[str, NetworkAddress] = {n: known[n] for n in names if n in known}
+                for n in new:
+                    entry = got.get(f"{base}/{n}")
+                    if entry is None:
+                        continue
                     try:
-                        peers[pid] = NetworkAddress.from_json(data["controlDataAddress"])
+                        current[n] = NetworkAddress.from_json(json.loads(entry[0])["controlDataAddress"])
                     except (KeyError, TypeError, ValueError):
                         continue
+                self._peer_cache[sub] = current
+                peers.update(current)
         except CoordinationError:
             return
         self.peers = peers

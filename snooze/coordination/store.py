@@ -292,16 +292,7 @@ class Store:
 
     def _fetch(self, paths: Iterable[str]) -> dict[str, tuple[bytes, int]]:
         """Read many znodes with pipelined requests (one round trip, not N): path -> (data, version)."""
-        client = self.coord.client
-        pending = [(p, client.get_async(p)) for p in paths]
-        out: dict[str, tuple[bytes, int]] = {}
-        for p, res in pending:
-            try:
-                data, stat = res.get(timeout=10)
-            except NoNodeError:
-                continue
-            out[p] = (data, stat.version)
-        return out
+        return self.coord.fetch(paths)
 
     def _read_many(self, folder: str, ids: Iterable[str]) -> dict[str, tuple[dict[str, Any], int]]:
         wanted = [i for i in ids if is_valid_id(i)]

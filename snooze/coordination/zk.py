@@ -583,6 +583,18 @@ class Coordinator:
 
         return await self.call(get)
 
+    async def children(self, path: str) -> list[str]:
+        """The names of ``path``'s children; [] when it does not exist."""
+        check_path(path)
+
+        def names() -> list[str]:
+            try:
+                return list(self.client.get_children(path))
+            except NoNodeError:
+                return []
+
+        return await self.call(names)
+
     async def children_json(self, path: str) -> dict[str, Any]:
         check_path(path)
 
@@ -592,16 +604,32 @@ class Coordinator:
                 names = self.client.get_children(path)
             except NoNodeError:
                 return out
+            got = self.fetch(f"{path}/{name}" for name in names)
             for name in names:
-                try:
-                    data, _ = self.client.get(f"{path}/{name}")
-                except NoNodeError:
-                    continue
-                with contextlib.suppress(ValueError):
-                    out[name] = json.loads(data)
+                entry = got.get(f"{path}/{name}")
+                if entry is not None:
+                    with contextlib.suppress(ValueError):
+                        out[name] = json.loads(entry[0])
             return out
 
         return await self.call(get)
+
+    def fetch(self, paths: Iterable[str], window: int = 1000) -> dict[str, tuple[bytes, int]]:
+        """Read many znodes with pipelined requests, at most ``window`` in flight (a round trip
+        per window, not one per znode: the group leader reads its 2,000 hosts' registrations
+        every few seconds): path -> (data, version); a missing znode is left out. Blocking: run
+        it off the loop (``call``)."""
+        out: dict[str, tuple[bytes, int]] = {}
+        todo = list(paths)
+        for start in range(0, len(todo), window):
+            pending = [(p, self.client.get_async(p)) for p in todo[start:start + window]]
+            for p, res in pending:
+                try:
+                    data, stat = res.get(timeout=self.session_timeout + 10)
+                except NoNodeError:
+                    continue
+                out[p] = (data, stat.version)
+        return out
 
     async def bump_epoch(self) -> int:
         """Increment the leader-term counter; version-checked so two winners never share one."""
