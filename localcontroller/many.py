@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -76,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run several Snooze local controllers in one process (development, scale tests).")
     parser.add_argument("--config", action="append", required=True, help="one local controller's TOML configuration; repeat")
     parser.add_argument("--start-concurrency", type=int, default=20, help="controllers starting at the same time (default 20)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="lower this process's CPU priority by N (os.nice): simulated hosts yield the cores to "
+                             "the group managers and ZooKeeper on the same machine (default 0)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    if args.nice > 0:
+        os.nice(args.nice)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s localcontroller %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("kazoo").setLevel(logging.WARNING)

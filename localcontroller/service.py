@@ -138,7 +138,6 @@ class LocalController(Service):
         self.leader: dict[str, Any] | None = None
         self.gm_detector = FailureDetector(settings.heartbeat.timeout)
         self._rejoin = asyncio.Event()
-        self._leader_seen = asyncio.Event()  # set whenever the leader is learnt (wakes a join waiting for one)
         self._excluded: deque[str] = deque(maxlen=4)
         self._backoff = Backoff(BackoffPolicy(lc.join_backoff_base, lc.join_backoff_cap, lc.rejoin_spread))
         self.monitor: HostMonitor | None = None
@@ -324,24 +323,11 @@ class LocalController(Service):
     # -- leader and group manager tracking -----------------------------------------------
     def _on_leader(self, value: Any | None) -> None:
         if value and self.see_epoch(int(value.get("epoch", 0))):
-            self._learn_leader(value)
+            self.leader = value
 
     def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if self.see_epoch(env.epoch) and isinstance(env.body, dict):
-            self._learn_leader(env.body)
-
-    def _learn_leader(self, leader: dict[str, Any]) -> None:
-        self.leader = leader
-        self._leader_seen.set()
-
-    async def _until_leader(self, timeout: float) -> None:
-        """Wait until a leader is known, at most ``timeout`` seconds: a host that starts (or is
-        woken) before the leader's znode watch fired joins the moment it does, not a poll later."""
-        self._leader_seen.clear()
-        if self.leader is not None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._leader_seen.wait(), timeout)
+            self.leader = env.body
 
     def _on_gm_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if self.gm is not None and env.sender == self.gm.id:
@@ -351,7 +337,7 @@ class LocalController(Service):
         self.see_epoch(env.epoch)
         log.info("ordered to re-join by %s (epoch %d)", env.sender, env.epoch)
         if msg.leader is not None:
-            self._learn_leader(msg.leader)  # the new leader, so we need not wait for its heartbeat
+            self.leader = msg.leader  # the new leader, so we need not wait for its heartbeat
         if self.gm is not None and msg.exclude:
             self._excluded.append(self.gm.id)
         self._rejoin.set()
@@ -369,10 +355,7 @@ class LocalController(Service):
                     await asyncio.sleep(self._backoff.first_rejoin_delay())
                 wait = await self._join_once()
                 if wait is not None:
-                    if self.leader is None:
-                        await self._until_leader(wait)
-                    else:
-                        await asyncio.sleep(wait)
+                    await asyncio.sleep(wait)
                     continue
             self._rejoin.clear()
             # Watch the group manager until it goes silent or we are told to move.
@@ -399,17 +382,22 @@ class LocalController(Service):
         try:
             # One call to the leader per join: no idle connection left there per host
             # (2,000 hosts on one address filled its per-client connection limit).
+            # A join waits as long as a peer may stay silent before it counts as dead: a leader
+            # busy with thousands of joins answers late, and a shorter wait would throw its work
+            # away and come back with more (every answer too late, none of them used).
+            wait = max(3.0, self.settings.heartbeat.timeout)
             reply = await self.rpc.call(
                 gl.address, AssignLocalController.KIND,
                 AssignLocalController(self.description().to_json(), list(self._excluded)).to_wire(),
-                epoch=self.known_epoch, timeout=3, keep_alive=False,
+                epoch=self.known_epoch, timeout=wait, keep_alive=False,
             )
             gm = GroupManagerDescription.from_json(reply["groupManager"])
             domains = [d.to_json() for d in await self.hypervisor.domains()]
             self.gm_detector.heard(gm.id)
             join = LocalControllerJoin(self.description().to_json(), domains,
                                        host_info=self.vifs.host_info() if self.vifs is not None else None)
-            joined = await self.rpc.call(gm.address, LocalControllerJoin.KIND, join.to_wire(), epoch=self.known_epoch, timeout=3)
+            joined = await self.rpc.call(gm.address, LocalControllerJoin.KIND, join.to_wire(), epoch=self.known_epoch,
+                                         timeout=wait)
         except (RpcError, KeyError, TypeError, ValueError) as exc:
             # Internal answers carry no Retry-After: the code says whether asking again can help.
             wait = self._backoff.delay(retryable=exc.code.retryable if isinstance(exc, RpcError) else True)

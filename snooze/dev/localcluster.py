@@ -181,6 +181,10 @@ class ClusterOptions:
     zookeeper_ensemble: int = 1
     # With lcs_per_process > 1: local controllers of one process starting at the same time.
     start_concurrency: int = 20
+    # With lcs_per_process > 1: the niceness of those processes. They stand for hosts that
+    # each have their own CPUs; on one small machine they would otherwise take the cores from
+    # the group managers and ZooKeeper, which then fall behind (heartbeats read too late).
+    lcs_nice: int = 10
     # Each local controller serves the CNI agent snooze-cni asks (cluster.json: its "cniAgent"
     # URL and a ready "cniConfig" network configuration list): with netns on 127.0.0.1:9091 of
     # its namespace, else on the ports after the last role's (and the EC2 API's). Not with
@@ -530,7 +534,8 @@ class LocalCluster:
     def spawn_group(self, name: str) -> int:
         """Start the process of the local controllers of group ``name``; each member records its PID."""
         members = self.groups()[name]
-        argv = [sys.executable, "-m", "localcontroller.many", "--start-concurrency", str(self.options.start_concurrency)]
+        argv = [sys.executable, "-m", "localcontroller.many", "--start-concurrency", str(self.options.start_concurrency),
+                "--nice", str(self.options.lcs_nice)]
         for spec in members:
             argv += ["--config", spec["config"]]
         log_path = members[0]["log"]
