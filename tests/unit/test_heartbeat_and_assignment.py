@@ -108,7 +108,7 @@ async def test_heartbeats_waiting_in_the_socket_are_all_read_at_the_next_readine
     try:
         for n in range(40):  # sent while this loop does nothing else: all waiting in rx's socket
             tx.send("ping", 1, {"n": n}, [NetworkAddress("127.0.0.1", port)])
-        time.sleep(0.2)  # (the loop is blocked: loopback delivers them meanwhile)
+        time.sleep(0.2)  # noqa: ASYNC251 (blocking the loop is the point: loopback delivers them meanwhile)
         for _ in range(3):  # a few iterations: one to find the socket ready
             await asyncio.sleep(0)
             if got:
