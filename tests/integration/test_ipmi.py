@@ -311,7 +311,13 @@ async def test_in_process_bmc_stop_kills_its_host() -> None:
             driver = IpmiWakeup.from_options(f"-H 127.0.0.1 -p {bmc.port} -U {USER} -P {PASSWORD}")
             await driver.wake()
             pid = power.pid
-            assert pid is not None and b"sleep" in _cmdline(pid)
+            assert pid is not None
+            # Just after the fork the child's command line is still its parent's.
+            for _ in range(200):
+                if b"sleep" in _cmdline(pid):
+                    break
+                await asyncio.sleep(0.05)
+            assert b"sleep" in _cmdline(pid)
         assert not _running(pid)
     finally:
         power.grace = 0.1
