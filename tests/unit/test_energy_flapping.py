@@ -13,28 +13,18 @@ import time
 from collections import deque
 from typing import Any
 
-from groupmanager.manager.energy import EnergySaver
-from groupmanager.manager.hosts import Hosts, LocalControllerRecord
-from groupmanager.manager.reconfiguration import Reconfiguration
-from groupmanager.manager.vms import Migrations, VirtualMachines
-from groupmanager.thresholds import thresholds_from
+from groupmanager.manager.hosts import LocalControllerRecord
 from snooze.models import LocalControllerDescription, NetworkAddress, Status
-from tests.peers import Network, node, settings
+from tests.unit.test_reconfiguration import Group as ReconfigurationGroup
 
 GIB = 1024 * 1024  # KiB
 
 
-class Group:
+class Group(ReconfigurationGroup):
+    """test_reconfiguration's group manager, energy management on, hosts that accept orders."""
+
     def __init__(self, **gm: Any) -> None:
-        options = {"energy_management": True, "idle_time": 0.0, "reserved_nodes": 1, **gm}
-        self.net = Network()
-        self.node = node("gm-1", 7001, self.net, settings=settings(**options))
-        self.scope = self.node.scope
-        self.hosts = Hosts(thresholds_from(self.scope.settings.groupmanager))
-        self.energy = EnergySaver(self.scope, self.hosts)
-        self.vms = VirtualMachines(self.scope, self.hosts, self.energy)
-        self.migrations = Migrations(self.scope, self.hosts, self.vms)
-        self.reconf = Reconfiguration(self.scope, self.hosts, self.migrations, self.energy)
+        super().__init__(**{"energy_management": True, "idle_time": 0.0, "reserved_nodes": 1, **gm})
 
     def add_lc(self, lc_id: str, vms: dict[str, tuple[float, float]] | None = None,
                status: Status = Status.ACTIVE) -> LocalControllerRecord:
