@@ -128,7 +128,11 @@ def _event_stream(url: str, token: str, doc: dict[str, Any]) -> None:
 
 def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(
         cluster_factory: Any, tmp_path: Path) -> None:
-    c = cluster_factory(gms=2, lcs=2, auth=True, extra={"images.directory": str(tmp_path / "images")})
+    # A deployment's session (10 s), not the fast tests' 2 s: this test is about answers, not
+    # failover, and under CI's load a 2 s session's connection was lost mid-run (its read
+    # timeout is 2/3 of it), which the bootstrap rightly answers 503.
+    c = cluster_factory(gms=2, lcs=2, auth=True, session_timeout=10.0,
+                        extra={"images.directory": str(tmp_path / "images")})
     url, token = c.bootstrap_url, c.admin_token
     assert token
     done = _seed(url, token)

@@ -25,6 +25,14 @@ FLAGS = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_M
 PARAMS: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"}
 
 
+def _error(message: str) -> libvirt.libvirtError:
+    """A libvirtError carrying ``message``: the constructor takes the thread's last libvirt error
+    when there is one (left by an earlier test of this worker, e.g. 'Cannot write data: Broken
+    pipe') over its own message, so that is cleared first."""
+    libvirt.virResetLastError()
+    return libvirt.libvirtError(message)
+
+
 class FakeDomain:
     """A source domain in failed post-copy: each resume call fails with the next of ``failures``."""
 
@@ -36,7 +44,7 @@ class FakeDomain:
     def migrateToURI3(self, uri: str, params: dict[str, object], flags: int) -> int:  # noqa: N802 (libvirt's name)
         self.calls.append((uri, dict(params), flags))
         if self.failures:
-            raise libvirt.libvirtError(self.failures.pop(0))
+            raise _error(self.failures.pop(0))
         self.active = False
         return 0
 
@@ -44,7 +52,7 @@ class FakeDomain:
         return self.active
 
     def connect(self) -> Any:
-        raise libvirt.libvirtError("no connection in a fake")
+        raise _error("no connection in a fake")
 
 
 class Clock:
