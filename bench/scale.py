@@ -264,7 +264,12 @@ def run_size(lcs: int, args: Any, log: Callable[[str], None]) -> dict[str, Any]:
                 out["submissions"].append({"vms": count, "skipped": f"more vcpus than {lcs} hosts have left"})
                 continue
             z0 = zk_zxid(c)
-            sub = submit(bs, f"v{k}", count, args.submit_timeout)
+            try:
+                sub = submit(bs, f"v{k}", count, args.submit_timeout)
+            except BenchError as exc:  # recorded; the failovers below are still measured
+                out["submissions"].append({"vms": count, "error": str(exc)})
+                log(f"[{lcs}] submission of {count} VMs failed: {exc}")
+                continue
             z1 = zk_zxid(c)
             sub["zkWritesPerVm"] = (z1 - z0) / count if z0 is not None and z1 is not None and z1 >= z0 else None
             out["submissions"].append(sub)
@@ -372,6 +377,8 @@ def report(results: list[dict[str, Any]]) -> None:
         one = subs[i]
         if one.get("skipped"):
             return f"skipped ({one['vms']} VMs)"
+        if one.get("error"):
+            return f"failed ({one['vms']} VMs; below)" if key == "running" else "-"
         if key == "running":
             return f"{one['running']} / {one['vms']}" + (f" {one['errors']}" if one.get("errors") else "")
         if key == "seconds":
@@ -413,6 +420,9 @@ def report(results: list[dict[str, Any]]) -> None:
     table(["measurement", *(f"{r['lcs']} LCs, {r['gms']} GMs" for r in results)],
           [(name, *(f(r) for r in results)) for name, f in rows])
     for r in results:
+        for i, one in enumerate(r.get("submissions") or []):
+            if one.get("error"):
+                print(f"\n{r['lcs']} LCs, submission {i + 1} ({one['vms']} VMs): {one['error']}")
         if r.get("error"):
             print(f"\n{r['lcs']} LCs: stopped early: {r['error']}")
 
@@ -450,7 +460,8 @@ def main() -> int:
           f"servers, steady state {args.steady:.0f}s")
     report(results)
     write_json({"results": results}, args.json)
-    return 1 if any(r.get("error") for r in results) else 0
+    failed = any(r.get("error") or any(one.get("error") for one in r.get("submissions") or []) for r in results)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
