@@ -94,6 +94,10 @@ PENDING = TaskState.PENDING
 DONE = TaskState.DONE
 #: Read-modify-write attempts of ``update_vms`` before a conflict is given up (``Changed``).
 WRITE_ATTEMPTS = 8
+#: Reading more records than this from one folder, its listing (one request) first says which
+#: exist, and only those are read: a 5,000-VM submission checks that its names are free, and
+#: 5,000 reads of absent znodes took the leader 1.4 s, a listing a few milliseconds.
+LIST_FIRST = 64
 
 
 class StaleEpoch(CoordinationError):
@@ -294,8 +298,17 @@ class Store:
         """Read many znodes with pipelined requests (one round trip, not N): path -> (data, version)."""
         return self.coord.fetch(paths)
 
-    def _read_many(self, folder: str, ids: Iterable[str]) -> dict[str, tuple[dict[str, Any], int]]:
+    def _present(self, folder: str, ids: Iterable[str], listed: bool) -> list[str]:
+        """The valid ones of ``ids``; of many, only those ``folder`` lists (``LIST_FIRST``),
+        unless they come from that listing (``listed``)."""
         wanted = [i for i in ids if is_valid_id(i)]
+        if listed or len(wanted) <= LIST_FIRST:
+            return wanted
+        names = set(self._children(folder))
+        return [i for i in wanted if i in names]
+
+    def _read_many(self, folder: str, ids: Iterable[str], *, listed: bool = False) -> dict[str, tuple[dict[str, Any], int]]:
+        wanted = self._present(folder, ids, listed)
         got = self._fetch(self._p(folder, i) for i in wanted)
         out: dict[str, tuple[dict[str, Any], int]] = {}
         for i in wanted:
@@ -310,10 +323,10 @@ class Store:
                 out[i] = (value, hit[1])
         return out
 
-    def _read_records(self, ids: Iterable[str]) -> dict[str, VMRecord | RecordError]:
+    def _read_records(self, ids: Iterable[str], *, listed: bool = False) -> dict[str, VMRecord | RecordError]:
         """The VM records of ``ids`` that exist (pipelined reads), each parsed with its version,
         or the RecordError saying why it cannot be read."""
-        wanted = [i for i in ids if is_valid_id(i)]
+        wanted = self._present("vms", ids, listed)
         got = self._fetch(self._p("vms", i) for i in wanted)
         out: dict[str, VMRecord | RecordError] = {}
         for i in wanted:
@@ -632,7 +645,7 @@ class Store:
     async def tasks(self) -> dict[str, dict[str, Any]]:
         """Every task record (pipelined reads)."""
         def do() -> dict[str, dict[str, Any]]:
-            return {k: v for k, (v, _ver) in self._read_many("tasks", self._children("tasks")).items()}
+            return {k: v for k, (v, _ver) in self._read_many("tasks", self._children("tasks"), listed=True).items()}
 
         return await self.coord.call(do, timeout=60)
 
@@ -645,8 +658,8 @@ class Store:
     def _expire(self, retention: float, now: float, epoch: int, subnet: str) -> dict[str, int]:
         # VMs are read before tasks: a VM listed here had its task written before or with it,
         # so a task missing below is really gone (not yet to be written).
-        vms = {k: v for k, v in self._read_records(self._children("vms")).items() if isinstance(v, VMRecord)}
-        tasks = self._read_many("tasks", self._children("tasks"))
+        vms = {k: v for k, v in self._read_records(self._children("vms"), listed=True).items() if isinstance(v, VMRecord)}
+        tasks = self._read_many("tasks", self._children("tasks"), listed=True)
 
         def expired(task: dict[str, Any]) -> bool:
             if task.get("state") != DONE:
@@ -812,7 +825,7 @@ class Store:
     async def sleeping(self) -> dict[str, tuple[dict[str, Any], int]]:
         """Every sleeping host: lc id -> (its entry, the znode's version)."""
         def read() -> dict[str, tuple[dict[str, Any], int]]:
-            return self._read_many("sleeping", self._children("sleeping"))
+            return self._read_many("sleeping", self._children("sleeping"), listed=True)
 
         return await self.coord.call(read)
 

@@ -674,13 +674,13 @@ class LocalCluster:
         roles' range and unlike any handed out before: chosen before the roles bind theirs, a
         port merely free now could be one of them (CI saw a BMC take a local controller's)."""
         o = self.options
-        planned = range(o.base_port, o.base_port + 2 + o.gms + o.lcs)
+        planned = set(range(o.base_port, o.base_port + 2 + o.gms + o.lcs)) | {port for port, _ in self.ports()}
         for _ in range(200):
             port = free_udp_port() if udp else free_port()
             if port not in planned and port not in self._spares:
                 self._spares.add(port)
                 return port
-        raise ClusterError(f"no free port outside {planned.start}..{planned.stop - 1}")
+        raise ClusterError(f"no free port outside the cluster's own ({min(planned)}..{max(planned)})")
 
     def ports(self) -> list[tuple[int, str]]:
         """Every fixed port the cluster will listen on (on 127.0.0.1), with what listens there."""
@@ -813,7 +813,10 @@ class LocalCluster:
                 self._netns_call(self.fabric.create)
                 self._netns_call(self.fabric.add_host, "zookeeper")
             elif o.zookeeper_ensemble > 1:
-                self.ensemble = ZooKeeperEnsemble(self.state_dir / "zookeeper", o.zookeeper_ensemble, tick_ms)
+                # Its servers' ports are spares too: a free port chosen now may be a local
+                # controller's, not bound yet (a 200-host cluster lost lc-198 that way).
+                self.ensemble = ZooKeeperEnsemble(self.state_dir / "zookeeper", o.zookeeper_ensemble, tick_ms,
+                                                  port=self._spare_port)
             else:
                 self.zk = ZooKeeperServer(self.state_dir / "zookeeper", o.zk_port or self._spare_port(), tick_ms=tick_ms)
             if self.ensemble is not None:

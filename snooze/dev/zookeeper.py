@@ -190,14 +190,16 @@ class ZooKeeperEnsemble:
 
     Each server has its own data dir (``DATA_DIR/zk-N``) and three ports of its own. Killing one
     server (``kill``) leaves the others serving as long as a quorum stays; ``leader()`` says which
-    server leads the ensemble now.
+    server leads the ensemble now. ``port`` chooses each of those ports (a local cluster passes
+    one that keeps clear of the ports its roles will bind).
     """
 
-    def __init__(self, data_dir: Path, size: int = 3, tick_ms: int = 1000) -> None:
+    def __init__(self, data_dir: Path, size: int = 3, tick_ms: int = 1000,
+                 port: Callable[[], int] = free_port) -> None:
         if size < 1:
             raise ValueError("an ensemble needs at least one server")
         self.data_dir = Path(data_dir)
-        ports = [(free_port(), free_port(), free_port()) for _ in range(size)]
+        ports = [(port(), port(), port()) for _ in range(size)]
         peers = tuple(Peer(i + 1, "127.0.0.1", c, q, e) for i, (c, q, e) in enumerate(ports))
         self.servers = [
             ZooKeeperServer(self.data_dir / f"zk-{p.server_id}", p.client_port, tick_ms, server_id=p.server_id, peers=peers)

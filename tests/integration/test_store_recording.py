@@ -251,3 +251,32 @@ async def test_ids_that_break_the_rule_never_reach_zookeeper(coord: Coordinator)
     with pytest.raises(ValueError):
         await store.mark_wakeup("..", "gm-1")
     assert coord.connected and await coord.call(coord.client.exists, coord.path("epoch")) is not None
+
+
+async def test_many_ids_are_read_from_the_folders_listing_the_few_present_read_whole(coord: Coordinator) -> None:
+    """A big submission checks its names: past LIST_FIRST ids, the listing says which exist and
+    only those are read (the answer is the same as reading each)."""
+    epoch = await coord.bump_epoch()
+    store = Store(coord)
+    task, vms, specs = submission("t-few", ["p3", "p70", "p199"])
+    await store.create_submission(task, vms, specs, SUBNET, epoch)
+    asked = [f"p{i}" for i in range(200)] + ["..", "p70"]
+    fetched: list[str] = []
+    fetch = coord.fetch
+
+    def counting(paths: Any, window: int = 1000) -> dict[str, tuple[bytes, int]]:
+        paths = list(paths)
+        fetched.extend(paths)
+        return fetch(paths, window)
+
+    coord.fetch = counting  # type: ignore[method-assign]
+    try:
+        found = await store.get_vms(asked)
+        specs_found = await store.get_specs(asked)
+        few = await store.get_vms(["p3", "p4"])  # under LIST_FIRST: read directly
+    finally:
+        del coord.fetch
+    assert {k: (v.task_id, v.ip) for k, v in found.items()} == {
+        "p3": ("t-few", "10.9.0.2"), "p70": ("t-few", "10.9.0.3"), "p199": ("t-few", "10.9.0.4")}
+    assert set(specs_found) == {"p3", "p70", "p199"} and set(few) == {"p3"}
+    assert len(fetched) == 4 + 4 + 2, "only the present ones of a long list are read (p70, asked twice, twice)"

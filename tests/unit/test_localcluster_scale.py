@@ -72,6 +72,25 @@ def test_an_ensemble_is_given_whole_to_every_role_and_recorded_server_by_server(
     assert entries["zookeeper-2"] == (10_001, str(c.ensemble.servers[1].data_dir))
 
 
+def test_the_ensembles_ports_keep_clear_of_every_port_the_roles_will_bind(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    c = planned(tmp_path, lcs=5)
+    c.options.ec2 = True  # its port, after the roles'
+    roles = {port for port, _ in c.ports()}
+    assert c.ec2_port in roles
+    # A port free now, chosen before the roles bind theirs, may be one of them: the first
+    # ports offered are a local controller's and the EC2 API's (a 200-host cluster lost lc-198
+    # to a ZooKeeper server's port that way).
+    offered = iter([c.options.base_port + 4, c.ec2_port, *range(60_100, 60_200)])
+    monkeypatch.setattr("snooze.dev.localcluster.free_port", lambda: next(offered))
+
+    ensemble = ZooKeeperEnsemble(tmp_path / "zk", 3, port=c._spare_port)
+
+    taken = [port for peer in ensemble.servers[0].peers
+             for port in (peer.client_port, peer.quorum_port, peer.election_port)]
+    assert len(set(taken)) == 9 and not set(taken) & roles, taken
+
+
 def test_the_per_address_connection_limit_grows_with_a_big_cluster_on_loopback(tmp_path: Path) -> None:
     default = cfg.NodeSettings().http_max_connections_per_client
     small = planned(tmp_path / "small", lcs=4)
