@@ -215,10 +215,12 @@ class Bootstrap(Service):
             why = "is no longer the group leader (restarted or deposed)"
         elif exc.code is ErrorCode.LEADER_SUSPENDED:
             why = "has lost ZooKeeper"
+        elif exc.code is ErrorCode.TIMEOUT:
+            why = f"did not answer in time ({exc.message}): busy, or cut off and about to be replaced"
         else:
             why = f"did not answer ({exc.message})"
         return ApiError(ErrorCode.NO_GROUP_LEADER,
-                        f"the group leader is changing: {asked.id} at {asked.address.url} {why}; "
+                        f"no group leader answered: {asked.id} at {asked.address.url} {why}; "
                         f"retry in {self.retry_after(ErrorCode.NO_GROUP_LEADER)}s", status=503)
 
     def require_leader(self) -> GroupManagerDescription:
