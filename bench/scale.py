@@ -279,43 +279,47 @@ def run_size(lcs: int, args: Any, log: Callable[[str], None]) -> dict[str, Any]:
         # The ensemble's leader, kill -9, during a submission: the pause, then nothing lost or twice.
         ensemble = c.ensemble
         if args.zk_kill_vms and ensemble is not None:
-            count = args.zk_kill_vms
-            templates = json.dumps({"virtualMachineTemplates": [{"name": f"zk-{i}", "vcpus": 1, "memory": 262144}
-                                                                for i in range(count)]})
-            t_z = time.monotonic()
-            status, raw = bs.call("POST", "startVirtualCluster", templates, timeout=120.0)
-            if status != 200:
-                raise BenchError(f"startVirtualCluster answered {status}: {raw[:300]!r}")
-            task = raw.decode().strip().strip('"')
-            victim_zk = ensemble.leader()
-            t_kill = time.monotonic()
-            if victim_zk is not None:
-                ensemble.kill(victim_zk)
-            wait_until("a new ZooKeeper leader", 60, lambda: (lambda i: i is not None and i != victim_zk)(ensemble.leader()))
-            wait_until("the group leader answering", 60, bs.leader, interval=0.2)
-            pause = time.monotonic() - t_kill
-            retried = False
+            try:
+                count = args.zk_kill_vms
+                templates = json.dumps({"virtualMachineTemplates": [{"name": f"zk-{i}", "vcpus": 1, "memory": 262144}
+                                                                    for i in range(count)]})
+                t_z = time.monotonic()
+                status, raw = bs.call("POST", "startVirtualCluster", templates, timeout=120.0)
+                if status != 200:
+                    raise BenchError(f"startVirtualCluster answered {status}: {raw[:300]!r}")
+                task = raw.decode().strip().strip('"')
+                victim_zk = ensemble.leader()
+                t_kill = time.monotonic()
+                if victim_zk is not None:
+                    ensemble.kill(victim_zk)
+                wait_until("a new ZooKeeper leader", 60, lambda: (lambda i: i is not None and i != victim_zk)(ensemble.leader()))
+                wait_until("the group leader answering", 60, bs.leader, interval=0.2)
+                pause = time.monotonic() - t_kill
+                retried = False
 
-            def response_of() -> dict[str, Any] | None:
-                try:
-                    status, raw = bs.call("POST", "getVirtualClusterResponse", task)
-                    return json.loads(raw) if status == 200 and raw.strip() else None
-                except (BenchError, ValueError):
-                    return None
+                def response_of() -> dict[str, Any] | None:
+                    try:
+                        status, raw = bs.call("POST", "getVirtualClusterResponse", task)
+                        return json.loads(raw) if status == 200 and raw.strip() else None
+                    except (BenchError, ValueError):
+                        return None
 
-            resp = poll(response_of, args.zk_retry_after, interval=0.5)
-            if resp is None:
-                # A client's retry of the same submission (the same task, nothing twice): a
-                # leader whose session lived on leaves an interrupted dispatch PENDING until then.
-                retried = True
-                bs.call("POST", "startVirtualCluster", templates, timeout=120.0)
-                resp = wait_until(f"the response of {task}", args.submit_timeout, response_of, interval=0.5)
-            meta = resp.get("virtualMachineMetaData") or []
-            names += [f"zk-{i}" for i in range(count)]
-            out["zkKill"] = {"vms": count, "pauseSeconds": pause, "retried": retried,
-                             "seconds": time.monotonic() - t_z,
-                             "running": sum(1 for m in meta if m.get("status") == "RUNNING")}
-            log(f"[{lcs}] ZooKeeper leader kill: {out['zkKill']}")
+                resp = poll(response_of, args.zk_retry_after, interval=0.5)
+                if resp is None:
+                    # A client's retry of the same submission (the same task, nothing twice): a
+                    # leader whose session lived on leaves an interrupted dispatch PENDING until then.
+                    retried = True
+                    bs.call("POST", "startVirtualCluster", templates, timeout=120.0)
+                    resp = wait_until(f"the response of {task}", args.submit_timeout, response_of, interval=0.5)
+                meta = resp.get("virtualMachineMetaData") or []
+                names += [f"zk-{i}" for i in range(count)]
+                out["zkKill"] = {"vms": count, "pauseSeconds": pause, "retried": retried,
+                                 "seconds": time.monotonic() - t_z,
+                                 "running": sum(1 for m in meta if m.get("status") == "RUNNING")}
+                log(f"[{lcs}] ZooKeeper leader kill: {out['zkKill']}")
+            except BenchError as exc:  # recorded; the group leader and GM kills are still measured
+                out["zkKill"] = {"vms": args.zk_kill_vms, "error": str(exc)}
+                log(f"[{lcs}] ZooKeeper leader kill failed: {exc}")
         if names:
             # The hierarchy shows a VM once its LC's next summary has it: give them a while.
             out["invariants"] = (poll(lambda: (lambda v: v if v["onNoLc"] == 0 else None)(invariants(bs, names)), 120, 2.0)
@@ -423,6 +427,8 @@ def report(results: list[dict[str, Any]]) -> None:
         for i, one in enumerate(r.get("submissions") or []):
             if one.get("error"):
                 print(f"\n{r['lcs']} LCs, submission {i + 1} ({one['vms']} VMs): {one['error']}")
+        if (r.get("zkKill") or {}).get("error"):
+            print(f"\n{r['lcs']} LCs, ZooKeeper leader kill: {r['zkKill']['error']}")
         if r.get("error"):
             print(f"\n{r['lcs']} LCs: stopped early: {r['error']}")
 
@@ -460,7 +466,8 @@ def main() -> int:
           f"servers, steady state {args.steady:.0f}s")
     report(results)
     write_json({"results": results}, args.json)
-    failed = any(r.get("error") or any(one.get("error") for one in r.get("submissions") or []) for r in results)
+    failed = any(r.get("error") or (r.get("zkKill") or {}).get("error")
+                 or any(one.get("error") for one in r.get("submissions") or []) for r in results)
     return 1 if failed else 0
 
 
