@@ -358,6 +358,17 @@ def run_size(lcs: int, args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     return out
 
 
+def failures(r: dict[str, Any]) -> list[str]:
+    """What failed in one size's run: its submissions, its ZooKeeper leader kill, the run itself."""
+    out = [f"submission {i + 1} ({one['vms']} VMs): {one['error']}"
+           for i, one in enumerate(r.get("submissions") or []) if one.get("error")]
+    if (r.get("zkKill") or {}).get("error"):
+        out.append(f"ZooKeeper leader kill: {r['zkKill']['error']}")
+    if r.get("error"):
+        out.append(f"stopped early: {r['error']}")
+    return out
+
+
 def report(results: list[dict[str, Any]]) -> None:
     def g(r: dict[str, Any], *path: str) -> Any:
         v: Any = r
@@ -424,13 +435,8 @@ def report(results: list[dict[str, Any]]) -> None:
     table(["measurement", *(f"{r['lcs']} LCs, {r['gms']} GMs" for r in results)],
           [(name, *(f(r) for r in results)) for name, f in rows])
     for r in results:
-        for i, one in enumerate(r.get("submissions") or []):
-            if one.get("error"):
-                print(f"\n{r['lcs']} LCs, submission {i + 1} ({one['vms']} VMs): {one['error']}")
-        if (r.get("zkKill") or {}).get("error"):
-            print(f"\n{r['lcs']} LCs, ZooKeeper leader kill: {r['zkKill']['error']}")
-        if r.get("error"):
-            print(f"\n{r['lcs']} LCs: stopped early: {r['error']}")
+        for failure in failures(r):
+            print(f"\n{r['lcs']} LCs, {failure}")
 
 
 def main() -> int:
@@ -466,9 +472,7 @@ def main() -> int:
           f"servers, steady state {args.steady:.0f}s")
     report(results)
     write_json({"results": results}, args.json)
-    failed = any(r.get("error") or (r.get("zkKill") or {}).get("error")
-                 or any(one.get("error") for one in r.get("submissions") or []) for r in results)
-    return 1 if failed else 0
+    return 1 if any(failures(r) for r in results) else 0
 
 
 if __name__ == "__main__":
