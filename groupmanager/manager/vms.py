@@ -68,6 +68,9 @@ MIGRATION_METHODS = ("live", "nonshared-incremental", "nonshared-full")
 MAX_MIGRATION_TIMEOUT = 3600.0
 MAX_CAPACITY = 1e18  # any capacity figure above this is garbage (memory is in KiB)
 DEFAULT_MIGRATION_TIMEOUT = 60.0
+#: The speed (MiB/s) a migration without a bandwidth cap is assumed to have at least (a 1 Gbit/s
+#: link), for the time its guest's memory takes to cross.
+ASSUMED_LINK_MIB = 112.0
 #: Hypervisor settings a request may choose for one migration; everything else in a
 #: destination's settings (its URIs above all) comes only from its own registration.
 CLIENT_MIGRATION_OPTIONS = ("method", "timeout", "autoConverge", "postCopy")
@@ -773,12 +776,13 @@ class Migrations:
                 raise ApiError(ErrorCode.VIRTUAL_MACHINE_MISMATCH,
                                f"{vm_id} on {source_lc} is domain {uuid}, not {expected_uuid}", field="uuid")
             requested = self._requested(rec, vm_id, requested_hint)
+            budget = order_budget(settings, timeout, requested[1])
             reservation = Reservation("reserve", lc_id=dest_id, vm_id=vm_id, requested=list(requested), uuid=uuid)
-            await self._reserve(local, dest_gm, reservation, timeout)
+            await self._reserve(local, dest_gm, reservation, budget)
             settled = False
             try:
                 try:
-                    reply = await self._order(source_lc, vm_id, uuid, dest_id, dest_addr, settings, timeout)
+                    reply = await self._order(source_lc, vm_id, uuid, dest_id, dest_addr, settings, budget)
                 except ApiError as exc:
                     if exc.code is ErrorCode.MIGRATION_NEEDS_RECOVERY:
                         # Paused at both hosts, its running state at the destination, where it
@@ -816,7 +820,7 @@ class Migrations:
             # Only once its record names the destination: until then the VM is in flight.
             self.moving.discard(vm_id)
 
-    async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: Reservation, timeout: float) -> None:
+    async def _reserve(self, local: bool, dest_gm: NetworkAddress | None, reservation: Reservation, budget: float) -> None:
         dest_id, vm_id = reservation.lc_id or "", reservation.vm_id or ""
         requested = _vector(reservation.requested)
         if local:
@@ -829,7 +833,7 @@ class Migrations:
         assert dest_gm is not None
         try:
             await self.scope.rpc.call(dest_gm, Reservation.KIND,
-                                      dataclasses.replace(reservation, ttl=self._rpc_timeout(timeout) + 60).to_wire(),
+                                      dataclasses.replace(reservation, ttl=budget + 60).to_wire(),
                                       epoch=self.scope.epoch, timeout=10)
         except RpcError as exc:
             if exc.code is ErrorCode.TIMEOUT:
@@ -837,14 +841,10 @@ class Migrations:
                 await asyncio.shield(self._release(False, dest_gm, reservation))
             raise api_error(exc, field="localControllerId") from exc
 
-    @staticmethod
-    def _rpc_timeout(migration_timeout: float) -> float:
-        # The watchdog forces convergence at ``migration_timeout``; give the rest time to finish.
-        return migration_timeout * 3 + 30
-
     async def _order(self, source_lc: str, vm_id: str, uuid: str, dest_id: str, dest_addr: NetworkAddress,
-                     settings: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Order the source to migrate; its reply if the VM moved, else an ApiError saying why."""
+                     settings: dict[str, Any], budget: float) -> dict[str, Any]:
+        """Order the source to migrate (waiting ``budget`` seconds, ``order_budget``); its reply
+        if the VM moved, else an ApiError saying why."""
         source_addr = self.lcs[source_lc].description.control_data_address
         try:
             reply = await self.scope.rpc.call(
@@ -853,7 +853,7 @@ class Migrations:
                     vm_id=vm_id, uuid=uuid,
                     destination={"id": dest_id, "address": dest_addr.to_json(), "hypervisorSettings": settings},
                 ).to_wire(),
-                epoch=self.scope.epoch, timeout=self._rpc_timeout(timeout) + _recovery_timeout(settings),
+                epoch=self.scope.epoch, timeout=budget,
             )
         except RpcError as exc:
             if exc.code is ErrorCode.TIMEOUT:
@@ -917,7 +917,9 @@ class Migrations:
                                field="virtualMachineId")
             log.info("resuming the post-copy migration of %s from %s to %s", vm_id, origin, dest_id)
             try:
-                reply = await self._order(origin, vm_id, uuid, dest_id, dest_addr, settings, timeout)
+                memory = (record.requested or ZERO)[1]
+                reply = await self._order(origin, vm_id, uuid, dest_id, dest_addr, settings,
+                                          order_budget(settings, timeout, memory))
             except ApiError as exc:
                 if exc.code in (ErrorCode.MIGRATION_NEEDS_RECOVERY, ErrorCode.MIGRATION_GUEST_LOST):
                     await self._record_stuck(vm_id, uuid, dest_id, None, True, origin, exc)
@@ -1042,6 +1044,23 @@ def resized_capacity(resized: Any, old: Capacity) -> Capacity:
                                                    f">= {low:g}", field=where)
         out.append(float(value))
     return (out[0], out[1], out[2], out[3])
+
+
+def order_budget(settings: dict[str, Any], timeout: float, memory_kib: float) -> float:
+    """Seconds a group manager waits for a source's answer to a migration order.
+
+    The watchdog forces convergence at ``timeout`` (pausing the guest, or switching to
+    post-copy); from then on the guest's memory may still have to cross whole, at the
+    migration's bandwidth cap (or an assumed 1 Gbit/s link): a 4 GiB guest capped at 1 MiB/s
+    needs up to 4,096 s (CI saw an order time out after 34 s while a post-copy at that cap still
+    ran, and the reply, with how it was recovered, was lost). Then the time to resume a failed
+    post-copy, and 30 s of slack."""
+    mig = settings.get("migration")
+    cap = mig.get("bandwidth") if isinstance(mig, dict) else None
+    rate = ASSUMED_LINK_MIB
+    if not isinstance(cap, bool) and isinstance(cap, (int, float)) and 0 < cap < MAX_CAPACITY:
+        rate = float(cap)
+    return timeout * 3 + max(0.0, memory_kib) / 1024 / rate + _recovery_timeout(settings) + 30
 
 
 def _recovery_timeout(settings: dict[str, Any]) -> float:

@@ -185,6 +185,20 @@ class ZooKeeperServer:
         self.process = None
 
 
+def _distinct(port: Callable[[], int], count: int, attempts: int = 100) -> list[int]:
+    """``count`` different ports from ``port``. Each call only checks that its port is free now,
+    so two calls may return the same one: CI saw an ensemble server exit with 14 (it could not
+    bind its election port) when two of its nine ports were one."""
+    chosen: list[int] = []
+    for _ in range(attempts * count):
+        candidate = port()
+        if candidate not in chosen:
+            chosen.append(candidate)
+            if len(chosen) == count:
+                return chosen
+    raise ZooKeeperError(f"could not choose {count} different ports")
+
+
 class ZooKeeperEnsemble:
     """``size`` ZooKeeper servers on 127.0.0.1 replicating one tree (a quorum of size // 2 + 1).
 
@@ -199,8 +213,8 @@ class ZooKeeperEnsemble:
         if size < 1:
             raise ValueError("an ensemble needs at least one server")
         self.data_dir = Path(data_dir)
-        ports = [(port(), port(), port()) for _ in range(size)]
-        peers = tuple(Peer(i + 1, "127.0.0.1", c, q, e) for i, (c, q, e) in enumerate(ports))
+        chosen = _distinct(port, 3 * size)
+        peers = tuple(Peer(i + 1, "127.0.0.1", *chosen[3 * i:3 * i + 3]) for i in range(size))
         self.servers = [
             ZooKeeperServer(self.data_dir / f"zk-{p.server_id}", p.client_port, tick_ms, server_id=p.server_id, peers=peers)
             for p in peers

@@ -24,6 +24,7 @@ from groupmanager.manager.vms import (
     Migrations,
     VirtualMachines,
     client_hypervisor_settings,
+    order_budget,
 )
 from groupmanager.thresholds import thresholds_from
 from snooze.codes import ErrorCode
@@ -450,3 +451,24 @@ def test_an_order_for_a_vm_its_host_does_not_have_is_a_404_and_destroy_forgets_i
     assert asyncio.run(w.gm1.vms.act("vm1", "lc-a", "destroy")) == {"ok": True, "domain": None}
     assert w.gm1.vms.domain_of("lc-a", "vm1") is None and "vm1" not in w.gm1.lcs["lc-a"].vm_requested
     assert len(sent) == 1
+
+
+def test_an_order_waits_for_the_guests_memory_to_cross_at_the_bandwidth_cap() -> None:
+    # Forced to converge at its timeout, a migration may still have the whole memory to send:
+    # 4 GiB at 1 MiB/s is 4,096 s, not the 34 s CI's post-copy order was given.
+    capped = {"migration": {"timeout": 0.5, "bandwidth": 1, "recoveryTimeout": 3.0}}
+    assert 4096 + 3 < order_budget(capped, 0.5, 4 * GIB) < 4096 + 40
+    # No cap: an assumed 1 Gbit/s link (4 GiB in about 37 s), with the recovery time and slack.
+    uncapped = {"migration": {"timeout": 0.5, "recoveryTimeout": 3.0}}
+    assert 36 + 3 < order_budget(uncapped, 0.5, 4 * GIB) < 36 + 40
+    for garbage in (True, "fast", 0, -5, float("nan")):
+        assert order_budget({"migration": {"timeout": 0.5, "bandwidth": garbage, "recoveryTimeout": 3.0}},
+                            0.5, 4 * GIB) == order_budget(uncapped, 0.5, 4 * GIB), garbage
+
+
+def test_a_reservation_at_another_group_manager_outlasts_a_slow_capped_move() -> None:
+    w = World()
+    w.on_migrate(lambda body: {"ok": True})
+    migrate(w, "lc-c", {"migration": {"timeout": 5.0, "bandwidth": 1}})
+    [(_port, held)] = [(p, b) for p, b in w.net.kinds("gm.reservation") if b.get("op") == "reserve"]
+    assert held["ttl"] > 1024, held  # vm1's 1 GiB at 1 MiB/s

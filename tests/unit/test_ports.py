@@ -66,3 +66,16 @@ def test_each_test_worker_chooses_in_its_own_slice() -> None:
     assert first[0] == low and first[1] == second[0] and second[1] <= high and second[1] - second[0] > 5000
     for bad in ("2/2", "x/2", "1", "-1/2"):
         assert port_slice({"SNOOZE_PORT_SLICE": bad}) == (low, high), bad
+
+
+def test_an_ensemble_never_gives_two_of_its_servers_ports_one_port() -> None:
+    # Each pick only checks that its port is free now; a chooser that repeats itself (as two
+    # random picks of free_port may) must still give nine different ports.
+    from snooze.dev.zookeeper import ZooKeeperEnsemble
+
+    picks = iter([20001, 20001, 20002, 20003, 20002, 20004, 20005, 20006, 20007, 20008, 20009, 20001, 20010])
+    ensemble = ZooKeeperEnsemble(Path("/nonexistent/zk"), 3, port=lambda: next(picks))
+    ports = [p for server in ensemble.servers for peer in server.peers if peer.server_id == server.server_id
+             for p in (peer.client_port, peer.quorum_port, peer.election_port)]
+    assert len(ports) == 9 and len(set(ports)) == 9, ports
+    assert [s.port for s in ensemble.servers] == [ports[0], ports[3], ports[6]]
