@@ -88,6 +88,9 @@ class GroupManager(Service):
                                   manager.energy.adopted)
             yield metrics.counter("snooze_vms_lost", "VMs marked lost (their host re-joined without them).", manager.inventory.lost)
             yield metrics.counter("snooze_vms_restarted", "Lost VMs started again from their spec.", manager.inventory.restarted)
+            yield metrics.counter("snooze_monitoring_reports", "Monitoring reports taken: sent whole, or as a heartbeat saying "
+                                  "the last one is unchanged (unmatched: it named a report this manager does not have).",
+                                  {(k,): float(v) for k, v in manager.reports.items()}, ("form",))
         leader = self.leader_role
         if leader is not None and leader.running:
             yield metrics.gauge("snooze_group_managers", "Group managers the group leader leads.", float(len(leader.gms)))

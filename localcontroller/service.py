@@ -45,7 +45,7 @@ from localcontroller.images.disks import (
     guest_network,
     virtual_size,
 )
-from localcontroller.monitoring import HostMonitor
+from localcontroller.monitoring import HostMonitor, ReportDeltas
 from localcontroller.power import DEFAULT_STATE, PowerActionError, PowerSaver
 from localcontroller.vif.host import HostVifs, Plugging
 from localcontroller.vrs.agent import VrsAgent
@@ -141,6 +141,8 @@ class LocalController(Service):
         self._excluded: deque[str] = deque(maxlen=4)
         self._backoff = Backoff(BackoffPolicy(lc.join_backoff_base, lc.join_backoff_cap, lc.rejoin_spread))
         self.monitor: HostMonitor | None = None
+        self._deltas = ReportDeltas(settings.monitoring.full_report_every)
+        self._gm_takes_deltas = False  # its join answer said monitoringDeltas
         # The process is the role: its handlers live in the process scope.
         scope = self.scope
         scope.heartbeat_on("gm.heartbeat", self._on_gm_heartbeat)
@@ -405,6 +407,8 @@ class LocalController(Service):
             return wait
         self.see_epoch(int(joined.get("epoch", 0)))
         self.gm = gm
+        self._gm_takes_deltas = joined.get("monitoringDeltas") is True
+        self._deltas.forget()
         self._excluded.clear()
         self._backoff.reset()
         log.info("joined group manager %s at %s", gm.id, gm.address.url)
@@ -423,10 +427,17 @@ class LocalController(Service):
         gm = self.gm
         if gm is None:
             return
+        same = self._deltas.unchanged(gm.id, sample) if self._gm_takes_deltas else None
+        if same is not None:
+            self.heartbeat.send(LocalControllerHeartbeat.KIND, self.known_epoch,
+                                LocalControllerHeartbeat(self.id, unchanged=same).to_wire(), [gm.address])
+            return
         try:
-            await self.rpc.call(gm.address, Monitoring.KIND, Monitoring.from_wire({"id": self.id, **sample}).to_wire(),
+            await self.rpc.call(gm.address, Monitoring.KIND,
+                                Monitoring.from_wire({"id": self.id, **sample, "seq": self._deltas.seq}).to_wire(),
                                 epoch=self.known_epoch, timeout=3)
         except RpcError as exc:
+            self._deltas.forget()
             if exc.code is ErrorCode.NOT_JOINED:
                 log.info("group manager %s does not know us; re-joining", gm.id)
                 self._rejoin.set()

@@ -73,6 +73,7 @@ class HeartbeatSettings:
 class MonitoringSettings:
     interval: float = opt(3.0, "Seconds between a local controller's monitoring reports to its group manager.")
     history: int = opt(10, "Monitoring samples kept per host and per VM (bounded memory).")
+    full_report_every: int = opt(10, "A report that did not change since the last one goes as a heartbeat saying so (the group manager takes the last one again), except every Nth and after each join; 1 = every report whole.")
     summary_interval: float = opt(3.0, "Seconds between a group manager's summaries to the group leader.")
 
 
@@ -529,6 +530,8 @@ def validate(s: Settings) -> None:
 
     check_settings(s.templates)
     check_heartbeat(s.heartbeat)
+    if s.monitoring.full_report_every < 1:
+        raise ConfigError("[monitoring] full_report_every must be >= 1 (1 = every report whole)")
     check_keys(s.cluster)
     check_tls(s.node)
     check_ec2(s.ec2)

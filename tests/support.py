@@ -10,6 +10,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from snooze.dev.localcluster import ClusterOptions, LocalCluster
 from snooze.dev.ports import free_port_range
 from snooze.models import NetworkAddress
@@ -125,3 +127,20 @@ def start_vm(c: LocalCluster, name: str, **template: Any) -> dict[str, Any]:
     [vm] = resp["virtualMachineMetaData"]
     assert vm["status"] == "RUNNING", vm
     return dict(vm)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metrics(port: int) -> Samples:
+    """Every sample of the process's /metrics on ``port``: (name, sorted labels) -> value."""
+    status, text = http("GET", f"http://127.0.0.1:{port}/metrics")
+    assert status == 200, text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def count(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples that carry ``labels``."""
+    want = tuple(sorted(labels.items()))
+    return sum(v for (n, ls), v in samples.items() if n == name and all(item in ls for item in want))

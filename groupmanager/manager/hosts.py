@@ -38,6 +38,9 @@ class LocalControllerRecord:
     vm_requested: dict[str, Capacity] = field(default_factory=dict)
     #: What the host's VIF plugins plug, at which versions (its join's ``hostInfo``); None: none.
     host_info: HostInfo | None = None
+    #: The last monitoring report received whole: a heartbeat saying its ``seq`` is unchanged
+    #: stands for it again.
+    last_report: Any = None
 
     def add_vm(self, vm_id: str, requested: Capacity, state: VMStatus = VMStatus.RUNNING, *, uuid: str | None = None) -> None:
         """Record a VM that now runs here (started, or migrated in), before monitoring shows it."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import time
+from collections import Counter, deque
 from typing import Any, Protocol
 
 from groupmanager.manager.energy import EnergySaver
@@ -34,9 +35,11 @@ from snooze.models import (
 )
 from snooze.protocol import Envelope
 from snooze.protocol.messages import (
+    BadMessage,
     DescribeGroupManager,
     GroupManagerHeartbeat,
     GroupManagerJoin,
+    LocalControllerHeartbeat,
     LocalControllerJoin,
     Monitoring,
     Rejoin,
@@ -76,6 +79,8 @@ class ManagerRole:
         self.hosts = Hosts(thresholds_from(settings.groupmanager))
         self.lcs = self.hosts.lcs
         self.detector = FailureDetector(settings.heartbeat.timeout)
+        #: Monitoring reports taken, by form: whole, unchanged (a heartbeat), unmatched.
+        self.reports: Counter[str] = Counter()
         self.leader: GroupManagerDescription | None = None
         self.joined_epoch = 0
         self._leader_changed = asyncio.Event()
@@ -170,8 +175,23 @@ class ManagerRole:
 
     # -- local controllers ---------------------------------------------------------------
     def _on_lc_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
-        if env.sender in self.lcs:
-            self.detector.heard(env.sender)
+        rec = self.lcs.get(env.sender)
+        if rec is None:
+            return
+        self.detector.heard(env.sender)
+        try:
+            beat = LocalControllerHeartbeat.from_wire(env.body)
+        except BadMessage:
+            return
+        if beat.unchanged is None:
+            return
+        last = rec.last_report
+        if last is not None and last.seq == beat.unchanged:
+            # In place of a report identical to that one: taken again, as if it had come.
+            self.reports["unchanged"] += 1
+            self._apply_report(rec, last, time.time())
+        else:
+            self.reports["unmatched"] += 1  # the next whole report (every full_report_every) settles it
 
     async def _on_lc_join(self, msg: LocalControllerJoin, _env: Envelope) -> Any:
         try:
@@ -193,13 +213,20 @@ class ManagerRole:
         log.info("local controller %s joined with %d domains", desc.id, len(domains))
         self.scope.emit(EventKind.LOCAL_CONTROLLER_JOINED, localControllerId=desc.id, groupManagerId=self.id,
                         domains=len(domains))
-        return {"groupManagerId": self.id, "epoch": self.scope.epoch}
+        # monitoringDeltas: reports that did not change may come as heartbeats (``unchanged``).
+        return {"groupManagerId": self.id, "epoch": self.scope.epoch, "monitoringDeltas": True}
 
     async def _on_monitoring(self, msg: Monitoring, _env: Envelope) -> Any:
         rec = self.lcs.get(msg.id)
         if rec is None:
             raise ApiError(ErrorCode.NOT_JOINED, "this group manager does not manage you")
         self.detector.heard(rec.description.id)
+        rec.last_report = msg
+        self.reports["whole"] += 1
+        self._apply_report(rec, msg, msg.timestamp)
+        return {"ok": True}
+
+    def _apply_report(self, rec: LocalControllerRecord, msg: Monitoring, timestamp: float | None) -> None:
         usage = msg.host_usage or [0, 0, 0, 0]
         rec.usage = (float(usage[0]), float(usage[1]), float(usage[2]), float(usage[3]))
         rec.domains = list(msg.domains)
@@ -208,8 +235,7 @@ class ManagerRole:
             d["name"] for d in rec.domains if d.get("state") in STARTED
         ]
         self.inventory.seen(rec.description.id, {str(d.get("name")) for d in rec.domains})
-        rec.history.append({"timestamp": msg.timestamp, "hostUsage": list(rec.usage)})
-        return {"ok": True}
+        rec.history.append({"timestamp": timestamp, "hostUsage": list(rec.usage)})
 
     async def _heartbeat(self) -> None:
         peers = [r.description.control_data_address for r in self.lcs.values() if r.description.status == Status.ACTIVE]

@@ -289,6 +289,9 @@ class Monitoring(Message):
     host_usage: list[Any] = wire("hostUsage", [])
     virtual_machines: dict[str, Any] = wire("virtualMachines", {})
     domains: list[Any] = dataclasses.field(default_factory=list)
+    #: This report's number: a later heartbeat with ``unchanged`` = it stands for the same
+    #: report again (None: the sender does not send such heartbeats).
+    seq: int | None = None
 
 
 # -- virtual clusters and VMs --------------------------------------------------------------
@@ -484,6 +487,9 @@ class LocalControllerHeartbeat(Message):
 
     KIND: ClassVar[str] = "lc.heartbeat"
     id: str
+    #: Sent in place of a monitoring report whose content did not change: the ``seq`` of the
+    #: last report sent whole, which the group manager then takes again (``docs/architecture.md``).
+    unchanged: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

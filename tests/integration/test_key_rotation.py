@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from snooze.codes import ErrorCode, EventKind
 from snooze.dev.keyrotation import rotate_key
@@ -31,26 +30,13 @@ from snooze.models import NetworkAddress
 from snooze.protocol import fingerprint
 from snooze.protocol.messages import DescribeLocalController
 from snooze.rpc import RpcClient, RpcError
-from tests.support import get, http, wait_for
+from tests.support import count, get, http, metrics, wait_for
 
 pytestmark = pytest.mark.integration
 
 INTERVAL = 0.5  # tests.support.FAST's heartbeat interval
 BAD_SIGNATURE = ErrorCode.BAD_HMAC.lower()  # the reason a refused signature is counted under
 REPO = Path(__file__).resolve().parents[2]
-
-
-def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the process's /metrics: (name, sorted labels) -> value."""
-    status, text = http("GET", f"http://127.0.0.1:{port}/metrics")
-    assert status == 200, text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def count(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    want = tuple(sorted(labels.items()))
-    return sum(v for (n, ls), v in samples.items() if n == name and all(item in ls for item in want))
 
 
 def leader(c: LocalCluster) -> tuple[str, int]:
