@@ -31,6 +31,7 @@ from snooze.http import (
     read_json,
 )
 from snooze.ids import InvalidId, check_id
+from snooze.migration import order_budget
 from snooze.models import NetworkAddress, Status
 from snooze.openapi import (
     TEXT,
@@ -74,6 +75,8 @@ MAX_PAGE = 1000
 MAX_START = 2**63 - 1
 #: Seconds a submission's forwarding to the leader waits per VM, over its base timeout.
 SUBMISSION_SECONDS_PER_VM = 0.005
+#: Seconds a migration's forwarding to its group manager waits at least.
+MIGRATE_WAIT = 300.0
 
 
 def _id(value: Any, field: str) -> str:
@@ -306,11 +309,15 @@ class VirtualMachineVerbs:
             raise ApiError(ErrorCode.SAME_LOCAL_CONTROLLER, f"{vm_id} already runs on {dest_id}", field="localControllerId")
         if dest.get("status") not in (None, Status.ACTIVE):
             raise ApiError(ErrorCode.LOCAL_CONTROLLER_NOT_ACTIVE, f"{dest_id} is {dest['status']}", field="localControllerId")
+        requested = list(rec.requested) if rec.requested is not None else None
+        settings = dest.get("hypervisorSettings")
+        # As long as the group manager waits for the source (order_budget), and a minute more.
+        wait = max(MIGRATE_WAIT, order_budget(settings if isinstance(settings, dict) else {},
+                                              requested[1] if requested else 0.0) + 60)
         try:
-            requested = list(rec.requested) if rec.requested is not None else None
             await self.b.rpc.call(gm_addr, Migrate.KIND,
                                   Migrate(vm_id=vm_id, source_lc_id=source_lc, destination=dest, requested=requested).to_wire(),
-                                  epoch=self.b.known_epoch, timeout=300)
+                                  epoch=self.b.known_epoch, timeout=wait)
         except RpcError as exc:
             raise api_error(exc, "group manager") from exc
         return True

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -487,6 +488,9 @@ def main_for(role: str, factory: Callable[[cfg.Settings], Service], argv: list[s
     if args.print_example_config:
         print(cfg.example_config(role))
         return 0
+    # A crash inside a C extension (libvirt, a kazoo or msgpack bug) leaves the Python stacks in
+    # the role's log (its stderr) instead of a process gone without a word.
+    faulthandler.enable()
     overrides: dict[str, Any] = {}
     if args.id:
         overrides["node.id"] = args.id

@@ -36,6 +36,7 @@ from snooze.coordination.store import DEFAULT_SUBNET
 from snooze.events import EventKind
 from snooze.http import ApiError
 from snooze.ids import InvalidId, check_id
+from snooze.migration import DEFAULT_MIGRATION_TIMEOUT, MAX_MIGRATION_TIMEOUT, order_budget
 from snooze.models import ZERO, Capacity, NetworkAddress, Status
 from snooze.network.store import NetworkStore
 from snooze.network.vms import place_guest
@@ -65,12 +66,7 @@ ACTIONS = ("suspend", "resume", "shutdown", "reboot", "destroy")
 #: The local controller's migration methods (localcontroller/hypervisor/migration.py has the
 #: same tuple; roles do not import each other, a unit test keeps the two equal).
 MIGRATION_METHODS = ("live", "nonshared-incremental", "nonshared-full")
-MAX_MIGRATION_TIMEOUT = 3600.0
 MAX_CAPACITY = 1e18  # any capacity figure above this is garbage (memory is in KiB)
-DEFAULT_MIGRATION_TIMEOUT = 60.0
-#: The speed (MiB/s) a migration without a bandwidth cap is assumed to have at least (a 1 Gbit/s
-#: link), for the time its guest's memory takes to cross.
-ASSUMED_LINK_MIB = 112.0
 #: Hypervisor settings a request may choose for one migration; everything else in a
 #: destination's settings (its URIs above all) comes only from its own registration.
 CLIENT_MIGRATION_OPTIONS = ("method", "timeout", "autoConverge", "postCopy")
@@ -776,7 +772,7 @@ class Migrations:
                 raise ApiError(ErrorCode.VIRTUAL_MACHINE_MISMATCH,
                                f"{vm_id} on {source_lc} is domain {uuid}, not {expected_uuid}", field="uuid")
             requested = self._requested(rec, vm_id, requested_hint)
-            budget = order_budget(settings, timeout, requested[1])
+            budget = order_budget(settings, requested[1], timeout)
             reservation = Reservation("reserve", lc_id=dest_id, vm_id=vm_id, requested=list(requested), uuid=uuid)
             await self._reserve(local, dest_gm, reservation, budget)
             settled = False
@@ -919,7 +915,7 @@ class Migrations:
             try:
                 memory = (record.requested or ZERO)[1]
                 reply = await self._order(origin, vm_id, uuid, dest_id, dest_addr, settings,
-                                          order_budget(settings, timeout, memory))
+                                          order_budget(settings, memory, timeout))
             except ApiError as exc:
                 if exc.code in (ErrorCode.MIGRATION_NEEDS_RECOVERY, ErrorCode.MIGRATION_GUEST_LOST):
                     await self._record_stuck(vm_id, uuid, dest_id, None, True, origin, exc)
@@ -1044,33 +1040,6 @@ def resized_capacity(resized: Any, old: Capacity) -> Capacity:
                                                    f">= {low:g}", field=where)
         out.append(float(value))
     return (out[0], out[1], out[2], out[3])
-
-
-def order_budget(settings: dict[str, Any], timeout: float, memory_kib: float) -> float:
-    """Seconds a group manager waits for a source's answer to a migration order.
-
-    The watchdog forces convergence at ``timeout`` (pausing the guest, or switching to
-    post-copy); from then on the guest's memory may still have to cross whole, at the
-    migration's bandwidth cap (or an assumed 1 Gbit/s link): a 4 GiB guest capped at 1 MiB/s
-    needs up to 4,096 s (CI saw an order time out after 34 s while a post-copy at that cap still
-    ran, and the reply, with how it was recovered, was lost). Then the time to resume a failed
-    post-copy, and 30 s of slack."""
-    mig = settings.get("migration")
-    cap = mig.get("bandwidth") if isinstance(mig, dict) else None
-    rate = ASSUMED_LINK_MIB
-    if not isinstance(cap, bool) and isinstance(cap, (int, float)) and 0 < cap < MAX_CAPACITY:
-        rate = float(cap)
-    return timeout * 3 + max(0.0, memory_kib) / 1024 / rate + _recovery_timeout(settings) + 30
-
-
-def _recovery_timeout(settings: dict[str, Any]) -> float:
-    """The seconds a source spends resuming a failed post-copy migration (its registered
-    ``migration.recoveryTimeout``), bounded; the default when missing or not a number."""
-    mig = settings.get("migration")
-    value = mig.get("recoveryTimeout", DEFAULT_MIGRATION_TIMEOUT) if isinstance(mig, dict) else DEFAULT_MIGRATION_TIMEOUT
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_MIGRATION_TIMEOUT:
-        return DEFAULT_MIGRATION_TIMEOUT
-    return float(value)
 
 
 def _address(value: Any) -> NetworkAddress | None:

@@ -1080,6 +1080,19 @@ class LocalCluster:
         except (OSError, ValueError, urllib.error.URLError):
             return None
 
+    def _how_it_ended(self, pid: int) -> str:
+        """``exited with N``, ``was killed by SIGNAME`` or ``exited``, for a process we started."""
+        proc = self._children.get(pid)
+        code = proc.poll() if proc is not None else None
+        if code is None:
+            return "exited"
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with {code}"
+
     def wait_formed(self, timeout: float, *, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Until every local controller is assigned to a group manager."""
         want = {p["id"] for p in self.processes if p["role"] == "localcontroller"}
@@ -1090,7 +1103,8 @@ class LocalCluster:
                 raise Interrupted("interrupted while the hierarchy was forming")
             for spec in [*self.processes, *([self.forwarder] if self.forwarder else [])]:
                 if not alive(spec["pid"]):
-                    raise ClusterError(f"{spec['id']} exited during start-up; see {spec['log']}{_tail(spec['log'])}")
+                    raise ClusterError(f"{spec['id']} {self._how_it_ended(spec['pid'])} during start-up; "
+                                       f"see {spec['log']}{_tail(spec['log'])}")
             # A short timeout: a stop request is seen within it.
             last = self.hierarchy(timeout=2.0)
             if last is not None and assigned_lcs(last) >= want:

@@ -139,6 +139,9 @@ def test_a_stale_state_dir_is_cleaned_up_by_the_next_run(tmp_path: Path, env: di
 def test_a_port_clash_is_reported_before_anything_starts(tmp_path: Path, env: dict[str, str]) -> None:
     base = port_range(1 + 2 + 1 + 1)
     with socket.socket() as taken:
+        # As the roles bind (and port_range checks): a connection of an earlier test in
+        # TIME_WAIT on that port would refuse a plain bind (CI saw EADDRINUSE here).
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", base + 3))
         taken.listen()
         up = snooze(env, "cluster", "up", "--state-dir", str(tmp_path / "s"), "--gms", "2", "--lcs", "1",

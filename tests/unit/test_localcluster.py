@@ -295,3 +295,26 @@ def test_no_cni_agents_when_asked_or_with_many_local_controllers_per_process(tmp
         assert specs and not any("cniAgent" in p for p in specs)
         assert all(cfg.load(Path(p["config"]), "localcontroller").localcontroller.cni_agent_port == 0 for p in specs)
         assert not any("CNI" in what for _port, what in cluster.ports())
+
+
+def test_a_role_that_dies_while_the_cluster_forms_is_said_to_have_exited_or_been_killed(tmp_path: Path) -> None:
+    # CI once saw only "bootstrap-1 exited during start-up" after a clean log: how it ended
+    # (its exit status, or the signal that killed it) is the first clue.
+    import signal as signals
+
+    cluster = LocalCluster(tmp_path / "state", ClusterOptions(base_port=port_range(4)))
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        killed.send_signal(signals.SIGKILL)
+        exited.wait(10)
+        killed.wait(10)
+        cluster._children.update({p.pid: p for p in (exited, killed, running)})
+        assert cluster._how_it_ended(exited.pid) == "exited with 3"
+        assert cluster._how_it_ended(killed.pid) == "was killed by SIGKILL"
+        assert cluster._how_it_ended(running.pid) == "exited"  # not (yet) reaped: nothing more to say
+        assert cluster._how_it_ended(1) == "exited"  # not ours
+    finally:
+        running.kill()
+        running.wait(10)

@@ -24,11 +24,11 @@ from groupmanager.manager.vms import (
     Migrations,
     VirtualMachines,
     client_hypervisor_settings,
-    order_budget,
 )
 from groupmanager.thresholds import thresholds_from
 from snooze.codes import ErrorCode
 from snooze.http import ApiError
+from snooze.migration import MAX_ORDER_SECONDS, order_budget
 from snooze.models import ZERO, LocalControllerDescription, NetworkAddress
 from snooze.rpc import RpcError
 from tests.peers import Network, PeerHandler, node
@@ -457,13 +457,17 @@ def test_an_order_waits_for_the_guests_memory_to_cross_at_the_bandwidth_cap() ->
     # Forced to converge at its timeout, a migration may still have the whole memory to send:
     # 4 GiB at 1 MiB/s is 4,096 s, not the 34 s CI's post-copy order was given.
     capped = {"migration": {"timeout": 0.5, "bandwidth": 1, "recoveryTimeout": 3.0}}
-    assert 4096 + 3 < order_budget(capped, 0.5, 4 * GIB) < 4096 + 40
+    assert 4096 + 3 < order_budget(capped, 4 * GIB) < 4096 + 40
+    assert order_budget(capped, 4 * GIB, timeout=10.0) == order_budget(capped, 4 * GIB) + 3 * 9.5
     # No cap: an assumed 1 Gbit/s link (4 GiB in about 37 s), with the recovery time and slack.
     uncapped = {"migration": {"timeout": 0.5, "recoveryTimeout": 3.0}}
-    assert 36 + 3 < order_budget(uncapped, 0.5, 4 * GIB) < 36 + 40
-    for garbage in (True, "fast", 0, -5, float("nan")):
+    assert 36 + 3 < order_budget(uncapped, 4 * GIB) < 36 + 40
+    for garbage in (True, "fast", 0, -5, float("nan"), float("inf")):
         assert order_budget({"migration": {"timeout": 0.5, "bandwidth": garbage, "recoveryTimeout": 3.0}},
-                            0.5, 4 * GIB) == order_budget(uncapped, 0.5, 4 * GIB), garbage
+                            4 * GIB) == order_budget(uncapped, 4 * GIB), garbage
+    # Never more than 3 h (a destination's reservation must stay under the 4 h it accepts).
+    assert order_budget(capped, 64 * GIB) == MAX_ORDER_SECONDS
+    assert order_budget({}, float("nan")) == order_budget({}, 0)
 
 
 def test_a_reservation_at_another_group_manager_outlasts_a_slow_capped_move() -> None:
@@ -472,3 +476,13 @@ def test_a_reservation_at_another_group_manager_outlasts_a_slow_capped_move() ->
     migrate(w, "lc-c", {"migration": {"timeout": 5.0, "bandwidth": 1}})
     [(_port, held)] = [(p, b) for p, b in w.net.kinds("gm.reservation") if b.get("op") == "reserve"]
     assert held["ttl"] > 1024, held  # vm1's 1 GiB at 1 MiB/s
+
+
+def test_a_move_slower_than_any_order_still_reserves_what_the_destination_accepts() -> None:
+    w = World()
+    w.on_migrate(lambda body: {"ok": True})
+    w.gm1.lcs["lc-a"].vm_requested["vm1"] = (2.0, 64.0 * GIB, 0.0, 0.0)  # 64 GiB at 1 MiB/s: 18 h
+    w.gm2.lcs["lc-c"].description.total_capacity = (4.0, 128.0 * GIB, 0.0, 0.0)
+    assert migrate(w, "lc-c", {"migration": {"timeout": 5.0, "bandwidth": 1}})["ok"] is True
+    [held] = [b for _p, b in w.net.kinds("gm.reservation") if b.get("op") == "reserve"]
+    assert held["ttl"] == MAX_ORDER_SECONDS + 60, held
