@@ -272,6 +272,29 @@ class _DataWatch:
             log.exception("watch callback for %s failed", self.path)
 
 
+#: kazoo waits for the answer to a connect request for the session timeout divided by the
+#: servers listed. A lone server that accepts the connection while its JVM is still starting
+#: then holds the client a whole session: CI saw a leader's session come back only after its
+#: step-down timer (the session) had run out, though ZooKeeper was back within seconds.
+#: Listing each server again (up to this many entries) bounds that wait to about 3 s or more.
+CONNECT_ENTRIES = 4
+CONNECT_WAIT_FLOOR = 3.0
+
+
+def kazoo_hosts(hosts: str, session_timeout: float) -> str:
+    """The connect string given to kazoo: ``hosts`` with its servers listed again so that a
+    connect attempt waits about ``session_timeout / CONNECT_ENTRIES`` seconds, never much less
+    than ``CONNECT_WAIT_FLOOR`` (a loaded server answers late, and an attempt given up too early
+    only adds to its load); the chroot, if any, kept."""
+    servers, sep, chroot = hosts.partition("/")
+    items = [item.strip() for item in servers.split(",") if item.strip()]
+    if not items:
+        return hosts
+    wanted = max(1, min(CONNECT_ENTRIES, int(session_timeout // CONNECT_WAIT_FLOOR)))
+    copies = max(1, -(-wanted // len(items)))
+    return ",".join(items * copies) + (sep + chroot if sep else "")
+
+
 class Coordinator:
     """One kazoo session for one process, driven from the asyncio loop."""
 
@@ -303,7 +326,7 @@ class Coordinator:
         self.restarts: list[float] = []  # monotonic times the connection thread was restarted
         self._kazoo_log = _KazooLog(self.where)
         self.client = _GuardedClient(
-            hosts=hosts,
+            hosts=kazoo_hosts(hosts, session_timeout),
             timeout=session_timeout,
             connection_retry=KazooRetry(max_tries=-1, delay=0.2, max_delay=1.0, max_jitter=0.3),
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=0.5, max_jitter=0.2),

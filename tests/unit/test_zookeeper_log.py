@@ -39,3 +39,20 @@ def test_what_kazoo_says_while_being_stopped_is_not_a_warning(caplog: pytest.Log
         adapter.warning("Failed connecting to Zookeeper within the connection retry policy.")
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.DEBUG, "ZooKeeper at zk1:2181: Failed connecting to Zookeeper within the connection retry policy.")]
+
+
+def test_a_lone_server_is_listed_again_so_a_connect_attempt_waits_seconds_not_a_session() -> None:
+    # kazoo waits session / servers listed for a connect answer: a lone server still starting
+    # held a client 20 s (its whole session) in CI.
+    from kazoo.hosts import collect_hosts
+
+    from snooze.coordination.zk import kazoo_hosts
+
+    assert kazoo_hosts("127.0.0.1:2181", 20.0) == ",".join(["127.0.0.1:2181"] * 4)  # 5 s a try
+    assert kazoo_hosts("127.0.0.1:2181", 10.0) == ",".join(["127.0.0.1:2181"] * 3)  # 3.3 s
+    assert kazoo_hosts("127.0.0.1:2181", 2.0) == "127.0.0.1:2181"  # never much under 3 s
+    assert kazoo_hosts("a:1,b:2,c:3", 10.0) == "a:1,b:2,c:3"  # an ensemble: already 3.3 s
+    assert kazoo_hosts("a:1,b:2,c:3", 20.0) == "a:1,b:2,c:3,a:1,b:2,c:3"
+    assert kazoo_hosts("a:1/snooze", 20.0) == "a:1,a:1,a:1,a:1/snooze"
+    hosts, chroot = collect_hosts(kazoo_hosts("127.0.0.1:2181/x", 20.0))
+    assert len(hosts) == 4 and chroot == "/x"  # kazoo keeps the repeats
