@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from tests.browser import chromium, page_errors, screenshot, until
@@ -33,6 +34,20 @@ def leader_of(c: Any) -> str:
 
 def tab(driver: Any, name: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f'#tabs button[data-tab="{name}"]').click()
+
+
+def click(driver: Any, selector: str, timeout: float = 5) -> None:
+    """Click the element ``selector`` names now: a live redraw (an event, a refresh) between
+    finding and clicking it replaces it (CI saw StaleElementReferenceException), so find it again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            driver.find_element(By.CSS_SELECTOR, selector).click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_the_dashboard_shows_and_drives_a_live_cluster(cluster_factory: Any) -> None:
@@ -100,8 +115,8 @@ def test_the_dashboard_shows_and_drives_a_live_cluster(cluster_factory: Any) -> 
 
         # Destroy big-3 from the table (a second click confirms): its row goes.
         tab(d, "vms")
-        button = d.find_element(By.CSS_SELECTOR, '#vm-table button[data-action="destroyVirtualMachine"][data-vm="big-3"]')
-        button.click()
+        destroy_big_3 = '#vm-table button[data-action="destroyVirtualMachine"][data-vm="big-3"]'
+        click(d, destroy_big_3)
         until(d, lambda d: "Confirm" in d.find_element(
             By.CSS_SELECTOR, '#vm-table button[data-action="destroyVirtualMachine"][data-vm="big-3"]').text, 5, "the confirmation")
         # The table redrawn meanwhile (here by the filter; live, by an event or a refresh)
@@ -110,7 +125,7 @@ def test_the_dashboard_shows_and_drives_a_live_cluster(cluster_factory: Any) -> 
         until(d, lambda d: "Confirm" in d.find_element(
             By.CSS_SELECTOR, '#vm-table button[data-action="destroyVirtualMachine"][data-vm="big-3"]').text, 5,
             "the confirmation kept across a redraw")
-        d.find_element(By.CSS_SELECTOR, '#vm-table button[data-action="destroyVirtualMachine"][data-vm="big-3"]').click()
+        click(d, destroy_big_3)
         until(d, lambda d: [vm for vm, _ in d.execute_script(VM_ROWS)] == ["big-1", "big-2", "big-4"], 20, "big-3 gone from the table")
         status, meta = http("POST", c.bootstrap_url + "/bootstrap?getVirtualMachineMetaData", "big-3", token=c.admin_token)
         assert status == 404, (status, meta)
