@@ -347,7 +347,6 @@ class LocalController(Service):
 
     # -- joining -------------------------------------------------------------------------
     async def _join_loop(self) -> None:
-        interval = self.settings.heartbeat.interval
         rejoining = False
         while True:
             if self.gm is None:
@@ -360,14 +359,17 @@ class LocalController(Service):
                     await asyncio.sleep(wait)
                     continue
             self._rejoin.clear()
-            # Watch the group manager until it goes silent or we are told to move.
+            # Watch the group manager until it goes silent or we are told to move. Each look
+            # sleeps until the group manager would count as dead (its heartbeats move that
+            # moment on), not a fixed tick: with 2,000 hosts in one process, a look every
+            # 1.5 s was over a thousand wake-ups a second for nothing.
             while self.gm is not None and not self._rejoin.is_set():
                 if not self.gm_detector.alive(self.gm.id):
                     log.warning("group manager %s silent for %.1fs; re-joining", self.gm.id, self.gm_detector.timeout)
                     self._excluded.append(self.gm.id)
                     break
                 try:
-                    await asyncio.wait_for(self._rejoin.wait(), interval / 2)
+                    await asyncio.wait_for(self._rejoin.wait(), self.gm_detector.until_dead(self.gm.id) + 0.01)
                 except TimeoutError:
                     pass
             self.gm = None

@@ -258,6 +258,13 @@ class FailureDetector:
         seen = self.last_seen.get(peer)
         return seen is not None and self.clock() - seen <= self.timeout
 
+    def until_dead(self, peer: str) -> float:
+        """Seconds until ``peer`` counts as dead if nothing more is heard from it (0 if it
+        already does, or was never heard from): a watcher can sleep that long instead of
+        polling ``alive``."""
+        seen = self.last_seen.get(peer)
+        return 0.0 if seen is None else max(0.0, seen + self.timeout - self.clock())
+
     def expired(self) -> list[str]:
         now = self.clock()
         return [p for p, t in self.last_seen.items() if now - t > self.timeout]

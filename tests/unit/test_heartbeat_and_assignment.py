@@ -38,6 +38,23 @@ def test_failure_detector_declares_silent_peers_dead_after_timeout() -> None:
     assert not fd.alive("never-heard")
 
 
+def test_until_dead_counts_down_to_the_moment_a_peer_is_declared_dead() -> None:
+    clock = Clock()
+    fd = FailureDetector(2.0, clock)
+    assert fd.until_dead("never-heard") == 0.0
+    fd.heard("a")
+    clock.now = 0.5
+    assert fd.until_dead("a") == 1.5
+    clock.now = 1.0
+    fd.heard("a")  # a heartbeat moves the moment on
+    clock.now = 2.9
+    assert abs(fd.until_dead("a") - 0.1) < 1e-9 and fd.alive("a")
+    clock.now = 3.0
+    assert fd.until_dead("a") == 0.0 and fd.alive("a")  # the boundary: still alive, no wait left
+    clock.now = 3.5
+    assert fd.until_dead("a") == 0.0 and not fd.alive("a")
+
+
 @dataclass
 class Rec:
     description: Any
