@@ -206,6 +206,7 @@ MOVED = re.compile(r"reconfiguration: moved (\S+) from (lc-\S+) to (lc-\S+)")
 NOT_MOVED = re.compile(r"reconfiguration: (\S+) (lc-\S+) -> (lc-\S+) (?:skipped|failed)")
 WAITS = re.compile(r"consolidation waits: (\S+)")
 WAITED_OFF = re.compile(r"waited for (lc-\S+) to finish shutting down")
+MADE_ROOM = re.compile(r"make room: (\S+) from (lc-\S+) to (lc-\S+) makes room")
 
 
 def gm_events(c: LocalCluster) -> list[tuple[float, str, str, float | None]]:
@@ -236,6 +237,8 @@ def gm_events(c: LocalCluster) -> list[tuple[float, str, str, float | None]]:
                 out.append((at, "consolidationWaits", m.group(1), None))
             elif (m := WAITED_OFF.search(line)):
                 out.append((at, "waitedOff", m.group(1), None))
+            elif (m := MADE_ROOM.search(line)):
+                out.append((at, "madeRoom", m.group(2), None))
     return sorted(out)
 
 
@@ -253,6 +256,9 @@ def run_day(label: str, energy: bool, args: argparse.Namespace, schedule: dict[s
         # 10 x 0.5 s would be a whole simulated hour, during which a host that lost VMs still
         # looks full and consolidation finds no room. One sample is 6 simulated minutes.
         extra["groupmanager.estimator_window"] = args.estimator_window
+        # A VM that fits on no active host: one migration between active hosts, if that makes
+        # the room, rather than a wake-up.
+        extra["groupmanager.make_room_before_waking"] = args.make_room == "on"
         if args.settle_hours > 0:
             # Consolidation waits this long after a wake-up (and while a host is waking).
             extra["groupmanager.consolidation_settle"] = args.settle_hours * S
@@ -489,6 +495,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         out["powerDowns"] = sum(1 for e in ev if e["kind"] == "down")
         out["consolidationWaits"] = sum(1 for e in ev if e["kind"] == "consolidationWaits")
         out["waitedOff"] = sum(1 for e in ev if e["kind"] == "waitedOff")
+        out["madeRoom"] = sum(1 for e in ev if e["kind"] == "madeRoom")
         downs = sorted((e["at"], e["lc"]) for e in ev if e["kind"] == "down")
         # Flapping: a wake-up of a host powered down less than a simulated hour before.
         S = a["seconds_per_hour"]
@@ -535,7 +542,7 @@ def report(results: dict[str, Any], out: Any = sys.stdout) -> None:
           f"idle_time {a['idle_hours']:g} h = {a['idle_hours'] * S:g} s, "
           f"reserved_nodes {a['reserved_nodes']} per GM ({sm['reservedTotal']} in all), wakeup_time {a['wakeup_time']:g} s, "
           f"estimator_window {a.get('estimator_window', 10)} samples, "
-          f"consolidation_settle {a.get('settle_hours', 0):g} h", file=out)
+          f"consolidation_settle {a.get('settle_hours', 0):g} h, make_room_before_waking {a.get('make_room', 'off')}", file=out)
     print("", file=out)
 
     def hh(v: float | None) -> str:
@@ -558,7 +565,7 @@ def report(results: dict[str, Any], out: Any = sys.stdout) -> None:
         ("reference: FFD repack of every step from scratch", hh(sm.get("repackHostHours")) + (
             "" if not sm.get("lowerBoundHostHours") else
             f"  ({100 * (sm['repackHostHours'] / sm['lowerBoundHostHours'] - 1):+.1f} % over the bound)")),
-        ("migrations performed by consolidation (logged 'moved')", str(sm.get("migrations", "-")) + (
+        ("migrations performed, consolidation and making room (logged 'moved')", str(sm.get("migrations", "-")) + (
             f"  ({sm['migrationsNotDone']} planned, skipped or failed)" if sm.get("migrationsNotDone") else "")),
         ("migrations per saved host-hour", "-" if sm.get("migrationsPerSavedHostHour") is None else
          f"{sm['migrationsPerSavedHostHour']:.2f}  ({sm['savedHostHours']:.1f} host-hours saved)"),
@@ -567,6 +574,7 @@ def report(results: dict[str, Any], out: Any = sys.stdout) -> None:
          "  (hosts on beyond the bound: ACTIVE without a VM, WAKING, with VMs)"),
         ("wake-ups (logged 'woke lc-')", str(sm.get("wakeups", "-")) + (f"  ({sm['wakeFailures']} failed)" if sm.get("wakeFailures") else "")),
         ("power-downs (logged 'powered lc- down')", str(sm.get("powerDowns", "-"))),
+        ("migrations that made room instead of a wake-up (logged 'make room:')", str(sm.get("madeRoom", "-"))),
         ("consolidation runs that waited (a host waking or just woken)", str(sm.get("consolidationWaits", "-"))),
         ("wake-ups within 1 simulated hour of the host's power-down", str(sm.get("rewakes", "-")) + (
             f"  ({sm['waitedOff']} waited for the host to finish shutting down)" if sm.get("waitedOff") else "")),
@@ -661,18 +669,21 @@ def side_by_side(configs: list[dict[str, Any]], out: Any = sys.stdout) -> None:
 
 
 def replay(schedule: dict[str, Any], policy: str, step_h: float, *, limited: bool, cooldown_h: float, budget: float,
-           wake_h: float = 0.15) -> dict[str, Any]:
+           wake_h: float = 0.15, room: bool = False) -> dict[str, Any]:
     """The consolidation policy alone, in this process, on the day's schedule: arrivals best-fit
     on the powered hosts (a host woken when none fits, counted on for ``wake_h``), a
     consolidation run after every step's arrivals, emptied and idle hosts off at once. A model,
     not the cluster: it times the planner (the plan time printed is the planner's own, on the
-    views the run would see) and shows the policy's decisions without the cluster's noise."""
+    views the run would see) and shows the policy's decisions without the cluster's noise.
+    With ``room``, an arrival that fits on no powered host first tries ``make_room`` (one
+    migration between powered hosts), as ``make_room_before_waking`` does."""
     from groupmanager.placement import (
         HostView,
         PowerState,
         Thresholds,
         VMView,
         make_consolidation_policy,
+        make_room,
     )
 
     th = Thresholds.uniform(0.0, 1.0, 1.0)  # the group managers' configuration: MID 1.0
@@ -703,6 +714,19 @@ def replay(schedule: dict[str, Any], policy: str, step_h: float, *, limited: boo
                     left = (cap[0] - uc - d[0]) / cap[0] + (cap[1] - um - d[1]) / cap[1]
                     if left < best_left:
                         best, best_left = h, left
+            if best is None and room:
+                views = [HostView(h, cap, (float(sum(x[0] for x in hosts[h].values())),
+                                           float(sum(x[1] for x in hosts[h].values())), 0.0, 0.0),
+                                  vms=tuple(VMView(v, (float(c), float(m), 0.0, 0.0)) for v, (c, m) in sorted(hosts[h].items())))
+                         for h in sorted(active)]
+                shift = make_room(a["name"], (float(d[0]), float(d[1]), 0.0, 0.0), views, th,
+                                  frozen={v for v, t in moved_at.items() if cooldown_steps and k - t < cooldown_steps})
+                for m in shift.migrations:
+                    hosts[m.destination][m.vm_id] = hosts[m.source].pop(m.vm_id)
+                    where[m.vm_id] = m.destination
+                    moved_at[m.vm_id] = received_at[m.destination] = k
+                    migrations += 1
+                best = shift.placements[0].host_id if shift.placements else None
             if best is None:
                 best = next(h for h in sorted(hosts) if h not in active)
                 active.add(best)
@@ -774,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
                          "cost-aware runs as today)")
     ap.add_argument("--replay-only", action="store_true",
                     help="only the planners' replay on the schedule (no cluster; seconds): for iterating on a policy")
+    ap.add_argument("--make-room", choices=("on", "off"), default="on",
+                    help="ON: groupmanager.make_room_before_waking, one migration between active hosts instead of a "
+                         "wake-up where that makes the room (default on)")
     ap.add_argument("--cooldown-hours", type=float, default=0.25,
                     help="migration_cooldown of the limited policies, simulated hours (default 0.25)")
     ap.add_argument("--budget", type=float, default=1.0,
@@ -819,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg: dict[str, Any] = {"hosts": n, "args": vars(cargs), "schedule": schedule, "runs": {}, "summaries": {}}
         configs.append(cfg)
         cfg["replays"] = [replay(schedule, p, step_h, limited=p in args.limited, cooldown_h=args.cooldown_hours,
+                                 room=args.make_room == "on",
                                  budget=args.budget) for p in policies]
         if args.replay_only:
             continue

@@ -121,6 +121,17 @@ def run_virtual_cluster(c: LocalCluster, templates: list[dict[str, Any]], timeou
     return response(c, task, timeout)
 
 
+def locations(c: LocalCluster, names: list[str]) -> dict[str, str]:
+    """Where each VM of ``names`` runs (its local controller), through the bootstrap; each must
+    be RUNNING."""
+    out = {}
+    for name in names:
+        status, meta = http("POST", c.bootstrap_url + "/bootstrap?getVirtualMachineMetaData", name)
+        assert status == 200 and meta["status"] == "RUNNING", meta
+        out[name] = meta["virtualMachineLocation"]["localControllerId"]
+    return out
+
+
 def start_vm(c: LocalCluster, name: str, **template: Any) -> dict[str, Any]:
     """One small VM (1 vcpu, 256 MiB; ``template`` adds or overrides fields), started: its metadata."""
     resp = run_virtual_cluster(c, [{"vcpus": 1, "memory": 262144, "name": name, "imageId": "debian.qcow2", **template}], 30)

@@ -43,6 +43,7 @@ from groupmanager.placement import (
     is_underloaded,
     make_consolidation_policy,
     make_estimator,
+    make_room,
     relocate_overloaded,
     relocate_underloaded,
 )
@@ -163,6 +164,7 @@ class Reconfiguration:
         # run (VM -> requested capacity as that run saw them), so that a host emptied now is
         # not woken again by the next submissions.
         self.headroom = float(getattr(gm, "consolidation_headroom", 0.0) or 0.0)
+        self.room_before_waking = bool(getattr(gm, "make_room_before_waking", False))
         self._seen: dict[str, Vector] | None = None
         self.last_report: dict[str, Any] | None = None
 
@@ -214,6 +216,35 @@ class Reconfiguration:
     async def consolidate_once(self, *, wait: bool = True) -> dict[str, Any]:
         """Run the consolidation policy over the active hosts and apply its plan."""
         return await self._exclusive("consolidate", self._consolidate, wait)
+
+    async def make_room(self, vm_id: str, requested: Capacity) -> str | None:
+        """Before a host is woken for ``vm_id``: one migration between active hosts after
+        which it fits on the source (``make_room_before_waking``). The active host that now
+        has the room, once the migration is done; None when there is no such migration, it
+        failed, the budget is spent or another reconfiguration is running (then the caller
+        wakes a host as before)."""
+        if not self.room_before_waking or self._lock.locked():
+            return None
+        async with self._lock:
+            views = list(self._candidates(exclude=set()))
+            tokens = self._budget(len(views))
+            if tokens is not None and tokens < 1:
+                log.info("make room for %s: the migration budget is spent; a host is woken", vm_id)
+                return None
+            plan = make_room(vm_id, requested, views, self.thresholds, frozen=self._frozen(views))
+            if not plan.migrations:
+                log.info("make room for %s: %s; a host is woken", vm_id, "; ".join(plan.notes))
+                return None
+            outcome = _Outcome()
+            await self._apply(plan, outcome, evacuate=False)
+            if not outcome.applied:
+                return None
+            if self._tokens is not None:
+                self._tokens = max(0.0, self._tokens - 1)
+            log.info("make room: %s (no wake-up)", plan.notes[-1])
+            self.scope.emit(EventKind.RECONFIGURATION, groupManagerId=self.scope.id, what="make-room",
+                            policy="make-room", migrations=1, failed=0, poweredDown=[], seconds=outcome.applied[0]["duration"])
+            return plan.placements[0].host_id
 
     async def _exclusive(self, what: str, run: Callable[[Plan, _Outcome], Awaitable[list[str]]],
                          wait: bool) -> dict[str, Any]:

@@ -89,6 +89,7 @@ class ManagerRole:
         self.vms = VirtualMachines(scope, self.hosts, self.energy, self.summary)
         self.migrations = Migrations(scope, self.hosts, self.vms)
         self.reconfiguration = Reconfiguration(scope, self.hosts, self.migrations, self.energy)
+        self.vms.room = self.reconfiguration  # make_room_before_waking: a migration instead of a wake-up
         self.inventory = Inventory(scope, self.hosts, self.vms, self.migrations)
         self.energy.on_adopted = self._send_summary
         self.energy.on_handed_away = self._forget

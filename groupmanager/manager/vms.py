@@ -189,6 +189,13 @@ class Waker(Protocol):
     async def wake(self, lc_ids: list[str]) -> dict[str, str | None]: ...
 
 
+class RoomMaker(Protocol):
+    """What starting VMs needs of the reconfiguration: making room on an active host with one
+    migration instead of waking a sleeping one (``make_room_before_waking``)."""
+
+    async def make_room(self, vm_id: str, requested: Capacity) -> str | None: ...
+
+
 class VirtualMachines:
     """Placing and starting batches of VMs on this group manager's local controllers, and the
     lifecycle orders for them. Wiring: ``register()`` once its role's scope is open; the scope
@@ -199,6 +206,8 @@ class VirtualMachines:
         self.scope = scope
         self.hosts = hosts
         self.waker = waker
+        #: Set by the role once its reconfiguration exists; None: sleeping hosts are woken.
+        self.room: RoomMaker | None = None
         self.summary = summary  # sent back with each batch's results, so the leader's view is fresh
         gm_settings = scope.settings.groupmanager
         self.policy = make_placement_policy(gm_settings.placement_policy, thresholds=hosts.thresholds)
@@ -359,6 +368,8 @@ class VirtualMachines:
                 results[vm_id] = {"id": vm_id, "status": VMStatus.ERROR, "errorCode": ErrorCode.NOT_ENOUGH_CAPACITY,
                                   "message": rejection.reason, "rejections": dict(rejection.filtered)}
         again: list[dict[str, Any]] = []
+        if plan.wake_up and self.room is not None:
+            await self._make_room(plan.wake_up, batches, made, serving)
         if plan.wake_up:
             # Capacity is asleep: wake it (outside the lock; its reservations keep it ours).
             woken = await self.waker.wake(list(plan.wake_up))
@@ -385,6 +396,38 @@ class VirtualMachines:
                     continue
                 results[vm["id"]] = res
         return again
+
+    async def _make_room(self, wake_up: list[str], batches: dict[str, list[dict[str, Any]]],
+                         made: list[tuple[str, str]], serving: dict[str, set[str]] | None) -> None:
+        """Before waking hosts: move each plain VM placed on one of ``wake_up`` to an active
+        host where one migration made room for it; a host left with no VM is not woken.
+        Pinned VMs, affinity groups and subnets some hosts do not serve keep their sleeping
+        host (the shift planner knows none of these constraints)."""
+        assert self.room is not None
+        for lc_id in list(wake_up):
+            for vm in list(batches.get(lc_id, [])):
+                extra = vm.get("extra") or {}
+                if (vm.get("hostId") or extra.get("affinityGroup") or extra.get("antiAffinityGroup")
+                        or (serving and vm.get("subnetId") in serving)):
+                    continue
+                requested = _vector(vm["requested"])
+                host = await self.room.make_room(vm["id"], requested)
+                if host is None:
+                    break  # no shift for this one: the host is woken anyway, the rest go with it
+                async with self.reservations.lock:
+                    why = self.hosts.fits(host, requested)
+                    if why is not None:
+                        log.info("room made on %s for %s was taken meanwhile (%s); %s is woken", host, vm["id"], why, lc_id)
+                        break
+                    self.reservations.release(lc_id, vm["id"])
+                    self.reservations.reserve(host, vm["id"], requested)
+                    made.append((host, vm["id"]))
+                batches[lc_id].remove(vm)
+                batches[host].append(vm)
+            if not batches.get(lc_id):
+                batches.pop(lc_id, None)
+                wake_up.remove(lc_id)
+                log.info("%s is not woken: its VMs fit on active hosts after making room", lc_id)
 
     async def _start_on(self, lc_id: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rec = self.lcs.get(lc_id)

@@ -20,6 +20,7 @@ from .dotproduct import DotProduct
 from .estimators import ESTIMATORS, Estimator, make_estimator
 from .filters import Filter, default_filters
 from .greedy import BestFit, FirstFit, RoundRobin
+from .makeroom import make_room
 from .registry import (
     BUILTIN_POLICIES,
     DEFAULT_PLACEMENT,
@@ -85,6 +86,7 @@ __all__ = [
     "known_policies",
     "make_consolidation_policy",
     "make_estimator",
+    "make_room",
     "make_placement_policy",
     "relocate_overloaded",
     "relocate_underloaded",

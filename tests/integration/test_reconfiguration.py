@@ -14,7 +14,7 @@ from snooze.codes import ErrorCode
 from snooze.dev.localcluster import LocalCluster
 from snooze.models import NetworkAddress
 from snooze.rpc import RpcClient, RpcError
-from tests.support import get, http, wait_for
+from tests.support import get, http, locations, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +67,6 @@ def reconfigure(c: LocalCluster, what: str) -> dict[str, Any]:
             pytest.fail("Reconfiguration is not wired into ManagerRole.start() (no gm.reconfigure handler)")
         raise
     return report
-
-
-def locations(c: LocalCluster, names: list[str]) -> dict[str, str]:
-    out = {}
-    for name in names:
-        status, meta = http("POST", c.bootstrap_url + "/bootstrap?getVirtualMachineMetaData", name)
-        assert status == 200, meta
-        assert meta["status"] == "RUNNING", meta
-        out[name] = meta["virtualMachineLocation"]["localControllerId"]
-    return out
 
 
 def carriers_in_hierarchy(c: LocalCluster) -> dict[str, list[str]]:
