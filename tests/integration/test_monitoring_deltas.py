@@ -50,3 +50,21 @@ def test_a_host_at_rest_says_unchanged_and_a_change_reaches_its_manager_at_once(
     assert "md-1" in shown["assignedVirtualMachines"]
     assert http("POST", c.bootstrap_url + "/bootstrap?destroyVirtualMachine", "md-1") == (200, True)
     wait_for(lambda: managed(c, "lc-1")[1]["usedCapacity"][:2] == [0.0, 0.0], 3, "lc-1's usage back to nothing")
+
+
+def test_a_host_at_rest_sends_its_manager_one_heartbeat_datagram_per_interval(cluster_factory: Any) -> None:
+    # Heartbeats and monitoring at the same interval: every report (an unchanged one is a
+    # heartbeat) says the host lives, so no plain heartbeat is sent on top of them.
+    c: LocalCluster = cluster_factory(gms=2, lcs=1, heartbeat_interval=INTERVAL,
+                                      extra={"monitoring.interval": INTERVAL, "monitoring.full_report_every": 50})
+    port, _ = wait_for(lambda: managed(c, "lc-1"), 30, "lc-1 managed")
+    before = metrics(port)
+    time.sleep(3.0)  # 15 intervals at rest
+    after = metrics(port)
+    beats = count(after, "snooze_heartbeats_received_total", kind="lc.heartbeat") - \
+        count(before, "snooze_heartbeats_received_total", kind="lc.heartbeat")
+    unchanged = count(after, REPORTS, form="unchanged") - count(before, REPORTS, form="unchanged")
+    # Two datagrams an interval (about 30) before; now about 15, nearly all of them reports
+    # (the heartbeat timeout is 2 s: plain heartbeats would go after 0.3 s of silence).
+    assert 10 <= beats <= 20 and beats - unchanged <= 4, (beats, unchanged)
+    assert managed(c, "lc-1")[1]["id"] == "lc-1"  # still alive at its manager
