@@ -139,6 +139,7 @@ class LocalController(Service):
         self.leader: dict[str, Any] | None = None
         self.gm_detector = FailureDetector(settings.heartbeat.timeout)
         self._rejoin = asyncio.Event()
+        self._leader_seen = asyncio.Event()  # set whenever the leader is learnt (wakes a join waiting for one)
         self._excluded: deque[str] = deque(maxlen=4)
         self._backoff = Backoff(BackoffPolicy(lc.join_backoff_base, lc.join_backoff_cap, lc.rejoin_spread))
         self.monitor: HostMonitor | None = None
@@ -246,7 +247,11 @@ class LocalController(Service):
         if lc.vrs:
             self.vrs = VrsAgent(self.hypervisor, lc.vif_ovsdb, lc.vrs_audit_interval)
             await self.vrs.start(self.spawn, self.every)
-        self.coord.watch_json(self.coord.path("leader"), self._on_leader)
+        # The leader's znode is read until a leader is found, then no longer watched: later
+        # leaders announce themselves (their heartbeats, re-join orders), and 2,000 hosts
+        # watching it made every failover a storm of notifications and re-reads at ZooKeeper
+        # just when the cluster needs it most.
+        self.coord.watch_json(self.coord.path("leader"), self._on_leader, until_found=True)
         self._register()
         self.spawn("join", self._join_loop())
         await self._start_network_side()
@@ -327,11 +332,24 @@ class LocalController(Service):
     # -- leader and group manager tracking -----------------------------------------------
     def _on_leader(self, value: Any | None) -> None:
         if value and self.see_epoch(int(value.get("epoch", 0))):
-            self.leader = value
+            self._learn_leader(value)
 
     def _on_gl_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if self.see_epoch(env.epoch) and isinstance(env.body, dict):
-            self.leader = env.body
+            self._learn_leader(env.body)
+
+    def _learn_leader(self, leader: dict[str, Any]) -> None:
+        self.leader = leader
+        self._leader_seen.set()
+
+    async def _until_leader(self, timeout: float) -> None:
+        """Wait until a leader is known, at most ``timeout`` seconds: a host that starts (or is
+        woken) before the leader's znode was read joins the moment it is, not a poll later."""
+        self._leader_seen.clear()
+        if self.leader is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._leader_seen.wait(), timeout)
 
     def _on_gm_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
         if self.gm is not None and env.sender == self.gm.id:
@@ -341,7 +359,7 @@ class LocalController(Service):
         self.see_epoch(env.epoch)
         log.info("ordered to re-join by %s (epoch %d)", env.sender, env.epoch)
         if msg.leader is not None:
-            self.leader = msg.leader  # the new leader, so we need not wait for its heartbeat
+            self._learn_leader(msg.leader)  # the new leader, so we need not wait for its heartbeat
         if self.gm is not None and msg.exclude:
             self._excluded.append(self.gm.id)
         self._rejoin.set()
@@ -358,7 +376,10 @@ class LocalController(Service):
                     await asyncio.sleep(self._backoff.first_rejoin_delay())
                 wait = await self._join_once()
                 if wait is not None:
-                    await asyncio.sleep(wait)
+                    if self.leader is None:
+                        await self._until_leader(wait)
+                    else:
+                        await asyncio.sleep(wait)
                     continue
             self._rejoin.clear()
             # Watch the group manager until it goes silent or we are told to move. Each look

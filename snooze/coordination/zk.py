@@ -207,19 +207,27 @@ class _DataWatch:
     created if the session is CONNECTED, and again on every CONNECTED (kazoo drops its watchers
     on a lost connection). The callback runs when the value's version differs from the last
     delivered one, with None for a missing znode.
+
+    ``until_found``: only until a value is delivered; the znode is then read without a watch,
+    and no watch is left once it was (a missing or unreadable znode is watched until it is
+    there). Thousands of readers that need a value once, not its every change, then cost
+    ZooKeeper no notification and no re-read when it changes.
     """
 
-    def __init__(self, coord: Coordinator, path: str, callback: Callable[[Any | None], None]) -> None:
+    def __init__(self, coord: Coordinator, path: str, callback: Callable[[Any | None], None],
+                 until_found: bool = False) -> None:
         self.coord = coord
         self.path = path
         self.callback = callback
         self.version: object = _UNSEEN
+        self.until_found = until_found
+        self.found = False
 
     def arm(self) -> None:
-        if not self.coord.connected:
-            return  # armed again on the next CONNECTED
+        if self.found or not self.coord.connected:
+            return  # done, or armed again on the next CONNECTED
         try:
-            self.coord.client.get_async(self.path, watch=self._event).rawlink(self._got_data)
+            self.coord.client.get_async(self.path, watch=None if self.until_found else self._event).rawlink(self._got_data)
         except KazooException as exc:
             log.debug("watch on %s not armed: %r", self.path, exc)
 
@@ -246,6 +254,11 @@ class _DataWatch:
             log.debug("watch on %s: %r", self.path, exc)
             return
         self._deliver(data, stat.mzxid)
+        if self.until_found and not self.found:
+            # There, but no value yet (not JSON): watch it for a change (exists() watches
+            # data changes too).
+            with contextlib.suppress(KazooException):
+                self.coord.client.exists_async(self.path, watch=self._event).rawlink(self._got_stat)
 
     def _on_stat(self, result: Any) -> None:
         try:
@@ -254,7 +267,8 @@ class _DataWatch:
             log.debug("watch on %s: %r", self.path, exc)
             return
         if stat is not None:
-            self.arm()  # created between the two reads
+            if not self.until_found or self.version != stat.mzxid:
+                self.arm()  # created between the two reads (or changed since the one delivered)
         else:
             self._deliver(None, None)
 
@@ -270,6 +284,10 @@ class _DataWatch:
             self.callback(value)
         except Exception:
             log.exception("watch callback for %s failed", self.path)
+        if self.until_found and value is not None:
+            self.found = True
+            with contextlib.suppress(ValueError):
+                self.coord._watches.remove(self)
 
 
 #: kazoo waits for the answer to a connect request for the session timeout divided by the
@@ -678,13 +696,14 @@ class Coordinator:
         return await self.call(bump)
 
     # -- watches -------------------------------------------------------------------------
-    def watch_json(self, path: str, callback: Callable[[Any | None], None]) -> None:
+    def watch_json(self, path: str, callback: Callable[[Any | None], None], *, until_found: bool = False) -> None:
         """Call ``callback(value)`` on the loop once the znode is read (now if CONNECTED, else when
-        the session connects) and whenever it changes; None while it does not exist. Never waits."""
+        the session connects) and whenever it changes; None while it does not exist. Never waits.
+        ``until_found``: only until a value (not None) was delivered, leaving no watch behind."""
         check_path(path)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        watch = _DataWatch(self, path, callback)
+        watch = _DataWatch(self, path, callback, until_found)
         self._watches.append(watch)
         watch.arm()
 

@@ -10,7 +10,7 @@ import pytest
 
 from snooze.codes import ErrorCode
 from snooze.dev.localcluster import LocalCluster, assigned_lcs
-from tests.support import get, http, wait_for
+from tests.support import count, get, http, metrics, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +142,10 @@ def test_orders_from_an_older_epoch_are_refused(cluster_factory: Any) -> None:
     new = wait_for(lambda: (lambda g: g if g["epoch"] > old["epoch"] else None)(leader(c)), 15, "new epoch")
     lc = c.process("lc-1")
     wait_for(lambda: "lc-1" in assigned_lcs(hierarchy(c)), 15, "lc-1 re-homed")
+    # A host learns a new epoch from the new leader's heartbeats (or a re-join order, or its
+    # join's answer), within a heartbeat interval of the leader taking office: it does not
+    # watch the leader's znode (docs/architecture.md, "Fencing").
+    wait_for(lambda: count(metrics(lc["port"]), "snooze_leader_epoch") == new["epoch"], 15, "lc-1 to see the new epoch")
 
     import asyncio
 
