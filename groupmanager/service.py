@@ -194,7 +194,7 @@ class GroupManager(Service):
                 if gm in counts:
                     counts[gm] += 1
         fewer = min(counts.values())
-        if fewer < mine:
+        if worth_yielding(mine, fewer):
             log.info("stepping aside in the election: this group manager manages %d local controllers, %s %d",
                      mine, min(counts, key=lambda g: counts[g]), fewer)
             return True
@@ -249,6 +249,14 @@ class GroupManager(Service):
         d = self.description().to_json()
         d["isGroupLeader"] = self.is_leader
         return d
+
+
+def worth_yielding(mine: int, fewest: int) -> bool:
+    """Whether a winner managing ``mine`` local controllers steps aside for a contender managing
+    ``fewest``: only when that spares at least 2 hosts and a quarter of its own a move. Between
+    balanced group managers (51 against 50) each winner stepped aside for the next: 33 of 40
+    did in turn, and the election took a minute instead of a queue turn."""
+    return mine - fewest >= max(2, -(-mine // 4))
 
 
 def main(argv: list[str] | None = None) -> int:

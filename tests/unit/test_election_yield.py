@@ -104,3 +104,13 @@ async def test_a_lone_contender_is_not_asked(start: Callable[[str, bool], Awaita
     a = await start("a", True)
     await until(lambda: a.election.presenting, 15, "a elected")
     assert a.asked == [] and a.election.yields == 0
+
+
+def test_a_winner_steps_aside_only_when_that_spares_many_moves() -> None:
+    from groupmanager.service import worth_yielding
+
+    assert worth_yielding(4, 1)  # the handover test: 3 hosts spared of 4
+    assert worth_yielding(2000, 0) and worth_yielding(2, 0)
+    assert not worth_yielding(52, 50) and not worth_yielding(51, 50)  # balanced: no cascade
+    assert worth_yielding(60, 45) and not worth_yielding(60, 46)  # a quarter of 60 is 15
+    assert not worth_yielding(1, 0) and not worth_yielding(0, 0) and not worth_yielding(3, 5)
