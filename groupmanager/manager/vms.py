@@ -400,16 +400,21 @@ class VirtualMachines:
     async def _make_room(self, wake_up: list[str], batches: dict[str, list[dict[str, Any]]],
                          made: list[tuple[str, str]], serving: dict[str, set[str]] | None) -> None:
         """Before waking hosts: move each plain VM placed on one of ``wake_up`` to an active
-        host where one migration made room for it; a host left with no VM is not woken.
-        Pinned VMs, affinity groups and subnets some hosts do not serve keep their sleeping
-        host (the shift planner knows none of these constraints)."""
+        host where one migration made room for it; a host left with no VM is not woken. A host
+        that holds a pinned VM, one of an affinity group or one in a subnet some hosts do not
+        serve is woken without trying (the shift planner knows none of these constraints, and
+        moving the others would not spare the wake-up)."""
         assert self.room is not None
+
+        def constrained(vm: dict[str, Any]) -> bool:
+            extra = vm.get("extra") or {}
+            return bool(vm.get("hostId") or extra.get("affinityGroup") or extra.get("antiAffinityGroup")
+                        or (serving and vm.get("subnetId") in serving))
+
         for lc_id in list(wake_up):
+            if any(constrained(vm) for vm in batches.get(lc_id, [])):
+                continue  # woken anyway: no migration would spare the wake-up
             for vm in list(batches.get(lc_id, [])):
-                extra = vm.get("extra") or {}
-                if (vm.get("hostId") or extra.get("affinityGroup") or extra.get("antiAffinityGroup")
-                        or (serving and vm.get("subnetId") in serving)):
-                    continue
                 requested = _vector(vm["requested"])
                 host = await self.room.make_room(vm["id"], requested)
                 if host is None:
