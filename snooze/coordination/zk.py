@@ -338,6 +338,7 @@ class Coordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[StateListener] = []
         self._ephemerals: dict[str, tuple[bytes, OwnerCheck | None]] = {}
+        self._register_locks: dict[str, asyncio.Lock] = {}
         self._watches: list[_DataWatch] = []
         self._not_connected_since = time.monotonic()
         self._session_id: int | None = None
@@ -600,11 +601,19 @@ class Coordinator:
         check_path(path)
         data = json.dumps(value).encode()
         self._ephemerals[path] = (data, owner_check)
-        try:
-            await self._put_ephemeral(path, data, owner_check)
-        except DuplicateRegistration:
-            self._ephemerals.pop(path, None)
-            raise
+        # One write at a time per znode, and always of the latest value: two registrations in
+        # flight (a local controller registers at start, and again once it joined a group
+        # manager, milliseconds later) ran on two threads, and the older value could land last.
+        lock = self._register_locks.setdefault(path, asyncio.Lock())
+        async with lock:
+            latest = self._ephemerals.get(path)
+            if latest is None:
+                return  # unregistered meanwhile
+            try:
+                await self._put_ephemeral(path, *latest)
+            except DuplicateRegistration:
+                self._ephemerals.pop(path, None)
+                raise
 
     async def unregister(self, path: str) -> None:
         self._ephemerals.pop(path, None)
