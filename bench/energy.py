@@ -698,6 +698,24 @@ def replay(schedule: dict[str, Any], policy: str, step_h: float, *, limited: boo
     hh = migrations = wakes = 0.0
     times: list[float] = []
     cooldown_steps = max(1, int(round(cooldown_h / step_h))) if cooldown_h > 0 else 0
+
+    def views() -> list[Any]:
+        """The powered hosts as the planners see them."""
+        out = []
+        for h in sorted(active):
+            vms = tuple(VMView(v, (float(c), float(m), 0.0, 0.0)) for v, (c, m) in sorted(hosts[h].items()))
+            used = (sum(x.requested[0] for x in vms), sum(x.requested[1] for x in vms), 0.0, 0.0)
+            out.append(HostView(h, cap, used, (0.0, 0.0, 0.0, 0.0), PowerState.ACTIVE, True, vms))
+        return out
+
+    def move(plan: Any, k: int) -> int:
+        """Apply ``plan``'s migrations; how many."""
+        for m in plan.migrations:
+            hosts[m.destination][m.vm_id] = hosts[m.source].pop(m.vm_id)
+            where[m.vm_id] = m.destination
+            moved_at[m.vm_id] = received_at[m.destination] = k
+        return len(plan.migrations)
+
     for k, st in enumerate(schedule["steps"]):
         for v in st["leave"]:
             h = where.pop(v, None)
@@ -715,17 +733,9 @@ def replay(schedule: dict[str, Any], policy: str, step_h: float, *, limited: boo
                     if left < best_left:
                         best, best_left = h, left
             if best is None and room:
-                views = [HostView(h, cap, (float(sum(x[0] for x in hosts[h].values())),
-                                           float(sum(x[1] for x in hosts[h].values())), 0.0, 0.0),
-                                  vms=tuple(VMView(v, (float(c), float(m), 0.0, 0.0)) for v, (c, m) in sorted(hosts[h].items())))
-                         for h in sorted(active)]
-                shift = make_room(a["name"], (float(d[0]), float(d[1]), 0.0, 0.0), views, th,
+                shift = make_room(a["name"], (float(d[0]), float(d[1]), 0.0, 0.0), views(), th,
                                   frozen={v for v, t in moved_at.items() if cooldown_steps and k - t < cooldown_steps})
-                for m in shift.migrations:
-                    hosts[m.destination][m.vm_id] = hosts[m.source].pop(m.vm_id)
-                    where[m.vm_id] = m.destination
-                    moved_at[m.vm_id] = received_at[m.destination] = k
-                    migrations += 1
+                migrations += move(shift, k)
                 best = shift.placements[0].host_id if shift.placements else None
             if best is None:
                 best = next(h for h in sorted(hosts) if h not in active)
@@ -734,24 +744,15 @@ def replay(schedule: dict[str, Any], policy: str, step_h: float, *, limited: boo
             hosts[best][a["name"]] = d
             where[a["name"]] = best
         before = len(active)
-        views = []
-        for h in sorted(active):
-            vms = tuple(VMView(v, (float(c), float(m), 0.0, 0.0)) for v, (c, m) in sorted(hosts[h].items()))
-            used = (sum(x.requested[0] for x in vms), sum(x.requested[1] for x in vms), 0.0, 0.0)
-            views.append(HostView(h, cap, used, (0.0, 0.0, 0.0, 0.0), PowerState.ACTIVE, True, vms))
         if limited and cooldown_steps:
             frozen = {v for v, t in moved_at.items() if k - t < cooldown_steps}
         else:  # as the group manager without a cooldown: hosts that received VMs, 2 runs
             frozen = {v for h in active if k - received_at.get(h, -99) < 2 for v in hosts[h]}
         limit = None if not limited or budget <= 0 else max(1, int(budget * len(active) * step_h * 2))
         t0 = time.perf_counter()
-        plan = pol.consolidate(views, th, frozen=frozen, budget=limit)
+        plan = pol.consolidate(views(), th, frozen=frozen, budget=limit)
         times.append(time.perf_counter() - t0)
-        for m in plan.migrations:
-            hosts[m.destination][m.vm_id] = hosts[m.source].pop(m.vm_id)
-            where[m.vm_id] = m.destination
-            moved_at[m.vm_id] = received_at[m.destination] = k
-            migrations += 1
+        migrations += move(plan, k)
         for h in sorted(active):
             if not hosts[h] and len(active) > 1:
                 active.discard(h)
