@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -119,6 +120,16 @@ def run_virtual_cluster(c: LocalCluster, templates: list[dict[str, Any]], timeou
                         json.dumps({"virtualMachineTemplates": templates}))
     assert status == 200, task
     return response(c, task, timeout)
+
+
+def lc_statuses(c: LocalCluster) -> dict[str, str]:
+    """Each local controller's status (ACTIVE, PASSIVE, WAKING...) as the bootstrap lists it."""
+    return {lc["id"]: lc["status"] for lc in get(c.bootstrap_url + "/bootstrap?getLocalControllerList")["localControllers"]}
+
+
+def gm_logs(c: LocalCluster) -> str:
+    """The logs of every group manager of ``c``, one after the other."""
+    return "".join(Path(p["log"]).read_text(errors="replace") for p in c.processes if p["role"] == "groupmanager")
 
 
 def locations(c: LocalCluster, names: list[str]) -> dict[str, str]:

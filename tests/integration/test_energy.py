@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from snooze.dev.localcluster import LocalCluster
 from snooze.dev.ports import free_port
 from snooze.dev.sim.bmc import CallbackPower, SimulatedBMC
-from tests.support import get, http, wait_for
+from tests.support import get, http, lc_statuses, wait_for
 from tests.support import run_virtual_cluster as run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,15 +25,11 @@ def chassis(port: int, password: str) -> str:
     return out.stdout.strip()
 
 
-def statuses(c: LocalCluster) -> dict[str, str]:
-    return {lc["id"]: lc["status"] for lc in get(c.bootstrap_url + "/bootstrap?getLocalControllerList")["localControllers"]}
-
-
 
 def test_idle_hosts_power_down_and_are_woken_over_ipmi_when_needed(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=3, energy=True, idle_time=1.0, reserved_nodes=1)
     bmc = {p["id"]: p["bmcPort"] for p in c.processes if p.get("bmcPort")}
-    asleep = wait_for(lambda: (lambda s: s if sorted(s.values()) == ["ACTIVE", "PASSIVE", "PASSIVE"] else None)(statuses(c)),
+    asleep = wait_for(lambda: (lambda s: s if sorted(s.values()) == ["ACTIVE", "PASSIVE", "PASSIVE"] else None)(lc_statuses(c)),
                       20, "two idle hosts powered down, one kept on")
     for lc_id, status in asleep.items():
         expected = "Chassis Power is off" if status == "PASSIVE" else "Chassis Power is on"
@@ -47,18 +42,18 @@ def test_idle_hosts_power_down_and_are_woken_over_ipmi_when_needed(cluster_facto
     assert {m["virtualMachineLocation"]["localControllerId"] for m in metas} == set(bmc), "each VM needed its own host"
     for lc_id, port in bmc.items():
         assert chassis(port, c.options.bmc_password) == "Chassis Power is on", f"{lc_id} woken over IPMI"
-    assert set(statuses(c).values()) == {"ACTIVE"}
+    assert set(lc_statuses(c).values()) == {"ACTIVE"}
     time.sleep(2.5)  # more than idle_time (1 s) and several energy-saver checks
-    assert set(statuses(c).values()) == {"ACTIVE"}, "hosts running VMs are never powered down"
+    assert set(lc_statuses(c).values()) == {"ACTIVE"}, "hosts running VMs are never powered down"
 
     b = c.bootstrap_url + "/bootstrap"
     assert http("POST", b + "?suspendEnergySaver", "") == (200, True)
     for m in metas:
         assert http("POST", b + "?destroyVirtualMachine", m["virtualMachineId"]) == (200, True)
     time.sleep(2.5)
-    assert set(statuses(c).values()) == {"ACTIVE"}, "a suspended energy saver powers nothing down"
+    assert set(lc_statuses(c).values()) == {"ACTIVE"}, "a suspended energy saver powers nothing down"
     assert http("POST", b + "?resumeEnergySaver", "") == (200, True)
-    wait_for(lambda: sorted(statuses(c).values()) == ["ACTIVE", "PASSIVE", "PASSIVE"], 20, "idle again after resume")
+    wait_for(lambda: sorted(lc_statuses(c).values()) == ["ACTIVE", "PASSIVE", "PASSIVE"], 20, "idle again after resume")
 
 
 def test_failed_wakeups_are_reported_per_vm(cluster_factory: Any) -> None:
@@ -81,9 +76,9 @@ def test_failed_wakeups_are_reported_per_vm(cluster_factory: Any) -> None:
             c.add_process("localcontroller", lc_id, {"localcontroller.power_test_mode": True,
                                                      "localcontroller.wakeup_driver": "IPMI",
                                                      "localcontroller.wakeup_options": options})
-        wait_for(lambda: sorted(statuses(c)) == sorted(bad), 20, "the three hosts joined")
+        wait_for(lambda: sorted(lc_statuses(c)) == sorted(bad), 20, "the three hosts joined")
         c.add_process("localcontroller", "lc-ok", {"localcontroller.power_test_mode": True})
-        wait_for(lambda: statuses(c) == {"lc-ok": "ACTIVE", **{k: "PASSIVE" for k in bad}}, 30,
+        wait_for(lambda: lc_statuses(c) == {"lc-ok": "ACTIVE", **{k: "PASSIVE" for k in bad}}, 30,
                  "the three powered down, lc-ok kept on")
 
         resp = run(c, [{"name": "fits", "vcpus": 3, "memory": 262144}, {"name": "needs-more", "vcpus": 3, "memory": 262144}])
@@ -94,7 +89,7 @@ def test_failed_wakeups_are_reported_per_vm(cluster_factory: Any) -> None:
         for lc_id in bad:
             assert f"waking {lc_id} failed" in failed["message"], failed["message"]
         assert booted["on"], "the BMC of lc-noboot was powered on, but its host never came back"
-        assert statuses(c) == {"lc-ok": "ACTIVE", **{k: "PASSIVE" for k in bad}}, "failed hosts stay wakeable"
+        assert lc_statuses(c) == {"lc-ok": "ACTIVE", **{k: "PASSIVE" for k in bad}}, "failed hosts stay wakeable"
     finally:
         right.stop()
         noboot.stop()

@@ -5,29 +5,19 @@ group manager waits until the BMC reports it off, then powers it on, instead of 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from snooze.dev.localcluster import LocalCluster
-from tests.support import get, http, wait_for
+from tests.support import gm_logs, http, lc_statuses, wait_for
 from tests.support import run_virtual_cluster as run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def statuses(c: LocalCluster) -> dict[str, str]:
-    return {lc["id"]: lc["status"] for lc in get(c.bootstrap_url + "/bootstrap?getLocalControllerList")["localControllers"]}
-
-
-def gm_logs(c: LocalCluster) -> str:
-    return "".join(Path(p["log"]).read_text(errors="replace") for p in c.processes if p["role"] == "groupmanager")
-
-
 def test_a_host_woken_while_shutting_down_is_powered_on_once_off(cluster_factory: Any) -> None:
     c = cluster_factory(gms=2, lcs=2, energy=True, idle_time=1.0, reserved_nodes=1, lc_cpus=4)
-    wait_for(lambda: sorted(statuses(c).values()) == ["ACTIVE", "PASSIVE"], 30, "one host kept on, one powered down")
+    wait_for(lambda: sorted(lc_statuses(c).values()) == ["ACTIVE", "PASSIVE"], 30, "one host kept on, one powered down")
 
     # Each host holds one such VM: the second wakes the sleeping host.
     big = {"vcpus": 3, "memory": 262144}
@@ -40,7 +30,7 @@ def test_a_host_woken_while_shutting_down_is_powered_on_once_off(cluster_factory
     # PASSIVE its local controller is still stopping (it answers the order, then stops).
     assert http("POST", c.bootstrap_url + "/bootstrap?destroyVirtualMachine", "b") == (200, True)
     host = where["b"]
-    wait_for(lambda: statuses(c).get(host) == "PASSIVE", 20, f"{host} powered down", interval=0.02)
+    wait_for(lambda: lc_statuses(c).get(host) == "PASSIVE", 20, f"{host} powered down", interval=0.02)
     t0 = time.monotonic()
     again = run(c, [{"name": "c", **big}])["virtualMachineMetaData"]
     took = time.monotonic() - t0
@@ -50,4 +40,4 @@ def test_a_host_woken_while_shutting_down_is_powered_on_once_off(cluster_factory
     assert f"waited for {host} to finish shutting down before powering it on" in logs, "the wake-up waited for off"
     assert f"woke {host} in" in logs
     assert took < 30, took
-    assert statuses(c) == {lc: "ACTIVE" for lc in set(where.values())}
+    assert lc_statuses(c) == {lc: "ACTIVE" for lc in set(where.values())}

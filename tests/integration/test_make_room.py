@@ -4,13 +4,12 @@ and the sleeping host stays asleep; without the option, the same submission wake
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from snooze.dev.localcluster import LocalCluster
-from tests.support import get, locations, wait_for
+from tests.support import gm_logs, lc_statuses, locations, wait_for
 from tests.support import run_virtual_cluster as run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -18,18 +17,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMALL = 262144  # KiB
 
 
-def statuses(c: LocalCluster) -> dict[str, str]:
-    return {lc["id"]: lc["status"] for lc in get(c.bootstrap_url + "/bootstrap?getLocalControllerList")["localControllers"]}
-
-
-def gm_logs(c: LocalCluster) -> str:
-    return "".join(Path(p["log"]).read_text(errors="replace") for p in c.processes if p["role"] == "groupmanager")
-
-
 def fragment(c: LocalCluster) -> tuple[str, str, str]:
     """Two active hosts of 4 vcpus with 1 and 2 vcpus free (3 free, on neither), one asleep."""
-    wait_for(lambda: sorted(statuses(c).values()) == ["ACTIVE", "ACTIVE", "PASSIVE"], 30, "two hosts kept on, one asleep")
-    st = statuses(c)
+    wait_for(lambda: sorted(lc_statuses(c).values()) == ["ACTIVE", "ACTIVE", "PASSIVE"], 30, "two hosts kept on, one asleep")
+    st = lc_statuses(c)
     a, b = sorted(lc for lc, s in st.items() if s == "ACTIVE")
     [asleep] = [lc for lc, s in st.items() if s == "PASSIVE"]
     vms = [{"name": "big-a", "vcpus": 2, "memory": SMALL, "hostId": a},
@@ -57,6 +48,6 @@ def test_a_vm_that_fits_on_no_active_host_gets_room_made_instead_of_a_wake_up(cl
     assert "make room: big-a from " + a + " to " + b + " makes room for" in logs, logs[-3000:]
     assert where == a, new
     assert f"woke {asleep}" not in logs
-    assert statuses(c)[asleep] == "PASSIVE"
+    assert lc_statuses(c)[asleep] == "PASSIVE"
     # Every VM is where the moves put it, and RUNNING (the leader's records follow the move).
     assert locations(c, ["big-a", "small-a", "big-b", "new"]) == {"big-a": b, "small-a": a, "big-b": b, "new": a}
