@@ -468,10 +468,13 @@ class LocalController(Service):
             self._beat(LocalControllerHeartbeat(self.id, unchanged=same), gm.address)
             return
         try:
+            sent = time.monotonic()
             await self.rpc.call(gm.address, Monitoring.KIND,
                                 Monitoring.from_wire({"id": self.id, **sample, "seq": self._deltas.seq}).to_wire(),
                                 epoch=self.known_epoch, timeout=3)
-            self._sent_at = time.monotonic()
+            # Counted from when it left: an answer up to 3 s late would otherwise hold back the
+            # next plain heartbeat by as much, past the manager's timeout.
+            self._sent_at = sent
         except RpcError as exc:
             self._deltas.forget()
             if exc.code is ErrorCode.NOT_JOINED:
