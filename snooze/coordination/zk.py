@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from enum import Enum
@@ -339,6 +340,7 @@ class Coordinator:
         self._listeners: list[StateListener] = []
         self._ephemerals: dict[str, tuple[bytes, OwnerCheck | None]] = {}
         self._register_locks: dict[str, asyncio.Lock] = {}
+        self._ephemeral_sends = threading.Lock()
         self._watches: list[_DataWatch] = []
         self._not_connected_since = time.monotonic()
         self._session_id: int | None = None
@@ -559,21 +561,38 @@ class Coordinator:
                 raise InvalidPath(f"{getattr(fn, '__name__', 'zookeeper call')}: {exc}") from exc
             raise
 
+    def _send_if_latest(self, path: str, data: bytes, send: Callable[[], Any]) -> None:
+        """Queue a write of ``data`` to ``path`` (``send`` returns kazoo's pending result) and
+        wait for its answer, unless ``data`` is no longer what this process registers there:
+        then nothing is sent, the newer registration's own write does it. The check and the
+        queueing are done under one lock, and kazoo sends requests in the order they are
+        queued: a superseded write never lands after a newer one, even from the thread of a
+        call whose task was cancelled or timed out (the thread goes on all the same)."""
+        with self._ephemeral_sends:
+            latest = self._ephemerals.get(path)
+            if latest is None or latest[0] != data:
+                return
+            pending = send()
+        pending.get()
+
     async def _put_ephemeral(self, path: str, data: bytes, owner_check: OwnerCheck | None = None) -> None:
+        def create() -> None:
+            self._send_if_latest(path, data, lambda: self.client.create_async(path, data, ephemeral=True, makepath=True))
+
         def put() -> bytes | None:
-            """None once written; the value found if another session holds the znode."""
+            """None once written (or superseded); the value found if another session holds the znode."""
             try:
-                self.client.create(path, data, ephemeral=True, makepath=True)
+                create()
                 return None
             except NodeExistsError:
                 pass
             try:
                 found, stat = self.client.get(path)
             except NoNodeError:  # gone meanwhile
-                self.client.create(path, data, ephemeral=True, makepath=True)
+                create()
                 return None
-            if stat.ephemeralOwner == self.client.client_id[0]:  # ours: a retried create
-                self.client.set(path, data)
+            if stat.ephemeralOwner == self.client.client_id[0]:  # ours: a retried create, or an older value
+                self._send_if_latest(path, data, lambda: self.client.set_async(path, data))
                 return None
             return bytes(found or b"")
 
@@ -585,9 +604,9 @@ class Coordinator:
         # A dead session's znode, not yet expired: take it over.
 
         def replace() -> None:
-            with contextlib.suppress(NoNodeError):
-                self.client.delete(path)
-            self.client.create(path, data, ephemeral=True, makepath=True)
+            with contextlib.suppress(NoNodeError):  # not when superseded: it would be the newer one's
+                self._send_if_latest(path, data, lambda: self.client.delete_async(path))
+            create()
 
         await self.call(replace)
 
@@ -604,6 +623,8 @@ class Coordinator:
         # One write at a time per znode, and always of the latest value: two registrations in
         # flight (a local controller registers at start, and again once it joined a group
         # manager, milliseconds later) ran on two threads, and the older value could land last.
+        # The lock is let go when a caller is cancelled (a named task started again) while its
+        # thread goes on: _send_if_latest keeps that thread's older value from landing.
         lock = self._register_locks.setdefault(path, asyncio.Lock())
         async with lock:
             latest = self._ephemerals.get(path)
