@@ -139,6 +139,11 @@ class LocalController(Service):
         self.leader: dict[str, Any] | None = None
         self.gm_detector = FailureDetector(settings.heartbeat.timeout)
         self._rejoin = asyncio.Event()
+        # Set with _rejoin when our group manager said it does not know us (it dropped us for
+        # silence): going back to it directly is worth a try, as after its own silence.
+        self._may_return = False
+        self._returned_at = -math.inf  # when we last went back to a group manager directly
+        self._stall_ended = -math.inf  # when a look at our group manager last came late (a stall of ours)
         self._leader_seen = asyncio.Event()  # set whenever the leader is learnt (wakes a join waiting for one)
         self._excluded: deque[str] = deque(maxlen=4)
         self._backoff = Backoff(BackoffPolicy(lc.join_backoff_base, lc.join_backoff_cap, lc.rejoin_spread))
@@ -362,6 +367,7 @@ class LocalController(Service):
             self._learn_leader(msg.leader)  # the new leader, so we need not wait for its heartbeat
         if self.gm is not None and msg.exclude:
             self._excluded.append(self.gm.id)
+        self._may_return = False  # told to move: the leader chooses
         self._rejoin.set()
         return {"ok": True}
 
@@ -382,19 +388,34 @@ class LocalController(Service):
                         await asyncio.sleep(wait)
                     continue
             self._rejoin.clear()
+            self._may_return = False
             # Watch the group manager until it goes silent or we are told to move. Each look
             # sleeps until the group manager would count as dead (its heartbeats move that
             # moment on), not a fixed tick: with 2,000 hosts in one process, a look every
             # 1.5 s was over a thousand wake-ups a second for nothing.
-            while self.gm is not None and not self._rejoin.is_set():
+            while self.gm is not None:
+                if self._rejoin.is_set():
+                    if self._may_return and await self._return_to(self.gm):
+                        self._rejoin.clear()
+                        self._may_return = False
+                        continue
+                    break
                 if not self.gm_detector.alive(self.gm.id):
+                    # Only after a stall of our own is the manager likely alive: else it is dead
+                    # or cut off, and trying it first would keep the host orphaned longer.
+                    if self._stalled_lately() and await self._return_to(self.gm):
+                        continue
                     log.warning("group manager %s silent for %.1fs; re-joining", self.gm.id, self.gm_detector.timeout)
                     self._excluded.append(self.gm.id)
                     break
+                wait = self.gm_detector.until_dead(self.gm.id) + 0.01
+                due = time.monotonic() + wait
                 try:
-                    await asyncio.wait_for(self._rejoin.wait(), self.gm_detector.until_dead(self.gm.id) + 0.01)
+                    await asyncio.wait_for(self._rejoin.wait(), wait)
                 except TimeoutError:
                     pass
+                if time.monotonic() - due > self.settings.heartbeat.timeout / 4:
+                    self._stall_ended = time.monotonic()  # we looked late: this host stalled
             self.gm = None
             rejoining = True
 
@@ -430,15 +451,55 @@ class LocalController(Service):
             wait = self._backoff.delay(retryable=exc.code.retryable if isinstance(exc, RpcError) else True)
             log.info("join attempt %d failed (%s); next in %.1fs", self._backoff.failures, exc, wait)
             return wait
-        self.see_epoch(int(joined.get("epoch", 0)))
+        self._joined(gm, joined)
+        log.info("joined group manager %s at %s", gm.id, gm.address.url)
+        return None
+
+    def _joined(self, gm: GroupManagerDescription, answer: dict[str, Any], *, register: bool = True) -> None:
+        self.see_epoch(int(answer.get("epoch", 0)))
         self.gm = gm
-        self._gm_takes_deltas = joined.get("monitoringDeltas") is True
+        self._gm_takes_deltas = answer.get("monitoringDeltas") is True
         self._deltas.forget()
         self._excluded.clear()
         self._backoff.reset()
-        log.info("joined group manager %s at %s", gm.id, gm.address.url)
-        self._register()  # now with our group manager's id
-        return None
+        if register:
+            self._register()  # now with our group manager's id
+
+    def _stalled_lately(self) -> bool:
+        """Whether this host stalled within the last timeout and a second. The heartbeats that
+        waited in the socket during the stall are read at its end, as if just sent: the
+        manager then looks alive one more timeout, and falls silent after a look on time."""
+        return time.monotonic() - self._stall_ended < self.settings.heartbeat.timeout + 1.0
+
+    async def _return_to(self, gm: GroupManagerDescription) -> bool:
+        """Join ``gm`` again directly, without the leader; True if it took us back.
+
+        For when it stopped hearing us (it dropped us as silent: its answer to a report says
+        so), or we stopped hearing it soon after a stall of our own (a look at it came late by
+        over a quarter of the timeout): on a host that stalled (a loaded machine, a paused
+        process), both ends are alive, and it is the same manager that should have us. Before, every
+        such host asked the leader for another one, excluding this one: after a stall of a
+        whole process of simulated hosts, 1,563 of 2,000 moved at once, through a leader
+        busy with a failover (docs/scale.md). The manager takes back only a host it has, or
+        dropped as silent a short while ago (``returning``); a dead one does not answer. Not
+        twice within three timeouts: a manager we can reach but never hear is left as before."""
+        now = time.monotonic()
+        if now - self._returned_at < 3 * self.settings.heartbeat.timeout:
+            return False
+        self._returned_at = now
+        try:
+            domains = [d.to_json() for d in await self.hypervisor.domains()]
+            join = LocalControllerJoin(self.description().to_json(), domains, returning=True,
+                                       host_info=self.vifs.host_info() if self.vifs is not None else None)
+            answer = await self.rpc.call(gm.address, LocalControllerJoin.KIND, join.to_wire(), epoch=self.known_epoch,
+                                         timeout=min(3.0, self.settings.heartbeat.timeout))
+        except (RpcError, TypeError, ValueError) as exc:
+            log.info("group manager %s did not take us back (%s)", gm.id, exc)
+            return False
+        self.gm_detector.heard(gm.id)
+        self._joined(gm, answer, register=False)  # our znode names it already
+        log.info("back with group manager %s at %s", gm.id, gm.address.url)
+        return True
 
     # -- periodic ------------------------------------------------------------------------
     async def _send_heartbeat(self) -> None:
@@ -479,6 +540,7 @@ class LocalController(Service):
             self._deltas.forget()
             if exc.code is ErrorCode.NOT_JOINED:
                 log.info("group manager %s does not know us; re-joining", gm.id)
+                self._may_return = True
                 self._rejoin.set()
             else:
                 log.debug("monitoring report failed: %s", exc)

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 #: this pause, doubled each time up to JOIN_RETRY_MAX seconds.
 JOIN_RETRY_FIRST = 0.1
 JOIN_RETRY_MAX = 0.5
+#: s a host dropped as silent may come back to this manager directly (LocalControllerJoin
+#: ``returning``); after that it asks the leader, as a new host does.
+RETURN_WINDOW = 120.0
 
 
 class ManagerNode(Protocol):
@@ -79,6 +82,9 @@ class ManagerRole:
         self.hosts = Hosts(thresholds_from(settings.groupmanager))
         self.lcs = self.hosts.lcs
         self.detector = FailureDetector(settings.heartbeat.timeout)
+        #: Hosts dropped as silent, and when (monotonic): each may come back directly (a join
+        #: ``returning``) within RETURN_WINDOW, without the leader.
+        self.dropped: dict[str, float] = {}
         #: Monitoring reports taken, by form: whole, unchanged (a heartbeat), unmatched.
         self.reports: Counter[str] = Counter()
         self.leader: GroupManagerDescription | None = None
@@ -200,6 +206,10 @@ class ManagerRole:
             domains = list(msg.domains)
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(ErrorCode.BAD_JOIN, f"bad join request: {exc}") from exc
+        if msg.returning and desc.id not in self.lcs and not self._dropped_lately(desc.id):
+            # Not one this manager had: where a host goes is the leader's choice.
+            raise ApiError(ErrorCode.NOT_JOINED, f"{desc.id} is not one of this group manager's hosts; ask the group leader")
+        self.dropped.pop(desc.id, None)
         host_info = vif_host_info(desc.id, msg.host_info)
         desc.group_manager_id = self.id
         desc.assigned_virtual_machines = [d["name"] for d in domains if d.get("state") in STARTED]
@@ -211,7 +221,7 @@ class ManagerRole:
         self.scope.spawn(f"manager.clear-wakeup-{desc.id}", self.energy.clear_wakeup(desc.id))
         # What its hypervisor has is the truth: records that disagree are settled (inventory.py).
         self.inventory.joined(desc.id)
-        log.info("local controller %s joined with %d domains", desc.id, len(domains))
+        log.info("local controller %s %s with %d domains", desc.id, "came back" if msg.returning else "joined", len(domains))
         self.scope.emit(EventKind.LOCAL_CONTROLLER_JOINED, localControllerId=desc.id, groupManagerId=self.id,
                         domains=len(domains))
         # monitoringDeltas: reports that did not change may come as heartbeats (``unchanged``).
@@ -245,8 +255,15 @@ class ManagerRole:
         if peers:
             self.scope.heartbeat.send(GroupManagerHeartbeat.KIND, self.scope.epoch, GroupManagerHeartbeat(self.id).to_wire(), peers)
 
+    def _dropped_lately(self, lc_id: str) -> bool:
+        now = time.monotonic()
+        for k in [k for k, t in self.dropped.items() if now - t > RETURN_WINDOW]:
+            del self.dropped[k]
+        return lc_id in self.dropped
+
     def _forget(self, lc_id: str) -> None:
         """``lc_id`` is no longer ours (handed to another group manager)."""
+        self.dropped.pop(lc_id, None)
         self.detector.forget(lc_id)
         self.energy.idle_since.pop(lc_id, None)
         if self.lcs.pop(lc_id, None) is not None:
@@ -287,6 +304,7 @@ class ManagerRole:
                 continue  # asleep on our order: silent by design, still wakeable capacity
             if self.lcs.pop(lc_id, None) is not None:
                 self.inventory.left(lc_id)
+                self.dropped[lc_id] = time.monotonic()
                 log.warning("local controller %s is silent; dropped", lc_id)
                 self.scope.emit(EventKind.LOCAL_CONTROLLER_FAILED, localControllerId=lc_id, groupManagerId=self.id)
 

@@ -227,6 +227,9 @@ class LocalControllerJoin(Message):
     #: The host's VIF plugins and object versions (a ``snooze.vif`` HostInfo's wire form);
     #: absent from a host that plugs nothing (and from one older than VIF plugging).
     host_info: dict[str, Any] | None = wire("hostInfo", None)
+    #: Back to the group manager that had it, without the leader: taken only by one that has
+    #: it, or dropped it as silent a short while ago (a host that stalled, a link that healed).
+    returning: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
