@@ -53,6 +53,7 @@ from localcontroller.vrs.agent import VrsAgent
 from snooze import capacity, metrics
 from snooze import config as cfg
 from snooze.codes import CodedError, ErrorCode, VMStatus
+from snooze.coordination import CoordinationError
 from snooze.domainxml import DomainPolicy
 from snooze.heartbeat import FailureDetector
 from snooze.http import ApiError
@@ -94,6 +95,9 @@ APPLIES_TO = {"suspend": (VMStatus.RUNNING,), "resume": (VMStatus.PAUSED,), "shu
               "reboot": (VMStatus.RUNNING,)}
 ACTIONS = (*APPLIES_TO, "destroy")
 # A received config drive is small (a few MiB of mostly empty vfat): bound what a peer may send.
+#: What a leader that is gone answers (nothing, or no longer the leader's verbs): worth a look
+#: at the leader's znode before asking again.
+LEADER_GONE = frozenset({ErrorCode.UNREACHABLE, ErrorCode.TIMEOUT, ErrorCode.UNKNOWN_KIND, ErrorCode.STALE_EPOCH})
 MAX_CONFIG_DRIVE_BYTES = 64 * 1024 * 1024
 START_FETCH_WAIT = 20.0  # seconds a start order (a whole batch) waits for images' first fetches
 MAX_DISK_BYTES = 1 << 50  # 1 PiB: the largest overlay a peer may ask for
@@ -143,6 +147,7 @@ class LocalController(Service):
         # silence): going back to it directly is worth a try, as after its own silence.
         self._may_return = False
         self._returned_at = -math.inf  # when we last went back to a group manager directly
+        self._leader_read_at = -math.inf  # when the leader's znode was last read after a failed join
         self._stall_ended = -math.inf  # when a look at our group manager last came late (a stall of ours)
         self._leader_seen = asyncio.Event()  # set whenever the leader is learnt (wakes a join waiting for one)
         self._excluded: deque[str] = deque(maxlen=4)
@@ -434,14 +439,20 @@ class LocalController(Service):
             # busy with thousands of joins answers late, and a shorter wait would throw its work
             # away and come back with more (every answer too late, none of them used).
             wait = max(3.0, self.settings.heartbeat.timeout)
-            reply = await self.rpc.call(
-                gl.address, AssignLocalController.KIND,
-                AssignLocalController(self.description().to_json(), list(self._excluded)).to_wire(),
-                epoch=self.known_epoch, timeout=wait, keep_alive=False,
-            )
+            try:
+                reply = await self.rpc.call(
+                    gl.address, AssignLocalController.KIND,
+                    AssignLocalController(self.description().to_json(), list(self._excluded)).to_wire(),
+                    epoch=self.known_epoch, timeout=wait, keep_alive=False,
+                )
+            except RpcError as exc:
+                if exc.code in LEADER_GONE and await self._newer_leader(leader):
+                    log.info("the leader we knew (%s) did not answer (%s); %s leads now", gl.id, exc.code.value,
+                             (self.leader or {}).get("id"))
+                    return 0.0  # ask the new one at once
+                raise
             gm = GroupManagerDescription.from_json(reply["groupManager"])
             domains = [d.to_json() for d in await self.hypervisor.domains()]
-            self.gm_detector.heard(gm.id)
             join = LocalControllerJoin(self.description().to_json(), domains,
                                        host_info=self.vifs.host_info() if self.vifs is not None else None)
             joined = await self.rpc.call(gm.address, LocalControllerJoin.KIND, join.to_wire(), epoch=self.known_epoch,
@@ -455,7 +466,30 @@ class LocalController(Service):
         log.info("joined group manager %s at %s", gm.id, gm.address.url)
         return None
 
+    async def _newer_leader(self, known: dict[str, Any]) -> bool:
+        """Read the leader's znode (at most once a heartbeat interval); True if it names a
+        leader of a newer epoch than ``known``, which is then ours. A host stops watching that
+        znode once it found a leader, and learns later ones from their heartbeats or re-join
+        orders; but a new leader busy reading 2,000 registrations may send no heartbeat for a
+        minute, and its hosts that had to re-join kept asking the dead one (docs/scale.md)."""
+        now = time.monotonic()
+        if self.coord is None or now - self._leader_read_at < self.settings.heartbeat.interval:
+            return False
+        self._leader_read_at = now
+        try:
+            value = await self.coord.get_json(self.coord.path("leader"))
+        except CoordinationError:
+            return False
+        if not isinstance(value, dict) or int(value.get("epoch", 0)) <= int(known.get("epoch", 0)):
+            return False
+        self._on_leader(value)
+        return self.leader is value
+
     def _joined(self, gm: GroupManagerDescription, answer: dict[str, Any], *, register: bool = True) -> None:
+        # Heard now, as it answered: not when the join was sent. A manager busy with a storm of
+        # joins answered after up to the whole timeout, and the host then found it "silent for
+        # 10 s" at once and left it (docs/scale.md).
+        self.gm_detector.heard(gm.id)
         self.see_epoch(int(answer.get("epoch", 0)))
         self.gm = gm
         self._gm_takes_deltas = answer.get("monitoringDeltas") is True
@@ -496,7 +530,6 @@ class LocalController(Service):
         except (RpcError, TypeError, ValueError) as exc:
             log.info("group manager %s did not take us back (%s)", gm.id, exc)
             return False
-        self.gm_detector.heard(gm.id)
         self._joined(gm, answer, register=False)  # our znode names it already
         log.info("back with group manager %s at %s", gm.id, gm.address.url)
         return True
