@@ -342,7 +342,9 @@ def run_size(lcs: int, args: Any, log: Callable[[str], None]) -> dict[str, Any]:
         log(f"[{lcs}] leader kill: {out['leaderKill']}")
 
         # A group manager with local controllers, kill -9.
-        where = all_assigned(bs, want, lead) or {}
+        # The answer that showed every LC re-homed may be followed by one that did not answer
+        # (a group manager busy): wait for one that does, not an empty map.
+        where = wait_until("the hierarchy after re-homing", 60, lambda: all_assigned(bs, want, lead), interval=1.0)
         mine = Counter(where.values())
         victim = max((g for g in mine if g != new["id"]), key=lambda g: mine[g])
         t_g = time.monotonic()

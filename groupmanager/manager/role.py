@@ -82,9 +82,10 @@ class ManagerRole:
         self.hosts = Hosts(thresholds_from(settings.groupmanager))
         self.lcs = self.hosts.lcs
         self.detector = FailureDetector(settings.heartbeat.timeout)
-        #: Hosts dropped as silent, and when (monotonic): each may come back directly (a join
-        #: ``returning``) within RETURN_WINDOW, without the leader.
-        self.dropped: dict[str, float] = {}
+        #: Hosts dropped as silent: when (monotonic), and their record. Within RETURN_WINDOW
+        #: each may come back directly, without the leader: heard again (a heartbeat or a
+        #: report: it still counts itself ours), or by a join ``returning``.
+        self.dropped: dict[str, tuple[float, LocalControllerRecord]] = {}
         #: Monitoring reports taken, by form: whole, unchanged (a heartbeat), unmatched.
         self.reports: Counter[str] = Counter()
         self.leader: GroupManagerDescription | None = None
@@ -182,7 +183,7 @@ class ManagerRole:
 
     # -- local controllers ---------------------------------------------------------------
     def _on_lc_heartbeat(self, env: Envelope, _addr: tuple[str, int]) -> None:
-        rec = self.lcs.get(env.sender)
+        rec = self.lcs.get(env.sender) or self._take_back(env.sender)
         if rec is None:
             return
         self.detector.heard(env.sender)
@@ -228,7 +229,7 @@ class ManagerRole:
         return {"groupManagerId": self.id, "epoch": self.scope.epoch, "monitoringDeltas": True}
 
     async def _on_monitoring(self, msg: Monitoring, _env: Envelope) -> Any:
-        rec = self.lcs.get(msg.id)
+        rec = self.lcs.get(msg.id) or self._take_back(msg.id)
         if rec is None:
             raise ApiError(ErrorCode.NOT_JOINED, "this group manager does not manage you")
         self.detector.heard(rec.description.id)
@@ -255,11 +256,30 @@ class ManagerRole:
         if peers:
             self.scope.heartbeat.send(GroupManagerHeartbeat.KIND, self.scope.epoch, GroupManagerHeartbeat(self.id).to_wire(), peers)
 
-    def _dropped_lately(self, lc_id: str) -> bool:
+    def _dropped_lately(self, lc_id: str) -> LocalControllerRecord | None:
         now = time.monotonic()
-        for k in [k for k, t in self.dropped.items() if now - t > RETURN_WINDOW]:
+        for k in [k for k, (t, _r) in self.dropped.items() if now - t > RETURN_WINDOW]:
             del self.dropped[k]
-        return lc_id in self.dropped
+        got = self.dropped.get(lc_id)
+        return got[1] if got is not None else None
+
+    def _take_back(self, lc_id: str) -> LocalControllerRecord | None:
+        """A host dropped as silent lately is heard again: it stalled (a loaded machine, a
+        paused process), and still counts itself ours, so it is ours again at once, its
+        domains checked against the records as after a join. Before, it was found out only by
+        its next whole report or its own timeout, and 556 hosts of stalled processes took 40 s
+        to come back at 2,000 hosts (docs/scale.md)."""
+        rec = self._dropped_lately(lc_id)
+        if rec is None:
+            return None
+        del self.dropped[lc_id]
+        self.lcs[lc_id] = rec
+        self.detector.heard(lc_id)
+        self.inventory.joined(lc_id)
+        log.info("local controller %s is heard again; taken back", lc_id)
+        self.scope.emit(EventKind.LOCAL_CONTROLLER_JOINED, localControllerId=lc_id, groupManagerId=self.id,
+                        domains=len(rec.domains))
+        return rec
 
     def _forget(self, lc_id: str) -> None:
         """``lc_id`` is no longer ours (handed to another group manager)."""
@@ -302,9 +322,10 @@ class ManagerRole:
             rec = self.lcs.get(lc_id)
             if rec is not None and rec.description.status in (Status.PASSIVE, Status.WAKING):
                 continue  # asleep on our order: silent by design, still wakeable capacity
-            if self.lcs.pop(lc_id, None) is not None:
+            if rec is not None:
+                del self.lcs[lc_id]
                 self.inventory.left(lc_id)
-                self.dropped[lc_id] = time.monotonic()
+                self.dropped[lc_id] = (time.monotonic(), rec)
                 log.warning("local controller %s is silent; dropped", lc_id)
                 self.scope.emit(EventKind.LOCAL_CONTROLLER_FAILED, localControllerId=lc_id, groupManagerId=self.id)
 
