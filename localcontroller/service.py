@@ -94,10 +94,10 @@ log = logging.getLogger(__name__)
 APPLIES_TO = {"suspend": (VMStatus.RUNNING,), "resume": (VMStatus.PAUSED,), "shutdown": (VMStatus.RUNNING,),
               "reboot": (VMStatus.RUNNING,)}
 ACTIONS = (*APPLIES_TO, "destroy")
-# A received config drive is small (a few MiB of mostly empty vfat): bound what a peer may send.
 #: What a leader that is gone answers (nothing, or no longer the leader's verbs): worth a look
 #: at the leader's znode before asking again.
 LEADER_GONE = frozenset({ErrorCode.UNREACHABLE, ErrorCode.TIMEOUT, ErrorCode.UNKNOWN_KIND, ErrorCode.STALE_EPOCH})
+# A received config drive is small (a few MiB of mostly empty vfat): bound what a peer may send.
 MAX_CONFIG_DRIVE_BYTES = 64 * 1024 * 1024
 START_FETCH_WAIT = 20.0  # seconds a start order (a whole batch) waits for images' first fetches
 MAX_DISK_BYTES = 1 << 50  # 1 PiB: the largest overlay a peer may ask for
@@ -143,8 +143,8 @@ class LocalController(Service):
         self.leader: dict[str, Any] | None = None
         self.gm_detector = FailureDetector(settings.heartbeat.timeout)
         self._rejoin = asyncio.Event()
-        # Set with _rejoin when our group manager said it does not know us (it dropped us for
-        # silence): going back to it directly is worth a try, as after its own silence.
+        # Set with _rejoin when our group manager said it does not know us (it dropped us as
+        # silent, so it is alive): going back to it directly is worth a try.
         self._may_return = False
         self._returned_at = -math.inf  # when we last went back to a group manager directly
         self._leader_read_at = -math.inf  # when the leader's znode was last read after a failed join
